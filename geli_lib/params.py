@@ -1,0 +1,297 @@
+"""Profiles and parameters: typed dataclasses, validated on load.
+
+A profile (``smoke``, ``cpu``, ``gpu``) is one YAML file ``params/<profile>.yaml``
+whose sections map onto the dataclasses below. Every field has a docstring (the
+string literal under it). Loading checks unknown keys, types and ranges and
+raises :class:`ParamError` naming the file and the dotted field, e.g.
+``params/cpu.yaml: simulation.score_noise: must be >= 0, got -1``.
+
+Notebooks take ``profile``, ``corpus`` and ``data_path`` as papermill
+parameters and call :func:`load_params` with them as overrides, so any notebook
+runs on real data by parameters alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_DIR = REPO_ROOT / "params"
+PROFILES = ("smoke", "cpu", "gpu")
+
+
+class ParamError(ValueError):
+    """A parameter file or override is invalid; the message names file and field."""
+
+
+@dataclass
+class SimulationParams:
+    """Knobs of the simulated corpus (DESIGN.md §6)."""
+
+    n_conversations: int = 20
+    """Number of conversations to simulate."""
+    mean_turns: int = 40
+    """Mean number of turns (User + AI) per conversation."""
+    min_turns: int = 10
+    """Shortest conversation, in turns."""
+    turns_sd: float = 0.25
+    """Spread of conversation length, as a fraction of ``mean_turns``."""
+    score_noise: float = 8.0
+    """SD of the noise added to the summed true rewards before rounding to the 1-10 survey scale (0-100 points)."""
+    listener_mood_sd: float = 0.6
+    """SD of each listener's baseline mood (logit units): session-level variation no turn explains."""
+    turn_noise: float = 0.5
+    """SD of per-turn reward noise (logit units): what the act and context do not explain."""
+    face_noise: float = 1.0
+    """SD of the noise on the listener's face-emotion logits; higher makes visual affect a worse proxy."""
+    face_coupling: float = 2.5
+    """How strongly the listener's happiness logit follows the true turn reward (0 = face unrelated)."""
+    smile_noise: float = 0.8
+    """SD of the noise on the listener's smile propensity."""
+    gaze_noise: float = 0.8
+    """SD of the noise on the listener's gaze-on-screen propensity."""
+    nod_rate: float = 0.15
+    """Base probability per second that the listener nods while listening."""
+    prosody_noise: float = 1.0
+    """SD of noise on prosodic features relative to their reward-driven shift."""
+    frame_dropout: float = 0.03
+    """Probability that a second has no face detected (face columns NaN)."""
+    reaction_lag: float = 1.0
+    """Seconds by which the listener's reaction trails the AI utterance."""
+    sentiment_coupling: float = 0.3
+    """0-1: how often an utterance's wording sentiment agrees with its true reward (LS is weak)."""
+    seed: int = 0
+    """Random seed; the same seed and knobs give byte-identical files."""
+
+    def validate(self) -> None:
+        _check(self.n_conversations >= 1, "n_conversations", "must be >= 1", self.n_conversations)
+        _check(self.min_turns >= 4, "min_turns", "must be >= 4", self.min_turns)
+        _check(self.mean_turns >= self.min_turns, "mean_turns", "must be >= min_turns", self.mean_turns)
+        for name in ("turns_sd", "score_noise", "listener_mood_sd", "turn_noise", "face_noise",
+                     "face_coupling", "smile_noise", "gaze_noise", "prosody_noise", "reaction_lag"):
+            _check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+        for name in ("nod_rate", "frame_dropout", "sentiment_coupling"):
+            v = getattr(self, name)
+            _check(0 <= v <= 1, name, "must be in [0, 1]", v)
+
+
+@dataclass
+class DataParams:
+    """How a corpus is read into canonical form (DESIGN.md §5; the authors' conventions)."""
+
+    segmentation: str = "cliffhanger"
+    """CANDOR transcript: cliffhanger (the authors'), audiophile or backbiter."""
+    listener: str = "first_speaker"
+    """Whose survey is R_GE: ``first_speaker`` (authors': the first speaker is the User) or ``second_speaker``."""
+    score_item: str = "overall_affect"
+    """CANDOR survey column used as R_GE."""
+    score_scale: float = 10.0
+    """Multiplier from the survey scale to the 0-100 scale (CANDOR 1-10 × 10)."""
+    score_range: tuple[float, float] = (1.0, 10.0)
+    """Valid range of the raw survey value; values outside are a bad-input error."""
+    merge_consecutive: bool = True
+    """Merge consecutive rows of the same speaker into one turn (audiophile splits turns on pauses)."""
+    esconv_score: str = "empathy"
+    """ESConv session score: empathy, relevance or intensity_drop (initial - final emotion intensity)."""
+    history_turns: int = 20
+    """Turns of dialogue history kept for a pair (authors: last 20)."""
+    history_chars: int = 4000
+    """Left-truncate the history text to at most this many characters (keeps the most recent)."""
+    bad_conversations: str = "skip"
+    """``skip`` (counted and reported) or ``error`` for empty / one-speaker / unscored conversations."""
+
+    def validate(self) -> None:
+        _check(self.segmentation in ("cliffhanger", "audiophile", "backbiter"), "segmentation",
+               "must be cliffhanger, audiophile or backbiter", self.segmentation)
+        _check(self.listener in ("first_speaker", "second_speaker"), "listener",
+               "must be first_speaker or second_speaker", self.listener)
+        _check(self.score_scale > 0, "score_scale", "must be > 0", self.score_scale)
+        _check(len(self.score_range) == 2 and self.score_range[0] < self.score_range[1],
+               "score_range", "must be [low, high] with low < high", self.score_range)
+        _check(self.esconv_score in ("empathy", "relevance", "intensity_drop"), "esconv_score",
+               "must be empathy, relevance or intensity_drop", self.esconv_score)
+        _check(self.history_turns >= 1, "history_turns", "must be >= 1", self.history_turns)
+        _check(self.history_chars >= 1, "history_chars", "must be >= 1", self.history_chars)
+        _check(self.bad_conversations in ("skip", "error"), "bad_conversations",
+               "must be skip or error", self.bad_conversations)
+
+
+@dataclass
+class SplitParams:
+    """Conversation-level splits (reward training / held-out test / RL prompts), as in the papers."""
+
+    reward_train: float = 0.36
+    """Fraction of conversations that train reward functions (LLM-GELI: 360 of 1000)."""
+    reward_test: float = 0.04
+    """Fraction held out, as whole conversations, to evaluate reward functions (LLM-GELI: 40)."""
+    rl: float = 0.60
+    """Fraction whose contexts prompt the policy during RL (LLM-GELI: 600)."""
+    seed: int = 0
+    """Seed of the shuffle; conversation ids are sorted first, so the split is reproducible."""
+
+    def validate(self) -> None:
+        for name in ("reward_train", "reward_test", "rl"):
+            v = getattr(self, name)
+            _check(0 <= v <= 1, name, "must be in [0, 1]", v)
+        total = self.reward_train + self.reward_test + self.rl
+        _check(abs(total - 1) < 1e-6, "reward_train", "fractions must sum to 1", total)
+
+
+@dataclass
+class StudyParams:
+    """One profile: everything a run of the notebook chain needs."""
+
+    profile: str = "smoke"
+    """Profile name: smoke, cpu or gpu."""
+    corpus: str = "simulated"
+    """simulated | candor | esconv | soda."""
+    data_path: str = ""
+    """Folder (CANDOR), JSON file (ESConv) or JSON/JSONL file (SODA) of real data; empty for simulated."""
+    seed: int = 0
+    """Seed of single-seed steps."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds of multi-seed tables (mean ± sd)."""
+    device: str = "cpu"
+    """torch device: cpu or cuda."""
+    notebooks: list[str] = field(default_factory=lambda: ["00_data"])
+    """Notebook chain run by ``make study``, in order (names without .ipynb)."""
+    simulation: SimulationParams = field(default_factory=SimulationParams)
+    """Simulated corpus knobs."""
+    data: DataParams = field(default_factory=DataParams)
+    """Loader conventions."""
+    splits: SplitParams = field(default_factory=SplitParams)
+    """Conversation splits."""
+
+    def validate(self) -> None:
+        _check(self.profile in PROFILES, "profile", f"must be one of {PROFILES}", self.profile)
+        _check(self.corpus in ("simulated", "candor", "esconv", "soda"), "corpus",
+               "must be simulated, candor, esconv or soda", self.corpus)
+        _check(self.corpus == "simulated" or bool(self.data_path), "data_path",
+               f"is required for corpus {self.corpus!r}", self.data_path)
+        _check(self.device in ("cpu", "cuda"), "device", "must be cpu or cuda", self.device)
+        _check(len(self.seeds) >= 1, "seeds", "must list at least one seed", self.seeds)
+        for nb in self.notebooks:
+            _check((REPO_ROOT / "notebooks" / f"{nb}.ipynb").exists(), "notebooks",
+                   "names a notebook that does not exist", nb)
+
+
+class _FieldError(Exception):
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field_name, self.message = field_name, message
+
+
+def _check(ok: bool, field_name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise _FieldError(field_name, f"{rule}, got {value!r}")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise naming ``where``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _FieldError(where, f"expected a mapping, got {value!r}")
+        return _build(tp, value, where + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _FieldError(where, f"expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        items = [_coerce(v, args[0] if origin is list else args[i], f"{where}[{i}]")
+                 for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _FieldError(where, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _FieldError(where, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _FieldError(where, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise _FieldError(where, f"expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise _FieldError(prefix + unknown[0], f"unknown parameter (known: {sorted(names)})")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    obj = cls(**kwargs)
+    try:
+        obj.validate()
+    except _FieldError as e:
+        raise _FieldError(prefix + e.field_name, e.message) from None
+    return obj
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_params(profile: str = "smoke", params_dir: str | Path | None = None,
+                **overrides: Any) -> StudyParams:
+    """Load ``params/<profile>.yaml`` into validated :class:`StudyParams`.
+
+    Keyword overrides replace top-level fields (``corpus="esconv"``) or, given
+    as dicts, merge into sections (``simulation={"n_conversations": 5}``).
+    ``None`` overrides are ignored, so notebooks can pass their parameters as-is.
+    """
+    params_dir = Path(params_dir) if params_dir else PARAMS_DIR
+    path = params_dir / f"{profile}.yaml"
+    if profile not in PROFILES:
+        raise ParamError(f"profile {profile!r} unknown: choose one of {PROFILES}")
+    if not path.exists():
+        raise ParamError(f"{path}: parameter file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamError(f"{path}: expected a mapping at the top level")
+    raw = _merge(raw, {k: v for k, v in overrides.items() if v is not None})
+    raw.setdefault("profile", profile)
+    try:
+        return _build(StudyParams, raw)
+    except _FieldError as e:
+        raise ParamError(f"{path}: {e}") from None
+
+
+def to_dict(params: Any) -> dict[str, Any]:
+    """Plain-dict form of a parameter dataclass (for manifests and cache keys)."""
+    return dataclasses.asdict(params)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> docstring, read from the source (for the book's parameter tables)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and \
+                isinstance(getattr(nxt, "value", None), ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)  # type: ignore[attr-defined]
+    return docs
