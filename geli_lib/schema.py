@@ -136,3 +136,7 @@ class Corpus:
             "score_sd": float(self.conversations["score"].std()),
             "skipped": sum(len(v) for v in self.skipped.values()),
         }
+
+    def summary_table(self) -> pd.DataFrame:
+        """:meth:`summary` as a one-column table named after the corpus (for notebooks)."""
+        return pd.Series(self.summary(), name=self.name).round(2).to_frame()

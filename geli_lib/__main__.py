@@ -1,0 +1,44 @@
+"""Command line: ``python -m geli_lib run --profile smoke`` and friends (see README)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m geli_lib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the notebook chain of a profile, then build the book")
+    run.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu"])
+    run.add_argument("--force", action="store_true", help="re-run stages even when unchanged")
+    run.add_argument("--only", nargs="+", help="run only these notebooks (names without .ipynb)")
+    run.add_argument("--no-book", action="store_true", help="skip the book build")
+    run.add_argument("--corpus", help="simulated | candor | esconv | soda (overrides the profile)")
+    run.add_argument("--data-path", help="real data for --corpus")
+    book = sub.add_parser("book", help="build the book from a profile's executed notebooks")
+    book.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu"])
+    sub.add_parser("models", help="prepare the offline models once (SmolLM2 from its GGUF)")
+    args = parser.parse_args(argv)
+
+    from geli_lib.params import ParamError
+    from geli_lib.runs import StageError, build_book, run_study
+
+    try:
+        if args.command == "run":
+            run_study(args.profile, force=args.force, only=args.only, book=not args.no_book,
+                      corpus=args.corpus, data_path=args.data_path)
+        elif args.command == "book":
+            build_book(args.profile)
+        elif args.command == "models":
+            from geli_lib.models import prepare_models
+            for name, path in prepare_models().items():
+                print(f"{name}: {path}")
+    except (ParamError, StageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · The data: conversations, session scores and the listener's face
+#
+# GELI learns from two signals about a long conversation between a **User** (the
+# listener) and an **AI** (the speaker whose utterances we want to reward):
+#
+# - the **global explicit** score $R_{GE}(\tau)$: one number after the
+#   conversation (CANDOR's post-chat *overall affect*, 1-10, used ×10);
+# - the **local implicit** signals: the listener's face, gaze, nods and voice,
+#   second by second, while each AI utterance is heard.
+#
+# This notebook loads a corpus into the study's canonical form (conversations,
+# turns, the listener's per-second frames) and looks at it the way the papers
+# do. By default the corpus is *simulated* in CANDOR's file layout with a
+# **planted** reward for every AI turn, so later notebooks can measure how
+# close each decomposition comes to the truth. Set `corpus` and `data_path` to
+# run on CANDOR, ESConv or SODA instead.
+
+# %% tags=["parameters"]
+profile = "smoke"
+corpus = "simulated"
+data_path = ""
+
+# %%
+from IPython.display import display
+
+from geli_lib import data, features, figures
+from geli_lib.params import load_params
+from geli_lib.runs import timed
+
+params = load_params(profile, corpus=corpus, data_path=data_path)
+
+# %% [markdown]
+# ## Loading
+#
+# The loader reads the CANDOR layout (one folder per conversation: transcript,
+# survey, per-second audio-video features) with the authors' conventions: the
+# first speaker is the User whose survey gives $R_{GE}$, the other speaker's
+# turns are the AI turns, and the cliffhanger segmentation is used. The result
+# is cached as parquet, keyed by the input's content, so re-runs are instant.
+
+# %%
+with timed(profile, "00_data: load corpus"):
+    corpus_data = data.load_corpus(params)
+display(corpus_data.summary_table())
+if corpus_data.skipped:
+    print("skipped while loading:", {k: len(v) for k, v in corpus_data.skipped.items()})
+
+# %% [markdown]
+# Conversations are split, by conversation, into reward-function training,
+# held-out reward evaluation and RL prompts, as in the papers (LLM-GELI
+# App. E: 360 / 40 / 600). The split sorts ids and shuffles with a seed, so it
+# is the same on every machine.
+
+# %%
+split = data.split_conversations(corpus_data.conversations, params.splits)
+display(split.value_counts().rename("conversations").to_frame())
+
+# %% [markdown]
+# ## The global explicit score
+#
+# CANDOR's overall affect is skewed high (mean 73.8, sd 20.1 on the ×10 scale).
+# The grey bars are the distribution LLM-GELI reports (App. E.1).
+
+# %%
+fig = figures.score_histogram(corpus_data.conversations, params.corpus)
+figures.save_figure(fig, profile, "00_score_histogram")
+
+# %% [markdown]
+# ## Conversation and turn lengths
+#
+# GELI's difficulty is the horizon: one score for a conversation of many turns.
+
+# %%
+fig = figures.length_panels(corpus_data.conversations, corpus_data.turns)
+figures.save_figure(fig, profile, "00_lengths")
+
+# %% [markdown]
+# ## The listener's face
+#
+# The visual-affect signal starts from per-second facial-emotion probabilities
+# of the listener. Only *happiness* counts as positive polarity (GELI eq. 7).
+
+# %%
+if len(corpus_data.frames):
+    emotions = figures.emotion_distribution(corpus_data.frames)
+    display(emotions)
+    fig = figures.emotion_bars(emotions)
+    figures.save_figure(fig, profile, "00_emotions")
+else:
+    print(f"{params.corpus}: no listener video in this corpus")
+
+# %% [markdown]
+# ## Does visual affect track the planted reward?
+#
+# For each AI turn, the label $\Gamma$ is 1 when the listener's most frequent
+# arg-max emotion during the utterance is happiness, else 0 (the authors'
+# convention; turns of five words or fewer get 0). On the simulated corpus we
+# can check how good a proxy that is for the true turn reward: it should be
+# related, but noisily, as faces are in life.
+
+# %%
+if len(corpus_data.frames):
+    summary = features.turn_listener_summary(corpus_data)
+    display(summary["va_label"].value_counts().rename("AI turns").to_frame())
+    if corpus_data.turns["true_reward"].notna().any():
+        fig = figures.affect_vs_truth(summary, corpus_data.turns)
+        figures.save_figure(fig, profile, "00_affect_vs_truth")
+
+# %% [markdown]
+# ## What a reward model sees
+#
+# $r_\theta(s_t, a_t)$ reads the dialogue history $s_t$ (the last 20 turns as
+# `" User: …"` / `" AI: …"`, left-truncated) and the AI's utterance $a_t$.
+
+# %%
+pairs = data.build_pairs(corpus_data, params.data)
+display(pairs.head(3)[["convo_id", "turn_idx", "history", "response", "true_reward"]])
+print(f"{len(pairs)} history-utterance pairs")
