@@ -124,16 +124,15 @@ def notebook_parameters(params: StudyParams) -> dict[str, Any]:
     return {"profile": params.profile, "corpus": params.corpus, "data_path": params.data_path}
 
 
-def run_notebook(notebook: str, output: Path, parameters: dict[str, Any],
+def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
                  progress: bool = True) -> float:
-    """Execute ``notebooks/<notebook>.ipynb`` with papermill into ``output``; return seconds.
+    """Execute the notebook ``source`` with papermill into ``output``; return seconds.
 
     The executed copy is written next to ``output`` first and renamed on
     success; a failed run keeps it as ``<output>.failed.ipynb`` for reading.
     """
     import papermill as pm
 
-    source = NOTEBOOK_DIR / f"{notebook}.ipynb"
     if not source.exists():
         raise StageError(f"{source}: notebook not found")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -141,18 +140,19 @@ def run_notebook(notebook: str, output: Path, parameters: dict[str, Any],
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3",
-                            cwd=str(NOTEBOOK_DIR), progress_bar=progress, log_output=False)
+                            cwd=str(source.parent), progress_bar=progress, log_output=False)
     except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
         failed = output.with_name(output.stem + ".failed.ipynb")
         if tmp.exists():
             os.replace(tmp, failed)
-        raise StageError(f"notebook {notebook} failed (executed copy: {failed}):\n{e}") from None
+        raise StageError(f"notebook {source.stem} failed (executed copy: {failed}):\n{e}") from None
     os.replace(tmp, output)
     return time.perf_counter() - t0
 
 
 def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None = None,
-              book: bool = True, progress: bool = True, **overrides: Any) -> dict[str, Any]:
+              book: bool = True, progress: bool = True, book_dir: Path = BOOK_DIR,
+              **overrides: Any) -> dict[str, Any]:
     """Run the profile's notebook chain (skipping unchanged stages), write the manifest, build the book.
 
     ``overrides`` go to :func:`geli_lib.params.load_params` (e.g. ``corpus="esconv",
@@ -178,7 +178,8 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
             stages[nb] = {**cached, "skipped": True}
         else:
             print(f"[{i}/{n}] {nb}: running …", flush=True)
-            seconds = run_notebook(nb, executed, notebook_parameters(params), progress=progress)
+            seconds = run_notebook(NOTEBOOK_DIR / f"{nb}.ipynb", executed,
+                                   notebook_parameters(params), progress=progress)
             print(f"[{i}/{n}] {nb}: done in {seconds:.1f} s", flush=True)
             stages[nb] = {"key": key, "seconds": round(seconds, 2), "skipped": False}
             state[nb] = {"key": key, "seconds": round(seconds, 2)}
@@ -187,7 +188,7 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
     manifest = write_manifest(params, stages, started)
     if book:
         t0 = time.perf_counter()
-        build_book(profile)
+        build_book(profile, book_dir=book_dir)
         manifest["book_seconds"] = round(time.perf_counter() - t0, 2)
         write_json(out / "manifest.json", manifest)
     return manifest
@@ -246,7 +247,7 @@ finished {manifest['finished']}. Seeds: {manifest['seeds']}.
 """
 
 
-def build_book(profile: str, strict: bool = True) -> Path:
+def build_book(profile: str, book_dir: Path = BOOK_DIR, strict: bool = True) -> Path:
     """Copy the profile's executed notebooks and figures into ``book/generated/`` and build the book.
 
     Builds with warnings as errors (``-W --keep-going``) when ``strict``.
@@ -257,20 +258,31 @@ def build_book(profile: str, strict: bool = True) -> Path:
     if not manifest_path.exists():
         raise StageError(f"{manifest_path}: no run of profile {profile!r} yet; run `make study PROFILE={profile}`")
     manifest = json.loads(manifest_path.read_text())
-    gen = BOOK_DIR / "generated"
+    executed = sorted(nb for nb in (src / "notebooks").glob("*.ipynb")
+                      if not nb.name.endswith(".failed.ipynb"))
+    index = book_dir / "_build" / "html" / "index.html"
+    key_path = book_dir / "_build" / ".geli_book_key"
+    sources = [p for p in book_dir.iterdir() if p.name not in ("_build", "generated")]
+    key = content_key(file_key(sources + executed), file_key(list((src / "figures").glob("*.png"))),
+                      {nb: s.get("key") for nb, s in manifest["stages"].items()}, strict)
+    if index.exists() and key_path.exists() and key_path.read_text() == key:
+        print(f"book: unchanged, skipped ({index})", flush=True)
+        return index
+    gen = book_dir / "generated"
     if gen.exists():
         shutil.rmtree(gen)
     gen.mkdir(parents=True)
-    for nb in (src / "notebooks").glob("*.ipynb"):
-        if not nb.name.endswith(".failed.ipynb"):
-            shutil.copy2(nb, gen / nb.name)
+    for nb in executed:
+        shutil.copy2(nb, gen / nb.name)
     write_text(gen / "run_record.md", _run_record_markdown(manifest))
-    cmd = [sys.executable, "-m", "jupyter_book.cli.main", "build", str(BOOK_DIR)]
+    # jupyter_book.cli has no __main__; call its click entry point with this interpreter.
+    cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
+           "build", str(book_dir)]
     if strict:
         cmd += ["-W", "--keep-going"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise StageError(f"book build failed ({' '.join(cmd[2:])}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    index = BOOK_DIR / "_build" / "html" / "index.html"
+        raise StageError(f"book build failed (jupyter-book {' '.join(cmd[3:])}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    write_text(key_path, key)
     print(f"book: {index}", flush=True)
     return index

@@ -1,0 +1,102 @@
+"""The runner: a failing stage is named and kept; the smoke chain runs, skips, builds the book."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from geli_lib.params import REPO_ROOT
+from geli_lib.runs import StageError, build_book, run_notebook, run_study
+
+
+def _notebook(path: Path, code: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('profile = "smoke"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(code)]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_failing_notebook_is_named_and_kept(tmp_path: Path):
+    src = _notebook(tmp_path / "bad.ipynb", "raise ValueError('planted failure')")
+    out = tmp_path / "out" / "bad.ipynb"
+    with pytest.raises(StageError, match="bad failed") as e:
+        run_notebook(src, out, {"profile": "smoke"}, progress=False)
+    assert "planted failure" in str(e.value)
+    assert not out.exists(), "a failed run must not leave an output a re-run would trust"
+    assert (tmp_path / "out" / "bad.failed.ipynb").exists()
+
+
+def test_parameters_reach_the_notebook(tmp_path: Path):
+    src = _notebook(tmp_path / "ok.ipynb", "assert profile == 'cpu', profile")
+    seconds = run_notebook(src, tmp_path / "ok_out.ipynb", {"profile": "cpu"}, progress=False)
+    assert seconds > 0 and (tmp_path / "ok_out.ipynb").exists()
+
+
+def test_book_needs_a_run(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("GELI_RESULTS", str(tmp_path))
+    with pytest.raises(StageError, match="no run of profile"):
+        build_book("smoke", book_dir=tmp_path / "book")
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    """Run the whole smoke chain once into a temporary results root and book copy."""
+    root = tmp_path_factory.mktemp("smoke")
+    book = root / "book"
+    shutil.copytree(REPO_ROOT / "book", book, ignore=shutil.ignore_patterns("_build", "generated"))
+    old = os.environ.get("GELI_RESULTS")
+    os.environ["GELI_RESULTS"] = str(root / "results")
+    try:
+        first = run_study("smoke", book_dir=book, progress=False)
+        second = run_study("smoke", book_dir=book, progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("GELI_RESULTS")
+        else:
+            os.environ["GELI_RESULTS"] = old
+    return root, book, first, second
+
+
+@pytest.mark.slow
+def test_smoke_chain_writes_results_and_manifest(smoke_study):
+    root, _, first, _ = smoke_study
+    out = root / "results" / "smoke"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["profile"] == "smoke" and manifest["seeds"] == [0, 1, 2]
+    assert manifest["packages"]["torch"].startswith("2.13.0")
+    assert manifest["git_commit"] != ""
+    assert manifest["params"]["simulation"]["n_conversations"] == 20
+    for nb, stage in first["stages"].items():
+        assert not stage["skipped"] and stage["seconds"] > 0
+        executed = nbformat.read(out / "notebooks" / f"{nb}.ipynb", as_version=4)
+        assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+    assert "00_data: load corpus" in manifest["step_seconds"]
+    assert (out / "figures" / "00_score_histogram.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_rerun_skips_unchanged_stages(smoke_study):
+    *_, second = smoke_study
+    assert all(s["skipped"] for s in second["stages"].values())
+
+
+@pytest.mark.slow
+def test_book_builds_strict_and_opens_in_a_browser(smoke_study):
+    _, book, *_ = smoke_study
+    html = book / "_build" / "html"
+    assert (html / "index.html").exists()
+    assert (html / "generated" / "00_data.html").exists()
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("Debian chromium not installed (.ci/run installs it)")
+    from geli_lib.browser import check_html_pages
+
+    report = check_html_pages(html, ["index.html", "generated/00_data.html",
+                                     "generated/run_record.html"], strict=True)
+    data_page = report["generated/00_data.html"]
+    assert data_page["images"] >= 3 and data_page["broken_images"] == 0
