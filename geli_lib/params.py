@@ -44,7 +44,9 @@ class SimulationParams:
     """Spread of conversation length, as a fraction of ``mean_turns``."""
     score_noise: float = 8.0
     """SD of the noise added to the summed true rewards before rounding to the 1-10 survey scale (0-100 points)."""
-    listener_mood_sd: float = 0.6
+    listener_mood_mean: float = 0.85
+    """Mean of the listeners' baseline mood (logit units); sets the corpus mean score (default ≈ CANDOR's 73.8)."""
+    listener_mood_sd: float = 0.7
     """SD of each listener's baseline mood (logit units): session-level variation no turn explains."""
     turn_noise: float = 0.5
     """SD of per-turn reward noise (logit units): what the act and context do not explain."""
@@ -76,6 +78,8 @@ class SimulationParams:
         for name in ("turns_sd", "score_noise", "listener_mood_sd", "turn_noise", "face_noise",
                      "face_coupling", "smile_noise", "gaze_noise", "prosody_noise", "reaction_lag"):
             _check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+        _check(-5 <= self.listener_mood_mean <= 5, "listener_mood_mean", "must be in [-5, 5]",
+               self.listener_mood_mean)
         for name in ("nod_rate", "frame_dropout", "sentiment_coupling"):
             v = getattr(self, name)
             _check(0 <= v <= 1, name, "must be in [0, 1]", v)
