@@ -47,7 +47,9 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import sys
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -115,12 +117,14 @@ def _header(path: Path) -> list[str]:
 
 
 def _read_csv(path: Path, required: Iterable[str], optional: Iterable[str] = (),
-              strings: Iterable[str] = ()) -> pd.DataFrame:
-    """Read only the ``required`` and present ``optional`` columns of a CSV file.
+              strings: Iterable[str] = ()) -> pa.Table:
+    """Read only the ``required`` and present ``optional`` columns of a CSV file (pyarrow).
 
     ``strings`` columns are read as text whatever they look like (ids such as
-    ``turn_id`` must not become numbers). A missing required column is a
-    :class:`DataError` naming the file and the column.
+    ``turn_id`` must not become numbers; empty text stays ``""``). A missing
+    required column is a :class:`DataError` naming the file and the column.
+    The result stays a pyarrow table: going through pandas per small file
+    costs more than reading it.
     """
     path = Path(path)
     if not path.is_file():
@@ -134,7 +138,7 @@ def _read_csv(path: Path, required: Iterable[str], optional: Iterable[str] = (),
     use = required + [c for c in optional if c in cols and c not in required]
     types = {c: pa.string() for c in strings if c in use}
     try:
-        table = pacsv.read_csv(
+        return pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(use_threads=False),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
@@ -142,24 +146,30 @@ def _read_csv(path: Path, required: Iterable[str], optional: Iterable[str] = (),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise DataError(f"{path}: cannot parse as CSV: {e}") from None
-    return table.to_pandas(use_threads=False)
 
 
-def _numeric(df: pd.DataFrame, col: str, path: Path, allow_nan: bool = False,
+def _text(table: pa.Table, col: str) -> np.ndarray:
+    """A text column as an object array of ``str`` (nulls become ``""``)."""
+    return pc.fill_null(table.column(col), "").to_numpy(zero_copy_only=False).astype(object)
+
+
+def _numeric(table: pa.Table, col: str, path: Path, allow_nan: bool = False,
              rows: np.ndarray | None = None) -> np.ndarray:
     """Column ``col`` as float64; a non-number (or, unless allowed, a missing value) is an error.
 
-    ``rows`` maps the rows of ``df`` back to the file's data rows (for messages)
-    when ``df`` is a subset.
+    ``rows`` maps the rows of ``table`` back to the file's data rows (for
+    messages) when ``table`` is a subset.
     """
-    s = df[col]
+    a = table.column(col)
     row = (lambda i: int(rows[i])) if rows is not None else (lambda i: i)
-    if s.dtype.kind in "fiub":
-        v = s.to_numpy(dtype=float, na_value=np.nan)
+    t = a.type
+    if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_null(t):
+        v = pc.fill_null(a.cast(pa.float64()), np.nan).to_numpy()
     else:  # pyarrow read it as text: something in it is not a number
+        s = pd.Series(a.to_numpy(zero_copy_only=False), dtype=object)
         v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        text = s.astype("string").str.strip()
-        bad = np.isnan(v) & text.notna().to_numpy() & (text != "").fillna(False).to_numpy()
+        text = s.fillna("").astype(str).str.strip()
+        bad = np.isnan(v) & (text != "").to_numpy()
         if bad.any():
             i = int(np.argmax(bad))
             raise DataError(f"{_where(path, row(i), col)}: not a number: {s.iloc[i]!r}")
@@ -169,32 +179,91 @@ def _numeric(df: pd.DataFrame, col: str, path: Path, allow_nan: bool = False,
     return v
 
 
+#: One conversation's (or a chunk's) table as named, equal-length numpy arrays. Per
+#: conversation this is much cheaper than a small DataFrame; one DataFrame is built per chunk.
+Columns = dict[str, np.ndarray]
+
+
+def _frame(columns: Columns) -> pd.DataFrame:
+    """A DataFrame that keeps text as plain ``object`` columns.
+
+    pandas 3 would convert each text column to its arrow-backed ``str`` dtype;
+    :func:`~geli_lib.schema.conform` fixes the final dtypes once, on the whole corpus.
+    """
+    return pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v
+                         for k, v in columns.items()})
+
+
+def _concat(parts: list[Columns]) -> Columns:
+    """Concatenate column dicts; a column absent from a part is NaN there."""
+    cols = list(dict.fromkeys(c for p in parts for c in p))
+    lengths = [len(next(iter(p.values()))) for p in parts]
+    return {c: np.concatenate([p[c] if c in p else np.full(n, np.nan) for p, n in zip(parts, lengths)])
+            for c in cols}
+
+
 def _count_words(texts: Iterable[str]) -> np.ndarray:
     return np.fromiter((len(t.split()) for t in texts), dtype=np.int64)
 
 
-def _parse_seconds(values: pd.Series, path: Path, rows: np.ndarray) -> np.ndarray:
+def _parse_seconds(values: pa.ChunkedArray, path: Path, rows: np.ndarray) -> np.ndarray:
     """Seconds from CANDOR ``timedelta`` strings (``"0 days 00:01:02.5"``) or plain numbers.
 
-    The common pandas format is parsed with one vectorised regular expression;
-    anything else goes through :func:`pandas.to_timedelta`. An unparseable value
-    is an error naming its row (``rows`` maps back to the file's data rows).
+    The common pandas format is parsed with one vectorised regular expression
+    (``pd.to_timedelta`` would take ~8 s on CANDOR's 3.3M rows); anything else
+    goes through :func:`pandas.to_timedelta`. An unparseable value is an error
+    naming its row (``rows`` maps back to the file's data rows).
     """
-    if values.dtype.kind in "fiu":
-        return values.to_numpy(dtype=float, na_value=np.nan)
-    arr = pa.array(values.astype(object).to_numpy(), type=pa.string(), from_pandas=True)
-    st = pc.extract_regex(arr, r"^\s*(?P<d>\d+) days? (?P<h>\d+):(?P<m>\d+):(?P<s>\d+(?:\.\d*)?)\s*$")
-    parts = [pc.cast(st.field(k), pa.float64()).to_numpy(zero_copy_only=False) for k in "dhms"]
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return pc.fill_null(values.cast(pa.float64()), np.nan).to_numpy()
+    st = pc.extract_regex(values, r"^\s*(?P<d>\d+) days? (?P<h>\d+):(?P<m>\d+):(?P<s>\d+(?:\.\d*)?)\s*$")
+    parts = [pc.fill_null(pc.struct_field(st, k).cast(pa.float64()), np.nan).to_numpy() for k in "dhms"]
     out = parts[0] * 86400.0 + parts[1] * 3600.0 + parts[2] * 60.0 + parts[3]
     todo = np.flatnonzero(np.isnan(out))
+    if len(todo):
+        raw = values.to_numpy(zero_copy_only=False)
     for j in todo:  # rare formats ("00:01:02", "62s", "-1 days +23:59:59"): let pandas decide
         try:
-            out[j] = pd.to_timedelta(values.iloc[j]).total_seconds()
+            out[j] = pd.to_timedelta(raw[j]).total_seconds()
         except (ValueError, TypeError):
             out[j] = np.nan
         if np.isnan(out[j]):
-            raise DataError(f"{_where(path, int(rows[j]), 'timedelta')}: not a time span: "
-                            f"{values.iloc[j]!r}")
+            raise DataError(f"{_where(path, int(rows[j]), 'timedelta')}: not a time span: {raw[j]!r}")
+    return out
+
+
+def _merge_columns(cols: Columns, text_columns: tuple[str, ...], tag_columns: tuple[str, ...]
+                   ) -> Columns:
+    """:func:`merge_consecutive` on a column dict."""
+    spk, conv = cols["speaker_id"], cols["convo_id"]
+    n = len(spk)
+    if n < 2:
+        return cols
+    new = np.r_[True, (spk[1:] != spk[:-1]) | (conv[1:] != conv[:-1])]
+    if new.all():
+        return cols
+    idx = np.flatnonzero(new)
+    out = {c: v[idx] for c, v in cols.items()}
+    if "stop" in cols:
+        out["stop"] = np.fmax.reduceat(cols["stop"].astype(float), idx)
+    if "n_words" in cols:
+        out["n_words"] = np.add.reduceat(cols["n_words"].astype(np.int64), idx)
+    for col, how in (("true_reward", "sum"), ("local_feedback", "mean")):
+        if col in cols:
+            v = cols[col].astype(float)
+            ok = ~np.isnan(v)
+            cnt = np.add.reduceat(ok.astype(np.int64), idx)
+            tot = np.add.reduceat(np.where(ok, v, 0.0), idx)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[col] = np.where(cnt > 0, tot if how == "sum" else tot / cnt, np.nan)
+    lengths = np.diff(np.r_[idx, n])
+    runs = np.flatnonzero(lengths > 1)  # only the runs that need joining
+    for col in [c for c in text_columns + tag_columns if c in cols]:
+        src, vals = cols[col], out[col].astype(object)
+        for k in runs:
+            parts = [str(p) for p in src[idx[k]: idx[k] + lengths[k]]]
+            vals[k] = " ".join(parts) if col in text_columns else "+".join(p for p in parts if p)
+        out[col] = vals
     return out
 
 
@@ -209,38 +278,9 @@ def merge_consecutive(turns: pd.DataFrame, text_columns: tuple[str, ...] = ("utt
     one supporter run share one seeker rating). Rows must be in conversation
     order; ``convo_id`` and ``speaker_id`` columns are required.
     """
-    if len(turns) < 2:
-        return turns
-    spk = turns["speaker_id"].to_numpy()
-    conv = turns["convo_id"].to_numpy()
-    new = np.r_[True, (spk[1:] != spk[:-1]) | (conv[1:] != conv[:-1])]
-    if new.all():
-        return turns
-    idx = np.flatnonzero(new)
-    out = turns.iloc[idx].copy()
-    if "stop" in turns:
-        out["stop"] = np.fmax.reduceat(turns["stop"].to_numpy(dtype=float), idx)
-    if "n_words" in turns:
-        out["n_words"] = np.add.reduceat(turns["n_words"].to_numpy(dtype=np.int64), idx)
-    for col, how in (("true_reward", "sum"), ("local_feedback", "mean")):
-        if col in turns:
-            v = turns[col].to_numpy(dtype=float)
-            ok = ~np.isnan(v)
-            n = np.add.reduceat(ok.astype(np.int64), idx)
-            s = np.add.reduceat(np.where(ok, v, 0.0), idx)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[col] = np.where(n > 0, s if how == "sum" else s / n, np.nan)
-    lengths = np.diff(np.r_[idx, len(turns)])
-    for col, sep in [(c, " ") for c in text_columns if c in turns] + \
-                    [(c, "+") for c in tag_columns if c in turns]:
-        src = turns[col].to_numpy()
-        vals = out[col].to_numpy().copy()
-        for k in np.flatnonzero(lengths > 1):  # only the runs that need joining
-            parts = src[idx[k]: idx[k] + lengths[k]]
-            vals[k] = sep.join(str(p) for p in parts if str(p) != "") if sep == "+" else \
-                sep.join(str(p) for p in parts)
-        out[col] = vals
-    return out.reset_index(drop=True)
+    cols = {c: turns[c].to_numpy() for c in turns.columns}
+    merged = _merge_columns(cols, text_columns, tag_columns)
+    return turns.reset_index(drop=True) if merged is cols else _frame(merged)
 
 
 def _number_turns(turns: pd.DataFrame) -> pd.DataFrame:
@@ -271,25 +311,28 @@ def _bad(params: DataParams, skipped: dict[str, list[str]], err: _BadConversatio
 
 
 def _conversation_row(convo_id: str, corpus: str, listener: str, ai: str, score: float,
-                      score_raw: float, turns: pd.DataFrame, has_truth: bool) -> dict[str, Any]:
-    start, stop = turns["start"].to_numpy(float), turns["stop"].to_numpy(float)
+                      score_raw: float, turns: pd.DataFrame | Columns, has_truth: bool) -> dict[str, Any]:
+    """The ``conversations`` row; ``duration`` = last stop - first start (NaN without timing)."""
+    start = np.asarray(turns["start"], dtype=float)
+    stop = np.asarray(turns["stop"], dtype=float)
     duration = float(np.nanmax(stop) - np.nanmin(start)) if np.isfinite(start).any() else np.nan
     return {"convo_id": convo_id, "corpus": corpus, "listener_id": listener, "ai_id": ai,
-            "score": score, "score_raw": score_raw, "n_turns": len(turns),
-            "n_ai_turns": int(turns["is_ai"].sum()), "duration": duration,
+            "score": score, "score_raw": score_raw, "n_turns": len(start),
+            "n_ai_turns": int(np.sum(turns["is_ai"])), "duration": duration,
             "has_truth": has_truth}
 
 
 # --------------------------------------------------------------------------- CANDOR
 
 
-def _read_transcript(path: Path) -> pd.DataFrame:
+def _read_transcript(path: Path) -> Columns:
     """One transcript CSV, validated: ids present and unique, times numeric and ordered."""
-    df = _read_csv(path, TRANSCRIPT_REQUIRED, ("n_words",), strings=("turn_id", "speaker", "utterance"))
-    start = _numeric(df, "start", path)
-    stop = _numeric(df, "stop", path)
-    for col in ("turn_id", "speaker"):
-        empty = (df[col].isna() | (df[col].astype("string").str.strip() == "")).to_numpy()
+    tab = _read_csv(path, TRANSCRIPT_REQUIRED, ("n_words",), strings=("turn_id", "speaker", "utterance"))
+    start = _numeric(tab, "start", path)
+    stop = _numeric(tab, "stop", path)
+    turn_id, speaker = _text(tab, "turn_id"), _text(tab, "speaker")
+    for col, v in (("turn_id", turn_id), ("speaker", speaker)):
+        empty = np.char.str_len(v.astype(str)) == 0 if len(v) else np.zeros(0, bool)
         if empty.any():
             raise DataError(f"{_where(path, int(np.argmax(empty)), col)}: empty {col}")
     back = stop < start
@@ -301,40 +344,38 @@ def _read_transcript(path: Path) -> pd.DataFrame:
         i = int(np.argmax(backwards)) + 1
         raise DataError(f"{_where(path, i, 'start')}: start {start[i]} is before the previous "
                         f"row's start {start[i - 1]} (turn starts must not run backwards)")
-    dup = df["turn_id"].duplicated().to_numpy()
-    if dup.any():
-        i = int(np.argmax(dup))
-        raise DataError(f"{_where(path, i, 'turn_id')}: duplicate turn_id {df['turn_id'].iloc[i]!r}")
-    utt = df["utterance"].fillna("").astype(str).to_numpy(dtype=object)
+    if len(set(turn_id)) < len(turn_id):
+        i = int(np.argmax(pd.Index(turn_id).duplicated()))  # rare: only on the error path
+        raise DataError(f"{_where(path, i, 'turn_id')}: duplicate turn_id {turn_id[i]!r}")
+    utt = _text(tab, "utterance")
     words = _count_words(utt)
-    if "n_words" in df:  # the source's own count where given (the authors' ≤5-word rule reads it)
-        given = _numeric(df, "n_words", path, allow_nan=True)
+    if "n_words" in tab.column_names:  # the source's own count where given (the ≤5-word rule reads it)
+        given = _numeric(tab, "n_words", path, allow_nan=True)
         words = np.where(np.isnan(given), words, given).astype(np.int64)
-    return pd.DataFrame({"turn_id": df["turn_id"].astype(str).to_numpy(dtype=object),
-                         "speaker_id": df["speaker"].astype(str).to_numpy(dtype=object),
-                         "start": start, "stop": stop, "utterance": utt, "n_words": words})
+    return {"turn_id": turn_id, "speaker_id": speaker, "start": start, "stop": stop,
+            "utterance": utt, "n_words": words}
 
 
-def _speaker_order(*transcripts: pd.DataFrame) -> list[str]:
+def _speaker_order(*transcripts: Columns) -> list[str]:
     """Speakers in order of first appearance, the first transcript deciding the order."""
     seen: dict[str, None] = {}
     for t in transcripts:
-        for s in pd.unique(t["speaker_id"]):
-            seen.setdefault(s, None)
+        for sp in t["speaker_id"]:
+            seen.setdefault(sp, None)
     return list(seen)
 
 
 def _read_score(path: Path, listener: str, params: DataParams) -> float:
     """The listener's raw survey value (``params.score_item``), validated against ``score_range``."""
-    df = _read_csv(path, (*SURVEY_REQUIRED, params.score_item), strings=("user_id",))
-    rows = np.flatnonzero((df["user_id"].astype(str) == listener).to_numpy())
+    tab = _read_csv(path, (*SURVEY_REQUIRED, params.score_item), strings=("user_id",))
+    rows = np.flatnonzero(_text(tab, "user_id") == listener)
     if len(rows) == 0:
         raise _BadConversation("unscored", f"{path}: no row for the listener user_id {listener!r}")
     if len(rows) > 1:
         raise DataError(f"{_where(path, int(rows[1]), 'user_id')}: listener {listener!r} has "
                         f"{len(rows)} survey rows")
     i = int(rows[0])
-    value = _numeric(df.iloc[[i]], params.score_item, path, allow_nan=True, rows=rows[:1])[0]
+    value = _numeric(tab.take([i]), params.score_item, path, allow_nan=True, rows=rows[:1])[0]
     if np.isnan(value):
         raise _BadConversation("unscored", f"{_where(path, i, params.score_item)}: missing value")
     lo, hi = params.score_range
@@ -344,16 +385,17 @@ def _read_score(path: Path, listener: str, params: DataParams) -> float:
     return float(value)
 
 
-def _read_frames(path: Path, listener: str) -> pd.DataFrame:
-    """The listener's per-second rows of ``audio_video_features.csv`` (column ``t`` in seconds)."""
-    df = _read_csv(path, FEATURES_REQUIRED, FEATURES_OPTIONAL, strings=("user_id", "timedelta"))
-    rows = np.flatnonzero((df["user_id"].astype(str) == listener).to_numpy())
+def _read_frames(path: Path, listener: str) -> dict[str, np.ndarray]:
+    """The listener's per-second rows of ``audio_video_features.csv`` as arrays (``t`` in seconds)."""
+    tab = _read_csv(path, FEATURES_REQUIRED, FEATURES_OPTIONAL, strings=("user_id", "timedelta"))
+    mask = pc.fill_null(pc.equal(tab.column("user_id"), listener), False)
+    rows = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
     if len(rows) == 0:
-        ids = sorted(set(df["user_id"].astype(str)))[:5]
+        ids = sorted(set(_text(tab, "user_id")))[:5]
         raise DataError(f"{path}: no rows for the listener user_id {listener!r} "
                         f"(user_ids present: {ids})")
-    sub = df.iloc[rows].reset_index(drop=True)
-    t = _parse_seconds(sub["timedelta"], path, rows)
+    sub = tab.filter(mask)
+    t = _parse_seconds(sub.column("timedelta"), path, rows)
     step = np.diff(t) <= 0
     if step.any():
         j = int(np.argmax(step)) + 1
@@ -361,9 +403,9 @@ def _read_frames(path: Path, listener: str) -> pd.DataFrame:
                         f"does not follow {t[j - 1]} s (frames must strictly increase in time)")
     out = {"t": t}
     for col in ("is_speaking", "gaze_on", "smile", "nod_yes", "nod_no", *FACE_COLUMNS, *PROSODY):
-        if col not in sub:
+        if col not in sub.column_names:
             if col in ("smile", "nod_yes", "nod_no"):
-                out[col] = np.full(len(sub), np.nan)
+                out[col] = np.full(len(t), np.nan)
             continue
         v = _numeric(sub, col, path, allow_nan=True, rows=rows)
         if col in UNIT_INTERVAL_COLUMNS:
@@ -372,45 +414,44 @@ def _read_frames(path: Path, listener: str) -> pd.DataFrame:
                 j = int(np.argmax(bad))
                 raise DataError(f"{_where(path, int(rows[j]), col)}: value {v[j]} outside [0, 1]")
         out[col] = v
-    return pd.DataFrame(out)
+    return out
 
 
-def _read_truth(path: Path) -> pd.DataFrame:
-    df = _read_csv(path, TRUTH_REQUIRED, strings=("turn_id", "speaker", "act"))
-    return pd.DataFrame({"turn_id": df["turn_id"].astype(str).to_numpy(dtype=object),
-                         "speaker_id": df["speaker"].astype(str).to_numpy(dtype=object),
-                         "start": _numeric(df, "start", path), "stop": _numeric(df, "stop", path),
-                         "act": df["act"].fillna("").astype(str).to_numpy(dtype=object),
-                         "true_reward": _numeric(df, "true_reward", path, allow_nan=True)})
+def _read_truth(path: Path) -> Columns:
+    """``simulation_truth.csv``: the planted reward and act per cliffhanger turn."""
+    tab = _read_csv(path, TRUTH_REQUIRED, strings=("turn_id", "speaker", "act"))
+    return {"turn_id": _text(tab, "turn_id"), "speaker_id": _text(tab, "speaker"),
+            "start": _numeric(tab, "start", path), "stop": _numeric(tab, "stop", path),
+            "act": _text(tab, "act"),
+            "true_reward": _numeric(tab, "true_reward", path, allow_nan=True)}
 
 
-def _join_truth_by_id(raw: pd.DataFrame, truth: pd.DataFrame, ai: str, path: Path,
-                      tpath: Path) -> pd.DataFrame:
+def _join_truth_by_id(raw: Columns, truth: Columns, ai: str, path: Path, tpath: Path) -> None:
     """Cliffhanger: ``true_reward`` and ``act`` of each AI row from the truth row with its turn_id."""
     pos = pd.Index(raw["turn_id"]).get_indexer(truth["turn_id"])
     if (pos < 0).any():
         i = int(np.argmax(pos < 0))
-        raise DataError(f"{_where(tpath, i, 'turn_id')}: turn_id {truth['turn_id'].iloc[i]!r} "
+        raise DataError(f"{_where(tpath, i, 'turn_id')}: turn_id {truth['turn_id'][i]!r} "
                         f"is not in {path}")
-    wrong = raw["speaker_id"].to_numpy()[pos] != truth["speaker_id"].to_numpy()
+    wrong = raw["speaker_id"][pos] != truth["speaker_id"]
     if wrong.any():
         i = int(np.argmax(wrong))
-        raise DataError(f"{_where(tpath, i, 'speaker')}: speaker {truth['speaker_id'].iloc[i]!r} "
-                        f"differs from the transcript's {raw['speaker_id'].iloc[pos[i]]!r}")
-    tr = np.full(len(raw), np.nan)
-    act = np.full(len(raw), "", dtype=object)
-    tr[pos], act[pos] = truth["true_reward"].to_numpy(), truth["act"].to_numpy()
-    is_ai = (raw["speaker_id"] == ai).to_numpy()
+        raise DataError(f"{_where(tpath, i, 'speaker')}: speaker {truth['speaker_id'][i]!r} "
+                        f"differs from the transcript's {raw['speaker_id'][pos[i]]!r}")
+    n = len(raw["turn_id"])
+    tr = np.full(n, np.nan)
+    act = np.full(n, "", dtype=object)
+    tr[pos], act[pos] = truth["true_reward"], truth["act"]
+    is_ai = raw["speaker_id"] == ai
     lacking = is_ai & np.isnan(tr)
     if lacking.any():
         i = int(np.argmax(lacking))
-        raise DataError(f"{tpath}: no true_reward for AI turn_id {raw['turn_id'].iloc[i]!r} of {path}")
+        raise DataError(f"{tpath}: no true_reward for AI turn_id {raw['turn_id'][i]!r} of {path}")
     raw["true_reward"] = np.where(is_ai, tr, np.nan)
-    raw["act"] = np.where(is_ai, act, "")
-    return raw
+    raw["act"] = np.where(is_ai, act, "").astype(object)
 
 
-def _assign_truth_by_midpoint(turns: pd.DataFrame, truth: pd.DataFrame, ai: str) -> int:
+def _assign_truth_by_midpoint(turns: Columns, truth: Columns, ai: str) -> int:
     """Other segmentations: each loaded AI turn gets the summed ``true_reward`` (and the acts,
     joined by "+") of the truth AI turns whose midpoint lies in its [start, stop].
 
@@ -418,33 +459,33 @@ def _assign_truth_by_midpoint(turns: pd.DataFrame, truth: pd.DataFrame, ai: str)
     not stopped yet, so no truth is counted twice. Returns the number of truth AI
     turns that fell in no loaded AI turn (kept as ``truth_unassigned``).
     """
-    t_ai = truth[(truth["speaker_id"] == ai) & truth["true_reward"].notna()]
-    mid = ((t_ai["start"] + t_ai["stop"]) / 2).to_numpy()
-    ai_rows = np.flatnonzero(turns["is_ai"].to_numpy())
-    starts = turns["start"].to_numpy()[ai_rows]
-    stops = turns["stop"].to_numpy()[ai_rows]
+    keep = (truth["speaker_id"] == ai) & ~np.isnan(truth["true_reward"])
+    mid = (truth["start"][keep] + truth["stop"][keep]) / 2
+    reward_in, act_in = truth["true_reward"][keep], truth["act"][keep]
+    ai_rows = np.flatnonzero(turns["is_ai"])
+    starts, stops = turns["start"][ai_rows], turns["stop"][ai_rows]
     k = np.searchsorted(starts, mid, side="right") - 1
     ok = (k >= 0) & (mid <= stops[np.clip(k, 0, None)]) if len(starts) else np.zeros(len(mid), bool)
-    reward = np.bincount(k[ok], weights=t_ai["true_reward"].to_numpy()[ok], minlength=len(ai_rows))
-    acts: list[list[str]] = [[] for _ in ai_rows]
-    for kk, a in zip(k[ok], t_ai["act"].to_numpy()[ok]):
+    n = len(turns["is_ai"])
+    tr = np.full(n, np.nan)
+    tr[ai_rows] = np.bincount(k[ok], weights=reward_in[ok], minlength=len(ai_rows))
+    act = np.full(n, "", dtype=object)
+    for kk, a in zip(k[ok], act_in[ok]):  # acts are short strings; one pass
         if a:
-            acts[kk].append(a)
-    tr = np.full(len(turns), np.nan)
-    act = np.full(len(turns), "", dtype=object)
-    tr[ai_rows] = reward
-    act[ai_rows] = ["+".join(a) for a in acts]
+            r = ai_rows[kk]
+            act[r] = f"{act[r]}+{a}" if act[r] else a
     turns["true_reward"], turns["act"] = tr, act
     return int((~ok).sum())
 
 
 def _load_candor_conversation(folder: Path, params: DataParams, name: str
-                              ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+                              ) -> tuple[dict[str, Any], Columns, Columns]:
     """Read one conversation folder into (conversation row, turns, listener frames)."""
     tdir = folder / "transcription"
     path = tdir / f"transcript_{params.segmentation}.csv"
     raw = _read_transcript(path)
-    if len(raw) == 0:
+    n = len(raw["turn_id"])
+    if n == 0:
         raise _BadConversation("empty", f"{path}: no turns")
     # The User is the first speaker of the authors' segmentation (cliffhanger) when it is
     # there, so the same person is the User under every segmentation.
@@ -461,19 +502,20 @@ def _load_candor_conversation(folder: Path, params: DataParams, name: str
 
     truth_path = folder / "simulation_truth.csv"
     truth = _read_truth(truth_path) if truth_path.is_file() else None
-    raw.insert(0, "convo_id", folder.name)
-    raw["act"] = ""
-    raw["true_reward"] = np.nan
+    raw["convo_id"] = np.full(n, folder.name, dtype=object)
+    raw["act"] = np.full(n, "", dtype=object)
+    raw["true_reward"] = np.full(n, np.nan)
     if truth is not None and params.segmentation == "cliffhanger":
-        raw = _join_truth_by_id(raw, truth, ai, path, truth_path)
-    turns = merge_consecutive(raw) if params.merge_consecutive else raw.reset_index(drop=True)
-    turns["is_ai"] = (turns["speaker_id"] == ai).to_numpy()
-    turns["role"] = np.where(turns["is_ai"], "AI", "User")
-    turns["local_feedback"] = np.nan
+        _join_truth_by_id(raw, truth, ai, path, truth_path)
+    turns = _merge_columns(raw, ("utterance",), ("act",)) if params.merge_consecutive else raw
+    m = len(turns["turn_id"])
+    turns["is_ai"] = turns["speaker_id"] == ai
+    turns["role"] = np.where(turns["is_ai"], "AI", "User").astype(object)
+    turns["local_feedback"] = np.full(m, np.nan)
+    turns["turn_idx"] = np.arange(m)
     unassigned = 0
     if truth is not None and params.segmentation != "cliffhanger":
         unassigned = _assign_truth_by_midpoint(turns, truth, ai)
-    turns = _number_turns(turns)
 
     frames = _read_frames(folder / "audio_video_features.csv", listener)
     row = _conversation_row(folder.name, name, listener, ai, score_raw * params.score_scale,
@@ -498,10 +540,10 @@ def _load_candor_chunk(folders: list[str], params: DataParams, name: str) -> dic
         rows.append(row)
         turns.append(t)
         frames.append(fr)
-        n_frames.append(len(fr))
+        n_frames.append(len(fr["t"]))
     return {"rows": rows, "skips": skips,
-            "turns": pd.concat(turns, ignore_index=True) if turns else None,
-            "frames": pd.concat(frames, ignore_index=True) if frames else None,
+            "turns": _frame(_concat(turns)) if turns else None,
+            "frames": _frame(_concat(frames)) if frames else None,
             "n_frames": n_frames}
 
 
@@ -560,19 +602,22 @@ def load_candor(root: str | Path, params: DataParams, progress: bool = True, *,
     chunks = [[str(f) for f in folders[i:i + size]] for i in range(0, n, size)]
     bar = _progress(n, f"load {name}", progress)
     results: list[dict[str, Any]] = []
-    if workers == 1:
+    if workers > 1 and not _can_spawn():
+        workers = 1
+    if workers > 1:
+        try:
+            results = _load_chunks_in_pool(chunks, params, name, workers, bar)
+        except BrokenProcessPool as e:
+            # e.g. a script without an `if __name__ == "__main__":` guard: slower, but correct
+            logger.warning("%s: worker processes failed to start (%s); loading in this process",
+                           name, e)
+            results = []
+    if not results:
+        bar.close()
+        bar = _progress(n, f"load {name}", progress)
         for c in chunks:
             results.append(_load_candor_chunk(c, params, name))
             bar.update(len(c))
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-        try:
-            futures = [pool.submit(_load_candor_chunk, c, params, name) for c in chunks]
-            for c, fut in zip(chunks, futures):  # in order: the output stays sorted
-                results.append(fut.result())
-                bar.update(len(c))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
 
     skipped: dict[str, list[str]] = {}
@@ -596,6 +641,31 @@ def load_candor(root: str | Path, params: DataParams, progress: bool = True, *,
     _report_skips(name, skipped)
     return Corpus(name=name, conversations=conversations, turns=turns, frames=frames,
                   skipped=skipped)
+
+
+def _can_spawn() -> bool:
+    """Whether ``spawn`` workers can re-import ``__main__`` (not when it is read from stdin)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or Path(main_file).is_file()
+
+
+def _load_chunks_in_pool(chunks: list[list[str]], params: DataParams, name: str, workers: int,
+                         bar: Any) -> list[dict[str, Any]]:
+    """Load chunks in ``spawn`` worker processes, in order (so the output stays sorted).
+
+    ``spawn`` rather than ``fork``: forking a process that already runs pyarrow's
+    or a notebook's threads can deadlock.
+    """
+    results = []
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    try:
+        futures = [pool.submit(_load_candor_chunk, c, params, name) for c in chunks]
+        for c, fut in zip(chunks, futures):
+            results.append(fut.result())
+            bar.update(len(c))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

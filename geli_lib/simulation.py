@@ -70,8 +70,18 @@ or a :class:`~geli_lib.params.SimulationParams` knob):
 
 Every conversation draws from ``np.random.default_rng([seed, index, stream])``
 (one stream per stage), so files are byte-identical for the same knobs whatever
-the number of workers, and changing a signal knob (say ``face_noise``) leaves the
-dialogue and its truth unchanged.
+the number of workers, and changing a signal knob (``face_noise``, ``smile_noise``,
+``sentiment_coupling``, ...) leaves the dialogue's acts and its truth unchanged:
+paired comparisons across knobs are fair.
+
+Files per conversation ``<out_dir>/<convo_id>/`` (CANDOR layout, DESIGN.md §5):
+``transcription/transcript_{cliffhanger,audiophile,backbiter}.csv``, ``survey.csv``,
+``audio_video_features.csv`` (both participants, sorted by user_id then second),
+``metadata.json`` (participants in speaking order: the User first) and
+``simulation_truth.csv`` (one row per cliffhanger turn: ``turn_id, speaker, role,
+start, stop, act, topic, true_reward, fit`` then ``pleasantness`` p_t, the User's
+``valence`` and the AI wording's ``tone``). ``<out_dir>/_COMPLETE.json`` is written
+last: a folder without it is an unfinished simulation.
 """
 
 from __future__ import annotations
@@ -98,7 +108,7 @@ from tqdm import tqdm
 from geli_lib import params as params_mod
 from geli_lib.io import atomic_write, write_json
 from geli_lib.params import ParamError, SimulationParams, to_dict
-from geli_lib.schema import EMOTIONS, FACE_COLUMNS, PROSODY
+from geli_lib.schema import EMOTIONS, FACE_COLUMNS
 
 #: Bump when the generative model changes, so an old simulation is not trusted.
 SIMULATOR_VERSION = 1
@@ -125,7 +135,7 @@ HABIT_PRIOR: dict[str, float] = {
     "self_disclosure": 0.11, "empathy": 0.07, "humour": 0.08, "agreement": 0.10,
     "elaboration": 0.09, "dismissive": 0.08, "off_topic": 0.07, "repetition": 0.05,
 }
-HABIT_CONCENTRATION = 2.0  # low: habits differ a lot between AIs
+HABIT_CONCENTRATION = 4.0  # < 1 per act (α ≈ 0.2-0.5): habits differ a lot between AIs
 SKILL_A, SKILL_B = 0.7, 0.7  # skill ~ Beta: from careless to attentive
 SKILL_TEMPERATURE = 0.35  # how sharply a skilled choice prefers the best-fitting act
 TASTE_ACTS: tuple[str, ...] = ("humour", "self_disclosure", "generic_question",
@@ -400,7 +410,7 @@ USER_TEMPLATES: dict[str, tuple[str, ...]] = {
     "greeting": ("hi, how's it going?", "hey! can you hear me okay?", "hello? oh hi, how are you?",
                  "hi there, how's your day going?", "hey, nice to meet you. how are you?"),
     "story": ("{timeref} {event}.",),
-    "detail": ("we were at {name} at the time.", "it was right after I started {activity}.",
+    "detail": ("it reminded me of {name}, weirdly.", "it was right after I started {activity}.",
                "the {noun} thing was a big part of it.", "my friend was there too.",
                "it all happened so fast.", "I had been {activity} for a while before that."),
     "statement": ("I've been {activity} a lot lately.", "I'm really into {activity} these days.",
@@ -408,8 +418,8 @@ USER_TEMPLATES: dict[str, tuple[str, ...]] = {
                   "I think about {activity} way too much.", "I've always wanted to try {activity}."),
     "answer": ("oh, probably {activity}.", "I'd say {name}, for sure.", "mostly {activity}, I guess.",
                "good question, I think the {noun}.", "not much, just {activity}.",
-               "I've been to {name} once."),
-    "question": ("what about you, do you like {activity}?", "have you ever been to {name}?",
+               "I'd have to say {name}."),
+    "question": ("what about you, do you like {activity}?", "what do you think of {name}?",
                  "what's your take on the whole {noun} thing?", "what do you do for fun?", "how about you?",
                  "have you tried {activity}?"),
     "reaction": ("oh. okay.", "um, sure.", "right.", "haha, okay.", "uh, yeah.", "hm.", "oh, I see."),
@@ -424,14 +434,14 @@ AI_TEMPLATES: dict[str, tuple[str, ...]] = {
                          "what's been the highlight of your week?"),
     "topical_question": ("how long have you been {activity}?",
                          "what's your favorite thing about {activity}?",
-                         "have you ever been to {name}?", "what got you into {activity}?",
+                         "how do you feel about {name}?", "what got you into {activity}?",
                          "how did the whole {noun} thing go?", "is {name} as good as people say?",
                          "do you think you'll keep {activity}?", "what was the {noun} part like?"),
     "self_disclosure": ("I actually spent a year {activity}, and I still think about {name}.",
                         "my brother is really into {activity}, he talks about it all the time.",
-                        "I've never been to {name}, but it's on my list.",
+                        "I've never really gotten into {name}, but it's on my list.",
                         "I got really into the {noun} thing last year.",
-                        "I went to {name} once, a long time ago.",
+                        "I had a whole {name} phase a long time ago.",
                         "I used to be really into {activity} back in college."),
     "empathy": ("oh no, I'm sorry to hear that.", "that sounds really hard.",
                 "that must have been so stressful.", "I can imagine how frustrating that was.",
@@ -655,8 +665,9 @@ def user_utterance(kind: str, valence: int, topic: str, dice: _Dice) -> str:
             parts.append(dice.pick(CODA[valence]))
     else:
         parts = [_fill(dice.pick(USER_TEMPLATES[kind]), vocab, dice)]
-    parts[0] = _with_opener(parts[0], dice)
-    return " ".join(_capitalise(p) for p in parts if p)
+    if kind != "greeting":
+        parts[0] = _with_opener(parts[0], dice)
+    return " ".join(_capitalise(s) for p in parts if p for s in split_sentences(p))
 
 
 def ai_utterance(act: str, topic: str, tone: int, earlier: list[str], dice: _Dice) -> str:
@@ -664,15 +675,17 @@ def ai_utterance(act: str, topic: str, tone: int, earlier: list[str], dice: _Dic
     if act == "repetition":
         # Nearly verbatim: an earlier AI line, at most its opener changed.
         core = _OPENER_PREFIX.sub("", dice.pick(earlier))
+        opener = dice.pick(OPENERS)
         if dice.chance(0.5):
-            core = dice.pick(OPENERS) + (core if core.startswith(("I ", "I'")) else
-                                         core[:1].lower() + core[1:])
+            core = opener + (core if core.startswith(("I ", "I'")) else core[:1].lower() + core[1:])
         return _capitalise(core)
     core = _fill(dice.pick(AI_TEMPLATES[act]), TOPICS[topic], dice)
     text = _capitalise(_with_opener(core, dice))
+    # The tone phrase and its place are drawn even when unused, so that a knob that
+    # changes only the tone (sentiment_coupling) leaves every other word in place.
+    phrase, before = _capitalise(dice.pick(TONE[tone or 1])), dice.chance(0.5)
     if tone:
-        phrase = _capitalise(dice.pick(TONE[tone]))
-        text = f"{phrase} {text}" if dice.chance(0.5) else f"{text} {phrase}"
+        text = f"{phrase} {text}" if before else f"{text} {phrase}"
     # Capitalise the start of every sentence inside multi-sentence templates.
     return " ".join(_capitalise(s) for s in split_sentences(text))
 
@@ -711,12 +724,11 @@ def simulate_dialogue(params: SimulationParams, n_turns: int, listener: Listener
             act = "generic_question"  # nothing to repeat yet
         fit = context_fit(act, kind, valence, long_turn, last_ai)
         q = ACT_VALUE[act] + fit + listener.taste.get(act, 0.0) + params.turn_noise * turn_z[i]
-        tone = 0
-        if dice.chance(TONE_RATE):
-            agree = dice.chance(params.sentiment_coupling)
-            tone = (1 if q > TONE_GOOD_Q else -1) if agree else (1 if dice.chance(0.5) else -1)
-        if act == "repetition":
-            tone = 0  # a repeated line keeps its old wording
+        # Wording polarity: agrees with the turn's quality with probability
+        # sentiment_coupling, else a coin flip (three draws always, to keep the dice in step).
+        has_tone, agree, coin = dice.u() < TONE_RATE, dice.chance(params.sentiment_coupling), dice.u()
+        tone = ((1 if q > TONE_GOOD_Q else -1) if agree else (1 if coin < 0.5 else -1)) \
+            if has_tone and act != "repetition" else 0  # a repeated line keeps its old wording
         ai_topic = dice.pick([t for t in TOPIC_NAMES if t != topic]) if act == "off_topic" else topic
         text = ai_utterance(act, ai_topic, tone, ai_texts, dice)
         ai_texts.append(text)
