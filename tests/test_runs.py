@@ -98,5 +98,5 @@ def test_book_builds_strict_and_opens_in_a_browser(smoke_study):
 
     report = check_html_pages(html, ["index.html", "generated/00_data.html",
                                      "generated/run_record.html"], strict=True)
-    data_page = report["generated/00_data.html"]
+    data_page = report["pages"]["generated/00_data.html"]
     assert data_page["n_images"] >= 3 and data_page["n_broken_images"] == 0
