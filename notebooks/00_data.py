@@ -41,7 +41,8 @@ from IPython.display import display
 
 from geli_lib import data, features, figures
 from geli_lib.params import load_params
-from geli_lib.runs import timed
+from geli_lib.io import write_csv
+from geli_lib.runs import results_dir, timed
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
 
@@ -58,6 +59,7 @@ params = load_params(profile, corpus=corpus, data_path=data_path)
 with timed(profile, "00_data: load corpus"):
     corpus_data = data.load_corpus(params)
 display(corpus_data.summary_table())
+write_csv(results_dir(profile, "tables") / "corpus_summary.csv", corpus_data.summary_table(), index=True)
 if corpus_data.skipped:
     print("skipped while loading:", {k: len(v) for k, v in corpus_data.skipped.items()})
 
@@ -121,6 +123,17 @@ if len(corpus_data.frames):
     if corpus_data.turns["true_reward"].notna().any():
         fig = figures.affect_vs_truth(summary, corpus_data.turns)
         figures.save_figure(fig, profile, "00_affect_vs_truth")
+
+# %% [markdown]
+# On the simulated corpus every AI turn has a social act. The planted reward
+# depends on the act *and* on how it fits the moment (empathy after bad news,
+# humour in a relaxed mood), so the act alone does not determine the reward:
+# the spread within each act is what a decomposition must learn from context.
+
+# %%
+if corpus_data.turns["true_reward"].notna().any():
+    ai = corpus_data.turns[corpus_data.turns["is_ai"]]
+    display(ai.groupby("act")["true_reward"].describe()[["count", "mean", "std"]].round(2))
 
 # %% [markdown]
 # ## What a reward model sees

@@ -100,3 +100,25 @@ def test_book_builds_strict_and_opens_in_a_browser(smoke_study):
                                      "generated/run_record.html"], strict=True)
     data_page = report["pages"]["generated/00_data.html"]
     assert data_page["n_images"] >= 3 and data_page["n_broken_images"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corpus", ["candor", "esconv", "soda"])
+def test_00_data_runs_on_real_formats_by_parameters_alone(corpus, tmp_path: Path, monkeypatch):
+    from fixtures import write_candor, write_esconv, write_soda
+
+    monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("GELI_CACHE", str(tmp_path / "cache"))
+    if corpus == "candor":
+        data_path = tmp_path / "candor"
+        write_candor(data_path, n_conversations=3)
+    elif corpus == "esconv":
+        data_path = write_esconv(tmp_path / "ESConv.json")
+    else:
+        data_path = write_soda(tmp_path / "soda.jsonl")
+    out = tmp_path / "out.ipynb"
+    run_notebook(REPO_ROOT / "notebooks" / "00_data.ipynb", out,
+                 {"profile": "smoke", "corpus": corpus, "data_path": str(data_path)}, progress=False)
+    executed = nbformat.read(out, as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "history-utterance pairs" in text
