@@ -164,12 +164,25 @@ def _page_problems(page: str, info: dict, console_errors_fail: bool) -> list[str
     return problems
 
 
+def _count_when_present(driver: Any, selector: str, timeout_s: float) -> int:
+    """Elements matching ``selector``, polled until some appear or ``timeout_s`` passes."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        n = int(driver.execute_script("return document.querySelectorAll(arguments[0]).length;", selector))
+        if n or time.monotonic() > deadline:
+            return n
+        time.sleep(0.2)
+
+
 def check_html_pages(
     html_dir: str | Path,
     pages: list[str] | None = None,
     strict: bool = False,
     console_errors_fail: bool = False,
     image_timeout_s: float = 10.0,
+    count_selectors: dict[str, str] | None = None,
 ) -> dict:
     """Open each page of ``html_dir`` in headless Chromium and report what is broken.
 
@@ -184,7 +197,10 @@ def check_html_pages(
     A page is ``ok`` when its HTTP status is 2xx. ``problems`` lists pages
     that are not ok, every image that failed to load (by its ``src``), and, when
     ``console_errors_fail``, every SEVERE console entry (off by default: a book
-    that loads scripts from a CDN logs errors offline). With ``strict=True`` an
+    that loads scripts from a CDN logs errors offline). ``count_selectors``
+    (name -> CSS selector) adds ``counts[name]`` per page: how many elements
+    match, waiting up to ``image_timeout_s`` for script-rendered content (e.g.
+    typeset math) to appear. With ``strict=True`` an
     :class:`AssertionError` listing the problems is raised instead of returning.
     """
     html_dir = Path(html_dir).resolve()
@@ -214,6 +230,8 @@ def check_html_pages(
                 images = driver.execute_async_script(_IMAGES_JS, int(image_timeout_s * 1000))
                 broken = [i["src"] or i["url"] or "(no src)" for i in images if not i["decoded"]]
                 info.update(n_images=len(images), n_broken_images=len(broken), broken_images=broken)
+                info["counts"] = {name: _count_when_present(driver, sel, image_timeout_s)
+                                  for name, sel in (count_selectors or {}).items()}
                 # The browser asks every site for /favicon.ico on its own: not the page's fault.
                 info["console_errors"] = [
                     e.get("message", "")

@@ -62,7 +62,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from geli_lib.io import cache_dir, content_key, file_key
+from geli_lib.io import cache_dir, content_key, file_key, progress_bar
 from geli_lib.params import DataParams, SplitParams, StudyParams, to_dict
 from geli_lib.schema import FACE_COLUMNS, PROSODY, Corpus
 
@@ -604,7 +604,7 @@ def load_candor(root: str | Path, params: DataParams, progress: bool = True, *,
     # small chunks: an even load over the workers and a live progress bar
     size = max(1, min(64, math.ceil(n / (max(workers, 1) * 8))))
     chunks = [[str(f) for f in folders[i:i + size]] for i in range(0, n, size)]
-    bar = _progress(n, f"load {name}", progress)
+    bar = progress_bar(n, f"load {name}", progress)
     results: list[dict[str, Any]] = []
     if workers > 1:
         try:
@@ -616,7 +616,7 @@ def load_candor(root: str | Path, params: DataParams, progress: bool = True, *,
             results = []
     if not results:
         bar.close()
-        bar = _progress(n, f"load {name}", progress)
+        bar = progress_bar(n, f"load {name}", progress)
         for c in chunks:
             results.append(_load_candor_chunk(c, params, name))
             bar.update(len(c))
@@ -668,19 +668,6 @@ def _load_chunks_in_pool(chunks: list[list[str]], params: DataParams, name: str,
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return results
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if enabled:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, unit="conv")
-
-    class _Null:
-        def update(self, n: int) -> None: ...
-        def close(self) -> None: ...
-
-    return _Null()
 
 
 # --------------------------------------------------------------------------- ESConv

@@ -94,3 +94,19 @@ def cache_dir(sub: str = "") -> Path:
     path = root / sub if sub else root
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def progress_enabled(progress: bool = True) -> bool:
+    """Whether to draw a progress bar: asked for, and not switched off by ``GELI_PROGRESS=0``.
+
+    The runner sets ``GELI_PROGRESS=0`` for notebooks it executes, so saved
+    notebooks and the book hold results, not hundreds of progress-bar lines.
+    """
+    return progress and os.environ.get("GELI_PROGRESS", "1") != "0"
+
+
+def progress_bar(total: int, desc: str, progress: bool = True, unit: str = "conv") -> Any:
+    """A tqdm bar (disabled per :func:`progress_enabled`); use ``update``/``close`` or as a context."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not progress_enabled(progress))

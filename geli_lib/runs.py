@@ -138,6 +138,8 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.running.ipynb")
     t0 = time.perf_counter()
+    # The kernel inherits this: no progress bars in saved notebooks (see io.progress_enabled).
+    os.environ["GELI_PROGRESS"] = "0"
     try:
         pm.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3",
                             cwd=str(source.parent), progress_bar=progress, log_output=False)
@@ -247,6 +249,24 @@ finished {manifest['finished']}. Seeds: {manifest['seeds']}.
 """
 
 
+def _install_mathjax(book_dir: Path) -> None:
+    """Copy MathJax 2 from the jupyter-server-mathjax package into ``book/_mathjax/mathjax`` (once).
+
+    Not under ``_static``: Jupyter Book adds every .js file found there to every page.
+    """
+    import jupyter_server_mathjax
+
+    target = book_dir / "_mathjax" / "mathjax"
+    if (target / "MathJax.js").exists():
+        return
+    src = Path(jupyter_server_mathjax.__file__).parent / "static"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(".mathjax.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, target)
+
+
 def build_book(profile: str, book_dir: Path = BOOK_DIR, strict: bool = True) -> Path:
     """Copy the profile's executed notebooks and figures into ``book/generated/`` and build the book.
 
@@ -262,12 +282,13 @@ def build_book(profile: str, book_dir: Path = BOOK_DIR, strict: bool = True) -> 
                       if not nb.name.endswith(".failed.ipynb"))
     index = book_dir / "_build" / "html" / "index.html"
     key_path = book_dir / "_build" / ".geli_book_key"
-    sources = [p for p in book_dir.iterdir() if p.name not in ("_build", "generated")]
+    sources = [p for p in book_dir.iterdir() if p.name not in ("_build", "generated", "_mathjax")]
     key = content_key(file_key(sources + executed), file_key(list((src / "figures").glob("*.png"))),
                       {nb: s.get("key") for nb, s in manifest["stages"].items()}, strict)
     if index.exists() and key_path.exists() and key_path.read_text() == key:
         print(f"book: unchanged, skipped ({index})", flush=True)
         return index
+    _install_mathjax(book_dir)
     gen = book_dir / "generated"
     if gen.exists():
         shutil.rmtree(gen)

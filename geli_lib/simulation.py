@@ -106,7 +106,7 @@ import pyarrow.csv as pacsv
 from tqdm import tqdm
 
 from geli_lib import params as params_mod
-from geli_lib.io import atomic_write, write_json
+from geli_lib.io import atomic_write, progress_enabled, write_json
 from geli_lib.params import ParamError, SimulationParams, to_dict
 from geli_lib.schema import EMOTIONS, FACE_COLUMNS
 
@@ -1107,7 +1107,7 @@ def simulate_corpus(params: SimulationParams, out_dir: str | Path, workers: int 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).unlink(missing_ok=True)  # from here on the folder is not trusted
     jobs = [(params, i, str(out_dir)) for i in range(params.n_conversations)]
-    bar = dict(total=len(jobs), disable=not progress, desc="simulating", unit="conv")
+    bar = dict(total=len(jobs), disable=not progress_enabled(progress), desc="simulating", unit="conv")
     if workers <= 1 or len(jobs) == 1:
         ids = [_simulate_and_write(j) for j in tqdm(jobs, **bar)]
     else:

@@ -49,7 +49,7 @@ def smoke_study(tmp_path_factory):
     """Run the whole smoke chain once into a temporary results root and book copy."""
     root = tmp_path_factory.mktemp("smoke")
     book = root / "book"
-    shutil.copytree(REPO_ROOT / "book", book, ignore=shutil.ignore_patterns("_build", "generated"))
+    shutil.copytree(REPO_ROOT / "book", book, ignore=shutil.ignore_patterns("_build", "generated", "_mathjax"))
     old = os.environ.get("GELI_RESULTS")
     os.environ["GELI_RESULTS"] = str(root / "results")
     try:
@@ -97,9 +97,11 @@ def test_book_builds_strict_and_opens_in_a_browser(smoke_study):
     from geli_lib.browser import check_html_pages
 
     report = check_html_pages(html, ["index.html", "generated/00_data.html",
-                                     "generated/run_record.html"], strict=True)
+                                     "generated/run_record.html"], strict=True,
+                              count_selectors={"math": ".MathJax, .MathJax_CHTML, mjx-container"})
     data_page = report["pages"]["generated/00_data.html"]
     assert data_page["n_images"] >= 3 and data_page["n_broken_images"] == 0
+    assert data_page["counts"]["math"] > 0, "math was not typeset offline"
 
 
 @pytest.mark.slow
