@@ -147,6 +147,101 @@ class SplitParams:
         _check(abs(total - 1) < 1e-6, "reward_train", "fractions must sum to 1", total)
 
 
+#: Reward-function methods (GELI Table 1 plus the sum-decomposition and the oracle ceiling).
+REWARD_METHODS = ("mean", "mode", "sum", "ircr", "rudder", "rrd", "va", "ls", "geli", "oracle")
+GE_METHODS = ("sum", "ircr", "rudder", "rrd")
+LI_SIGNALS = ("va", "ls")
+ENCODERS = ("minilm", "smollm2")
+
+
+@dataclass
+class RewardParams:
+    """Reward model r_θ(s_t, a_t) and its training (GELI Sec. 4-5, App. A, F; DESIGN.md §5).
+
+    The encoder is frozen and its features are cached per pair, so every method
+    and seed trains only the head (see :mod:`geli_lib.reward_model`).
+    """
+
+    encoder: str = "minilm"
+    """Text encoder: ``minilm`` (all-MiniLM-L6-v2, d=384, mean-pooled and L2-normalised) or ``smollm2`` (SmolLM2-135M backbone, mean-pooled last hidden state, d=576)."""
+    max_tokens: int = 256
+    """Encoder input length; longer texts keep their END (left-truncation: the response and the most recent history)."""
+    encode_batch_size: int = 64
+    """Pairs per encoder forward pass."""
+    hidden: int = 128
+    """Width of the head's hidden layer (authors: Linear(d,128) → Dropout → ReLU → Linear(128,1) → Tanh)."""
+    dropout: float = 0.2
+    """Dropout of the head (authors: 0.2)."""
+    output_scale: float = 0.0
+    """Per-turn reward bound: r̂ = output_scale · tanh(head(x)), on the 0-100 score scale. 0 = auto: ``auto_scale_margin`` × the largest per-turn share R/T among the training conversations (oracle: also ≥ margin × the largest |true reward|)."""
+    auto_scale_margin: float = 1.25
+    """Margin of the automatic ``output_scale`` over the largest training share R/T (1.25 keeps every share at tanh ≤ 0.8)."""
+    lr: float = 1e-3
+    """AdamW learning rate of the head (authors: 5e-6 for a fine-tuned BART; a frozen encoder's head needs more)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    epochs: int = 100
+    """Passes over the training conversations (no early stopping)."""
+    batch_conversations: int = 8
+    """Whole conversations per optimiser step (authors: 1 for GE)."""
+    ge_method: str = "rrd"
+    """GE part of ``geli``: rrd, ircr, rudder or sum (eq. 4)."""
+    li_signal: str = "va"
+    """LI part of ``geli``: va (visual affect Γ, eq. 7) or ls (VADER language sentiment)."""
+    lam: float = 0.5
+    """λ of GELI eq. 2: L = λ·L_GE + (1-λ)·L_LI (paper: 0.5)."""
+    K: int = 32
+    """RRD sample size |I| per conversation (Table 1: 32 and 160)."""
+    rrd_sampling: str = "ren"
+    """How RRD draws its K indices: ``ren`` (Ren et al. / App. A: K distinct turns, with replacement only when K > T), ``with_replacement`` (the authors' code) or ``without_replacement`` (a conversation shorter than K contributes each turn once: its exact sum)."""
+    rrd_bias_correction: bool = False
+    """Ren et al.'s bias-corrected RRD: subtract the Monte-Carlo variance term from the loss."""
+    rrd_T: str = "length"
+    """T in (T/K)·Σ_K r̂ (eq. 9): ``length`` = the conversation's AI turns (Ren et al.) or ``fixed`` = ``rrd_T_fixed`` (authors' code)."""
+    rrd_T_fixed: int = 160
+    """T when ``rrd_T: fixed`` (authors: 160)."""
+    li_positive: float = 1.0
+    """r_LI for Γ = 1, as a fraction of ``output_scale`` (authors: 1, the tanh ceiling); Γ = 0 gives r_LI = 0."""
+    ls_threshold: float = 0.05
+    """LS label: Γ_LS = 1 when the VADER compound score of the AI utterance is ≥ this (VADER's 'positive' cut-off)."""
+    va_min_words: int = 5
+    """Authors' convention: AI turns of ≤ this many words get Γ = 0."""
+    rudder_hidden: int = 64
+    """Hidden size of RUDDER's LSTM return predictor."""
+    rudder_epochs: int = 0
+    """Epochs of the RUDDER return predictor; 0 = ``epochs``."""
+    rudder_aux_weight: float = 0.5
+    """Weight of RUDDER's auxiliary loss (every turn's prediction regressed on the final score)."""
+
+    def validate(self) -> None:
+        _check(self.encoder in ENCODERS, "encoder", f"must be one of {ENCODERS}", self.encoder)
+        _check(self.max_tokens >= 8, "max_tokens", "must be >= 8", self.max_tokens)
+        _check(self.encode_batch_size >= 1, "encode_batch_size", "must be >= 1", self.encode_batch_size)
+        _check(self.hidden >= 1, "hidden", "must be >= 1", self.hidden)
+        _check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)", self.dropout)
+        _check(self.output_scale >= 0, "output_scale", "must be >= 0 (0 = auto)", self.output_scale)
+        _check(self.auto_scale_margin >= 1, "auto_scale_margin", "must be >= 1", self.auto_scale_margin)
+        _check(self.lr > 0, "lr", "must be > 0", self.lr)
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
+        _check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
+        _check(self.batch_conversations >= 1, "batch_conversations", "must be >= 1",
+               self.batch_conversations)
+        _check(self.ge_method in GE_METHODS, "ge_method", f"must be one of {GE_METHODS}", self.ge_method)
+        _check(self.li_signal in LI_SIGNALS, "li_signal", f"must be one of {LI_SIGNALS}", self.li_signal)
+        _check(0 <= self.lam <= 1, "lam", "must be in [0, 1]", self.lam)
+        _check(self.K >= 1, "K", "must be >= 1", self.K)
+        _check(self.rrd_sampling in ("ren", "with_replacement", "without_replacement"), "rrd_sampling",
+               "must be ren, with_replacement or without_replacement", self.rrd_sampling)
+        _check(self.rudder_aux_weight >= 0, "rudder_aux_weight", "must be >= 0", self.rudder_aux_weight)
+        _check(self.rrd_T in ("length", "fixed"), "rrd_T", "must be length or fixed", self.rrd_T)
+        _check(self.rrd_T_fixed >= 1, "rrd_T_fixed", "must be >= 1", self.rrd_T_fixed)
+        _check(0 < self.li_positive <= 1, "li_positive", "must be in (0, 1]", self.li_positive)
+        _check(-1 <= self.ls_threshold <= 1, "ls_threshold", "must be in [-1, 1]", self.ls_threshold)
+        _check(self.va_min_words >= 0, "va_min_words", "must be >= 0", self.va_min_words)
+        _check(self.rudder_hidden >= 1, "rudder_hidden", "must be >= 1", self.rudder_hidden)
+        _check(self.rudder_epochs >= 0, "rudder_epochs", "must be >= 0", self.rudder_epochs)
+
+
 @dataclass
 class StudyParams:
     """One profile: everything a run of the notebook chain needs."""
@@ -171,6 +266,8 @@ class StudyParams:
     """Loader conventions."""
     splits: SplitParams = field(default_factory=SplitParams)
     """Conversation splits."""
+    reward: RewardParams = field(default_factory=RewardParams)
+    """Reward model and reward-function training."""
 
     def validate(self) -> None:
         _check(self.profile in PROFILES, "profile", f"must be one of {PROFILES}", self.profile)

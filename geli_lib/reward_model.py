@@ -1,0 +1,752 @@
+"""The reward model r_θ(s_t, a_t) and the training of every reward function (GELI Sec. 4-5).
+
+r_θ is a frozen text encoder plus a small head (DESIGN.md §5). Because the
+encoder is frozen, each (history, response) pair is encoded **once** and its
+features are cached by content; every method and every seed then trains only
+the head on tensors, which is what makes a three-seed Table 1 cheap
+(``benchmarks/bench_reward.py`` times it against re-encoding at every step, as
+the authors' code does).
+
+Decisions (all parameters of :class:`~geli_lib.params.RewardParams`):
+
+**Text of a pair.** ``history + " AI: " + response``: the history is already
+in the authors' format (the last 20 turns as ``" User: …"`` / ``" AI: …"``,
+see :func:`geli_lib.data.build_pairs`), and the response is appended as the
+next AI turn of the same transcript. The encoder sees at most ``max_tokens``
+(256, MiniLM's trained length) tokens; longer texts are cut from the LEFT
+(tokenizer ``truncation_side="left"``), so the response and the most recent
+history are always kept (a response longer than the window loses its start).
+
+**Features.** MiniLM: mean of the last hidden states over the attention mask,
+then L2-normalised, i.e. exactly the sentence-transformers embedding of
+all-MiniLM-L6-v2 (d = 384). SmolLM2 (option): the mean of the backbone's last
+hidden state over the mask (d = 576), not normalised.
+
+**Output scale.** The head ends in tanh ∈ [-1, 1] but the session score R is on
+0-100 and is the SUM of the per-turn rewards (eq. 3). So r̂_t =
+``output_scale`` · tanh(·). The authors kept scale 1 and divided R by a fixed
+T = 160 turns, which put the mean per-turn share at ≈ 0.46 of the range. Ours
+is data-driven so that it works for any conversation length: by default
+(``output_scale: 0``) the scale is ``auto_scale_margin`` (1.25) × the largest
+per-turn share R/T among the training conversations, so every training
+conversation's score is reachable with |tanh| ≤ 0.8 and the mean share sits at
+≈ 0.3-0.45 of the range (smoke corpus: scale 10, mean share ≈ 4; cpu: 7.7
+and ≈ 2.6). ``oracle`` and ``rudder`` regress the head on per-turn targets, so
+their scale also covers the largest |target| (RUDDER's redistribution puts
+g_0 ≈ mean R on each first turn, so its scale is ≈ 1.25 × max R). The
+scale is stored with the trained head, so predictions are always on the score
+scale.
+
+**LI labels.** Γ ∈ {0, 1} (eq. 7) becomes r_LI = Γ · ``li_positive`` ·
+``output_scale`` (default: Γ = 1 ↦ the top of the head's range, Γ = 0 ↦ 0),
+which is the authors' mapping (their tanh output was regressed on Γ directly).
+Language sentiment (LS) uses the same mapping with Γ_LS = 1 when VADER's
+compound score of the AI utterance is ≥ ``ls_threshold`` (0.05). Turns without
+a label (NaN: no timing, so no face window) are left out of L_LI.
+
+**Methods** (:data:`METHOD_FAMILY`): ``mean`` / ``mode`` (constant per-turn
+predictions: mean_i(R_i/T_i), and mode_i(R_i)·mean_i(1/T_i)); GE ``sum`` (eq. 4),
+``rrd`` (eq. 9), ``ircr`` (per-turn targets R/T), ``rudder`` (an LSTM return
+predictor is trained on the feature sequences, its differences of consecutive
+predictions are the redistributed rewards, and the head is regressed on them,
+because r_θ must score one (s_t, a_t) pair at RL time); LI ``va`` and ``ls``
+(eq. 6); ``geli`` = λ·L_GE(``ge_method``) + (1-λ)·L_LI(``li_signal``) (eq. 2);
+``oracle`` (MSE on the planted per-turn reward: the ceiling, simulated corpus
+only). Losses come from :mod:`geli_lib.losses`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from geli_lib.io import atomic_write, cache_dir, file_key, progress_bar, write_json  # noqa: E402
+from geli_lib.params import GE_METHODS, REWARD_METHODS, RewardParams, to_dict  # noqa: E402
+
+#: Bump when the text of a pair or the pooling changes: it is part of the encoder id.
+TEXT_FORMAT_VERSION = 1
+#: How the response is joined to the history (the response is the next AI turn).
+RESPONSE_PREFIX = " AI: "
+#: Pairs encoded between two cache writes (an interrupted encode keeps finished chunks).
+CHUNK_PAIRS = 1024
+#: More chunk files than this are merged into one on the next encode.
+MAX_CHUNKS = 32
+
+METHOD_FAMILY: dict[str, str] = {
+    "mean": "baseline", "mode": "baseline", "sum": "GE", "ircr": "GE", "rudder": "GE",
+    "rrd": "GE", "va": "LI", "ls": "LI", "geli": "GELI", "oracle": "oracle",
+}
+
+
+class RewardModelError(ValueError):
+    """Bad input to the reward model or its training; the message says what and where."""
+
+
+class EncoderMismatchError(RewardModelError):
+    """A feature cache or a saved reward function was built with another encoder."""
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+def pair_texts(pairs: pd.DataFrame) -> list[str]:
+    """The encoder input of each pair: ``history + " AI: " + response`` (see the module docstring)."""
+    for col in ("history", "response"):
+        if col not in pairs:
+            raise RewardModelError(f"pairs: missing column {col!r} (build them with data.build_pairs)")
+    hist = pairs["history"].fillna("").astype(str).to_numpy()
+    resp = pairs["response"].fillna("").astype(str).to_numpy()
+    return [h + RESPONSE_PREFIX + r for h, r in zip(hist, resp)]
+
+
+def text_key(text: str) -> str:
+    """Content key of one encoder input (sha1 of its UTF-8 bytes)."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def _encoder_dir(name: str) -> Path:
+    from geli_lib.models import minilm_path, smollm2_path
+
+    if name == "minilm":
+        return minilm_path()
+    if name == "smollm2":
+        return smollm2_path()
+    raise RewardModelError(f"encoder {name!r} unknown: choose minilm or smollm2")
+
+
+@lru_cache(maxsize=8)
+def _weights_key(folder: str) -> str:
+    files = [Path(folder) / n for n in ("config.json", "model.safetensors", "tokenizer.json")]
+    return file_key([f for f in files if f.exists()], length=12)
+
+
+def encoder_id(encoder: str = "minilm", max_tokens: int = 256) -> str:
+    """Identity of an encoder's features: name, weights (content key), input length, text format.
+
+    Two feature sets are interchangeable exactly when their ids are equal; the
+    cache folder and every saved reward function record it.
+    """
+    folder = _encoder_dir(encoder)
+    return f"{encoder}-{_weights_key(str(folder))}-t{max_tokens}-f{TEXT_FORMAT_VERSION}"
+
+
+def _load_encoder(encoder: str, device: str) -> tuple[Any, Any]:
+    """(tokenizer, model) of the encoder, offline, eval mode, tokenizer cutting from the left."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = _encoder_dir(encoder)
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tok.truncation_side = "left"
+    model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    model.to(device).eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok, model
+
+
+@torch.no_grad()
+def _embed(texts: Sequence[str], tok: Any, model: Any, encoder: str, max_tokens: int,
+           device: str) -> np.ndarray:
+    """Mean-pooled (and for MiniLM L2-normalised) embeddings of one batch of texts."""
+    enc = tok(list(texts), truncation=True, max_length=max_tokens, padding=True,
+              return_tensors="pt").to(device)
+    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    h = out.last_hidden_state.float()
+    m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+    emb = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+    if encoder == "minilm":
+        emb = nn.functional.normalize(emb, p=2, dim=1)
+    return emb.cpu().numpy().astype(np.float32)
+
+
+class FeatureCache:
+    """Encoded pairs of one encoder: a folder of chunk files, each a key → row map.
+
+    Each chunk (``chunk-<n>.npz``) holds ``keys`` (sha1 of the encoder input),
+    ``emb`` (float32 rows) and ``encoder_id``; ``encoder.json`` names the
+    folder's encoder. Chunks are written atomically, one per
+    :data:`CHUNK_PAIRS` encoded pairs, so an interrupted encode keeps what it
+    finished. A folder or chunk with another encoder id is refused
+    (:class:`EncoderMismatchError`), never mixed in.
+    """
+
+    def __init__(self, folder: str | Path, enc_id: str):
+        self.folder = Path(folder)
+        self.enc_id = enc_id
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta = self.folder / "encoder.json"
+        if meta.exists():
+            got = json.loads(meta.read_text()).get("encoder_id")
+            if got != enc_id:
+                raise EncoderMismatchError(
+                    f"{self.folder}: feature cache built with encoder {got!r}, not {enc_id!r}; "
+                    "use the default cache folder (one per encoder) or delete this one")
+        else:
+            write_json(meta, {"encoder_id": enc_id})
+        self.rows: dict[str, int] = {}
+        self.emb = np.zeros((0, 0), np.float32)
+        self._load()
+
+    def chunks(self) -> list[Path]:
+        return sorted(self.folder.glob("chunk-*.npz"))
+
+    def _load(self) -> None:
+        keys: list[np.ndarray] = []
+        embs: list[np.ndarray] = []
+        for path in self.chunks():
+            with np.load(path, allow_pickle=False) as z:
+                got = str(z["encoder_id"])
+                if got != self.enc_id:
+                    raise EncoderMismatchError(
+                        f"{path}: chunk encoded with {got!r}, but this cache is for {self.enc_id!r}; "
+                        "delete the chunk")
+                keys.append(z["keys"])
+                embs.append(z["emb"])
+        if keys:
+            all_keys = np.concatenate(keys)
+            self.emb = np.concatenate(embs)
+            self.rows = {str(k): i for i, k in enumerate(all_keys)}  # later duplicates win (same value)
+
+    def lookup(self, keys: Sequence[str]) -> np.ndarray:
+        idx = np.fromiter((self.rows[k] for k in keys), dtype=np.int64, count=len(keys))
+        return self.emb[idx]
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        return [k for k in dict.fromkeys(keys) if k not in self.rows]
+
+    def add(self, keys: Sequence[str], emb: np.ndarray) -> None:
+        """Write one chunk atomically and add it to the in-memory map."""
+        n = len(self.chunks())
+        name = f"chunk-{time.time_ns():020d}-{n:05d}.npz"
+        with atomic_write(self.folder / name) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, keys=np.asarray(keys, dtype="<U40"), emb=emb.astype(np.float32),
+                     encoder_id=np.asarray(self.enc_id))
+        base = len(self.emb)
+        self.emb = emb.astype(np.float32) if base == 0 else np.concatenate([self.emb, emb])
+        for i, k in enumerate(keys):
+            self.rows[k] = base + i
+
+    def compact(self) -> None:
+        """Merge all chunks into one (atomic write first, then the old chunks are removed)."""
+        old = self.chunks()
+        if len(old) <= MAX_CHUNKS:
+            return
+        keys = sorted(self.rows, key=self.rows.__getitem__)
+        name = f"chunk-{time.time_ns():020d}-merged.npz"
+        with atomic_write(self.folder / name) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, keys=np.asarray(keys, dtype="<U40"), emb=self.lookup(keys),
+                     encoder_id=np.asarray(self.enc_id))
+        for p in old:
+            p.unlink(missing_ok=True)
+
+
+def encode_pairs(pairs: pd.DataFrame, encoder: str = "minilm", batch_size: int = 64,
+                 device: str = "cpu", progress: bool = True, max_tokens: int = 256,
+                 cache: str | Path | None = None) -> np.ndarray:
+    """Features (N, d) float32 of the pairs, one row per pair, encoded once and cached by content.
+
+    The cache is ``cache_dir('features')/<encoder_id>/`` (or ``cache``), a key
+    → row map keyed by the sha1 of each pair's encoder input, so any subset or
+    reordering of pairs reuses earlier encodings and only new texts reach the
+    model (the model is not even loaded when everything is cached). Prints the
+    encoding throughput (pairs/s).
+    """
+    texts = pair_texts(pairs)
+    keys = [text_key(t) for t in texts]
+    enc_id = encoder_id(encoder, max_tokens)
+    store = FeatureCache(Path(cache) if cache else cache_dir("features") / enc_id, enc_id)
+    todo = store.missing(keys)
+    if todo:
+        by_key = dict(zip(keys, texts))
+        todo.sort(key=lambda k: len(by_key[k]))  # similar lengths per batch: less padding
+        tok, model = _load_encoder(encoder, device)
+        t0 = time.perf_counter()
+        bar = progress_bar(len(todo), f"encoding ({encoder})", progress, unit="pair")
+        try:
+            for c0 in range(0, len(todo), CHUNK_PAIRS):
+                ck = todo[c0:c0 + CHUNK_PAIRS]
+                parts = []
+                for b0 in range(0, len(ck), batch_size):
+                    bk = ck[b0:b0 + batch_size]
+                    parts.append(_embed([by_key[k] for k in bk], tok, model, encoder, max_tokens, device))
+                    bar.update(len(bk))
+                store.add(ck, np.concatenate(parts))
+        finally:
+            bar.close()
+        dt = time.perf_counter() - t0
+        if progress:
+            print(f"encoded {len(todo)} pairs with {encoder} in {dt:.1f} s "
+                  f"({len(todo) / max(dt, 1e-9):.0f} pairs/s); {len(keys) - len(todo)} from cache",
+                  flush=True)
+        store.compact()
+    elif progress:
+        print(f"features: all {len(keys)} pairs from cache ({store.folder.name})", flush=True)
+    if not keys:
+        return np.zeros((0, store.emb.shape[1] if store.emb.size else 0), np.float32)
+    return store.lookup(keys)
+
+
+# --------------------------------------------------------------------------- LI labels
+
+
+def visual_affect_labels(corpus: Any, pairs: pd.DataFrame, min_words: int = 5) -> np.ndarray:
+    """Γ (GELI eq. 7) per pair, from :func:`geli_lib.features.turn_listener_summary`.
+
+    1 when the listener's most frequent arg-max face emotion in the turn window
+    is happiness; 0 otherwise, and 0 for turns of ≤ ``min_words`` words or
+    without frames (authors' conventions); NaN for turns without timing (no
+    window at all: ESConv, SODA).
+    """
+    from geli_lib.features import turn_listener_summary
+
+    s = turn_listener_summary(corpus, min_words=min_words)[["convo_id", "turn_idx", "va_label"]]
+    m = pairs[["convo_id", "turn_idx"]].merge(s, on=["convo_id", "turn_idx"], how="left")
+    return m["va_label"].to_numpy(dtype=float)
+
+
+def sentiment_labels(pairs: pd.DataFrame, threshold: float = 0.05) -> np.ndarray:
+    """Γ_LS per pair: 1 when VADER's compound score of the AI utterance is ≥ ``threshold``, else 0."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    sia = SentimentIntensityAnalyzer()
+    comp = np.array([sia.polarity_scores(str(u))["compound"] for u in pairs["response"]], dtype=float)
+    return (comp >= threshold).astype(float)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainData:
+    """Whole conversations as padded tensors: what every method trains on.
+
+    ``X`` (C, T_max, d) features, ``mask`` (C, T_max) bool, ``lengths`` (C,)
+    AI turns, ``R`` (C,) session scores, ``truth`` (C, T_max) planted reward
+    (NaN when absent), ``li`` name → (C, T_max) labels Γ (NaN = none),
+    ``rows`` (C, T_max) the pair row of each turn (-1 = padding), ``texts``
+    the encoder inputs of those rows (for the naive benchmark).
+    """
+
+    convo_ids: list[str]
+    X: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    R: torch.Tensor
+    truth: torch.Tensor
+    li: dict[str, torch.Tensor]
+    rows: torch.Tensor
+    texts: list[str] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def d(self) -> int:
+        return int(self.X.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.convo_ids)
+
+
+def make_train_data(corpus: Any, pairs: pd.DataFrame, features: np.ndarray,
+                    convo_ids: Sequence[str] | None = None,
+                    li_labels: Mapping[str, Any] | np.ndarray | None = None) -> TrainData:
+    """Group the pairs of ``convo_ids`` (default: all) into padded conversation tensors.
+
+    ``features`` are aligned with ``pairs`` rows (:func:`encode_pairs`).
+    ``li_labels``: ``{"va": array, "ls": array}`` aligned with ``pairs`` (a bare
+    array is taken as ``va``); ``va`` is computed from ``corpus`` and ``ls``
+    from the utterances when not given. Conversations without an AI turn or
+    without a score are left out and listed in ``skipped``.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or len(features) != len(pairs):
+        raise RewardModelError(f"features must be (len(pairs), d) = ({len(pairs)}, d), got {features.shape}")
+    if li_labels is None:
+        li_labels = {}
+    elif not isinstance(li_labels, Mapping):
+        li_labels = {"va": li_labels}
+    labels = {k: np.asarray(v, dtype=float) for k, v in li_labels.items()}
+    for k, v in labels.items():
+        if v.shape != (len(pairs),):
+            raise RewardModelError(f"li_labels[{k!r}] must have one value per pair ({len(pairs)}), got {v.shape}")
+    if "va" not in labels and corpus is not None:
+        labels["va"] = visual_affect_labels(corpus, pairs)
+    if "ls" not in labels:
+        labels["ls"] = sentiment_labels(pairs)
+
+    p = pairs.reset_index(drop=True)
+    wanted = list(dict.fromkeys(map(str, convo_ids))) if convo_ids is not None else \
+        sorted(pd.unique(p["convo_id"].astype(str)))
+    groups = {str(c): g.sort_values("turn_idx").index.to_numpy() for c, g in p.groupby("convo_id", sort=False)}
+    skipped: dict[str, list[str]] = {}
+    keep: list[str] = []
+    for c in wanted:
+        rows = groups.get(c)
+        if rows is None or len(rows) == 0:
+            skipped.setdefault("no_ai_turn", []).append(c)
+        elif not np.isfinite(p["score"].to_numpy(float)[rows[0]]):
+            skipped.setdefault("no_score", []).append(c)
+        else:
+            keep.append(c)
+    if skipped:
+        print("make_train_data: left out " + ", ".join(f"{len(v)} ({k})" for k, v in skipped.items()),
+              file=sys.stderr)
+    if not keep:
+        raise RewardModelError(f"no trainable conversation among {len(wanted)} (skipped: "
+                               f"{ {k: len(v) for k, v in skipped.items()} })")
+    lengths = np.array([len(groups[c]) for c in keep])
+    C, T = len(keep), int(lengths.max())
+    rows = np.full((C, T), -1, dtype=np.int64)
+    for i, c in enumerate(keep):
+        rows[i, : lengths[i]] = groups[c]
+    mask = rows >= 0
+    safe = np.where(mask, rows, 0)
+
+    def padded(v: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.where(mask, v[safe], np.nan).astype(np.float32))
+
+    X = np.where(mask[..., None], features[safe], 0.0).astype(np.float32)
+    texts = pair_texts(p)
+    return TrainData(
+        convo_ids=keep, X=torch.from_numpy(X), mask=torch.from_numpy(mask),
+        lengths=torch.from_numpy(lengths), R=torch.tensor(p["score"].to_numpy(float)[rows[:, 0]],
+                                                          dtype=torch.float32),
+        truth=padded(p["true_reward"].to_numpy(float)) if "true_reward" in p else
+        torch.full((C, T), float("nan")),
+        li={k: padded(v) for k, v in labels.items()}, rows=torch.from_numpy(rows),
+        texts=texts, skipped=skipped)
+
+
+# --------------------------------------------------------------------------- head
+
+
+class RewardHead(nn.Module):
+    """DESIGN.md §5: Linear(d,128) → Dropout(0.2) → ReLU → Linear(128,1) → Tanh, times ``scale``.
+
+    Maps features (..., d) to per-turn rewards (...) in [-scale, scale] on the
+    0-100 score scale (see the module docstring for the choice of ``scale``).
+    """
+
+    def __init__(self, d: int, hidden: int = 128, dropout: float = 0.2, scale: float = 1.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, hidden), nn.Dropout(dropout), nn.ReLU(),
+                                 nn.Linear(hidden, 1), nn.Tanh())
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def init_output(self, value: float) -> None:
+        """Start every prediction near ``value`` (the output bias is set to atanh(value/scale))."""
+        with torch.no_grad():
+            v = max(min(value / float(self.scale), 0.95), -0.95)
+            self.net[3].bias.fill_(math.atanh(v))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.net(x).squeeze(-1)
+
+
+@dataclass
+class TrainedReward:
+    """A trained reward function: ``head`` (None for constant baselines) or ``constant``."""
+
+    method: str
+    params: RewardParams
+    encoder_id: str
+    d: int
+    scale: float
+    seed: int
+    head: RewardHead | None = None
+    constant: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return METHOD_FAMILY[self.method]
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``reward.json`` (method, params, encoder id, scale, info) and ``head.pt``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.head is not None:
+            with atomic_write(folder / "head.pt") as tmp:
+                torch.save(self.head.state_dict(), tmp)
+        meta = {"method": self.method, "family": self.family, "params": to_dict(self.params),
+                "encoder_id": self.encoder_id, "d": self.d, "scale": self.scale, "seed": self.seed,
+                "constant": self.constant, "info": self.info, "has_head": self.head is not None}
+        write_json(folder / "reward.json", meta)  # written last: the completeness marker
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, expect_encoder: str | None = None) -> "TrainedReward":
+        """Read a saved reward function; ``expect_encoder`` (an :func:`encoder_id`) must match."""
+        folder = Path(folder)
+        meta_path = folder / "reward.json"
+        if not meta_path.is_file():
+            raise RewardModelError(f"{folder}: no saved reward function (reward.json missing)")
+        meta = json.loads(meta_path.read_text())
+        if expect_encoder is not None and meta["encoder_id"] != expect_encoder:
+            raise EncoderMismatchError(
+                f"{folder}: reward function trained on features of {meta['encoder_id']!r}, "
+                f"but the features given are {expect_encoder!r}; re-encode with its encoder")
+        params = RewardParams(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in meta["params"].items()})
+        head = None
+        if meta["has_head"]:
+            head = RewardHead(meta["d"], params.hidden, params.dropout, meta["scale"])
+            head.load_state_dict(torch.load(folder / "head.pt", map_location="cpu", weights_only=True))
+            head.eval()
+        return cls(method=meta["method"], params=params, encoder_id=meta["encoder_id"], d=meta["d"],
+                   scale=meta["scale"], seed=meta["seed"], head=head, constant=meta["constant"],
+                   info=meta.get("info", {}))
+
+
+def load_reward_function(folder: str | Path, encoder: str | None = None,
+                         max_tokens: int = 256) -> TrainedReward:
+    """Load a saved reward function, checking it against ``encoder`` (name) when given."""
+    return TrainedReward.load(folder, encoder_id(encoder, max_tokens) if encoder else None)
+
+
+@torch.no_grad()
+def predict(trained: TrainedReward, features: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Per-pair r̂ (N,) on the score scale, for features (N, d) from the same encoder."""
+    features = np.asarray(features, dtype=np.float32)
+    if trained.constant is not None:
+        return np.full(len(features), trained.constant, dtype=np.float64)
+    if features.ndim != 2 or features.shape[1] != trained.d:
+        raise EncoderMismatchError(
+            f"features of shape {features.shape} do not fit a head trained on d={trained.d} "
+            f"features ({trained.encoder_id})")
+    assert trained.head is not None
+    trained.head.eval()
+    out = [trained.head(torch.from_numpy(features[i:i + batch_size])).numpy()
+           for i in range(0, len(features), batch_size)]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def auto_scale(train: TrainData, params: RewardParams, method: str,
+               targets: torch.Tensor | None = None) -> float:
+    """The head's output scale: ``params.output_scale``, or the automatic rule of the module docstring.
+
+    Methods that regress the head on per-turn targets whose range is known
+    before training (``oracle``: the planted rewards; ``rudder``: the
+    redistributed rewards, which put the first prediction g_0 ≈ mean R on the
+    first turn) also keep those targets inside the range.
+    """
+    if params.output_scale > 0:
+        return float(params.output_scale)
+    share = (train.R / train.lengths.float()).abs()
+    top = float(share.max())
+    if method == "oracle":
+        targets = train.truth
+    if targets is not None:
+        t = targets[train.mask & torch.isfinite(targets)]
+        if len(t):
+            top = max(top, float(t.abs().max()))
+    return params.auto_scale_margin * max(top, 1e-6)
+
+
+def _li_targets(train: TrainData, signal: str, scale: float, params: RewardParams) -> torch.Tensor:
+    """r_LI = Γ · li_positive · scale (NaN where Γ is missing); errors when every label is missing."""
+    if signal not in train.li:
+        raise RewardModelError(f"no {signal!r} labels in the training data (pass li_labels={{{signal!r}: …}})")
+    g = train.li[signal]
+    if not torch.isfinite(g[train.mask]).any():
+        raise RewardModelError(
+            f"every {signal!r} label of the training conversations is NaN (no face window / no timing): "
+            f"an LI method cannot train on this corpus")
+    return g * (params.li_positive * scale)
+
+
+def _masked_mse(r_hat: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE over the turns where ``mask`` holds and ``target`` is finite (eq. 6 form), via losses.li_loss."""
+    from geli_lib import losses
+
+    m = mask & torch.isfinite(target)
+    if not bool(m.any()):
+        return r_hat.sum() * 0.0
+    return losses.li_loss(r_hat, m, torch.nan_to_num(target))
+
+
+RRD_REPLACE = {"ren": None, "with_replacement": True, "without_replacement": False}
+
+#: ``feature_fn(conv (b,), idx (b, K), valid (b, K)) -> (b, T_max, d)``: features of the batch
+#: with at least the sampled turns filled in (other positions are never read by the loss).
+FeatureFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cached_features(train: TrainData) -> FeatureFn:
+    """The batch's features read from the cached tensor (all turns present)."""
+    def fn(conv: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return train.X[conv]
+    return fn
+
+
+def _ge_loss(kind: str, head: RewardHead, train: TrainData, b: torch.Tensor, params: RewardParams,
+             gen: torch.Generator, targets: torch.Tensor | None, feature_fn: FeatureFn) -> torch.Tensor:
+    """L_GE of one batch of conversations ``b`` for GE method ``kind``."""
+    from geli_lib import losses
+
+    mask, R = train.mask[b], train.R[b]
+    if kind == "rrd":  # eq. 9; idx are ranks among valid turns = columns (left-aligned padding)
+        replace = RRD_REPLACE[params.rrd_sampling]
+        idx, valid = losses.sample_rrd_indices(train.lengths[b], params.K, replace, gen)
+        r_hat = head(feature_fn(b, idx, valid))
+        T_scale = "length" if params.rrd_T == "length" else float(params.rrd_T_fixed)
+        return losses.rrd_loss(r_hat, mask, R, idx, valid, T_scale, params.rrd_bias_correction, replace)
+    r_hat = head(train.X[b])
+    if kind == "sum":
+        return losses.sum_decomposition_loss(r_hat, mask, R)
+    if kind == "ircr":
+        assert targets is not None
+        return losses.ircr_loss(r_hat, mask, targets[b])
+    if kind == "rudder":  # regress the head on the redistributed rewards
+        assert targets is not None
+        return _masked_mse(r_hat, mask, targets[b])
+    raise RewardModelError(f"unknown GE method {kind!r}")
+
+
+def _rudder_targets(train: TrainData, params: RewardParams, seed: int) -> tuple[torch.Tensor, list[float]]:
+    """RUDDER: fit the LSTM return predictor, return its redistributed rewards (C, T_max) and losses."""
+    from geli_lib import losses
+
+    torch.manual_seed(seed + 7919)
+    gen = torch.Generator().manual_seed(seed + 7919)
+    model = losses.ReturnPredictor(train.d, params.rudder_hidden)
+    with torch.no_grad():  # start at the mean return: Adam's small steps never walk 0 -> ~70 otherwise
+        model.head.bias.fill_(float(train.R.mean()))
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    hist = []
+    for _ in range(params.rudder_epochs or params.epochs):
+        tot = 0.0
+        for b in torch.randperm(len(train), generator=gen).split(params.batch_conversations):
+            pred = model(train.X[b])
+            loss = losses.rudder_loss(pred, train.mask[b], train.R[b], params.rudder_aux_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(b)
+        hist.append(tot / len(train))
+    model.eval()
+    with torch.no_grad():
+        red = losses.rudder_redistribution(model(train.X), train.mask)
+    return red.masked_fill(~train.mask, float("nan")), hist
+
+
+def _constant(method: str, train: TrainData) -> float:
+    R, T = train.R.double(), train.lengths.double()
+    if method == "mean":
+        return float((R / T).mean())
+    vals, counts = torch.unique(R, return_counts=True)
+    mode = float(vals[torch.argmax(counts)])  # ties: the smallest score
+    return mode * float((1.0 / T).mean())
+
+
+def train_reward_function(method: str, train: TrainData, params: RewardParams, seed: int = 0,
+                          encoder: str | None = None, feature_fn: FeatureFn | None = None,
+                          progress: bool = False) -> TrainedReward:
+    """Train reward function ``method`` (one of :data:`METHOD_FAMILY`) on cached features.
+
+    Deterministic per ``seed`` (torch.manual_seed for the head's init and
+    dropout, a torch.Generator for batch order and RRD samples). Batches are
+    ``params.batch_conversations`` whole conversations, padded with a mask.
+    ``feature_fn`` replaces the cached-feature lookup of the RRD samples (the
+    benchmark passes one that re-encodes, as the authors' code does).
+    """
+    params.validate()
+    if method not in REWARD_METHODS:
+        raise RewardModelError(f"method {method!r} unknown: choose one of {REWARD_METHODS}")
+    enc_id = encoder_id(encoder or params.encoder, params.max_tokens)
+    t0 = time.perf_counter()
+    if method in ("mean", "mode"):
+        return TrainedReward(method=method, params=params, encoder_id=enc_id, d=train.d,
+                             scale=auto_scale(train, params, method), seed=seed,
+                             constant=_constant(method, train),
+                             info={"n_conversations": len(train), "seconds": time.perf_counter() - t0})
+
+    ge = method if method in GE_METHODS else (params.ge_method if method == "geli" else None)
+    li = method if method in ("va", "ls") else (params.li_signal if method == "geli" else None)
+    lam = params.lam if method == "geli" else (1.0 if ge else 0.0)
+    ge_targets = li_targets = None
+    info: dict[str, Any] = {"n_conversations": len(train), "ge": ge, "li": li, "lam": lam}
+    if ge == "ircr":
+        from geli_lib import losses
+        ge_targets = losses.ircr_targets(train.R, train.lengths, train.mask.shape[1]).to(torch.float32)
+    elif ge == "rudder":
+        ge_targets, info["rudder_loss"] = _rudder_targets(train, params, seed)
+    scale = auto_scale(train, params, method, ge_targets if method == "rudder" else None)
+    common = dict(method=method, params=params, encoder_id=enc_id, d=train.d, scale=scale, seed=seed)
+    if li is not None and (lam < 1 or method in ("va", "ls")):
+        li_targets = _li_targets(train, li, scale, params)
+    oracle = None
+    if method == "oracle":
+        oracle = train.truth
+        if not torch.isfinite(oracle[train.mask]).any():
+            raise RewardModelError("oracle needs the planted per-turn reward (simulated corpus only): "
+                                   "every true_reward is NaN")
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    head = RewardHead(train.d, params.hidden, params.dropout, scale)
+    head.init_output(float((train.R / train.lengths.float()).mean()))
+    opt = torch.optim.AdamW(head.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    feature_fn = feature_fn or cached_features(train)
+    from geli_lib import losses
+
+    hist: list[float] = []
+    bar = progress_bar(params.epochs, f"train {method}", progress, unit="epoch")
+    head.train()
+    for _ in range(params.epochs):
+        tot = 0.0
+        for b in torch.randperm(len(train), generator=gen).split(params.batch_conversations):
+            if oracle is not None:
+                loss = _masked_mse(head(train.X[b]), train.mask[b], oracle[b])
+            else:
+                l_ge = _ge_loss(ge, head, train, b, params, gen, ge_targets, feature_fn) \
+                    if ge is not None and lam > 0 else None
+                l_li = _masked_mse(head(train.X[b]), train.mask[b], li_targets[b]) \
+                    if li_targets is not None and lam < 1 else None
+                if l_ge is not None and l_li is not None:
+                    loss = losses.geli_loss(l_ge, l_li, lam)
+                else:
+                    loss = l_ge if l_ge is not None else l_li
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(b)
+        hist.append(tot / len(train))
+        bar.update(1)
+    bar.close()
+    head.eval()
+    info.update(loss=hist, seconds=time.perf_counter() - t0)
+    return TrainedReward(**common, head=head, info=info)
+
+
+def family(method: str) -> str:
+    """The results-contract family of a method (baseline, GE, LI, GELI, oracle)."""
+    return METHOD_FAMILY[method]
+
+
+__all__ = [
+    "EncoderMismatchError", "FeatureCache", "METHOD_FAMILY", "RewardHead", "RewardModelError",
+    "TrainData", "TrainedReward", "auto_scale", "cached_features", "encode_pairs", "encoder_id",
+    "family", "load_reward_function", "make_train_data", "pair_texts", "predict",
+    "sentiment_labels", "train_reward_function", "visual_affect_labels",
+]

@@ -1,0 +1,281 @@
+"""Reward model: MiniLM feature cache, the head, every training method, save/load, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from geli_lib import reward_model as rm
+from geli_lib.evaluation import evaluate_reward
+from geli_lib.params import ParamError, RewardParams, load_params
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    """A tiny simulated corpus (8 conversations), its pairs and a train/test split."""
+    from geli_lib.data import build_pairs, load_corpus
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GELI_CACHE", str(tmp_path_factory.mktemp("cache")))
+    try:
+        params = load_params("smoke", simulation={"n_conversations": 8})
+        corpus = load_corpus(params, progress=False, workers=1)
+        pairs = build_pairs(corpus, params.data)
+    finally:
+        mp.undo()
+    ids = sorted(pairs["convo_id"].unique())
+    return corpus, pairs, ids[:6], ids[6:]
+
+
+@pytest.fixture(scope="module")
+def synthetic(sim):
+    """Features that carry the planted reward (plus noise): trains the heads fast and meaningfully."""
+    corpus, pairs, train_ids, test_ids = sim
+    rng = np.random.default_rng(0)
+    t = pairs["true_reward"].to_numpy(float)
+    z = (t - t.mean()) / t.std()
+    base = rng.normal(size=(len(pairs), 16))
+    base[:, 0] = z + 0.3 * rng.normal(size=len(pairs))
+    proj = rng.normal(size=(16, 24)) / 4
+    feats = (base @ proj).astype(np.float32)
+    va = rm.visual_affect_labels(corpus, pairs)
+    ls = rm.sentiment_labels(pairs)
+    train = rm.make_train_data(corpus, pairs, feats, train_ids, {"va": va, "ls": ls})
+    return feats, va, ls, train
+
+
+FAST = RewardParams(epochs=60, lr=3e-3, batch_conversations=3, K=8, rudder_epochs=30)
+
+
+@pytest.fixture()
+def cache_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("GELI_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def _pairs(n: int = 5) -> pd.DataFrame:
+    return pd.DataFrame({
+        "convo_id": ["c"] * n, "turn_idx": list(range(1, 2 * n, 2)),
+        "history": [" User: hi there, how was your weekend?" * (k + 1) for k in range(n)],
+        "response": [f"I went hiking with my dog number {k}." for k in range(n)],
+        "true_reward": np.arange(n, dtype=float), "local_feedback": np.nan, "score": 70.0})
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def test_encode_shape_determinism_and_cache_hit(cache_env, monkeypatch):
+    pairs = _pairs()
+    a = rm.encode_pairs(pairs, progress=False)
+    assert a.shape == (5, 384) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)  # sentence-transformers normalises
+    b = rm.encode_pairs(pairs, progress=False, cache=cache_env / "other")  # fresh cache: model runs again
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded although every pair is cached")
+
+    monkeypatch.setattr(rm, "_load_encoder", boom)
+    c = rm.encode_pairs(pairs.iloc[[3, 1]], progress=False)  # a reordered subset reuses the cache
+    np.testing.assert_array_equal(c, a[[3, 1]])
+
+
+def test_cache_of_another_encoder_is_rejected(cache_env):
+    folder = cache_env / "feats"
+    store = rm.FeatureCache(folder, "someother-000-t256-f1")
+    store.add(["k"], np.zeros((1, 4), np.float32))
+    with pytest.raises(rm.EncoderMismatchError, match="someother"):
+        rm.encode_pairs(_pairs(2), progress=False, cache=folder)
+    # a stray chunk of another encoder inside the right folder is refused too
+    own = rm.encoder_id("minilm", 256)
+    folder2 = cache_env / "feats2"
+    rm.FeatureCache(folder2, "someother-000-t256-f1").add(["k"], np.zeros((1, 4), np.float32))
+    (folder2 / "encoder.json").write_text(json.dumps({"encoder_id": own}))
+    with pytest.raises(rm.EncoderMismatchError, match="chunk"):
+        rm.FeatureCache(folder2, own)
+
+
+def test_interrupted_encode_keeps_finished_chunks(cache_env, monkeypatch):
+    pairs = _pairs(4)
+    monkeypatch.setattr(rm, "CHUNK_PAIRS", 2)
+    real, calls = rm._embed, []
+
+    def flaky(texts, *a, **k):
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(texts, *a, **k)
+
+    monkeypatch.setattr(rm, "_embed", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        rm.encode_pairs(pairs, progress=False, batch_size=2)
+    store = rm.FeatureCache(rm.cache_dir("features") / rm.encoder_id(), rm.encoder_id())
+    assert len(store.rows) == 2  # the first chunk survived; the second was never half-written
+    monkeypatch.setattr(rm, "_embed", real)
+    assert rm.encode_pairs(pairs, progress=False).shape == (4, 384)
+
+
+def test_left_truncation_keeps_the_response():
+    tok, _ = rm._load_encoder("minilm", "cpu")
+    text = rm.pair_texts(pd.DataFrame({"history": [" User: blah blah." * 400],
+                                       "response": ["zebra crossing tonight"]}))[0]
+    ids = tok([text], truncation=True, max_length=32)["input_ids"][0]
+    assert len(ids) == 32
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    assert tok.decode(ids[1:-1]).endswith("ai : zebra crossing tonight")  # the END is kept
+
+
+# --------------------------------------------------------------------------- head and params
+
+
+def test_head_output_range_and_scale():
+    torch.manual_seed(0)
+    head = rm.RewardHead(8, scale=12.5)
+    out = head(torch.randn(3, 5, 8) * 100)
+    assert out.shape == (3, 5)
+    assert float(out.detach().abs().max()) <= 12.5 + 1e-5
+    head.init_output(4.0)
+    head.eval()
+    with torch.no_grad():
+        assert abs(float(head(torch.zeros(1, 8))[0]) - 4.0) < 3.0  # starts near the mean share
+
+
+def test_reward_params_validation():
+    with pytest.raises(ParamError, match="reward.lam"):
+        load_params("smoke", reward={"lam": 1.5})
+    with pytest.raises(ParamError, match="reward.K"):
+        load_params("smoke", reward={"K": 0})
+    with pytest.raises(ParamError, match="reward.ge_method"):
+        load_params("smoke", reward={"ge_method": "magic"})
+    assert load_params("smoke").reward.encoder == "minilm"
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("method", list(rm.METHOD_FAMILY))
+def test_every_method_trains_and_predicts(method, sim, synthetic):
+    corpus, pairs, _, test_ids = sim
+    feats, va, _, train = synthetic
+    tr = rm.train_reward_function(method, train, FAST, seed=0)
+    pred = rm.predict(tr, feats)
+    assert pred.shape == (len(pairs),) and np.isfinite(pred).all()
+    assert np.abs(pred).max() <= tr.scale + 1e-6
+    if tr.head is not None:
+        assert np.isfinite(tr.info["loss"]).all()
+    test = pairs["convo_id"].isin(test_ids).to_numpy()
+    m = evaluate_reward(pred[test], pairs[test], va[test], corpus)
+    assert np.isfinite(m["l_ge_mse"])
+
+
+def test_training_is_deterministic_per_seed(synthetic):
+    feats, _, _, train = synthetic
+    p = dataclasses.replace(FAST, epochs=10)
+    a = rm.predict(rm.train_reward_function("geli", train, p, seed=1), feats)
+    b = rm.predict(rm.train_reward_function("geli", train, p, seed=1), feats)
+    c = rm.predict(rm.train_reward_function("geli", train, p, seed=2), feats)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_oracle_beats_mean_on_within_conversation_spearman(sim, synthetic):
+    corpus, pairs, _, test_ids = sim
+    feats, va, _, train = synthetic
+    test = pairs["convo_id"].isin(test_ids).to_numpy()
+    res = {}
+    for method in ("mean", "oracle"):
+        pred = rm.predict(rm.train_reward_function(method, train, FAST, seed=0), feats[test])
+        res[method] = evaluate_reward(pred, pairs[test], va[test], corpus)["gt_spearman_within"]
+    assert res["mean"] == 0.0  # a constant assigns no credit
+    assert res["oracle"] > 0.5
+
+
+def test_constant_baselines(synthetic):
+    _, _, _, train = synthetic
+    R, T = train.R.double().numpy(), train.lengths.double().numpy()
+    mean = rm.train_reward_function("mean", train, FAST)
+    assert mean.head is None and mean.constant == pytest.approx((R / T).mean(), rel=1e-9)
+    vals, counts = np.unique(R, return_counts=True)
+    mode = rm.train_reward_function("mode", train, FAST)
+    assert mode.constant == pytest.approx(vals[counts.argmax()] * (1 / T).mean(), rel=1e-9)
+
+
+def test_save_load_round_trip(tmp_path, synthetic):
+    feats, _, _, train = synthetic
+    tr = rm.train_reward_function("rrd", train, dataclasses.replace(FAST, epochs=5), seed=0)
+    tr.save(tmp_path / "rrd")
+    meta = json.loads((tmp_path / "rrd" / "reward.json").read_text())
+    assert meta["method"] == "rrd" and meta["encoder_id"] == rm.encoder_id()
+    back = rm.load_reward_function(tmp_path / "rrd", encoder="minilm")
+    np.testing.assert_allclose(rm.predict(back, feats), rm.predict(tr, feats), atol=1e-6)
+    assert back.params == tr.params and back.scale == tr.scale
+    const = rm.train_reward_function("mean", train, FAST)
+    const.save(tmp_path / "mean")
+    assert rm.TrainedReward.load(tmp_path / "mean").constant == const.constant
+    with pytest.raises(rm.EncoderMismatchError, match="re-encode"):
+        rm.TrainedReward.load(tmp_path / "rrd", expect_encoder="smollm2-abc-t256-f1")
+    with pytest.raises(rm.EncoderMismatchError, match="d=24"):
+        rm.predict(back, np.zeros((2, 384), np.float32))
+    with pytest.raises(rm.RewardModelError, match="reward.json"):
+        rm.TrainedReward.load(tmp_path / "nothing")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_all_nan_labels_are_a_clear_error(sim, synthetic):
+    corpus, pairs, train_ids, _ = sim
+    feats = synthetic[0]
+    nan = np.full(len(pairs), np.nan)
+    train = rm.make_train_data(corpus, pairs, feats, train_ids, {"va": nan, "ls": nan})
+    with pytest.raises(rm.RewardModelError, match="every 'va' label"):
+        rm.train_reward_function("va", train, FAST)
+    with pytest.raises(rm.RewardModelError, match="every 'va' label"):
+        rm.train_reward_function("geli", train, FAST)
+    rm.train_reward_function("rrd", train, dataclasses.replace(FAST, epochs=2))  # GE needs no labels
+
+
+def test_oracle_needs_truth(sim, synthetic):
+    corpus, pairs, train_ids, _ = sim
+    p = pairs.assign(true_reward=np.nan)
+    train = rm.make_train_data(corpus, p, synthetic[0], train_ids, {"va": synthetic[1], "ls": synthetic[2]})
+    with pytest.raises(rm.RewardModelError, match="simulated corpus only"):
+        rm.train_reward_function("oracle", train, FAST)
+
+
+def test_k_larger_than_conversations_and_missing_conversations(sim, synthetic, capsys):
+    corpus, pairs, train_ids, _ = sim
+    feats, va, ls, train = synthetic
+    assert int(train.lengths.max()) < 500
+    for sampling in ("ren", "with_replacement", "without_replacement"):
+        p = dataclasses.replace(FAST, epochs=3, K=500, rrd_sampling=sampling)
+        assert np.isfinite(rm.train_reward_function("rrd", train, p).info["loss"]).all()
+    p = dataclasses.replace(FAST, epochs=3, rrd_bias_correction=True, rrd_T="fixed")
+    assert np.isfinite(rm.train_reward_function("rrd", train, p).info["loss"]).all()
+    t = rm.make_train_data(corpus, pairs, feats, list(train_ids) + ["no-such-convo"], {"va": va, "ls": ls})
+    assert t.skipped == {"no_ai_turn": ["no-such-convo"]} and len(t) == len(train_ids)
+    assert "no_ai_turn" in capsys.readouterr().err
+    with pytest.raises(rm.RewardModelError, match="no trainable conversation"):
+        rm.make_train_data(corpus, pairs, feats, ["no-such-convo"], {"va": va, "ls": ls})
+    with pytest.raises(rm.RewardModelError, match="features must be"):
+        rm.make_train_data(corpus, pairs, feats[:3], train_ids, {"va": va, "ls": ls})
+    with pytest.raises(rm.RewardModelError, match="unknown"):
+        rm.train_reward_function("magic", train, FAST)
+
+
+def test_labels_align_with_pairs(sim):
+    corpus, pairs, _, _ = sim
+    va = rm.visual_affect_labels(corpus, pairs)
+    assert va.shape == (len(pairs),) and set(np.unique(va)) <= {0.0, 1.0}
+    short = pairs["response"].str.split().str.len() <= 5
+    assert (va[short.to_numpy()] == 0).all()  # authors: short turns get Γ = 0
+    ls = rm.sentiment_labels(pd.DataFrame({"response": ["I love this, wonderful!", "This is awful."]}))
+    assert list(ls) == [1.0, 0.0]
