@@ -41,8 +41,10 @@ def naive_features(train: rm.TrainData, encoder: str, max_tokens: int, batch_siz
         x = torch.zeros(len(conv), train.X.shape[1], train.d)
         where = [(i, int(t)) for i in range(len(conv)) for t in idx[i][valid[i]].unique().tolist()]
         texts = [train.texts[int(train.rows[conv[i], t])] for i, t in where]
-        emb = np.concatenate([rm._embed(texts[k:k + batch_size], tok, model, encoder, max_tokens, "cpu")
-                              for k in range(0, len(texts), batch_size)])
+        flat = [t for pair in texts for t in pair]  # history, response, history, response, ...
+        emb = np.concatenate([rm._embed(flat[k:k + batch_size], tok, model, encoder, max_tokens, "cpu")
+                              for k in range(0, len(flat), batch_size)])
+        emb = emb.reshape(len(texts), -1)  # [history | response] per pair, as encode_pairs
         for (i, t), e in zip(where, emb):
             x[i, t] = torch.from_numpy(e)
         return x

@@ -116,3 +116,51 @@ def affect_vs_truth(summary: pd.DataFrame, turns: pd.DataFrame) -> plt.Figure:
     axes[1].set_title("Face follows reward, noisily")
     fig.tight_layout()
     return fig
+
+
+def unroll(predictions: pd.DataFrame, convo_id: str, methods: list[str], max_chars: int = 60,
+           max_turns: int = 14) -> plt.Figure:
+    """GELI Fig. 2: per-turn rewards of one unseen conversation, methods side by side.
+
+    ``predictions``: long table (convo_id, turn_idx, response, true_reward,
+    method, pred). The planted truth, when present, is the first panel.
+    Utterances label the rows (shortened to ``max_chars``).
+    """
+    df = predictions[predictions["convo_id"] == convo_id]
+    turns = df.drop_duplicates("turn_idx").sort_values("turn_idx").head(max_turns)
+    panels = ([("planted truth", turns["true_reward"].to_numpy())]
+              if turns["true_reward"].notna().any() else [])
+    for m in methods:
+        sub = df[df["method"] == m].set_index("turn_idx").reindex(turns["turn_idx"])
+        panels.append((m, sub["pred"].to_numpy()))
+    labels = [u if len(u) <= max_chars else u[:max_chars - 1] + "…" for u in turns["response"].astype(str)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 4.5, 0.38 * len(turns) + 1.4),
+                             sharey=True)
+    axes = np.atleast_1d(axes)
+    y = np.arange(len(turns))
+    for i, (ax, (name, vals)) in enumerate(zip(axes, panels)):
+        ax.barh(y, vals, color=np.where(np.asarray(vals) >= np.nanmedian(vals), "C2", "C3"))
+        ax.set_title(name, fontsize=9)
+        ax.axvline(0, color="0.5", lw=0.5)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"Reward unroll of held-out conversation {convo_id[:8]}… (AI turns)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sweep(rows: pd.DataFrame, x: str, metrics: dict[str, str], hue: str = "method",
+          xlabel: str | None = None) -> plt.Figure:
+    """Metrics (mean ± sd over seeds) against a swept parameter ``x``, one line per ``hue``."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2))
+    axes = np.atleast_1d(axes)
+    for ax, (col, title) in zip(axes, metrics.items()):
+        for name, g in rows.groupby(hue, sort=False):
+            s = g.groupby(x)[col].agg(["mean", "std"]).fillna(0)
+            ax.errorbar(s.index, s["mean"], yerr=s["std"], marker="o", capsize=3, label=name)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel or x)
+    axes[0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig

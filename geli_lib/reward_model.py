@@ -9,17 +9,20 @@ the authors' code does).
 
 Decisions (all parameters of :class:`~geli_lib.params.RewardParams`):
 
-**Text of a pair.** ``history + " AI: " + response``: the history is already
-in the authors' format (the last 20 turns as ``" User: …"`` / ``" AI: …"``,
-see :func:`geli_lib.data.build_pairs`), and the response is appended as the
-next AI turn of the same transcript. The encoder sees at most ``max_tokens``
-(256, MiniLM's trained length) tokens; longer texts are cut from the LEFT
-(tokenizer ``truncation_side="left"``), so the response and the most recent
-history are always kept (a response longer than the window loses its start).
+**Text of a pair.** Two encoder inputs: the history s_t in the authors' format
+(the last 20 turns as ``" User: …"`` / ``" AI: …"``, see
+:func:`geli_lib.data.build_pairs`) and the response a_t as ``" AI: " + response``;
+the features are their two embeddings concatenated (d = 2 × 384). The authors
+fine-tuned BART on one concatenated text; with a FROZEN encoder, one
+mean-pooled embedding of history + response lets ~20 turns of history drown
+the one utterance being scored (measured: the oracle head reached a
+within-conversation Spearman of 0.08 with it). Each text sees at most
+``max_tokens`` (256, MiniLM's trained length) tokens, cut from the LEFT
+(tokenizer ``truncation_side="left"``), so the most recent history is kept.
 
 **Features.** MiniLM: mean of the last hidden states over the attention mask,
 then L2-normalised, i.e. exactly the sentence-transformers embedding of
-all-MiniLM-L6-v2 (d = 384). SmolLM2 (option): the mean of the backbone's last
+all-MiniLM-L6-v2 (d = 384 per text). SmolLM2 (option): the mean of the backbone's last
 hidden state over the mask (d = 576), not normalised.
 
 **Output scale.** The head ends in tanh ∈ [-1, 1] but the session score R is on
@@ -82,7 +85,7 @@ from geli_lib.io import atomic_write, cache_dir, file_key, progress_bar, write_j
 from geli_lib.params import GE_METHODS, REWARD_METHODS, RewardParams, to_dict  # noqa: E402
 
 #: Bump when the text of a pair or the pooling changes: it is part of the encoder id.
-TEXT_FORMAT_VERSION = 1
+TEXT_FORMAT_VERSION = 2
 #: How the response is joined to the history (the response is the next AI turn).
 RESPONSE_PREFIX = " AI: "
 #: Pairs encoded between two cache writes (an interrupted encode keeps finished chunks).
@@ -107,14 +110,19 @@ class EncoderMismatchError(RewardModelError):
 # --------------------------------------------------------------------------- encoder
 
 
-def pair_texts(pairs: pd.DataFrame) -> list[str]:
-    """The encoder input of each pair: ``history + " AI: " + response`` (see the module docstring)."""
+def pair_texts(pairs: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The two encoder inputs of each pair: the history s_t and ``" AI: " + response`` a_t.
+
+    They are encoded separately and their embeddings concatenated (see the
+    module docstring: one mean-pooled embedding of history + response lets the
+    ~20-turn history drown the one utterance being scored).
+    """
     for col in ("history", "response"):
         if col not in pairs:
             raise RewardModelError(f"pairs: missing column {col!r} (build them with data.build_pairs)")
-    hist = pairs["history"].fillna("").astype(str).to_numpy()
-    resp = pairs["response"].fillna("").astype(str).to_numpy()
-    return [h + RESPONSE_PREFIX + r for h, r in zip(hist, resp)]
+    hist = pairs["history"].fillna("").astype(str).tolist()
+    resp = [RESPONSE_PREFIX + r for r in pairs["response"].fillna("").astype(str)]
+    return hist, resp
 
 
 def text_key(text: str) -> str:
@@ -261,15 +269,26 @@ class FeatureCache:
 def encode_pairs(pairs: pd.DataFrame, encoder: str = "minilm", batch_size: int = 64,
                  device: str = "cpu", progress: bool = True, max_tokens: int = 256,
                  cache: str | Path | None = None) -> np.ndarray:
-    """Features (N, d) float32 of the pairs, one row per pair, encoded once and cached by content.
+    """Features (N, 2d) float32 of the pairs: [embedding(history), embedding(response)].
+
+    Both texts go through :func:`encode_texts`, so they are encoded once and
+    cached by content.
+    """
+    hist, resp = pair_texts(pairs)
+    emb = encode_texts(hist + resp, encoder, batch_size, device, progress, max_tokens, cache)
+    return np.hstack([emb[:len(hist)], emb[len(hist):]])
+
+
+def encode_texts(texts: list[str], encoder: str = "minilm", batch_size: int = 64,
+                 device: str = "cpu", progress: bool = True, max_tokens: int = 256,
+                 cache: str | Path | None = None) -> np.ndarray:
+    """Embeddings (N, d) float32 of texts, each encoded once and cached by content.
 
     The cache is ``cache_dir('features')/<encoder_id>/`` (or ``cache``), a key
-    → row map keyed by the sha1 of each pair's encoder input, so any subset or
-    reordering of pairs reuses earlier encodings and only new texts reach the
-    model (the model is not even loaded when everything is cached). Prints the
-    encoding throughput (pairs/s).
+    → row map keyed by the sha1 of each text, so any subset or reordering
+    reuses earlier encodings and only new texts reach the model (the model is
+    not even loaded when everything is cached). Prints the throughput (texts/s).
     """
-    texts = pair_texts(pairs)
     keys = [text_key(t) for t in texts]
     enc_id = encoder_id(encoder, max_tokens)
     store = FeatureCache(Path(cache) if cache else cache_dir("features") / enc_id, enc_id)
@@ -293,12 +312,12 @@ def encode_pairs(pairs: pd.DataFrame, encoder: str = "minilm", batch_size: int =
             bar.close()
         dt = time.perf_counter() - t0
         if progress:
-            print(f"encoded {len(todo)} pairs with {encoder} in {dt:.1f} s "
-                  f"({len(todo) / max(dt, 1e-9):.0f} pairs/s); {len(keys) - len(todo)} from cache",
+            print(f"encoded {len(todo)} texts with {encoder} in {dt:.1f} s "
+                  f"({len(todo) / max(dt, 1e-9):.0f} texts/s); {len(keys) - len(todo)} from cache",
                   flush=True)
         store.compact()
     elif progress:
-        print(f"features: all {len(keys)} pairs from cache ({store.folder.name})", flush=True)
+        print(f"features: all {len(keys)} texts from cache ({store.folder.name})", flush=True)
     if not keys:
         return np.zeros((0, store.emb.shape[1] if store.emb.size else 0), np.float32)
     return store.lookup(keys)
@@ -353,7 +372,7 @@ class TrainData:
     truth: torch.Tensor
     li: dict[str, torch.Tensor]
     rows: torch.Tensor
-    texts: list[str] = field(default_factory=list)
+    texts: list[tuple[str, str]] = field(default_factory=list)
     skipped: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -423,7 +442,7 @@ def make_train_data(corpus: Any, pairs: pd.DataFrame, features: np.ndarray,
         return torch.from_numpy(np.where(mask, v[safe], np.nan).astype(np.float32))
 
     X = np.where(mask[..., None], features[safe], 0.0).astype(np.float32)
-    texts = pair_texts(p)
+    texts = list(zip(*pair_texts(p)))
     return TrainData(
         convo_ids=keep, X=torch.from_numpy(X), mask=torch.from_numpy(mask),
         lengths=torch.from_numpy(lengths), R=torch.tensor(p["score"].to_numpy(float)[rows[:, 0]],

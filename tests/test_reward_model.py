@@ -75,8 +75,12 @@ def _pairs(n: int = 5) -> pd.DataFrame:
 def test_encode_shape_determinism_and_cache_hit(cache_env, monkeypatch):
     pairs = _pairs()
     a = rm.encode_pairs(pairs, progress=False)
-    assert a.shape == (5, 384) and a.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)  # sentence-transformers normalises
+    assert a.shape == (5, 2 * 384) and a.dtype == np.float32  # [history | response]
+    for half in (a[:, :384], a[:, 384:]):  # sentence-transformers normalises each embedding
+        np.testing.assert_allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-5)
+    # the response half depends on the response only: the scored utterance is not drowned
+    same_resp = rm.encode_pairs(pairs.assign(history=" User: something else entirely"), progress=False)
+    np.testing.assert_allclose(same_resp[:, 384:], a[:, 384:], atol=1e-5)
     b = rm.encode_pairs(pairs, progress=False, cache=cache_env / "other")  # fresh cache: model runs again
     np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -120,14 +124,15 @@ def test_interrupted_encode_keeps_finished_chunks(cache_env, monkeypatch):
     store = rm.FeatureCache(rm.cache_dir("features") / rm.encoder_id(), rm.encoder_id())
     assert len(store.rows) == 2  # the first chunk survived; the second was never half-written
     monkeypatch.setattr(rm, "_embed", real)
-    assert rm.encode_pairs(pairs, progress=False).shape == (4, 384)
+    assert rm.encode_pairs(pairs, progress=False).shape == (4, 768)
 
 
-def test_left_truncation_keeps_the_response():
+def test_left_truncation_keeps_the_most_recent_history():
     tok, _ = rm._load_encoder("minilm", "cpu")
-    text = rm.pair_texts(pd.DataFrame({"history": [" User: blah blah." * 400],
-                                       "response": ["zebra crossing tonight"]}))[0]
-    ids = tok([text], truncation=True, max_length=32)["input_ids"][0]
+    hist, resp = rm.pair_texts(pd.DataFrame({"history": [" User: blah blah." * 400 + " AI: zebra crossing tonight"],
+                                             "response": ["sure"]}))
+    assert resp == [" AI: sure"]
+    ids = tok(hist, truncation=True, max_length=32)["input_ids"][0]
     assert len(ids) == 32
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
     assert tok.decode(ids[1:-1]).endswith("ai : zebra crossing tonight")  # the END is kept

@@ -1,0 +1,218 @@
+"""Reward-function experiments: the data every method shares, the method × seed grid, the table.
+
+Notebooks 02-04 each train a group of reward functions on the same cached
+features and write their rows to ``tables/reward_functions/<part>.csv``;
+notebook 06 collects the parts into ``tables/reward_functions.csv`` (DESIGN.md
+§7) and lays them out as GELI Table 1 (mean ± sd over seeds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from geli_lib import data as data_mod
+from geli_lib.evaluation import REWARD_TABLE_COLUMNS, evaluate_reward, reward_table_row
+from geli_lib.io import write_csv
+from geli_lib.params import StudyParams
+from geli_lib.reward_model import (TrainData, encode_pairs, family, make_train_data, predict,
+                                   sentiment_labels, train_reward_function, visual_affect_labels)
+from geli_lib.runs import results_dir
+from geli_lib.schema import Corpus
+
+
+@dataclass
+class RewardData:
+    """What every reward function of one corpus trains and is evaluated on."""
+
+    corpus: Corpus
+    """The loaded corpus (canonical form)."""
+    pairs: pd.DataFrame
+    """History-utterance pairs of the reward-train and reward-test conversations, with a ``split`` column."""
+    features: np.ndarray
+    """Cached encoder features, one row per pair."""
+    labels: dict[str, np.ndarray]
+    """LI labels per pair: ``va`` (Γ of eq. 7, NaN without video) and ``ls`` (VADER)."""
+    train: TrainData
+    """The reward-train conversations as padded tensors."""
+
+    @property
+    def test(self) -> np.ndarray:
+        """Row indices of the held-out (reward_test) pairs."""
+        return np.flatnonzero(self.pairs["split"].to_numpy() == "reward_test")
+
+
+def prepare_reward_data(params: StudyParams, corpus: Corpus | None = None,
+                        progress: bool = True) -> RewardData:
+    """Load (or take) the corpus, split it, build pairs, encode them once and label them."""
+    corpus = corpus if corpus is not None else data_mod.load_corpus(params, progress=progress)
+    split = data_mod.split_conversations(corpus.conversations, params.splits)
+    ids = split[split.isin(["reward_train", "reward_test"])].index
+    pairs = data_mod.build_pairs(corpus, params.data, convo_ids=ids)
+    pairs["split"] = pairs["convo_id"].map(split).to_numpy()
+    r = params.reward
+    features = encode_pairs(pairs, r.encoder, r.encode_batch_size, device=params.device,
+                            progress=progress, max_tokens=r.max_tokens)
+    labels = {"va": visual_affect_labels(corpus, pairs, r.va_min_words),
+              "ls": sentiment_labels(pairs, r.ls_threshold)}
+    train_ids = split[split == "reward_train"].index.tolist()
+    train = make_train_data(corpus, pairs, features, train_ids, labels)
+    return RewardData(corpus, pairs, features, labels, train)
+
+
+@dataclass
+class MethodSpec:
+    """One reward function of a table: a display name, a method and its parameter overrides."""
+
+    name: str
+    """Row name in the table, e.g. ``GE: RRD (K=32)``."""
+    method: str
+    """A method of :data:`geli_lib.params.REWARD_METHODS`."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Fields of :class:`geli_lib.params.RewardParams` to change for this method."""
+
+
+def table1_specs(params: StudyParams, group: str) -> list[MethodSpec]:
+    """The reward functions of GELI Table 1, by notebook group: ``ge``, ``li`` or ``geli``."""
+    r = params.reward
+    specs = {
+        "ge": [MethodSpec("Mean", "mean"), MethodSpec("Mode", "mode"),
+               MethodSpec("GE: IRCR", "ircr"), MethodSpec("GE: RUDDER", "rudder"),
+               MethodSpec("GE: RRD (K=32)", "rrd", {"K": 32}),
+               MethodSpec("GE: RRD (K=160)", "rrd", {"K": 160})],
+        "li": [MethodSpec("LI: Visual Affect", "va"), MethodSpec("LI: Language Sentiment", "ls"),
+               MethodSpec("Oracle (planted truth)", "oracle")],
+        "geli": [MethodSpec(f"GELI: {r.ge_method.upper()} + {r.li_signal.upper()}", "geli")],
+    }
+    return specs[group]
+
+
+def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], params: StudyParams,
+                progress: bool = False) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Train every spec × seed on ``data.train``, evaluate on held-out conversations.
+
+    Returns the rows (:data:`REWARD_TABLE_COLUMNS` order) and, per spec name,
+    the held-out predictions of its first seed (for unroll figures). Methods a
+    corpus cannot support are skipped with a message: the oracle without a
+    planted truth, VA / GELI without video.
+    """
+    test = data.test
+    test_pairs = data.pairs.iloc[test].reset_index(drop=True)
+    has_truth = bool(np.isfinite(data.train.truth[data.train.mask]).any())
+    has_va = bool(np.isfinite(data.labels["va"]).any())
+    rows, preds = [], {}
+    for spec in specs:
+        rp = dataclasses.replace(params.reward, **spec.overrides)
+        needs_va = spec.method == "va" or (spec.method == "geli" and rp.li_signal == "va")
+        if (spec.method == "oracle" and not has_truth) or (needs_va and not has_va):
+            print(f"{spec.name}: skipped ({params.corpus} has no "
+                  f"{'planted truth' if spec.method == 'oracle' else 'listener video'})")
+            continue
+        for seed in seeds:
+            trained = train_reward_function(spec.method, data.train, rp, seed=seed, progress=progress)
+            pred = predict(trained, data.features[test])
+            metrics = evaluate_reward(pred, test_pairs, data.labels["va"][test], data.corpus)
+            ge = spec.method in ("rrd", "geli") and (spec.method == "rrd" or rp.ge_method == "rrd")
+            rows.append(reward_table_row(spec.name, family(spec.method), seed, params.corpus,
+                                         rp.lam if spec.method == "geli" else None,
+                                         rp.K if ge else None, metrics))
+            preds.setdefault(spec.name, pred)
+    return pd.DataFrame(rows, columns=list(REWARD_TABLE_COLUMNS)), preds
+
+
+def write_rows(profile: str, part: str, rows: pd.DataFrame, data: RewardData | None = None,
+               preds: dict[str, np.ndarray] | None = None) -> None:
+    """Write one notebook's rows to ``tables/reward_functions/<part>.csv`` (atomic).
+
+    With ``data`` and ``preds``, also the held-out per-turn predictions
+    (``<part>_predictions.csv``, long format) that notebook 06 unrolls.
+    """
+    folder = results_dir(profile, "tables/reward_functions")
+    write_csv(folder / f"{part}.csv", rows)
+    if data is not None and preds:
+        test = data.pairs.iloc[data.test][["convo_id", "turn_idx", "response", "true_reward"]]
+        long = pd.concat([test.assign(method=name, pred=p) for name, p in preds.items()],
+                         ignore_index=True)
+        write_csv(folder / f"{part}_predictions.csv", long)
+
+
+def read_predictions(profile: str, parts: list[str]) -> pd.DataFrame:
+    """The held-out predictions written by :func:`write_rows` for ``parts``."""
+    folder = results_dir(profile, "tables/reward_functions")
+    files = [folder / f"{p}_predictions.csv" for p in parts if (folder / f"{p}_predictions.csv").exists()]
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+
+
+def collect_rows(profile: str, parts: list[str]) -> pd.DataFrame:
+    """Concatenate the parts into ``tables/reward_functions.csv`` and return it."""
+    folder = results_dir(profile, "tables/reward_functions")
+    missing = [p for p in parts if not (folder / f"{p}.csv").exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: no rows from {missing}; run those notebooks first")
+    rows = pd.concat([pd.read_csv(folder / f"{p}.csv") for p in parts], ignore_index=True)
+    write_csv(results_dir(profile, "tables") / "reward_functions.csv", rows)
+    return rows
+
+
+#: Table 1 columns: results-contract name -> header.
+TABLE1_COLUMNS = {
+    "l_ge_mse": "L_GE MSE ↓", "l_ge_mae": "L_GE MAE ↓", "pos_mean": "E[r̂|Γ=1]",
+    "nonpos_mean": "E[r̂|Γ=0]", "delta_li": "Δr̂_LI ↑", "gt_spearman": "ρ truth (pooled) ↑",
+    "gt_spearman_within": "ρ truth (within) ↑",
+}
+
+
+def table1(rows: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """GELI Table 1 layout: one row per reward function, mean ± sd over seeds."""
+    order = list(dict.fromkeys(rows["method"]))
+    g = rows.groupby("method", sort=False)[list(TABLE1_COLUMNS)]
+    mean, sd = g.mean().reindex(order), g.std(ddof=1).reindex(order).fillna(0)
+
+    def cell(m: float, s: float) -> str:
+        return "–" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+    out = pd.DataFrame({TABLE1_COLUMNS[c]: [cell(m, s) for m, s in zip(mean[c], sd[c])]
+                        for c in TABLE1_COLUMNS}, index=order)
+    out.insert(0, "family", rows.groupby("method", sort=False)["family"].first().reindex(order))
+    out.insert(1, "seeds", rows.groupby("method", sort=False)["seed"].nunique().reindex(order))
+    return out
+
+
+def sweep(data: RewardData, params: StudyParams, field_name: str, values: list[Any],
+          spec: MethodSpec | None = None) -> pd.DataFrame:
+    """Re-train one method (default: GELI) for each value of a RewardParams field, over the seeds.
+
+    Returns the rows with a ``field_name`` column (for :func:`geli_lib.figures.sweep`).
+    """
+    spec = spec or table1_specs(params, "geli")[0]
+    parts = []
+    for v in values:
+        one = MethodSpec(spec.name, spec.method, {**spec.overrides, field_name: v})
+        rows, _ = run_methods(data, [one], params.seeds, params)
+        parts.append(rows.assign(**{field_name: v}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def face_noise_sweep(params: StudyParams, noises: list[float]) -> pd.DataFrame:
+    """RRD, VA and GELI on the same simulated conversations re-simulated with noisier faces.
+
+    The simulator draws words and truth before the face, so only the listener's
+    face (hence Γ) changes with ``face_noise``; encoder features come from cache.
+    """
+    if params.corpus != "simulated":
+        raise ValueError(f"face_noise_sweep needs the simulated corpus, not {params.corpus!r}")
+    specs = [MethodSpec("GE: RRD", "rrd"), MethodSpec("LI: Visual Affect", "va"),
+             table1_specs(params, "geli")[0]]
+    parts = []
+    for noise in noises:
+        p = dataclasses.replace(params, simulation=dataclasses.replace(params.simulation,
+                                                                       face_noise=float(noise)))
+        data = prepare_reward_data(p, progress=False)
+        rows, _ = run_methods(data, specs, params.seeds, p)
+        parts.append(rows.assign(face_noise=float(noise)))
+    return pd.concat(parts, ignore_index=True)

