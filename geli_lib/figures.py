@@ -151,8 +151,11 @@ def unroll(predictions: pd.DataFrame, convo_id: str, methods: list[str], max_cha
 
 
 def sweep(rows: pd.DataFrame, x: str, metrics: dict[str, str], hue: str = "method",
-          xlabel: str | None = None) -> plt.Figure:
-    """Metrics (mean ± sd over seeds) against a swept parameter ``x``, one line per ``hue``."""
+          xlabel: str | None = None, xscale: str = "linear") -> plt.Figure:
+    """Metrics (mean ± sd over seeds) against a swept parameter ``x``, one line per ``hue``.
+
+    ``xscale="symlog"`` spreads a grid that is dense near 0 (linear below 0.01).
+    """
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2))
     axes = np.atleast_1d(axes)
     for ax, (col, title) in zip(axes, metrics.items()):
@@ -161,6 +164,10 @@ def sweep(rows: pd.DataFrame, x: str, metrics: dict[str, str], hue: str = "metho
             ax.errorbar(s.index, s["mean"], yerr=s["std"], marker="o", capsize=3, label=name)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel or x)
+        if xscale == "symlog":
+            ax.set_xscale("symlog", linthresh=0.01)
+        else:
+            ax.set_xscale(xscale)
     axes[0].legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig

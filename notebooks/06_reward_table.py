@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -27,7 +29,7 @@
 profile = "smoke"
 corpus = "simulated"
 data_path = ""
-lams = [0.0, 0.25, 0.5, 0.75, 1.0]
+lams = [0.0, 0.01, 0.03, 0.1, 0.25, 0.5, 1.0]
 face_noises = [0.5, 1.0, 2.0, 4.0]
 
 # %%
@@ -54,7 +56,7 @@ display(experiments.table1(rows))
 # %%
 pred_table = experiments.read_predictions(profile, ["ge", "li", "geli"])
 first = sorted(pred_table["convo_id"].unique())[0]
-shown = [m for m in pred_table["method"].unique() if m not in ("Mode",)]
+shown = [m for m in pred_table["method"].unique() if m.startswith(("GE: RRD (K=32)", "GE: RUDDER", "LI: Visual", "GELI", "Oracle"))]
 fig = figures.unroll(pred_table, first, shown)
 figures.save_figure(fig, profile, "06_unroll")
 
@@ -62,13 +64,20 @@ figures.save_figure(fig, profile, "06_unroll")
 # ## How much should the local signal weigh? (λ sweep)
 #
 # λ = 1 is RRD alone, λ = 0 visual affect alone; the paper fixed λ = 0.5.
+#
+# The two terms of eq. 2 live on different scales: $\mathcal{L}_{GE}$ is a squared
+# error of a whole session's score (hundreds of squared points), $\mathcal{L}_{LI}$
+# a squared error of one turn's reward (a few squared points). So λ does not
+# weigh the signals "half and half": the grid is denser near 0, where the
+# local term starts to matter.
 
 # %%
 with timed(profile, "06: lambda sweep"):
     data = experiments.prepare_reward_data(params)
     lam_rows = experiments.sweep(data, params, "lam", lams)
 fig = figures.sweep(lam_rows, "lam", {"l_ge_mse": "L_GE MSE ↓", "delta_li": "Δr̂_LI ↑",
-                                      "gt_spearman_within": "ρ truth within ↑"}, xlabel="λ")
+                                      "gt_spearman_within": "ρ truth within ↑"}, xlabel="λ",
+                    xscale="symlog")
 figures.save_figure(fig, profile, "06_lambda_sweep")
 
 # %% [markdown]

@@ -81,6 +81,23 @@ def test_smoke_chain_writes_results_and_manifest(smoke_study):
 
 
 @pytest.mark.slow
+def test_smoke_chain_writes_the_reward_table_and_figures(smoke_study):
+    import pandas as pd
+
+    from geli_lib.evaluation import REWARD_TABLE_COLUMNS
+
+    root, *_ = smoke_study
+    out = root / "results" / "smoke"
+    rows = pd.read_csv(out / "tables" / "reward_functions.csv")
+    assert list(rows.columns) == list(REWARD_TABLE_COLUMNS)
+    assert set(rows["family"]) == {"baseline", "GE", "LI", "GELI", "oracle"}
+    assert (rows.groupby("method")["seed"].nunique() == 3).all()
+    assert rows["l_ge_mse"].notna().all() and rows["gt_spearman_within"].notna().all()
+    for fig in ("03_unroll", "06_unroll", "06_lambda_sweep", "06_face_noise_sweep"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+
+
+@pytest.mark.slow
 def test_rerun_skips_unchanged_stages(smoke_study):
     *_, second = smoke_study
     assert all(s["skipped"] for s in second["stages"].values())
@@ -96,12 +113,15 @@ def test_book_builds_strict_and_opens_in_a_browser(smoke_study):
         pytest.skip("Debian chromium not installed (.ci/run installs it)")
     from geli_lib.browser import check_html_pages
 
-    report = check_html_pages(html, ["index.html", "generated/00_data.html",
-                                     "generated/run_record.html"], strict=True,
+    report = check_html_pages(html, ["index.html", "generated/00_data.html", "generated/02_ge_baselines.html",
+                                     "generated/03_rrd_va.html", "generated/04_li_baselines.html",
+                                     "generated/06_reward_table.html", "generated/run_record.html"],
+                              strict=True,
                               count_selectors={"math": ".MathJax, .MathJax_CHTML, mjx-container"})
     data_page = report["pages"]["generated/00_data.html"]
     assert data_page["n_images"] >= 3 and data_page["n_broken_images"] == 0
     assert data_page["counts"]["math"] > 0, "math was not typeset offline"
+    assert report["pages"]["generated/06_reward_table.html"]["n_images"] >= 3
 
 
 @pytest.mark.slow
