@@ -62,7 +62,9 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.profile)
-    rp = dataclasses.replace(params.reward, epochs=args.epochs, K=args.K or params.reward.K)
+    # Both schemes train the head of a frozen encoder (the gpu profile's fine-tuning is another matter).
+    rp = dataclasses.replace(params.reward, epochs=args.epochs, K=args.K or params.reward.K,
+                             finetune_encoder=False)
     corpus = load_corpus(params, progress=False)
     split = split_conversations(corpus.conversations, params.splits)
     train_ids = split.index[split == "reward_train"]
@@ -110,7 +112,7 @@ def main() -> None:
     ratio = res["naive"][0] / res["cached"][0]
     print(f"speed ratio naive / cached: {ratio:.0f}x (target >= 100x: {'met' if ratio >= 100 else 'NOT met'}); "
           f"L_GE difference {abs(res['naive'][1] - res['cached'][1]):.3g}")
-    full = dataclasses.replace(params.reward, K=rp.K)
+    full = dataclasses.replace(params.reward, K=rp.K, finetune_encoder=False)
     t0 = time.perf_counter()
     rm.train_reward_function("rrd", train, full, seed=args.seed)
     dt = time.perf_counter() - t0

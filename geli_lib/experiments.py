@@ -21,7 +21,8 @@ from geli_lib.evaluation import REWARD_TABLE_COLUMNS, evaluate_reward, reward_ta
 from geli_lib.io import write_csv
 from geli_lib.params import StudyParams
 from geli_lib.reward_model import (TrainData, encode_pairs, family, make_train_data, predict,
-                                   sentiment_labels, train_reward_function, visual_affect_labels)
+                                   predict_pairs, sentiment_labels, train_reward_function,
+                                   visual_affect_labels)
 from geli_lib.runs import results_dir
 from geli_lib.schema import Corpus
 
@@ -114,8 +115,11 @@ def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], par
                   f"{'planted truth' if spec.method == 'oracle' else 'listener video'})")
             continue
         for seed in seeds:
-            trained = train_reward_function(spec.method, data.train, rp, seed=seed, progress=progress)
-            pred = predict(trained, data.features[test])
+            trained = train_reward_function(spec.method, data.train, rp, seed=seed, progress=progress,
+                                            device=params.device)
+            # A fine-tuned encoder (gpu profile) must re-encode the texts; a frozen one reads the cache.
+            pred = (predict_pairs(trained, test_pairs, device=params.device) if trained.finetuned
+                    else predict(trained, data.features[test]))
             metrics = evaluate_reward(pred, test_pairs, data.labels["va"][test], data.corpus)
             ge = spec.method in ("rrd", "geli") and (spec.method == "rrd" or rp.ge_method == "rrd")
             rows.append(reward_table_row(spec.name, family(spec.method), seed, params.corpus,

@@ -158,8 +158,9 @@ ENCODERS = ("minilm", "smollm2")
 class RewardParams:
     """Reward model r_θ(s_t, a_t) and its training (GELI Sec. 4-5, App. A, F; DESIGN.md §5).
 
-    The encoder is frozen and its features are cached per pair, so every method
-    and seed trains only the head (see :mod:`geli_lib.reward_model`).
+    By default the encoder is frozen and its features are cached per pair, so
+    every method and seed trains only the head (see :mod:`geli_lib.reward_model`);
+    ``finetune_encoder`` trains it too.
     """
 
     encoder: str = "minilm"
@@ -212,6 +213,10 @@ class RewardParams:
     """Epochs of the RUDDER return predictor; 0 = ``epochs``."""
     rudder_aux_weight: float = 0.5
     """Weight of RUDDER's auxiliary loss (every turn's prediction regressed on the final score)."""
+    finetune_encoder: bool = False
+    """Fine-tune the text encoder jointly with the head (the authors fine-tuned BART). Costly: every step re-encodes its turns through the encoder with gradients; meant for the gpu profile."""
+    encoder_lr: float = 2e-5
+    """AdamW learning rate of the encoder's parameters when ``finetune_encoder`` (the head keeps ``lr``)."""
 
     def validate(self) -> None:
         _check(self.encoder in ENCODERS, "encoder", f"must be one of {ENCODERS}", self.encoder)
@@ -240,6 +245,7 @@ class RewardParams:
         _check(self.va_min_words >= 0, "va_min_words", "must be >= 0", self.va_min_words)
         _check(self.rudder_hidden >= 1, "rudder_hidden", "must be >= 1", self.rudder_hidden)
         _check(self.rudder_epochs >= 0, "rudder_epochs", "must be >= 0", self.rudder_epochs)
+        _check(self.encoder_lr > 0, "encoder_lr", "must be > 0", self.encoder_lr)
 
 
 @dataclass

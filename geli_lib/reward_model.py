@@ -20,6 +20,11 @@ within-conversation Spearman of 0.08 with it). Each text sees at most
 ``max_tokens`` (256, MiniLM's trained length) tokens, cut from the LEFT
 (tokenizer ``truncation_side="left"``), so the most recent history is kept.
 
+**Fine-tuning (option).** ``finetune_encoder`` (the gpu profile) trains the
+encoder jointly with the head, as the authors fine-tuned BART: every step
+re-encodes, with gradients, the turns its loss reads (:class:`EncoderFeatures`),
+and the trained reward function carries its encoder (:func:`predict_pairs`).
+
 **Features.** MiniLM: mean of the last hidden states over the attention mask,
 then L2-normalised, i.e. exactly the sentence-transformers embedding of
 all-MiniLM-L6-v2 (d = 384 per text). SmolLM2 (option): the mean of the backbone's last
@@ -170,19 +175,30 @@ def _load_encoder(encoder: str, device: str) -> tuple[Any, Any]:
     return tok, model
 
 
-@torch.no_grad()
-def _embed(texts: Sequence[str], tok: Any, model: Any, encoder: str, max_tokens: int,
-           device: str) -> np.ndarray:
-    """Mean-pooled (and for MiniLM L2-normalised) embeddings of one batch of texts."""
-    enc = tok(list(texts), truncation=True, max_length=max_tokens, padding=True,
-              return_tensors="pt").to(device)
-    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-    h = out.last_hidden_state.float()
-    m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor, encoder: str) -> torch.Tensor:
+    """Mean of the last hidden states over the mask (MiniLM: then L2-normalised); differentiable."""
+    h = hidden.float()
+    m = attention_mask.unsqueeze(-1).to(h.dtype)
     emb = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
     if encoder == "minilm":
         emb = nn.functional.normalize(emb, p=2, dim=1)
-    return emb.cpu().numpy().astype(np.float32)
+    return emb
+
+
+def _embed_tensor(texts: Sequence[str], tok: Any, model: Any, encoder: str, max_tokens: int,
+                  device: str) -> torch.Tensor:
+    """Embeddings (n, d) of one batch of texts on ``device``, with gradients when enabled."""
+    enc = tok(list(texts), truncation=True, max_length=max_tokens, padding=True,
+              return_tensors="pt").to(device)
+    out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    return _pool(out.last_hidden_state, enc["attention_mask"], encoder)
+
+
+@torch.no_grad()
+def _embed(texts: Sequence[str], tok: Any, model: Any, encoder: str, max_tokens: int,
+           device: str) -> np.ndarray:
+    """Mean-pooled (and for MiniLM L2-normalised) embeddings of one batch of texts, as numpy."""
+    return _embed_tensor(texts, tok, model, encoder, max_tokens, device).cpu().numpy().astype(np.float32)
 
 
 class FeatureCache:
@@ -481,7 +497,12 @@ class RewardHead(nn.Module):
 
 @dataclass
 class TrainedReward:
-    """A trained reward function: ``head`` (None for constant baselines) or ``constant``."""
+    """A trained reward function: ``head`` (None for constant baselines) or ``constant``.
+
+    With ``params.finetune_encoder`` it also holds the fine-tuned ``text_encoder``
+    and its ``tokenizer``: its features differ from the cached ones, so it scores
+    texts (:func:`predict_pairs`), never cached features (:func:`predict` refuses).
+    """
 
     method: str
     params: RewardParams
@@ -492,21 +513,40 @@ class TrainedReward:
     head: RewardHead | None = None
     constant: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    text_encoder: Any = None
+    tokenizer: Any = None
 
     @property
     def family(self) -> str:
         return METHOD_FAMILY[self.method]
 
+    @property
+    def finetuned(self) -> bool:
+        """Whether this reward function carries its own fine-tuned text encoder."""
+        return self.text_encoder is not None
+
+    @property
+    def encoder_name(self) -> str:
+        """The encoder's name (``minilm``/``smollm2``), the first field of :func:`encoder_id`."""
+        return self.encoder_id.split("-", 1)[0]
+
     def save(self, folder: str | Path) -> Path:
-        """Write ``reward.json`` (method, params, encoder id, scale, info) and ``head.pt``."""
+        """Write ``reward.json`` (method, params, encoder id, scale, info) and ``head.pt``.
+
+        A fine-tuned encoder and its tokenizer go to ``encoder/`` (``save_pretrained``).
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.head is not None:
             with atomic_write(folder / "head.pt") as tmp:
                 torch.save(self.head.state_dict(), tmp)
+        if self.finetuned:
+            self.text_encoder.save_pretrained(folder / "encoder")
+            self.tokenizer.save_pretrained(folder / "encoder")
         meta = {"method": self.method, "family": self.family, "params": to_dict(self.params),
                 "encoder_id": self.encoder_id, "d": self.d, "scale": self.scale, "seed": self.seed,
-                "constant": self.constant, "info": self.info, "has_head": self.head is not None}
+                "constant": self.constant, "info": self.info, "has_head": self.head is not None,
+                "finetuned": self.finetuned}
         write_json(folder / "reward.json", meta)  # written last: the completeness marker
         return folder
 
@@ -529,9 +569,22 @@ class TrainedReward:
             head = RewardHead(meta["d"], params.hidden, params.dropout, meta["scale"])
             head.load_state_dict(torch.load(folder / "head.pt", map_location="cpu", weights_only=True))
             head.eval()
+        tok = model = None
+        if meta.get("finetuned"):
+            from transformers import AutoModel, AutoTokenizer
+
+            enc_dir = folder / "encoder"
+            if not enc_dir.is_dir():
+                raise RewardModelError(f"{folder}: fine-tuned reward function without its encoder/ folder")
+            tok = AutoTokenizer.from_pretrained(enc_dir, local_files_only=True)
+            tok.truncation_side = "left"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            model = AutoModel.from_pretrained(enc_dir, local_files_only=True, dtype=torch.float32)
+            model.eval()
         return cls(method=meta["method"], params=params, encoder_id=meta["encoder_id"], d=meta["d"],
                    scale=meta["scale"], seed=meta["seed"], head=head, constant=meta["constant"],
-                   info=meta.get("info", {}))
+                   info=meta.get("info", {}), text_encoder=model, tokenizer=tok)
 
 
 def load_reward_function(folder: str | Path, encoder: str | None = None,
@@ -546,6 +599,10 @@ def predict(trained: TrainedReward, features: np.ndarray, batch_size: int = 8192
     features = np.asarray(features, dtype=np.float32)
     if trained.constant is not None:
         return np.full(len(features), trained.constant, dtype=np.float64)
+    if trained.finetuned:
+        raise RewardModelError(
+            f"reward function {trained.method!r} fine-tuned its encoder: cached features do not fit it; "
+            "score the pairs' texts with predict_pairs(trained, pairs)")
     if features.ndim != 2 or features.shape[1] != trained.d:
         raise EncoderMismatchError(
             f"features of shape {features.shape} do not fit a head trained on d={trained.d} "
@@ -555,6 +612,40 @@ def predict(trained: TrainedReward, features: np.ndarray, batch_size: int = 8192
     out = [trained.head(torch.from_numpy(features[i:i + batch_size])).numpy()
            for i in range(0, len(features), batch_size)]
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+@torch.no_grad()
+def predict_pairs(trained: TrainedReward, pairs: pd.DataFrame, batch_size: int = 64,
+                  device: str = "cpu", progress: bool = False,
+                  cache: str | Path | None = None) -> np.ndarray:
+    """Per-pair r̂ (N,) of the pairs' texts (:func:`pair_texts`).
+
+    A fine-tuned reward function encodes them with its own encoder (on
+    ``device``, nothing cached); any other one reads the cached frozen-encoder
+    features (:func:`encode_pairs`) and calls :func:`predict`.
+    """
+    if trained.constant is not None:
+        return np.full(len(pairs), trained.constant, dtype=np.float64)
+    if not trained.finetuned:
+        p = trained.params
+        feats = encode_pairs(pairs, trained.encoder_name, batch_size, device, progress, p.max_tokens, cache)
+        return predict(trained, feats)
+    hist, resp = pair_texts(pairs)
+    if not hist:
+        return np.zeros(0)
+    model, tok = trained.text_encoder, trained.tokenizer
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        parts = [_embed(t[i:i + batch_size], tok, model, trained.encoder_name, trained.params.max_tokens,
+                        device) for t in (hist, resp) for i in range(0, len(t), batch_size)]
+    finally:
+        model.train(was_training)
+    n_h = -(-len(hist) // batch_size)
+    feats = np.hstack([np.concatenate(parts[:n_h]), np.concatenate(parts[n_h:])])
+    assert trained.head is not None
+    trained.head.eval()
+    return trained.head(torch.from_numpy(feats)).numpy().astype(np.float64)
 
 
 # --------------------------------------------------------------------------- training
@@ -618,9 +709,54 @@ def cached_features(train: TrainData) -> FeatureFn:
     return fn
 
 
+class EncoderFeatures:
+    """Features of chosen turns computed by a trainable encoder, with gradients (fine-tuning).
+
+    ``turns(b, sel)`` encodes the history and response texts of the turns where
+    ``sel`` (b, T_max) holds, through the encoder on ``device`` (in chunks of
+    ``batch_size`` texts, gradients kept), pools them as :func:`_embed` does and
+    returns (b, T_max, 2d) features on the CPU in the [history | response]
+    layout, zero elsewhere. Calling the object is the RRD :data:`FeatureFn`: only
+    the K sampled turns are encoded.
+    """
+
+    def __init__(self, train: TrainData, tok: Any, model: Any, encoder: str, max_tokens: int,
+                 device: str, batch_size: int):
+        if not train.texts:
+            raise RewardModelError("fine-tuning the encoder needs the pairs' texts (TrainData.texts is empty)")
+        self.train, self.tok, self.model = train, tok, model
+        self.encoder, self.max_tokens, self.device, self.batch_size = encoder, max_tokens, device, batch_size
+
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        parts = [_embed_tensor(texts[i:i + self.batch_size], self.tok, self.model, self.encoder,
+                               self.max_tokens, self.device) for i in range(0, len(texts), self.batch_size)]
+        return torch.cat(parts).to("cpu")
+
+    def turns(self, b: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+        sel = sel & self.train.mask[b]
+        bi, ti = sel.nonzero(as_tuple=True)
+        rows = self.train.rows[b][bi, ti].tolist()
+        hist = [self.train.texts[r][0] for r in rows]
+        resp = [self.train.texts[r][1] for r in rows]
+        emb = self._encode(hist + resp)
+        feats = torch.cat([emb[:len(rows)], emb[len(rows):]], dim=1)
+        out = torch.zeros(len(b), sel.shape[1], feats.shape[1], dtype=feats.dtype)
+        return out.index_put((bi, ti), feats)  # out of place: gradients reach the encoder
+
+    def __call__(self, conv: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        sel = torch.zeros(len(conv), self.train.mask.shape[1], dtype=torch.bool)
+        bi = torch.arange(len(conv)).unsqueeze(1).expand_as(idx)
+        sel[bi[valid], idx[valid]] = True  # repeated samples are encoded once
+        return self.turns(conv, sel)
+
+
 def _ge_loss(kind: str, head: RewardHead, train: TrainData, b: torch.Tensor, params: RewardParams,
-             gen: torch.Generator, targets: torch.Tensor | None, feature_fn: FeatureFn) -> torch.Tensor:
-    """L_GE of one batch of conversations ``b`` for GE method ``kind``."""
+             gen: torch.Generator, targets: torch.Tensor | None, feature_fn: FeatureFn,
+             X_b: torch.Tensor | None = None) -> torch.Tensor:
+    """L_GE of one batch of conversations ``b`` for GE method ``kind``.
+
+    ``X_b``: the batch's features of every turn (fine-tuning), instead of ``train.X[b]``.
+    """
     from geli_lib import losses
 
     mask, R = train.mask[b], train.R[b]
@@ -630,7 +766,7 @@ def _ge_loss(kind: str, head: RewardHead, train: TrainData, b: torch.Tensor, par
         r_hat = head(feature_fn(b, idx, valid))
         T_scale = "length" if params.rrd_T == "length" else float(params.rrd_T_fixed)
         return losses.rrd_loss(r_hat, mask, R, idx, valid, T_scale, params.rrd_bias_correction, replace)
-    r_hat = head(train.X[b])
+    r_hat = head(train.X[b] if X_b is None else X_b)
     if kind == "sum":
         return losses.sum_decomposition_loss(r_hat, mask, R)
     if kind == "ircr":
@@ -680,7 +816,7 @@ def _constant(method: str, train: TrainData) -> float:
 
 def train_reward_function(method: str, train: TrainData, params: RewardParams, seed: int = 0,
                           encoder: str | None = None, feature_fn: FeatureFn | None = None,
-                          progress: bool = False) -> TrainedReward:
+                          progress: bool = False, device: str = "cpu") -> TrainedReward:
     """Train reward function ``method`` (one of :data:`METHOD_FAMILY`) on cached features.
 
     Deterministic per ``seed`` (torch.manual_seed for the head's init and
@@ -688,11 +824,22 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
     ``params.batch_conversations`` whole conversations, padded with a mask.
     ``feature_fn`` replaces the cached-feature lookup of the RRD samples (the
     benchmark passes one that re-encodes, as the authors' code does).
+
+    ``params.finetune_encoder`` (every method but ``mean``/``mode``): the text
+    encoder is loaded trainable on ``device`` and fine-tuned jointly with the
+    head (AdamW groups: encoder ``params.encoder_lr``, head ``params.lr``).
+    Each step re-encodes, with gradients, the turns its loss reads: the K
+    sampled turns for RRD, every valid turn of the batch for per-turn losses
+    (LI, oracle, sum, IRCR, RUDDER, and GELI's LI part, whose features RRD then
+    reuses). The head stays on the CPU; the features come back to it. Scale,
+    output init and RUDDER's targets still use the cached features. The
+    result carries the encoder: score it with :func:`predict_pairs`.
     """
     params.validate()
     if method not in REWARD_METHODS:
         raise RewardModelError(f"method {method!r} unknown: choose one of {REWARD_METHODS}")
-    enc_id = encoder_id(encoder or params.encoder, params.max_tokens)
+    enc_name = encoder or params.encoder
+    enc_id = encoder_id(enc_name, params.max_tokens)
     t0 = time.perf_counter()
     if method in ("mean", "mode"):
         return TrainedReward(method=method, params=params, encoder_id=enc_id, d=train.d,
@@ -725,8 +872,23 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
     gen = torch.Generator().manual_seed(seed)
     head = RewardHead(train.d, params.hidden, params.dropout, scale)
     head.init_output(float((train.R / train.lengths.float()).mean()))
-    opt = torch.optim.AdamW(head.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    feature_fn = feature_fn or cached_features(train)
+    tok = model = enc_feats = None
+    groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr": params.lr}]
+    if params.finetune_encoder:
+        if feature_fn is not None:
+            raise RewardModelError("feature_fn and finetune_encoder exclude each other: fine-tuning "
+                                   "computes the features itself (pass finetune_encoder=False)")
+        tok, model = _load_encoder(enc_name, device)
+        model.train()
+        enc_feats = EncoderFeatures(train, tok, model, enc_name, params.max_tokens, device,
+                                    params.encode_batch_size)
+        groups.append({"params": [q for q in model.parameters() if q.requires_grad],
+                       "lr": params.encoder_lr})
+        info["finetuned"] = True
+    opt = torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
+    feature_fn = enc_feats or feature_fn or cached_features(train)
+    per_turn = oracle is not None or (li_targets is not None and lam < 1) or \
+        (ge is not None and ge != "rrd" and lam > 0)
     from geli_lib import losses
 
     hist: list[float] = []
@@ -735,12 +897,16 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
     for _ in range(params.epochs):
         tot = 0.0
         for b in torch.randperm(len(train), generator=gen).split(params.batch_conversations):
+            X_b, fn = train.X[b], feature_fn
+            if enc_feats is not None and per_turn:  # every valid turn once; RRD reads its samples from it
+                X_b = enc_feats.turns(b, train.mask[b])
+                fn = (lambda conv, idx, valid, _x=X_b: _x)
             if oracle is not None:
-                loss = _masked_mse(head(train.X[b]), train.mask[b], oracle[b])
+                loss = _masked_mse(head(X_b), train.mask[b], oracle[b])
             else:
-                l_ge = _ge_loss(ge, head, train, b, params, gen, ge_targets, feature_fn) \
+                l_ge = _ge_loss(ge, head, train, b, params, gen, ge_targets, fn, X_b) \
                     if ge is not None and lam > 0 else None
-                l_li = _masked_mse(head(train.X[b]), train.mask[b], li_targets[b]) \
+                l_li = _masked_mse(head(X_b), train.mask[b], li_targets[b]) \
                     if li_targets is not None and lam < 1 else None
                 if l_ge is not None and l_li is not None:
                     loss = losses.geli_loss(l_ge, l_li, lam)
@@ -754,8 +920,10 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
         bar.update(1)
     bar.close()
     head.eval()
+    if model is not None:
+        model.eval()
     info.update(loss=hist, seconds=time.perf_counter() - t0)
-    return TrainedReward(**common, head=head, info=info)
+    return TrainedReward(**common, head=head, info=info, text_encoder=model, tokenizer=tok)
 
 
 def family(method: str) -> str:
@@ -764,8 +932,8 @@ def family(method: str) -> str:
 
 
 __all__ = [
-    "EncoderMismatchError", "FeatureCache", "METHOD_FAMILY", "RewardHead", "RewardModelError",
+    "EncoderFeatures", "EncoderMismatchError", "FeatureCache", "METHOD_FAMILY", "RewardHead", "RewardModelError",
     "TrainData", "TrainedReward", "auto_scale", "cached_features", "encode_pairs", "encoder_id",
-    "family", "load_reward_function", "make_train_data", "pair_texts", "predict",
+    "family", "load_reward_function", "make_train_data", "pair_texts", "predict", "predict_pairs",
     "sentiment_labels", "train_reward_function", "visual_affect_labels",
 ]

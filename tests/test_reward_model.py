@@ -233,6 +233,55 @@ def test_save_load_round_trip(tmp_path, synthetic):
         rm.TrainedReward.load(tmp_path / "nothing")
 
 
+def _chat_pairs() -> pd.DataFrame:
+    """5 short hand-made conversations of 3 AI turns each (history, response, score, planted reward)."""
+    lines = ["I love hiking, the mountains were beautiful.", "That sounds awful, I am sorry.",
+             "Tell me more about your dog!", "Whatever.", "Great idea, let us cook pasta tonight.",
+             "I do not care about that.", "Wonderful news, congratulations!", "Hmm, okay then."]
+    rows = []
+    for c in range(5):
+        hist = ""
+        for t in range(3):
+            hist += f" User: message {t} of chat {c}, how are you?"
+            resp = lines[(c + 2 * t) % len(lines)]
+            rows.append({"convo_id": f"c{c}", "turn_idx": 2 * t + 1, "history": hist, "response": resp,
+                         "score": 20.0 + 15 * c, "true_reward": float(len(resp) % 7)})
+            hist += " AI: " + resp
+    return pd.DataFrame(rows)
+
+
+def test_finetune_encoder_trains_saves_and_predicts(cache_env):
+    pairs = _chat_pairs()
+    feats = rm.encode_pairs(pairs, progress=False)
+    va = (pairs["response"].str.contains("!")).to_numpy(float)
+    train = rm.make_train_data(None, pairs, feats, li_labels={"va": va, "ls": va})
+    p = RewardParams(epochs=2, batch_conversations=2, K=2, finetune_encoder=True, encoder_lr=1e-3,
+                     encode_batch_size=8)
+    _, base = rm._load_encoder("minilm", "cpu")
+    base_w = dict(base.named_parameters())
+    for method in ("geli", "rrd"):  # all valid turns (LI part, RRD reads them) / only the K samples
+        tr = rm.train_reward_function(method, train, p, seed=0)
+        assert tr.finetuned and tr.info["finetuned"]
+        assert np.isfinite(tr.info["loss"]).all()
+        name = "encoder.layer.0.attention.self.query.weight"
+        assert not torch.equal(dict(tr.text_encoder.named_parameters())[name], base_w[name])
+        pred = rm.predict_pairs(tr, pairs)
+        assert pred.shape == (len(pairs),) and np.isfinite(pred).all()
+    with pytest.raises(rm.RewardModelError, match="predict_pairs"):
+        rm.predict(tr, feats)
+    tr.save(cache_env / "ft")
+    assert json.loads((cache_env / "ft" / "reward.json").read_text())["finetuned"] is True
+    back = rm.load_reward_function(cache_env / "ft", encoder="minilm")
+    assert back.finetuned
+    np.testing.assert_allclose(rm.predict_pairs(back, pairs), pred, atol=1e-5)
+    # without fine-tuning, predict_pairs reads the cached features
+    frozen = rm.train_reward_function("rrd", train, dataclasses.replace(p, finetune_encoder=False))
+    np.testing.assert_allclose(rm.predict_pairs(frozen, pairs), rm.predict(frozen, feats), atol=1e-6)
+    with pytest.raises(ParamError, match="encoder_lr"):
+        load_params("smoke", reward={"encoder_lr": 0.0})
+    assert load_params("gpu").reward.finetune_encoder
+
+
 # --------------------------------------------------------------------------- bad input
 
 
