@@ -37,7 +37,8 @@ from IPython.display import display
 
 from geli_lib import experiments, figures
 from geli_lib.params import load_params
-from geli_lib.runs import timed
+from geli_lib.io import write_csv
+from geli_lib.runs import results_dir, timed
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
 
@@ -75,6 +76,7 @@ figures.save_figure(fig, profile, "06_unroll")
 with timed(profile, "06: lambda sweep"):
     data = experiments.prepare_reward_data(params)
     lam_rows = experiments.sweep(data, params, "lam", lams)
+write_csv(results_dir(profile, "tables") / "lambda_sweep.csv", lam_rows)
 fig = figures.sweep(lam_rows, "lam", {"l_ge_mse": "L_GE MSE ↓", "delta_li": "Δr̂_LI ↑",
                                       "gt_spearman_within": "ρ truth within ↑"}, xlabel="λ",
                     xscale="symlog")
@@ -91,6 +93,7 @@ figures.save_figure(fig, profile, "06_lambda_sweep")
 if params.corpus == "simulated":
     with timed(profile, "06: face-noise sweep"):
         noise_rows = experiments.face_noise_sweep(params, face_noises)
+    write_csv(results_dir(profile, "tables") / "face_noise_sweep.csv", noise_rows)
     fig = figures.sweep(noise_rows, "face_noise", {"l_ge_mse": "L_GE MSE ↓", "delta_li": "Δr̂_LI ↑",
                                                    "gt_spearman_within": "ρ truth within ↑"},
                         xlabel="face noise (sd of logit noise)")
