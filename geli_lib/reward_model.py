@@ -882,7 +882,7 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
         model.train()
         # Every step encodes a batch's turns with gradients: recompute activations in the
         # backward pass instead of holding them (memory, not speed, limits fine-tuning).
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
         enc_feats = EncoderFeatures(train, tok, model, enc_name, params.max_tokens, device,
                                     params.encode_batch_size)
         groups.append({"params": [q for q in model.parameters() if q.requires_grad],

@@ -166,7 +166,7 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
     state_path = out / "stages.json"
     state = _read_json(state_path)
     profile_file = PARAMS_DIR / f"{profile}.yaml"
-    chain = params.notebooks if not only else [nb for nb in params.notebooks if nb in only]
+    chain = params.notebooks
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     stages: dict[str, Any] = {}
     previous = ""
@@ -175,7 +175,10 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
         key = stage_key(nb, profile_file, previous, overrides)
         executed = out / "notebooks" / f"{nb}.ipynb"
         cached = state.get(nb, {})
-        if not force and cached.get("key") == key and executed.exists():
+        if only and nb not in only:  # keys still follow the whole chain, so `--only` agrees with a full run
+            if cached:
+                stages[nb] = {**cached, "skipped": True}
+        elif not force and cached.get("key") == key and executed.exists():
             print(f"[{i}/{n}] {nb}: unchanged, skipped (last run {cached['seconds']:.1f} s)", flush=True)
             stages[nb] = {**cached, "skipped": True}
         else:

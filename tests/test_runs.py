@@ -55,17 +55,18 @@ def smoke_study(tmp_path_factory):
     try:
         first = run_study("smoke", book_dir=book, progress=False)
         second = run_study("smoke", book_dir=book, progress=False)
+        only = run_study("smoke", book=False, progress=False, only=["03_rrd_va"])
     finally:
         if old is None:
             os.environ.pop("GELI_RESULTS")
         else:
             os.environ["GELI_RESULTS"] = old
-    return root, book, first, second
+    return root, book, first, second, only
 
 
 @pytest.mark.slow
 def test_smoke_chain_writes_results_and_manifest(smoke_study):
-    root, _, first, _ = smoke_study
+    root, _, first, *_ = smoke_study
     out = root / "results" / "smoke"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["profile"] == "smoke" and manifest["seeds"] == [0, 1, 2]
@@ -99,8 +100,10 @@ def test_smoke_chain_writes_the_reward_table_and_figures(smoke_study):
 
 @pytest.mark.slow
 def test_rerun_skips_unchanged_stages(smoke_study):
-    *_, second = smoke_study
+    *_, second, only = smoke_study
     assert all(s["skipped"] for s in second["stages"].values())
+    # `--only` keys stages along the whole chain, so an unchanged selected stage is skipped too
+    assert all(s["skipped"] for s in only["stages"].values())
 
 
 @pytest.mark.slow
