@@ -19,12 +19,11 @@ import pandas as pd
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Path]:
+def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    The caller writes to the yielded path (``mode`` is unused by the caller and
-    only documents intent). On an exception the temporary file is removed and
-    ``path`` keeps its previous content (or stays absent).
+    The caller writes to the yielded path. On an exception the temporary file is
+    removed and ``path`` keeps its previous content (or stays absent).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

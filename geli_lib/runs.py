@@ -88,11 +88,12 @@ def library_key() -> str:
     return file_key([p for p in (REPO_ROOT / "geli_lib").glob("*.py")])
 
 
-def stage_key(notebook: str, profile_file: Path, previous: str, overrides: dict[str, Any]) -> str:
-    """The key a stage's outputs are valid for (see the module docstring)."""
+def stage_key(notebook: str, profile_file: Path, library: str, previous: str,
+              overrides: dict[str, Any]) -> str:
+    """The key a stage's outputs are valid for (see the module docstring); ``library``: :func:`library_key`."""
     return content_key(
         file_key([NOTEBOOK_DIR / f"{notebook}.ipynb", profile_file]),
-        library_key(), previous, overrides,
+        library, previous, overrides,
     )
 
 
@@ -139,6 +140,7 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
     tmp = output.with_name(f".{output.name}.running.ipynb")
     t0 = time.perf_counter()
     # The kernel inherits this: no progress bars in saved notebooks (see io.progress_enabled).
+    was = os.environ.get("GELI_PROGRESS")
     os.environ["GELI_PROGRESS"] = "0"
     try:
         pm.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3",
@@ -148,6 +150,11 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
         if tmp.exists():
             os.replace(tmp, failed)
         raise StageError(f"notebook {source.stem} failed (executed copy: {failed}):\n{e}") from None
+    finally:
+        if was is None:
+            os.environ.pop("GELI_PROGRESS", None)
+        else:
+            os.environ["GELI_PROGRESS"] = was
     os.replace(tmp, output)
     return time.perf_counter() - t0
 
@@ -170,9 +177,10 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     stages: dict[str, Any] = {}
     previous = ""
+    library = library_key()
     n = len(chain)
     for i, nb in enumerate(chain, 1):
-        key = stage_key(nb, profile_file, previous, overrides)
+        key = stage_key(nb, profile_file, library, previous, overrides)
         executed = out / "notebooks" / f"{nb}.ipynb"
         cached = state.get(nb, {})
         if only and nb not in only:  # keys still follow the whole chain, so `--only` agrees with a full run

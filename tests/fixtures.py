@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-EMOTIONS = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
-FACE_COLUMNS = tuple(f"prob_face_{e}" for e in EMOTIONS)
+from geli_lib.schema import EMOTIONS, FACE_COLUMNS
+
 WORDS = ("so", "I", "think", "the", "weather", "was", "really", "nice", "today", "and", "we",
          "went", "hiking", "up", "hill", "with", "my", "dog", "it", "felt", "great", "honestly",
          "what", "about", "you", "do", "like", "music", "movies", "work")
