@@ -9,8 +9,11 @@ notebook 06 collects the parts into ``tables/reward_functions.csv`` (DESIGN.md
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +21,7 @@ import pandas as pd
 
 from geli_lib import data as data_mod
 from geli_lib.evaluation import REWARD_TABLE_COLUMNS, evaluate_reward, reward_table_row
-from geli_lib.io import write_csv
+from geli_lib.io import cache_dir, write_csv
 from geli_lib.params import StudyParams
 from geli_lib.reward_model import (TrainData, encode_pairs, family, make_train_data, predict,
                                    predict_pairs, sentiment_labels, train_reward_function,
@@ -93,18 +96,46 @@ def table1_specs(params: StudyParams, group: str) -> list[MethodSpec]:
     return specs[group]
 
 
+def reward_function_dir(profile: str, corpus: str, name: str, seed: int) -> Path:
+    """Where :func:`run_methods` saves the reward function ``name`` (a table row name) of one seed.
+
+    Checkpoints are large artefacts, so they live in the cache (DESIGN.md §7), one
+    folder per profile, corpus, method and seed; a re-run overwrites them.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return cache_dir(f"reward_functions/{profile}/{corpus}") / slug / f"seed{seed}"
+
+
+def saved_reward_functions(profile: str, corpus: str, seed: int | None = None) -> dict[str, Path]:
+    """The reward functions :func:`run_methods` saved for a profile and corpus: name -> folder.
+
+    With ``seed`` only that seed's, else the lowest seed saved for each name.
+    Load one with :meth:`geli_lib.reward_model.TrainedReward.load`.
+    """
+    found: dict[str, tuple[int, Path]] = {}
+    for meta_path in sorted(cache_dir(f"reward_functions/{profile}/{corpus}").glob("*/seed*/reward.json")):
+        meta = json.loads(meta_path.read_text())
+        name, s = meta["info"].get("name"), int(meta["seed"])
+        if name is None or (seed is not None and s != seed):
+            continue
+        if name not in found or s < found[name][0]:
+            found[name] = (s, meta_path.parent)
+    return {name: folder for name, (_, folder) in sorted(found.items())}
+
+
 def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], params: StudyParams,
-                progress: bool = False) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+                progress: bool = False, save: bool = True) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Train every spec × seed on ``data.train``, evaluate on held-out conversations.
 
     Returns the rows (:data:`REWARD_TABLE_COLUMNS` order) and, per spec name,
     the held-out predictions of its first seed (for unroll figures). Methods a
     corpus cannot support are skipped with a message: the oracle without a
-    planted truth, VA / GELI without video.
+    planted truth, VA / GELI without video. With ``save`` every trained function
+    goes to :func:`reward_function_dir` (for PPO and cross-scoring).
     """
     test = data.test
     test_pairs = data.pairs.iloc[test].reset_index(drop=True)
-    has_truth = bool(np.isfinite(data.train.truth[data.train.mask]).any())
+    has_truth = bool(np.isfinite(data.train.truth[data.train.mask].numpy()).any())
     has_va = bool(np.isfinite(data.labels["va"]).any())
     rows, preds = [], {}
     for spec in specs:
@@ -117,6 +148,9 @@ def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], par
         for seed in seeds:
             trained = train_reward_function(spec.method, data.train, rp, seed=seed, progress=progress,
                                             device=params.device)
+            if save:
+                trained.info["name"] = spec.name
+                trained.save(reward_function_dir(params.profile, params.corpus, spec.name, seed))
             # A fine-tuned encoder (gpu profile) must re-encode the texts; a frozen one reads the cache.
             pred = (predict_pairs(trained, test_pairs, device=params.device) if trained.finetuned
                     else predict(trained, data.features[test]))
@@ -197,7 +231,7 @@ def sweep(data: RewardData, params: StudyParams, field_name: str, values: list[A
     parts = []
     for v in values:
         one = MethodSpec(spec.name, spec.method, {**spec.overrides, field_name: v})
-        rows, _ = run_methods(data, [one], params.seeds, params)
+        rows, _ = run_methods(data, [one], params.seeds, params, save=False)
         parts.append(rows.assign(**{field_name: v}))
     return pd.concat(parts, ignore_index=True)
 
@@ -217,6 +251,6 @@ def face_noise_sweep(params: StudyParams, noises: list[float]) -> pd.DataFrame:
         p = dataclasses.replace(params, simulation=dataclasses.replace(params.simulation,
                                                                        face_noise=float(noise)))
         data = prepare_reward_data(p, progress=False)
-        rows, _ = run_methods(data, specs, params.seeds, p)
+        rows, _ = run_methods(data, specs, params.seeds, p, save=False)
         parts.append(rows.assign(face_noise=float(noise)))
     return pd.concat(parts, ignore_index=True)
