@@ -41,6 +41,11 @@ lab: env
 
 benchmark: env
 	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_features.py
+	$(PY) benchmarks/bench_human_eval.py
+	$(PY) benchmarks/bench_reward.py
+	$(PY) benchmarks/bench_llm.py
+	$(PY) benchmarks/bench_ppo.py
 
 # Re-pair notebooks after editing either side (keeps cell ids stable).
 sync: env

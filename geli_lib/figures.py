@@ -171,3 +171,122 @@ def sweep(rows: pd.DataFrame, x: str, metrics: dict[str, str], hue: str = "metho
     axes[0].legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def auto_eval_bars(rows: pd.DataFrame, metrics: dict[str, str] | None = None) -> plt.Figure:
+    """Automatic scores of each model's generations, mean ± sd over seeds (``tables/auto_eval.csv``).
+
+    Left: cross-scoring, one bar group per model and one bar per reward function
+    (the ``reward: …`` metrics). Right: one small panel per text metric in ``metrics``.
+    """
+    metrics = metrics or {"vader_positive": "VADER positive share ↑", "context_overlap": "context overlap ↑",
+                          "distinct_2": "distinct-2 ↑", "repetition": "repetition ↓",
+                          "same_as_base": "identical to base"}
+    stats = rows.groupby(["model", "metric"], sort=False)["value"].agg(["mean", "std"]).fillna(0)
+    models = list(dict.fromkeys(rows["model"]))
+    rewards = [m for m in dict.fromkeys(rows["metric"]) if m.startswith("reward: ")]
+    shown = [m for m in metrics if m in set(rows["metric"])]
+    # Cross-scoring across the top row, one small panel per text metric below it.
+    mosaic = [["cross"] * max(1, len(shown))] + ([shown] if shown else [])
+    fig, ax_by = plt.subplot_mosaic(mosaic, figsize=(max(8.0, 2.6 * len(shown)), 3.8 + 2.8 * bool(shown)),
+                                    height_ratios=[1.4, 1][:len(mosaic)])
+    axes = [ax_by["cross"]] + [ax_by[m] for m in shown]
+    x = np.arange(len(models))
+    width = 0.8 / max(1, len(rewards))
+    for k, r in enumerate(rewards):
+        s = stats.xs(r, level="metric").reindex(models)
+        axes[0].bar(x + (k - (len(rewards) - 1) / 2) * width, s["mean"], width, yerr=s["std"], capsize=2,
+                    label=r.removeprefix("reward: "))
+    axes[0].set_xticks(x, models, rotation=30, ha="right", fontsize=8)
+    axes[0].set_ylabel("mean r̂ of the responses")
+    axes[0].set_title("Cross-scoring: every model under every reward function", fontsize=9)
+    axes[0].axhline(0, color="0.5", lw=0.5)
+    if rewards:
+        axes[0].legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    for ax, m in zip(axes[1:], shown):
+        s = stats.xs(m, level="metric").reindex(models)
+        ax.bar(x, s["mean"], yerr=s["std"], capsize=2, color="C7")
+        ax.set_xticks(x, models, rotation=30, ha="right", fontsize=8)
+        ax.set_title(metrics[m], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def ppo_curves(curves: pd.DataFrame) -> plt.Figure:
+    """GELI Figs. 7-10: mean reward r̂ (top) and KL to the reference (bottom) per PPO update.
+
+    One column per reward function; r̂ is raw (the reward table's scale).
+
+    ``curves``: rows of ``tables/ppo_curves.csv``; several seeds of a reward
+    function are drawn as separate lines.
+    """
+    names = list(dict.fromkeys(curves["reward_fn"]))
+    fig, axes = plt.subplots(2, len(names), figsize=(3.4 * len(names), 5.0), squeeze=False, sharex=True)
+    for j, name in enumerate(names):
+        for seed, g in curves[curves["reward_fn"] == name].groupby("seed"):
+            g = g.sort_values("step")
+            axes[0, j].plot(g["step"], g["reward_mean"], marker="o", ms=3, label=f"seed {seed}")
+            axes[1, j].plot(g["step"], g["kl"], marker="o", ms=3, color="tab:red")
+        axes[0, j].set_title(name, fontsize=10)
+        axes[1, j].set_xlabel("PPO update")
+    axes[0, 0].set_ylabel("mean reward r̂")
+    axes[1, 0].set_ylabel("KL (nats / response)")
+    fig.tight_layout()
+    return fig
+
+
+def listener_signals(rows: pd.DataFrame, title: str = "") -> plt.Figure:
+    """One listener's per-second features (an ``audio_video_features.csv``): face, smile, gaze, nods, pitch.
+
+    Top: the FER probabilities of happiness and neutral; middle: smile and gaze
+    shares with nod_yes / nod_no marks; bottom: f0 (Hz) and is_speaking.
+    """
+    t = pd.to_timedelta(rows["timedelta"]).dt.total_seconds().to_numpy() if "timedelta" in rows \
+        else rows["t"].to_numpy()
+    fig, axes = plt.subplots(3, 1, figsize=(9, 6), sharex=True)
+    for emo in ("happiness", "neutral"):
+        axes[0].plot(t, rows[f"prob_face_{emo}"], marker="o", label=emo)
+    axes[0].set_ylim(-0.05, 1.05)
+    axes[0].set_ylabel("P(emotion)")
+    axes[0].legend(loc="center right")
+    axes[1].step(t, rows["smile"], where="post", label="smile")
+    axes[1].step(t, rows["gaze_on"], where="post", label="gaze on screen", linestyle="--")
+    for col, y, marker in (("nod_yes", 1.1, "v"), ("nod_no", 1.2, ">")):
+        hit = rows[col].to_numpy() >= 0.5
+        axes[1].scatter(t[hit], np.full(hit.sum(), y), marker=marker, label=col)
+    axes[1].set_ylim(-0.05, 1.3)
+    axes[1].set_ylabel("share of frames")
+    axes[1].legend(loc="lower right", ncol=4, fontsize=8)
+    axes[2].plot(t, rows["f0_mean"], marker="o", color="C3", label="f0 (Hz)")
+    axes[2].set_ylabel("f0 (Hz)")
+    twin = axes[2].twinx()
+    twin.step(t, rows["is_speaking"], where="post", color="grey", alpha=0.6)
+    twin.set_ylabel("voiced share", color="grey")
+    twin.set_ylim(-0.05, 1.05)
+    axes[2].set_xlabel("second")
+    if title:
+        axes[0].set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def consistency_bars(table: pd.DataFrame, paper: tuple[float, float] = (89.10, 5.37)) -> plt.Figure:
+    """LLM-GELI App. J: per-conversation agreement (%) of two decomposition samples, per variant.
+
+    ``table``: convo_id, variant, agreement (0-1) (:func:`geli_lib.llm.consistency`
+    plus a ``variant`` column); the paper's o3-mini mean ± sd is the band.
+    """
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(table) + 2.5), 3.0))
+    ax.axhspan(paper[0] - paper[1], paper[0] + paper[1], color="0.85", label="paper (o3-mini), mean ± sd")
+    x = 0
+    for i, (variant, g) in enumerate(table.groupby("variant", sort=False)):
+        xs = np.arange(x, x + len(g))
+        ax.bar(xs, 100 * g["agreement"].to_numpy(), color=f"C{i}", label=variant)
+        x += len(g) + 1
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("agreement of two samples (%)")
+    ax.set_xticks([])
+    ax.set_xlabel("conversation")
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -105,7 +105,15 @@ def progress_enabled(progress: bool = True) -> bool:
 
 
 def progress_bar(total: int, desc: str, progress: bool = True, unit: str = "conv") -> Any:
-    """A tqdm bar (disabled per :func:`progress_enabled`); use ``update``/``close`` or as a context."""
+    """A tqdm bar (disabled per :func:`progress_enabled`); use ``update``/``close`` or as a context.
+
+    A disabled bar comes from plain tqdm: ``tqdm.auto`` warns inside a kernel
+    even when nothing is drawn, and that warning would land in the book.
+    """
+    if not progress_enabled(progress):
+        from tqdm import tqdm as plain
+
+        return plain(total=total, desc=desc, unit=unit, disable=True)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not progress_enabled(progress))
+    return tqdm(total=total, desc=desc, unit=unit)

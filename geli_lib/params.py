@@ -148,7 +148,7 @@ class SplitParams:
 
 
 #: Reward-function methods (GELI Table 1 plus the sum-decomposition and the oracle ceiling).
-REWARD_METHODS = ("mean", "mode", "sum", "ircr", "rudder", "rrd", "va", "ls", "geli", "oracle")
+REWARD_METHODS = ("mean", "mode", "sum", "ircr", "rudder", "rrd", "va", "ls", "geli", "oracle", "llm")
 GE_METHODS = ("sum", "ircr", "rudder", "rrd")
 LI_SIGNALS = ("va", "ls")
 ENCODERS = ("minilm", "smollm2")
@@ -248,6 +248,247 @@ class RewardParams:
         _check(self.encoder_lr > 0, "encoder_lr", "must be > 0", self.encoder_lr)
 
 
+LLM_BACKENDS = ("reference", "local", "openai")
+
+
+@dataclass
+class LLMParams:
+    """LLM-GELI reward decomposition (seed 003 Sec. 4.1, App. J; see :mod:`geli_lib.llm`).
+
+    The endpoint's API key is never a parameter: it is read from the environment
+    variable named by ``api_key_env``.
+    """
+
+    backend: str = "local"
+    """Decomposer: ``local`` (SmolLM2-135M-Instruct, offline), ``openai`` (any OpenAI-compatible endpoint) or ``reference`` (listener-affect split; not an LLM)."""
+    base_url: str = ""
+    """OpenAI-compatible endpoint, e.g. ``http://127.0.0.1:8000/v1``; empty = ``$GELI_LLM_BASE_URL``."""
+    model: str = ""
+    """Model name at the endpoint (``transformers serve``: the served checkpoint path); empty = ``$GELI_LLM_MODEL``."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the endpoint's API key."""
+    temperature: float = 1.0
+    """Sampling temperature (App. J samples at 1; o3-mini, the paper's LLM, only samples at 1); 0 = greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    tokens_per_turn: int = 12
+    """Answer budget per AI turn of a chunk (an id, a number and JSON punctuation), plus 32 tokens."""
+    max_new_tokens: int = 1024
+    """Cap on the answer length of one request."""
+    chunk_chars: int = 6000
+    """Longest transcript (characters) of one request; longer conversations are split into chunks, each given its share of the score."""
+    max_utterance_chars: int = 1000
+    """An utterance longer than this is cut (marked […]) in the prompt."""
+    score_range: tuple[float, float] = (0.0, 100.0)
+    """Declared range of the session score R_GE (0-100 scale); a score outside is a bad-input error."""
+    rescale: str = "none"
+    """Enforce eq. 4 on each chunk's labels: ``none`` (record the deviation only), ``scale`` (multiply) or ``shift`` (add the same amount to each)."""
+    output_retries: int = 2
+    """Re-samples (new seed) of an unparsable answer before the chunk is recorded as failed."""
+    retries: int = 3
+    """Retries of a failed request (connection, timeout, HTTP 429/5xx, unreadable body), with exponential backoff."""
+    backoff_s: float = 1.0
+    """First backoff pause in seconds (doubles per retry)."""
+    timeout_s: float = 120.0
+    """Timeout of one request, seconds."""
+    concurrency: int = 4
+    """Requests in flight at once (``openai`` backend; the local model runs one at a time)."""
+    max_conversations: int = 0
+    """Reward-train conversations decomposed by an LLM backend (0 = all): keeps the local model's smoke run short."""
+    consistency_conversations: int = 10
+    """Conversations sampled twice for the consistency check (App. J: 10)."""
+    threads: int = 1
+    """torch threads of the local model while it generates (0 = torch's default). 1 because a second busy process on 2 cores slowed 2-thread decoding ~6x (40 tokens: 45 s vs 7 s)."""
+    seed: int = 0
+    """Seed of the first sample; sample s, re-sample a uses seed + 1000·s + a."""
+
+    def validate(self) -> None:
+        _check(self.backend in LLM_BACKENDS, "backend", f"must be one of {LLM_BACKENDS}", self.backend)
+        _check(bool(self.api_key_env), "api_key_env", "must name an environment variable", self.api_key_env)
+        _check(0 <= self.temperature <= 2, "temperature", "must be in [0, 2]", self.temperature)
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
+        for name in ("tokens_per_turn", "max_new_tokens", "concurrency"):
+            _check(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
+        _check(self.chunk_chars >= 200, "chunk_chars", "must be >= 200", self.chunk_chars)
+        _check(self.max_utterance_chars >= 20, "max_utterance_chars", "must be >= 20", self.max_utterance_chars)
+        _check(len(self.score_range) == 2 and self.score_range[0] < self.score_range[1], "score_range",
+               "must be [low, high] with low < high", self.score_range)
+        _check(self.rescale in ("none", "scale", "shift"), "rescale", "must be none, scale or shift", self.rescale)
+        for name in ("output_retries", "retries", "max_conversations", "consistency_conversations", "threads"):
+            _check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+        _check(self.backoff_s >= 0, "backoff_s", "must be >= 0", self.backoff_s)
+        _check(self.timeout_s > 0, "timeout_s", "must be > 0", self.timeout_s)
+
+
+#: RL algorithms of the same TRL release (trl==1.12.0); PPO is the papers'.
+RL_ALGORITHMS = ("ppo", "rloo", "grpo")
+
+
+@dataclass
+class RLParams:
+    """RL adaptation of the policy against a learned r_θ (GELI Sec. 5.3, App. F; DESIGN.md §4).
+
+    Defaults are the paper's settings where they fit any machine; profiles shrink
+    batch, steps and lengths. "gamma = 0.05" in GELI App. F is read as TRL's
+    ``PPOConfig.gamma`` (the discount of GAE): App. F lists TRL 0.x PPOConfig
+    field names (``batch_size``, ``cliprange``, ``learning_rate``, ``gamma``,
+    ``use_score_norm``), and the KL weight of eq. 1 is the separate, adaptive
+    ``init_kl_coef`` = 0.15 of the authors' script. Only the ``gpu`` profile
+    uses 0.05; the others keep TRL's discount 1.0 (see :mod:`geli_lib.rl`).
+    """
+
+    algorithm: str = "ppo"
+    """ppo (``trl.experimental.ppo``, the papers'), rloo or grpo (same TRL release, same reward as a callable)."""
+    reward_fns: list[str] = field(default_factory=lambda: [
+        "GELI: RRD + VA", "GE: RRD (K=32)", "LI: Visual Affect", "LI: Language Sentiment"])
+    """Reward functions (reward-table row names) adapted when the notebook asks for ``all`` (GELI Figs. 7-10)."""
+    steps: int = 200
+    """PPO updates (one rollout batch each); paper: 200."""
+    batch_size: int = 24
+    """Prompts per update (paper: 24)."""
+    mini_batch_size: int = 4
+    """Prompts per optimiser step inside an update (paper: 4); must divide ``batch_size``."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch (TRL default 4; 1 is ~2.5x faster on CPU)."""
+    lr: float = 1.4e-5
+    """Adam learning rate of the LoRA adapter and the value model (paper: 1.4e-5), constant schedule."""
+    cliprange: float = 0.2
+    """PPO ratio clip (paper: 0.2)."""
+    cliprange_value: float = 0.2
+    """Value-function clip (TRL default)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss (TRL default)."""
+    gamma: float = 1.0
+    """Discount of GAE (TRL's ``gamma``); the paper's "gamma = 0.05" is this (gpu profile; see the class docstring)."""
+    gae_lambda: float = 0.95
+    """λ of GAE (TRL default)."""
+    kl_coef: float = 0.15
+    """Initial weight of the KL penalty to the reference policy (eq. 1's KL weight; authors: 0.15)."""
+    adaptive_kl: bool = True
+    """Adapt ``kl_coef`` towards ``kl_target`` (Ziegler et al. 2019, the authors' TRL 0.x default)."""
+    kl_target: float = 6.0
+    """Target KL (nats per response) of the adaptive controller (TRL 0.x default 6)."""
+    kl_horizon: float = 10000.0
+    """Horizon of the adaptive controller, in episodes (TRL 0.x default 10000)."""
+    score_norm: bool = True
+    """Normalise r_θ's scores by their running mean and SD before PPO (paper: use_score_norm = true)."""
+    response_length: int = 48
+    """Most new tokens per response during RL (paper: 32-128)."""
+    temperature: float = 0.7
+    """Sampling temperature of RL rollouts (TRL default)."""
+    max_prompt_tokens: int = 512
+    """Prompt budget: a longer dialogue history is left-truncated (oldest tokens dropped) to fit."""
+    history_turns: int = 10
+    """Turns of dialogue history shown to the policy (the reward model sees the same lines)."""
+    lora_r: int = 24
+    """LoRA rank (paper: 24)."""
+    lora_alpha: int = 48
+    """LoRA α (paper: 48)."""
+    lora_dropout: float = 0.05
+    """LoRA dropout (paper: 0.05; TRL switches dropout off in PPO, so it is inert there)."""
+    group_size: int = 4
+    """Completions per prompt for rloo / grpo (must divide ``batch_size``, which there counts completions)."""
+    train_contexts: int = 0
+    """RL prompts drawn from the rl split (0 = every AI turn of its training conversations)."""
+    eval_conversations: int = 4
+    """rl-split conversations held out of RL training; generations come from them."""
+    eval_contexts: int = 8
+    """Held-out contexts per corpus in generations.csv."""
+    gen_tokens: int = 64
+    """Most new tokens of a generation in generations.csv."""
+    gen_do_sample: bool = False
+    """Sample generations (seeded) instead of greedy decoding."""
+    save_every: int = 10
+    """Save the adapter (and the resume state) every this many updates."""
+    train_value_backbone: bool = True
+    """Train the value model's whole SmolLM2 backbone (TRL's default); false trains only its scalar head on frozen features, which halves a CPU update and keeps checkpoints small."""
+    bf16: bool = False
+    """bf16 autocast in TRL (gpu; ~15% faster on CPU too but off there for exactness)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (saves memory on GPU, slows CPU)."""
+
+    def validate(self) -> None:
+        _check(self.algorithm in RL_ALGORITHMS, "algorithm", f"must be one of {RL_ALGORITHMS}", self.algorithm)
+        _check(len(self.reward_fns) >= 1, "reward_fns", "must name at least one reward function",
+               self.reward_fns)
+        for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs", "response_length",
+                     "history_turns", "lora_r", "lora_alpha", "group_size", "eval_contexts",
+                     "gen_tokens", "save_every"):
+            _check(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
+        _check(self.batch_size % self.mini_batch_size == 0, "mini_batch_size", "must divide batch_size",
+               self.mini_batch_size)
+        _check(self.algorithm == "ppo" or self.batch_size % self.group_size == 0, "group_size",
+               "must divide batch_size for rloo / grpo", self.group_size)
+        for name in ("lr", "temperature", "kl_target", "kl_horizon"):
+            _check(getattr(self, name) > 0, name, "must be > 0", getattr(self, name))
+        for name in ("cliprange", "cliprange_value", "vf_coef", "kl_coef"):
+            _check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+        for name in ("gamma", "gae_lambda"):
+            _check(0 <= getattr(self, name) <= 1, name, "must be in [0, 1]", getattr(self, name))
+        _check(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)", self.lora_dropout)
+        _check(self.max_prompt_tokens >= 96, "max_prompt_tokens", "must be >= 96 (the prompt's own template)",
+               self.max_prompt_tokens)
+        _check(self.train_contexts >= 0, "train_contexts", "must be >= 0", self.train_contexts)
+        _check(self.eval_conversations >= 1, "eval_conversations", "must be >= 1", self.eval_conversations)
+
+
+@dataclass
+class EvalParams:
+    """Evaluation of the adapted agents' generations: automatic scores and the human-evaluation kit.
+
+    See :mod:`geli_lib.generation_eval` (automatic) and :mod:`geli_lib.human_eval`
+    (GELI App. B / Table 2; LLM-GELI App. A, Tables 1-3, Fig. 5).
+    """
+
+    base_model: str = "base"
+    """Model name in generations.csv that significance tests compare against (the unadapted policy)."""
+    distinct_n: list[int] = field(default_factory=lambda: [1, 2])
+    """n of the distinct-n diversity scores (unique n-grams / all n-grams over a model's responses)."""
+    repetition_n: int = 2
+    """n of the repetition score: share of a response's word n-grams that repeat an earlier one in it."""
+    human_items: int = 100
+    """Contexts per seed sampled into the annotation kit (GELI: 100; LLM-GELI: 100-150)."""
+    human_seed: int = 0
+    """Seed of the item sample and of the per-item shuffle of model order (the blinding)."""
+    human_spread: str = "seed"
+    """What the ± of the human table spans: ``seed`` (per-seed percentages, as the papers) or ``annotator``."""
+    permutations: int = 20000
+    """Monte-Carlo sign flips of the paired permutation test when exact enumeration is too large."""
+
+    def validate(self) -> None:
+        _check(len(self.distinct_n) >= 1 and all(n >= 1 for n in self.distinct_n), "distinct_n",
+               "must list n >= 1", self.distinct_n)
+        _check(self.repetition_n >= 1, "repetition_n", "must be >= 1", self.repetition_n)
+        _check(self.human_items >= 1, "human_items", "must be >= 1", self.human_items)
+        _check(self.human_spread in ("seed", "annotator"), "human_spread", "must be seed or annotator",
+               self.human_spread)
+        _check(self.permutations >= 100, "permutations", "must be >= 100", self.permutations)
+        _check(bool(self.base_model), "base_model", "must name a model", self.base_model)
+
+
+@dataclass
+class FeatureParams:
+    """Listener feature extraction from video and audio (LLM-GELI §5.1; geli_lib.features, face, prosody)."""
+
+    sample_fps: float = 5.0
+    """Video frames analysed per second (face, smile, gaze, emotion, nods); the rest are skipped.
+    Keep it >= 5: nods are 1-2.5 Hz oscillations, and at 4 fps a 2 Hz nod aliases away (measured)."""
+    detect_width: int = 320
+    """Width (px) the frame is scaled to for Haar face detection (speed; the crops use full resolution)."""
+    nod_window: float = 1.0
+    """Seconds of face-centre track, centred on each second, in which a nod is looked for
+    (1 s: the second itself; wider windows let a nod spill into the still seconds beside it)."""
+    workers: int = 2
+    """Worker processes of ``python -m geli_lib.features`` (one recording per worker)."""
+
+    def validate(self) -> None:
+        _check(0 < self.sample_fps <= 60, "sample_fps", "must be in (0, 60]", self.sample_fps)
+        _check(self.detect_width >= 64, "detect_width", "must be >= 64", self.detect_width)
+        _check(self.nod_window >= 3 / self.sample_fps, "nod_window",
+               "must hold at least 3 sampled frames (>= 3 / sample_fps)", self.nod_window)
+        _check(self.workers >= 1, "workers", "must be >= 1", self.workers)
+
+
 @dataclass
 class StudyParams:
     """One profile: everything a run of the notebook chain needs."""
@@ -274,6 +515,14 @@ class StudyParams:
     """Conversation splits."""
     reward: RewardParams = field(default_factory=RewardParams)
     """Reward model and reward-function training."""
+    llm: LLMParams = field(default_factory=LLMParams)
+    """LLM-GELI reward decomposition."""
+    rl: RLParams = field(default_factory=RLParams)
+    """RL adaptation of the policy (PPO + LoRA)."""
+    eval: EvalParams = field(default_factory=EvalParams)
+    """Evaluation of generations: automatic scores and the human-evaluation kit."""
+    features: FeatureParams = field(default_factory=FeatureParams)
+    """Listener feature extraction from recordings (video, audio)."""
 
     def validate(self) -> None:
         _check(self.profile in PROFILES, "profile", f"must be one of {PROFILES}", self.profile)

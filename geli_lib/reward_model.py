@@ -60,7 +60,9 @@ predictions are the redistributed rewards, and the head is regressed on them,
 because r_θ must score one (s_t, a_t) pair at RL time); LI ``va`` and ``ls``
 (eq. 6); ``geli`` = λ·L_GE(``ge_method``) + (1-λ)·L_LI(``li_signal``) (eq. 2);
 ``oracle`` (MSE on the planted per-turn reward: the ceiling, simulated corpus
-only). Losses come from :mod:`geli_lib.losses`.
+only); ``llm`` (LLM-GELI eq. 5: MSE on an LLM's per-turn labels, passed as
+``li_labels[LLM_LABELS]``; turns with no annotation are masked, see
+:mod:`geli_lib.llm`). Losses come from :mod:`geli_lib.losses`.
 """
 
 from __future__ import annotations
@@ -100,8 +102,10 @@ MAX_CHUNKS = 32
 
 METHOD_FAMILY: dict[str, str] = {
     "mean": "baseline", "mode": "baseline", "sum": "GE", "ircr": "GE", "rudder": "GE",
-    "rrd": "GE", "va": "LI", "ls": "LI", "geli": "GELI", "oracle": "oracle",
+    "rrd": "GE", "va": "LI", "ls": "LI", "geli": "GELI", "oracle": "oracle", "llm": "LLM",
 }
+#: The ``TrainData.li`` key of LLM-GELI's per-turn labels (:func:`geli_lib.llm.labels_for_pairs`).
+LLM_LABELS = "llm"
 
 
 class RewardModelError(ValueError):
@@ -685,6 +689,18 @@ def _li_targets(train: TrainData, signal: str, scale: float, params: RewardParam
     return g * (params.li_positive * scale)
 
 
+def _llm_targets(train: TrainData) -> torch.Tensor:
+    """LLM-GELI's r_LI (eq. 5): the LLM's labels per turn on the score scale (NaN = no annotation)."""
+    if LLM_LABELS not in train.li:
+        raise RewardModelError(f"no {LLM_LABELS!r} labels in the training data: decompose with geli_lib.llm "
+                               f"and pass li_labels={{{LLM_LABELS!r}: llm.labels_for_pairs(pairs, labels)}}")
+    g = train.li[LLM_LABELS]
+    if not torch.isfinite(g[train.mask]).any():
+        raise RewardModelError("every LLM label of the training conversations is missing (no annotation or "
+                               "failed chunks): nothing to distil")
+    return g
+
+
 def _masked_mse(r_hat: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE over the turns where ``mask`` holds and ``target`` is finite (eq. 6 form), via losses.li_loss."""
     from geli_lib import losses
@@ -857,7 +873,8 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
         ge_targets = losses.ircr_targets(train.R, train.lengths, train.mask.shape[1]).to(torch.float32)
     elif ge == "rudder":
         ge_targets, info["rudder_loss"] = _rudder_targets(train, params, seed)
-    scale = auto_scale(train, params, method, ge_targets if method == "rudder" else None)
+    llm_targets = _llm_targets(train) if method == "llm" else None
+    scale = auto_scale(train, params, method, ge_targets if method == "rudder" else llm_targets)
     common = dict(method=method, params=params, encoder_id=enc_id, d=train.d, scale=scale, seed=seed)
     if li is not None and (lam < 1 or method in ("va", "ls")):
         li_targets = _li_targets(train, li, scale, params)
@@ -867,6 +884,8 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
         if not torch.isfinite(oracle[train.mask]).any():
             raise RewardModelError("oracle needs the planted per-turn reward (simulated corpus only): "
                                    "every true_reward is NaN")
+    if method == "llm":  # eq. 5 of LLM-GELI is the oracle's per-turn MSE with the LLM's labels as targets
+        oracle = llm_targets
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -84,8 +84,9 @@ def record_timing(profile: str, name: str, seconds: float) -> None:
 
 
 def library_key() -> str:
-    """Key over geli_lib's sources: a change of library code re-runs the chain."""
-    return file_key([p for p in (REPO_ROOT / "geli_lib").glob("*.py")])
+    """Key over geli_lib's sources and templates: a change of library code re-runs the chain."""
+    lib = REPO_ROOT / "geli_lib"
+    return file_key(sorted([*lib.glob("*.py"), *lib.glob("templates/*")]))
 
 
 def stage_key(notebook: str, profile_file: Path, library: str, previous: str,
@@ -139,9 +140,11 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.running.ipynb")
     t0 = time.perf_counter()
-    # The kernel inherits this: no progress bars in saved notebooks (see io.progress_enabled).
-    was = os.environ.get("GELI_PROGRESS")
-    os.environ["GELI_PROGRESS"] = "0"
+    # The kernel inherits these: no progress bars in saved notebooks (see io.progress_enabled),
+    # including the Hugging Face libraries' weight-loading bars.
+    quiet = {"GELI_PROGRESS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    was = {k: os.environ.get(k) for k in quiet}
+    os.environ.update(quiet)
     try:
         pm.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3",
                             cwd=str(source.parent), progress_bar=progress, log_output=False)
@@ -151,10 +154,11 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
             os.replace(tmp, failed)
         raise StageError(f"notebook {source.stem} failed (executed copy: {failed}):\n{e}") from None
     finally:
-        if was is None:
-            os.environ.pop("GELI_PROGRESS", None)
-        else:
-            os.environ["GELI_PROGRESS"] = was
+        for k, v in was.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     os.replace(tmp, output)
     return time.perf_counter() - t0
 

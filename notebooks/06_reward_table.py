@@ -46,7 +46,7 @@ params = load_params(profile, corpus=corpus, data_path=data_path)
 # ## Table 1 (mean ± sd over seeds)
 
 # %%
-rows = experiments.collect_rows(profile, ["ge", "li", "geli"])
+rows = experiments.collect_rows(profile, ["ge", "li", "geli", "llm"])
 display(experiments.table1(rows))
 
 # %% [markdown]
@@ -55,9 +55,9 @@ display(experiments.table1(rows))
 # The per-turn rewards each method gives one held-out conversation it never saw.
 
 # %%
-pred_table = experiments.read_predictions(profile, ["ge", "li", "geli"])
+pred_table = experiments.read_predictions(profile, ["ge", "li", "geli", "llm"])
 first = sorted(pred_table["convo_id"].unique())[0]
-shown = [m for m in pred_table["method"].unique() if m.startswith(("GE: RRD (K=32)", "GE: RUDDER", "LI: Visual", "GELI", "Oracle"))]
+shown = [m for m in pred_table["method"].unique() if m.startswith(("GE: RRD (K=32)", "GE: RUDDER", "LI: Visual", "GELI", "LLM GELI", "Oracle"))]
 fig = figures.unroll(pred_table, first, shown)
 figures.save_figure(fig, profile, "06_unroll")
 

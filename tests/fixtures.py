@@ -345,3 +345,67 @@ def write_soda(path: str | Path, records: list[dict[str, Any]] | None = None,
     else:
         path.write_text(json.dumps(records, indent=1))
     return path
+
+
+def write_generations(path: str | Path, n_contexts: int = 3, seeds: tuple[int, ...] = (0, 1),
+                      max_new_tokens: int = 20) -> pd.DataFrame:
+    """A realistic ``generations.csv`` (the notebook-07 contract) made with the base SmolLM2 policy.
+
+    For tests of notebooks 08/09 until 07_ppo writes the real file: contexts are AI
+    turns of the smoke profile's simulated corpus (the last 6 turns, one
+    ``User: …`` / ``AI: …`` line each); models are ``ground truth`` (the corpus'
+    own reply), ``base`` (SmolLM2 sampled with the seed) and ``base greedy``
+    (greedy decoding, standing in for a second policy). No adapted model: this
+    fixture must never be mistaken for PPO results.
+    """
+    import torch
+
+    from geli_lib.data import load_corpus
+    from geli_lib.models import load_policy
+    from geli_lib.params import load_params
+
+    corpus = load_corpus(load_params("smoke"), progress=False)
+    turns = corpus.turns.sort_values(["convo_id", "turn_idx"])
+    contexts = []
+    for cid, g in turns.groupby("convo_id", sort=True):
+        lines = [("AI: " if a else "User: ") + " ".join(str(u).split()) for a, u in zip(g["is_ai"], g["utterance"])]
+        ai = [i for i, a in enumerate(g["is_ai"]) if a and i >= 4]
+        if ai:
+            i = ai[0]
+            contexts.append({"convo_id": cid, "turn_idx": int(g["turn_idx"].iloc[i]), "history": "\n".join(lines[i - 4:i]),
+                             "truth": lines[i].removeprefix("AI: ")})
+        if len(contexts) == n_contexts:
+            break
+    model, tok = load_policy()
+    prompts = [tok.apply_chat_template([{"role": "user", "content": c["history"]}], tokenize=False,
+                                       add_generation_prompt=True) for c in contexts]
+    tok.padding_side = "left"
+    batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def generate(sample: bool, seed: int) -> list[str]:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sample,
+                                 pad_token_id=tok.pad_token_id, **({} if sample else {"temperature": None, "top_p": None, "top_k": None}))
+        return [t.strip() for t in tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
+
+    # One thread: a batch this small gains nothing from more, and on a busy machine (tests running
+    # side by side) competing torch threads made it ~20x slower (measured: 66 s vs 3 s).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        greedy = generate(False, 0)
+        sampled = {seed: generate(True, seed) for seed in seeds}
+    finally:
+        torch.set_num_threads(threads)
+    rows = []
+    for seed in seeds:
+        for c, s, gr in zip(contexts, sampled[seed], greedy):
+            base = {"corpus": "simulated", "seed": seed, "context_id": f"{c['convo_id']}:{c['turn_idx']}",
+                    "convo_id": c["convo_id"], "turn_idx": c["turn_idx"], "history": c["history"]}
+            rows += [{**base, "model": "ground truth", "response": c["truth"]},
+                     {**base, "model": "base", "response": s}, {**base, "model": "base greedy", "response": gr}]
+    gens = pd.DataFrame(rows)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    gens.to_csv(path, index=False)
+    return gens

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -163,3 +164,199 @@ def test_summary_speed():
     elapsed = time.perf_counter() - t0
     assert len(s) == n_conv * n_ai and (s["n_frames"] == 11).all()
     assert elapsed < 10, elapsed
+
+
+def test_new_columns_nod_no_pitch_slope_and_2s_label():
+    # t 0-5: happy face, except a single neutral-spike second at t=3 that the 2-s smoothing removes
+    emos = ["neutral", "neutral", "happiness", "neutral", "happiness", "happiness"]
+    face = _faces(emos)
+    face[3] = face[2] * 0.0 + 0.05
+    face[3, EMOTIONS.index("neutral")] = 0.4  # weakly neutral: the 2-s mean with t=2 stays happy
+    face[3, EMOTIONS.index("happiness")] = 0.3
+    frames = pd.DataFrame(face, columns=list(FACE_COLUMNS))
+    frames["t"] = np.arange(6, dtype=float)
+    frames["user_id"] = "L"
+    frames["nod_no"] = [0, 0, 0, 1, 0, 0]
+    frames["f0_mean"] = 100.0 + 10.0 * frames["t"]  # rising 10 Hz/s
+    corpus = _tiny_corpus(frames, [(0.0, 1.0, 10), (2.0, 5.0, 10)])
+    s = turn_listener_summary(corpus).set_index("turn_idx")
+    assert list(s["nod_no_any"]) == [False, True]
+    np.testing.assert_allclose(s["f0_slope"], [10.0, 10.0])
+    # frame-wise votes for the second turn: happy, neutral, happy, happy -> happy either way;
+    # first turn: neutral, neutral -> neutral; smoothing cannot invent happiness there
+    assert list(s["top_emotion_2s"]) == ["neutral", "happiness"]
+    assert list(s["va_label_2s"]) == [0, 1]
+
+
+def test_2s_smoothing_changes_a_flickering_window():
+    # alternating strong neutral / weak happy seconds: frame-wise mode is a tie -> happiness (first
+    # in EMOTIONS), but the 2-s means are dominated by the strong neutral seconds
+    emos = ["neutral", "happiness"] * 3
+    face = _faces(emos)
+    face[0::2, EMOTIONS.index("neutral")] = 0.9
+    face[1::2, EMOTIONS.index("happiness")] = 0.3
+    frames = pd.DataFrame(face, columns=list(FACE_COLUMNS))
+    frames["t"] = np.arange(6, dtype=float)
+    frames["user_id"] = "L"
+    s = turn_listener_summary(_tiny_corpus(frames, [(0.0, 5.0, 10)])).iloc[0]
+    assert s["top_emotion"] == "happiness" and s["va_label"] == 1
+    assert s["top_emotion_2s"] == "neutral" and s["va_label_2s"] == 0
+
+
+def test_describe_listener_words_follow_the_columns():
+    from geli_lib.features import NO_FACE, NO_VIDEO, describe_listener
+
+    base = {"start": 0.0, "stop": 10.0, "n_frames": 10, "n_face_frames": 10, "top_emotion": "happiness",
+            **{c: 0.05 for c in FACE_COLUMNS}, "prob_face_happiness": 0.62, "smile_mean": 0.7,
+            "gaze_mean": 0.6, "nod_yes_any": True, "nod_no_any": False, "f0_mean_mean": 150.0,
+            "f0_slope": 1.5}
+    rows = pd.DataFrame([
+        base,
+        {**base, "smile_mean": 0.2, "top_emotion": "neutral", "prob_face_neutral": 0.8,
+         "nod_yes_any": False, "gaze_mean": 1.0, "f0_slope": -1.5},
+        {**base, "smile_mean": 0.0, "nod_yes_any": pd.NA, "nod_no_any": pd.NA, "f0_slope": 0.1},
+        {**base, "n_frames": 0, "n_face_frames": 0, "top_emotion": ""},
+        {**base, "n_face_frames": 0, "top_emotion": "", "smile_mean": np.nan, "gaze_mean": np.nan,
+         "nod_yes_any": pd.NA, "nod_no_any": pd.NA, "f0_slope": np.nan},
+    ], index=[7, 8, 9, 10, 11])
+    d = describe_listener(rows)
+    assert list(d.index) == [7, 8, 9, 10, 11]
+    assert d[7] == "listener smiled, mostly happy (0.62), nodded, looked away 40% of the time, pitch rising"
+    assert d[8] == ("listener smiled briefly, mostly neutral (0.80), no head nods, "
+                    "kept looking at the screen, pitch falling")
+    assert d[9] == ("listener did not smile, mostly happy (0.62), looked away 40% of the time, "
+                    "pitch steady")
+    assert d[10] == NO_VIDEO and d[11] == NO_FACE
+
+
+def test_describe_listener_on_a_loaded_corpus(candor_corpus):
+    from geli_lib.features import describe_listener
+
+    corpus, _ = candor_corpus
+    s = turn_listener_summary(corpus)
+    d = describe_listener(s)
+    assert d.index.equals(s.index) and d.str.len().min() > 10
+    happy = s["top_emotion"] == "happiness"
+    assert d[happy].str.contains("mostly happy").all() and not d[~happy].str.contains("mostly happy").any()
+
+
+# --------------------------------------------------------------------------- recordings -> features -> corpus
+
+from geli_lib import features as FT  # noqa: E402
+from geli_lib.face import sample_faces, write_face_clip  # noqa: E402
+from geli_lib.params import FeatureParams  # noqa: E402
+from geli_lib.prosody import write_tone  # noqa: E402
+
+LISTENER_MOTIONS = ["still", "still", "nod", "nod", "still", "still"]
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    """c1/L: the smiling astronaut nodding, with a 5-s 200 Hz voice (1 s shorter than the video);
+    c1/A: Grace Hopper, not smiling, no audio at all; c1/broken.mp4: not a video."""
+    root = tmp_path_factory.mktemp("recordings")
+    faces = sample_faces()
+    write_face_clip(faces["astronaut"], root / "c1" / "L.avi", LISTENER_MOTIONS)
+    write_tone(root / "c1" / "L.wav", 200.0, 5.0, harmonics=6)
+    write_face_clip(faces["grace_hopper"], root / "c1" / "A.avi", ["still"] * 4)
+    (root / "c1" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    out = tmp_path_factory.mktemp("features")
+    rc = FT.main([str(root), str(out), "--workers", "2", "--no-progress"])
+    return root, out, rc
+
+
+def test_cli_keeps_good_files_and_reports_the_bad_one(recordings):
+    root, out, rc = recordings
+    assert rc == 1  # one file failed
+    rep = json.loads((out / "features_report.json").read_text())
+    assert rep["counts"] == {"done": 2, "skipped": 0, "failed": 1}
+    (bad, err), = rep["failed"].items()
+    assert bad.endswith("broken.mp4") and "VideoError" in err and "broken.mp4" in err
+    assert (out / "c1" / "L.csv").is_file() and (out / "c1" / "A.csv").is_file()
+    assert not (out / "c1" / "broken.csv").exists()
+    warns = rep["warnings"]
+    assert any("no audio" in w for w in warns[str(root / "c1" / "A.avi")])
+    assert any("differ in length" in w for w in warns[str(root / "c1" / "L.avi")])
+
+
+def test_listener_rows_follow_the_recording(recordings):
+    _, out, _ = recordings
+    df = pd.read_csv(out / "c1" / "L.csv")
+    assert list(df.columns) == list(FT.OUTPUT_COLUMNS)
+    assert len(df) == len(LISTENER_MOTIONS) and (df["user_id"] == "L").all()
+    assert list(pd.to_timedelta(df["timedelta"]).dt.total_seconds()) == [0, 1, 2, 3, 4, 5]
+    top = df[list(FACE_COLUMNS)].to_numpy().argmax(axis=1)
+    assert (np.asarray(EMOTIONS)[top] == "happiness").all()
+    assert (df["smile"] >= 0.6).all() and (df["prob_face_contempt"] == 0).all()
+    assert list(df["nod_yes"]) == [float(m == "nod") for m in LISTENER_MOTIONS]
+    f0 = df["f0_mean"].to_numpy()
+    assert np.all(np.abs(f0[:5] / 200.0 - 1) < 0.02) and np.isnan(f0[5])  # audio ends at 5 s
+    assert (df["is_speaking"][:5] > 0.9).all()
+    report = json.loads((out / "c1" / "L.json").read_text())
+    assert report["seconds_without_audio"] == 1 and report["seconds_without_face"] == 0
+    assert "contempt" in report and "absent" in report["contempt"]
+    hopper = pd.read_csv(out / "c1" / "A.csv")
+    top = hopper[list(FACE_COLUMNS)].to_numpy().argmax(axis=1)
+    assert not (np.asarray(EMOTIONS)[top] == "happiness").any()
+    assert (hopper["smile"] < 0.5).all() and hopper["f0_mean"].isna().all()
+
+
+def test_folder_becomes_a_candor_corpus_the_real_loader_reads(recordings, tmp_path):
+    import shutil
+
+    _, out, _ = recordings
+    corpus_root = tmp_path / "corpus"
+    convo = corpus_root / "c1"
+    convo.mkdir(parents=True)
+    shutil.copy(out / "c1" / "audio_video_features.csv", convo / "audio_video_features.csv")
+    (convo / "transcription").mkdir()
+    pd.DataFrame({"turn_id": ["t0", "t1", "t2", "t3"], "speaker": ["L", "A", "L", "A"],
+                  "start": [0.0, 0.5, 1.9, 2.0], "stop": [0.4, 1.8, 1.95, 4.0],
+                  "utterance": ["hi", "so tell me about your trip to the moon",
+                                "yes", "what was the best part of floating up there"]}
+                 ).to_csv(convo / "transcription" / "transcript_cliffhanger.csv", index=False)
+    pd.DataFrame({"user_id": ["L", "A"], "overall_affect": [8, 6]}).to_csv(convo / "survey.csv", index=False)
+    corpus = load_candor(corpus_root, DataParams(), progress=False)
+    assert len(corpus.frames) == len(LISTENER_MOTIONS) and (corpus.frames["user_id"] == "L").all()
+    s = turn_listener_summary(corpus)
+    assert list(s["top_emotion"]) == ["happiness", "happiness"] and list(s["va_label"]) == [1, 1]
+    d = FT.describe_listener(s)
+    assert d.iloc[0].startswith("listener smiled, mostly happy (0.9")
+    assert "nodded" in d.iloc[1] and "pitch steady" in d.iloc[1]
+
+
+def test_rerun_skips_finished_files_and_redoes_changed_ones(recordings, tmp_path):
+    root, _, _ = recordings
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "A.avi").write_bytes((root / "c1" / "A.avi").read_bytes())
+    out = tmp_path / "out"
+    params = FeatureParams(workers=1)
+    assert FT.extract_folder(one, out, params, progress=False)["counts"]["done"] == 1
+    first = (out / "A.csv").read_bytes()
+    assert FT.extract_folder(one, out, params, progress=False)["counts"] == {"done": 0, "skipped": 1, "failed": 0}
+    assert (out / "A.csv").read_bytes() == first
+    changed = FeatureParams(workers=1, sample_fps=4.0)
+    assert FT.extract_folder(one, out, changed, progress=False)["counts"]["done"] == 1
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    assert FT.main([str(tmp_path / "nowhere"), str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "recordings folder not found" in capsys.readouterr().err
+    assert FT.main([str(tmp_path), str(tmp_path / "out"), "--fps", "0", "--no-progress"]) == 2
+    assert "sample_fps" in capsys.readouterr().err
+
+
+def test_recording_without_any_face_gives_nan_rows_and_a_warning(tmp_path):
+    from skimage import data
+
+    video = write_face_clip(data.coffee(), tmp_path / "cup.avi", ["still"] * 3)
+    audio = write_tone(tmp_path / "cup.wav", 150.0, 3.0)
+    rows, report = FT.extract_listener_features(video, audio, user_id="u", params=FeatureParams())
+    assert len(rows) == 3 and rows[["gaze_on", "smile", *FACE_COLUMNS]].isna().all().all()
+    assert report["seconds_without_face"] == 3 and report["face_samples"] == 0
+    assert any("no face found" in w for w in report["warnings"])
+    assert rows["f0_mean"].notna().all()  # the voice is still measured
+    s = turn_listener_summary(_tiny_corpus(rows.assign(t=[0.0, 1.0, 2.0], user_id="L"), [(0.0, 2.0, 10)]))
+    assert s["va_reason"].iloc[0] == "no_face"
+    assert FT.describe_listener(s).iloc[0] == "listener's face not visible in this window, pitch steady"

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from geli_lib.params import REPO_ROOT
+from geli_lib.params import REPO_ROOT, load_params
 from geli_lib.runs import StageError, build_book, run_notebook, run_study
 
 
@@ -91,11 +91,27 @@ def test_smoke_chain_writes_the_reward_table_and_figures(smoke_study):
     out = root / "results" / "smoke"
     rows = pd.read_csv(out / "tables" / "reward_functions.csv")
     assert list(rows.columns) == list(REWARD_TABLE_COLUMNS)
-    assert set(rows["family"]) == {"baseline", "GE", "LI", "GELI", "oracle"}
+    assert set(rows["family"]) == {"baseline", "GE", "LI", "GELI", "LLM", "oracle"}
     assert (rows.groupby("method")["seed"].nunique() == 3).all()
     assert rows["l_ge_mse"].notna().all() and rows["gt_spearman_within"].notna().all()
     for fig in ("03_unroll", "06_unroll", "06_lambda_sweep", "06_face_noise_sweep"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+
+
+@pytest.mark.slow
+def test_smoke_chain_writes_curves_generations_and_auto_eval(smoke_study):
+    """The results contract (DESIGN.md §7) of notebooks 07-08."""
+    import pandas as pd
+
+    root, *_ = smoke_study
+    tables = root / "results" / "smoke" / "tables"
+    curves = pd.read_csv(tables / "ppo_curves.csv")
+    assert {"reward_fn", "seed", "step", "reward_mean", "kl"} <= set(curves.columns)
+    assert len(curves) >= 2 and curves["reward_mean"].notna().all()
+    gens = pd.read_csv(tables / "generations.csv")
+    assert {"base", "ground truth"} <= set(gens["model"]) and len(set(gens["model"])) >= 3
+    auto = pd.read_csv(tables / "auto_eval.csv")
+    assert set(auto["model"]) == set(gens["model"])
 
 
 @pytest.mark.slow
@@ -116,14 +132,17 @@ def test_book_builds_strict_and_opens_in_a_browser(smoke_study):
         pytest.skip("Debian chromium not installed (.ci/run installs it)")
     from geli_lib.browser import check_html_pages
 
-    report = check_html_pages(html, ["index.html", "generated/00_data.html", "generated/02_ge_baselines.html",
-                                     "generated/03_rrd_va.html", "generated/04_li_baselines.html",
-                                     "generated/06_reward_table.html", "generated/run_record.html"],
+    chain = load_params("smoke").notebooks
+    report = check_html_pages(html, ["index.html", *[f"generated/{nb}.html" for nb in chain],
+                                     "generated/run_record.html"],
                               strict=True,
                               count_selectors={"math": ".MathJax, .MathJax_CHTML, mjx-container"})
     data_page = report["pages"]["generated/00_data.html"]
     assert data_page["n_images"] >= 3 and data_page["n_broken_images"] == 0
     assert data_page["counts"]["math"] > 0, "math was not typeset offline"
+    # every page that draws figures shows them (signals, consistency, curves, auto-eval bars)
+    for nb in ("01_features", "05_llm_geli", "07_ppo", "08_generations_eval"):
+        assert report["pages"][f"generated/{nb}.html"]["n_images"] >= 1, nb
     assert report["pages"]["generated/06_reward_table.html"]["n_images"] >= 3
 
 

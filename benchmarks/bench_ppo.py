@@ -1,0 +1,83 @@
+"""Benchmark: seconds per PPO update and peak memory at a profile's RL settings (default: cpu).
+
+Targets (issue 6): the cpu profile runs every reward function of ``rl.reward_fns``
+(4 × ``rl.steps`` updates) plus generations in under 15 minutes on 2 cores; on one
+H100 the gpu profile does 200 updates of batch 24 in under 20 minutes (6 s/update).
+Runs ``--steps`` real updates (TRL PPOTrainer + LoRA on SmolLM2, a saved reward
+function) in a temporary folder and prints seconds per update (first update
+apart: it includes TRL's warm-up), peak RSS (CPU) or peak CUDA memory, and the
+projected time of the profile's whole RL stage.
+
+Run: ``python benchmarks/bench_ppo.py [--profile cpu] [--steps 3] [--reward-profile smoke]``;
+on a GPU: ``python benchmarks/bench_ppo.py --profile gpu --device cuda``. The reward
+function comes from ``--reward-profile`` (default: the profile itself; its
+notebooks 02-04 must have run); its architecture, not its quality, sets the cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("GELI_PROGRESS", "0")
+
+import torch  # noqa: E402
+
+from geli_lib import data, experiments, rl  # noqa: E402
+from geli_lib.params import load_params  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--steps", type=int, default=3, help="updates to time (>= 2)")
+    parser.add_argument("--reward-profile", help="profile whose saved reward function is used (default: --profile)")
+    parser.add_argument("--reward-fn", default="GELI: RRD + VA")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the profile's)")
+    args = parser.parse_args()
+    params = load_params(args.profile)
+    device = args.device or params.device
+    rlp = dataclasses.replace(params.rl, steps=args.steps, save_every=args.steps)
+    t0 = time.perf_counter()
+    corpus = data.load_corpus(params, progress=False)
+    split = data.split_conversations(corpus.conversations, params.splits)
+    train, held_out = rl.rl_contexts(corpus, split, rlp, params.seed)
+    saved = experiments.saved_reward_functions(args.reward_profile or args.profile, params.corpus, params.seed)
+    folder = rl.select_reward_functions(saved, [args.reward_fn], rlp)[args.reward_fn]
+    t_setup = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="geli-bench-ppo-") as tmp:
+        os.environ["GELI_RESULTS"] = str(Path(tmp) / "results")
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        info = rl.train_rl(args.reward_fn, folder, train, rlp, args.profile, params.corpus, params.seed, device,
+                           out_dir=Path(tmp) / "run")
+        t_run = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rows = rl.generations(held_out, {args.reward_fn: info.adapter}, rlp, params.seed, device)
+        t_gen = time.perf_counter() - t0
+    secs = info.curves["seconds"].to_numpy()
+    steady = float(secs[1:].mean()) if len(secs) > 1 else float(secs[0])
+    n_fns = len(params.rl.reward_fns)
+    overhead = t_run - secs.sum()  # model loading, trainer construction, saving
+    projected = n_fns * (params.rl.steps * steady + overhead) + t_gen * (n_fns + 1) / 2
+    mem = (f"peak CUDA memory {torch.cuda.max_memory_allocated() / 1024 ** 3:.2f} GiB" if device == "cuda"
+           else f"peak RSS {info.peak_rss_gb:.2f} GiB")
+    print(f"profile {args.profile} on {device} ({torch.get_num_threads()} torch threads): batch {rlp.batch_size}, "
+          f"mini-batch {rlp.mini_batch_size}, {rlp.ppo_epochs} PPO epoch(s), {rlp.response_length} response "
+          f"tokens, prompts <= {rlp.max_prompt_tokens} tokens ({rlp.history_turns} turns)")
+    print(f"setup {t_setup:.1f} s; first update {secs[0]:.1f} s; steady {steady:.1f} s / update "
+          f"(updates: {', '.join(f'{s:.1f}' for s in secs)}); load/build/save overhead {overhead:.1f} s; {mem}")
+    print(f"generations: {len(rows)} rows ({len(held_out)} contexts × base, adapted, truth) in {t_gen:.1f} s")
+    print(f"projected RL stage of the {args.profile} profile: {n_fns} reward functions × {params.rl.steps} updates "
+          f"= {projected / 60:.1f} min")
+    print(f"reward r̂ per update: {', '.join(f'{r:.3f}' for r in info.curves['reward_mean'])}; "
+          f"KL: {', '.join(f'{k:.4f}' for k in info.curves['kl'])}")
+
+
+if __name__ == "__main__":
+    main()

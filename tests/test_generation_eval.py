@@ -1,0 +1,176 @@
+"""Automatic evaluation of generations: text metrics by hand, r_θ's input format, cross-scoring, notebook 08."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geli_lib import generation_eval as ge
+from geli_lib.params import DataParams, EvalParams, load_params
+
+
+def _gens(**over) -> pd.DataFrame:
+    rows = []
+    for seed in (0, 1, 2):
+        for c in range(2):
+            for model, resp in (("base", "That's nice."), ("ground truth", f"I love tennis too, Federer {c}!")):
+                rows.append({"corpus": "simulated", "seed": seed, "context_id": f"c{c}:3", "convo_id": f"c{c}",
+                             "turn_idx": 3, "history": "User: I love tennis\nAI: Me too\nUser: Federer is great",
+                             "model": model, "response": resp})
+    df = pd.DataFrame(rows)
+    for k, v in over.items():
+        df[k] = v
+    return df
+
+
+# --------------------------------------------------------------------------- text metrics by hand
+
+
+def test_distinct_n_by_hand():
+    # unigrams: the cat sat | the cat ran -> 6 tokens, 4 unique; bigrams: 4, 3 unique
+    assert ge.distinct_n(["The cat sat", "the cat ran"], 1) == pytest.approx(4 / 6)
+    assert ge.distinct_n(["The cat sat", "the cat ran"], 2) == pytest.approx(3 / 4)
+    assert math.isnan(ge.distinct_n(["", "hi"], 2))
+
+
+def test_repetition_by_hand():
+    # bigrams of "i am sorry i am sorry": (i,am) (am,sorry) (sorry,i) (i,am) (am,sorry): 2 repeats of 5
+    assert ge.repetition("I am sorry. I am sorry.", 2) == pytest.approx(2 / 5)
+    assert ge.repetition("I went hiking with my dog", 2) == 0.0
+    assert ge.repetition("hello", 2) == 0.0
+
+
+def test_context_overlap_is_a_specificity_proxy():
+    hist = "User: I love tennis\nAI: cool\nUser: Federer is the best player"
+    assert ge.context_overlap(hist, "That's nice.") == 0.0  # generic: "nice" is not in the context
+    assert math.isnan(ge.context_overlap(hist, "Oh yes, it is."))  # only function words: no content
+    # content words: love, tennis, can't, get, enough, roger, federer -> tennis, love, federer in history
+    assert ge.context_overlap(hist, "Me too, I love tennis, I can't get enough of Roger Federer!") == \
+        pytest.approx(3 / 7)
+
+
+def test_auto_eval_rows_and_mean_sd_table():
+    rows = ge.auto_eval(_gens(), EvalParams(), DataParams())
+    assert list(rows.columns) == list(ge.AUTO_EVAL_COLUMNS)
+    assert set(rows["metric"]) == {"length", "vader_compound", "vader_positive", "context_overlap", "repetition",
+                                   "distinct_1", "distinct_2", "same_as_base"}
+    base = rows[(rows["model"] == "base") & (rows["seed"] == 0)].set_index("metric")["value"]
+    assert base["length"] == 2  # "that's", "nice"
+    assert base["distinct_1"] == pytest.approx(2 / 4)  # the same reply to both contexts
+    assert base["vader_positive"] == 1.0  # "nice" is positive for VADER
+    table = ge.auto_eval_table(rows)
+    assert table.loc[("simulated", "base"), "length"] == "2.00 ± 0.00"
+    assert table.loc[("simulated", "ground truth"), "distinct_1"] == "0.58 ± 0.00"  # 7 unique of 12 words
+
+
+def test_same_as_base():
+    g = _gens()
+    g.loc[(g["model"] == "ground truth") & (g["context_id"] == "c0:3"), "response"] = " That's   nice. "
+    g = g[~((g["model"] == "base") & (g["seed"] == 2))]  # no base response in seed 2
+    same = ge.same_as_base(g, "base")
+    truth = g["model"] == "ground truth"
+    assert same[truth & (g["seed"] < 2)].tolist() == [1.0, 0.0, 1.0, 0.0]  # whitespace does not count
+    assert same[truth & (g["seed"] == 2)].isna().all()
+    assert (same[g["model"] == "base"] == 1.0).all()
+
+
+def test_mean_sd_over_seeds():
+    rows = pd.DataFrame({"corpus": "x", "seed": [0, 1, 2], "model": "m", "metric": "length",
+                         "value": [1.0, 2.0, 6.0], "n": 1})
+    assert ge.auto_eval_table(rows).loc[("x", "m"), "length"] == f"3.00 ± {np.std([1, 2, 6], ddof=1):.2f}"
+
+
+# --------------------------------------------------------------------------- reading generations
+
+
+def test_read_generations_missing_file_points_to_07(tmp_path):
+    with pytest.raises(ge.GenerationsError, match="07_ppo"):
+        ge.read_generations(tmp_path / "generations.csv")
+
+
+def test_read_generations_bad_input(tmp_path):
+    path = tmp_path / "g.csv"
+    _gens().drop(columns="history").to_csv(path, index=False)
+    with pytest.raises(ge.GenerationsError, match=r"missing column\(s\) \['history'\]"):
+        ge.read_generations(path)
+    g = _gens()
+    pd.concat([g, g.iloc[[3]]]).to_csv(path, index=False)
+    with pytest.raises(ge.GenerationsError, match="duplicate"):
+        ge.read_generations(path)
+    g.loc[5, "model"] = ""
+    g.to_csv(path, index=False)
+    with pytest.raises(ge.GenerationsError, match="row 7: empty 'model'"):
+        ge.read_generations(path)
+    g = _gens()
+    g.loc[0, "response"] = ""  # an empty response (EOS at once) is kept
+    g.to_csv(path, index=False)
+    assert ge.read_generations(path)["response"].iloc[0] == ""
+
+
+# --------------------------------------------------------------------------- r_θ's input and cross-scoring
+
+
+@pytest.fixture(scope="module")
+def corpus_pairs():
+    from geli_lib.data import build_pairs, load_corpus
+
+    params = load_params("smoke")
+    corpus = load_corpus(params, progress=False)
+    ids = sorted(corpus.conversations["convo_id"])[:3]
+    return corpus, build_pairs(corpus, params.data, convo_ids=ids), params
+
+
+def test_reward_history_equals_build_pairs_format(corpus_pairs):
+    corpus, pairs, params = corpus_pairs
+    t = corpus.turns.sort_values(["convo_id", "turn_idx"])
+    checked = 0
+    for cid, g in t.groupby("convo_id"):
+        if cid not in set(pairs["convo_id"]):
+            continue
+        lines = [("AI: " if a else "User: ") + u for a, u in zip(g["is_ai"], g["utterance"])]
+        for i, (ai, idx) in enumerate(zip(g["is_ai"], g["turn_idx"])):
+            if ai:
+                want = pairs[(pairs["convo_id"] == cid) & (pairs["turn_idx"] == idx)]["history"].iloc[0]
+                assert ge.reward_history("\n".join(lines[:i]), params.data) == want
+                checked += 1
+    assert checked > 20
+    short = DataParams(history_turns=2, history_chars=12)
+    assert ge.reward_history("User: a\nAI: bb\nUser: hello there", short) == "bb User: hello there"[-12:]
+
+
+def test_cross_scoring_with_a_trained_reward_function(corpus_pairs, tmp_path, monkeypatch):
+    from geli_lib import reward_model as rm
+    from geli_lib.params import RewardParams
+
+    monkeypatch.setenv("GELI_CACHE", str(tmp_path / "cache"))
+    corpus, pairs, params = corpus_pairs
+    feats = rm.encode_pairs(pairs, progress=False)
+    train = rm.make_train_data(corpus, pairs, feats)
+    rp = RewardParams(epochs=20, lr=3e-3, batch_conversations=3)
+    ls = rm.train_reward_function("ls", train, rp, seed=0, progress=False)
+    mean = rm.train_reward_function("mean", train, rp, seed=0, progress=False)
+    folders = {"LI: Language Sentiment": ls.save(tmp_path / "ls"), "Mean": mean.save(tmp_path / "mean")}
+    gens = _gens()
+    scores = ge.cross_scores(gens, folders, params.data)
+    assert list(scores.columns) == ["reward: LI: Language Sentiment"]  # the constant Mean is left out
+    want = rm.predict(ls, rm.encode_pairs(ge.reward_pairs(gens, params.data), progress=False))
+    np.testing.assert_allclose(scores.iloc[:, 0].to_numpy(), want, rtol=1e-5)
+    assert scores.iloc[:, 0].nunique() == 3  # three distinct responses, one shared history
+    rows = ge.auto_eval(gens, params.eval, params.data, folders)
+    got = rows[(rows["metric"] == "reward: LI: Language Sentiment") & (rows["model"] == "base")]["value"]
+    np.testing.assert_allclose(got.to_numpy(), want[(gens["model"] == "base").to_numpy()][:3], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- notebook 08
+
+
+def test_notebook_08_without_generations_names_07(tmp_path, monkeypatch):
+    from geli_lib.runs import NOTEBOOK_DIR, StageError, run_notebook
+
+    monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
+    with pytest.raises(StageError, match="07_ppo"):
+        run_notebook(NOTEBOOK_DIR / "08_generations_eval.ipynb", tmp_path / "08.ipynb", {"profile": "smoke"},
+                     progress=False)

@@ -1,0 +1,562 @@
+"""LLM-GELI decomposition: prompt, chunks, parsing of real answers, validation, cache, endpoints, distillation.
+
+The HTTP backend is tested against real servers on loopback: ``transformers
+serve`` with the local SmolLM2 checkpoint (one real round trip), and a tiny
+``http.server`` of our own that refuses, stalls or answers garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geli_lib import llm
+from geli_lib import reward_model as rm
+from geli_lib.params import LLMParams, ParamError, RewardParams, load_params
+
+DATA = Path(__file__).parent / "data" / "llm_outputs"
+FAST = LLMParams(retries=1, backoff_s=0.01, timeout_s=5.0, output_retries=1)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    """A tiny simulated corpus (6 conversations) with its listener cues."""
+    from geli_lib.data import load_corpus
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GELI_CACHE", str(tmp_path_factory.mktemp("cache")))
+    try:
+        params = load_params("smoke", simulation={"n_conversations": 6})
+        corpus = load_corpus(params, progress=False, workers=1)
+    finally:
+        mp.undo()
+    return corpus, llm.listener_cues(corpus)
+
+
+def _turns(n_ai: int, words: int = 6) -> pd.DataFrame:
+    rows = []
+    for i in range(2 * n_ai):
+        ai = i % 2 == 1
+        rows.append({"turn_idx": i, "is_ai": ai,
+                     "utterance": " ".join([("sure" if ai else "well")] * words) + f" {i}"})
+    return pd.DataFrame(rows, columns=["turn_idx", "is_ai", "utterance"])
+
+
+def _chunk(n_ai: int = 3, score: float = 60.0, variant: str = "text") -> llm.Chunk:
+    return llm.conversation_chunks("c0", _turns(n_ai), score, LLMParams(), variant)[0]
+
+
+# --------------------------------------------------------------------------- prompt and chunks
+
+
+def test_prompt_is_the_papers_with_ids_speakers_and_score(sim):
+    corpus, cues = sim
+    cid = sorted(corpus.conversations["convo_id"])[0]
+    score = float(corpus.conversations.set_index("convo_id").at[cid, "score"])
+    text = llm.build_chunks(corpus, [cid], LLMParams(), "text")[0]
+    mm = llm.build_chunks(corpus, [cid], LLMParams(), "multimodal", cues)[0]
+    p_text = llm.prompt_messages(text)[0]["content"]
+    p_mm = llm.prompt_messages(mm)[0]["content"]
+    assert "Redistribute the score across each of Speaker A's utterances." in p_text
+    assert f"Final score: {llm._fmt(score)}" in p_text and f"must sum up to: {llm._fmt(score)}." in p_text
+    assert "multimodal" not in p_text and "aligned multimodal conversational features" in p_mm
+    ai = corpus.turns[(corpus.turns["convo_id"] == cid) & corpus.turns["is_ai"]]
+    assert text.turn_ids == tuple(f"A{t}" for t in ai["turn_idx"])
+    for t in ai["turn_idx"]:
+        assert f"[A{t}] Speaker A: " in p_text
+    assert p_text.count("Speaker B: ") == int((~corpus.turns.loc[corpus.turns["convo_id"] == cid, "is_ai"]).sum())
+    # the multimodal variant adds one cue line per AI turn that has one, and nothing else
+    assert p_mm.count(llm.CUE_PREFIX) == len(cues[cid]) > 0
+    assert p_mm.replace("\n", "").count("Speaker A: ") == p_text.count("Speaker A: ")
+    assert llm.prompt_messages(text) == llm.prompt_messages(text)  # stable: the cache key depends on it
+
+
+def test_long_conversation_is_chunked_with_shares_that_add_up():
+    params = LLMParams(chunk_chars=400)
+    chunks = llm.conversation_chunks("c0", _turns(30), 75.0, params)
+    assert len(chunks) > 3
+    assert math.isclose(sum(c.share for c in chunks), 75.0)
+    ids = [i for c in chunks for i in c.turn_ids]
+    assert ids == [f"A{t}" for t in range(1, 60, 2)]  # every AI turn once, in order
+    for c in chunks:
+        assert len(c.transcript) <= 400
+        assert math.isclose(c.share, 75.0 * len(c.turn_ids) / 30)
+        assert f"part {c.index + 1} of {len(chunks)}" in llm.prompt_messages(c)[0]["content"]
+        assert f"Final score: {llm._fmt(c.share)}" in llm.prompt_messages(c)[0]["content"]
+
+
+def test_huge_utterance_is_cut_and_marked():
+    turns = _turns(2)
+    turns.loc[1, "utterance"] = "word " * 10_000
+    ch = llm.conversation_chunks("c0", turns, 50.0, LLMParams(max_utterance_chars=100, chunk_chars=300))
+    assert sum(len(c.turn_ids) for c in ch) == 2
+    assert "[…]" in ch[0].transcript and len(ch[0].transcript) < 400
+
+
+def test_empty_transcript_and_scores_outside_the_range_are_clear_errors():
+    with pytest.raises(llm.LLMInputError, match="c0: 0 turn.*no AI turn"):
+        llm.conversation_chunks("c0", _turns(0), 50.0, LLMParams())
+    only_user = _turns(2)
+    only_user["is_ai"] = False
+    with pytest.raises(llm.LLMInputError, match="no AI turn"):
+        llm.conversation_chunks("c0", only_user, 50.0, LLMParams())
+    for bad in (101.0, -1.0, float("nan")):
+        with pytest.raises(llm.LLMInputError, match=r"c0: session score .* outside the declared range \[0, 100\]"):
+            llm.conversation_chunks("c0", _turns(2), bad, LLMParams())
+    assert llm.conversation_chunks("c0", _turns(2), 9.0, LLMParams(score_range=(1.0, 10.0)))
+
+
+def test_multimodal_needs_video(sim):
+    corpus, _ = sim
+    with pytest.raises(llm.LLMInputError, match="no listener video"):
+        llm.build_chunks(corpus, sorted(corpus.conversations["convo_id"])[:1], LLMParams(), "multimodal", {})
+
+
+def test_llm_params_are_validated():
+    with pytest.raises(ParamError, match="llm.backend"):
+        load_params("smoke", llm={"backend": "gpt5"})
+    with pytest.raises(ParamError, match="llm.rescale"):
+        load_params("smoke", llm={"rescale": "magic"})
+    with pytest.raises(ParamError, match="llm.api_key"):
+        load_params("smoke", llm={"api_key": "sk-should-never-be-here"})
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.txt")))
+def test_real_smollm2_outputs_parse_as_expected(name):
+    expected = json.loads((DATA / "expected.json").read_text())[name]
+    text = (DATA / name).read_text()
+    if expected is None:
+        with pytest.raises(llm.MalformedOutput):
+            llm.parse_scores(text)
+        return
+    got = llm.parse_scores(text)
+    assert len(got) == expected.pop("n_keys")
+    for k, v in expected.items():
+        assert float(got[k]) == v
+
+
+def test_real_truncated_answer_validates_against_its_chunk():
+    """The greedy answer repeats A29 and stops mid-object; its 15 ids are the chunk's 15 AI turns."""
+    ch = llm.conversation_chunks("c0", _turns(15), 80.0, LLMParams())[0]
+    v = llm.validate_scores(llm.parse_scores((DATA / "smollm2_prefill_greedy_truncated.txt").read_text()),
+                            ch, LLMParams())
+    assert sorted(v.labels) == sorted(ch.turn_ids) and not v.unknown
+    assert v.raw_sum == 5 - 2 + 13 * 2 and math.isclose(v.deviation, v.raw_sum - 80.0)
+    t1 = llm.validate_scores(llm.parse_scores((DATA / "smollm2_prefill_t1_trailing_text.txt").read_text()),
+                             ch, LLMParams())
+    assert set(t1.unknown) == {"A8", "A12", "A14", "A18", "A24", "A2A", "A2B", "A2C", "A2D"}
+
+
+@pytest.mark.parametrize("text", [
+    '```json\n{"A1": 10, "A3": -5.5}\n```',
+    'Sure! Here are the scores:\n{"A1": 10, "A3": -5.5}\nHope this helps.',
+    "{'A1': 10, 'A3': -5.5,}",
+    "{A1: 10, [A3]: -5.5}",
+    '{"scores": {"A1": 10, "A3": -5.5}}',
+    '[{"id": "A1", "score": 10}, {"id": "A3", "score": -5.5}]',
+    "A1: 10\nA3 = -5.5",
+    '{"A1": {"score": 10}, "A3": {"score": "-5.5"}}',
+])
+def test_tolerant_parsing(text):
+    got = llm.parse_scores(text)
+    assert {k.strip("[]"): float(v) for k, v in got.items()} == {"A1": 10.0, "A3": -5.5}
+
+
+@pytest.mark.parametrize("text", ["", "   ", "I cannot help with that.", '{"Score": 80}', "[1, 2, 3]"])
+def test_no_mapping_is_malformed(text):
+    with pytest.raises(llm.MalformedOutput):
+        llm.parse_scores(text)
+
+
+def test_validation_reports_unknown_invalid_and_leaves_missing_unannotated():
+    ch = _chunk(4, 60.0)  # A1 A3 A5 A7
+    v = llm.validate_scores({"A1": 30, "a3": "20", "A2": 5, "B9": 1, "A5": "lots", "A7": 500}, ch, LLMParams())
+    assert v.labels == {"A1": 30.0, "A3": 20.0}
+    assert v.unknown == ["A2", "B9"] and v.invalid == ["A5", "A7"]
+    assert v.raw_sum == 50.0 and v.deviation == -10.0 and v.rescaled == "none"
+
+
+@pytest.mark.parametrize("mode,raw,expected", [
+    ("scale", {"A1": 30, "A3": 10}, {"A1": 45.0, "A3": 15.0}),
+    ("shift", {"A1": 30, "A3": 10}, {"A1": 40.0, "A3": 20.0}),
+    ("scale", {"A1": 10, "A3": -10}, {"A1": 40.0, "A3": 20.0}),  # sum 0 cannot be scaled: shifted
+])
+def test_rescaling_enforces_the_sum(mode, raw, expected):
+    v = llm.validate_scores(raw, _chunk(2, 60.0), LLMParams(rescale=mode))
+    assert v.labels == pytest.approx(expected) and math.isclose(sum(v.labels.values()), 60.0)
+    assert v.deviation == sum(raw.values()) - 60.0
+
+
+def test_cache_key_covers_backend_model_prompt_and_sampling():
+    ch = _chunk()
+    msgs = llm.prompt_messages(ch)
+    s = llm.sampling_params(ch, LLMParams(), sample=0, attempt=0)
+    key = llm.ResponseCache.key("local", "m", msgs, s)
+    assert key == llm.ResponseCache.key("local", "m", llm.prompt_messages(_chunk()), dict(s))
+    other_prompt = [{"role": "user", "content": msgs[0]["content"] + " "}]
+    variants = [("openai", "m", msgs, s), ("local", "m2", msgs, s), ("local", "m", other_prompt, s),
+                ("local", "m", msgs, {**s, "temperature": 0.5}),
+                ("local", "m", msgs, llm.sampling_params(ch, LLMParams(), sample=1, attempt=0))]
+    assert len({key, *(llm.ResponseCache.key(*v) for v in variants)}) == 1 + len(variants)
+
+
+# --------------------------------------------------------------------------- reference decomposer
+
+
+def test_reference_decomposer_splits_the_share_by_affect(sim, tmp_path):
+    corpus, _ = sim
+    ids = sorted(corpus.conversations["convo_id"])
+    chunks = llm.build_chunks(corpus, ids, LLMParams(), "text")
+    dec = llm.decompose(chunks, llm.ReferenceDecomposer(), LLMParams(), llm.ResponseCache(tmp_path),
+                        progress=False)
+    assert not list(tmp_path.rglob("*.json"))  # deterministic and free: never cached
+    assert not llm.ReferenceDecomposer.is_llm
+    assert (dec.chunks["status"] == "ok").all() and dec.labels["label"].notna().all()
+    np.testing.assert_allclose(dec.chunks["deviation"], 0.0, atol=1e-2)
+    affect = llm.listener_affect(corpus)
+    one = dec.labels[dec.labels["convo_id"] == ids[0]]
+    a = np.array([affect[ids[0]][t] for t in one["turn_idx"]])
+    assert np.corrcoef(a, one["label"])[0, 1] > 0.99
+    q = llm.quality(dec.labels, corpus)
+    assert q["coverage"] == 1.0 and q["gt_spearman_within"] > 0.2  # the face is a noisy proxy of the truth
+
+
+# --------------------------------------------------------------------------- endpoints (real sockets)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _completion(content: str) -> bytes:
+    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": content}}]}).encode()
+
+
+class FakeEndpoint:
+    """A real HTTP server on loopback whose /v1/chat/completions answers per ``mode`` (counts requests)."""
+
+    def __init__(self, mode: str):
+        self.mode, self.requests, self.bodies = mode, 0, []
+        self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # quiet
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", 0))
+                with lock:
+                    outer.bodies.append(json.loads(self.rfile.read(n)))
+                    outer.requests += 1
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                status, body, ctype = outer.answer(outer.requests)
+                if status == "sleep":
+                    time.sleep(3)
+                    status = 200
+                elif outer.mode == "ok_busy":
+                    time.sleep(0.3)  # long enough for concurrent requests to overlap
+                with lock:
+                    outer.in_flight -= 1
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, k: int):
+        ok = _completion('{"A1": 40, "A3": 20}')
+        return {
+            "ok": (200, ok, "application/json"),
+            "ok_busy": (200, ok, "application/json"),
+            "error500": (500, b'{"error": {"message": "boom"}}', "application/json"),
+            "refuse401": (401, b'{"error": {"message": "bad key"}}', "application/json"),
+            "garbage_http": (200, b"<html>not json at all", "application/json"),
+            "garbage_text": (200, _completion("I would rather not say."), "application/json"),
+            "slow": ("sleep", ok, "application/json"),
+            "first_ok_then_500": (200, ok, "application/json") if k == 1 else
+            (500, b'{"error": {"message": "down"}}', "application/json"),
+        }[self.mode]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def endpoint(request, monkeypatch):
+    monkeypatch.setenv("GELI_TEST_LLM_KEY", "sk-test-secret-123")
+    ep = FakeEndpoint(request.param)
+    yield ep
+    ep.close()
+
+
+def _http_params(url: str, **kw) -> LLMParams:
+    return LLMParams(**{**FAST.__dict__, "backend": "openai", "base_url": url, "model": "m",
+                        "api_key_env": "GELI_TEST_LLM_KEY", **kw})
+
+
+@pytest.mark.parametrize("endpoint", ["ok"], indirect=True)
+def test_http_backend_round_trip_caches_and_keeps_the_key_out(endpoint, tmp_path):
+    params = _http_params(endpoint.url)
+    cache = llm.ResponseCache(tmp_path)
+    chunks = [_chunk(2, 60.0)]
+    dec = llm.decompose(chunks, llm.OpenAIBackend(params), params, cache, progress=False)
+    assert endpoint.requests == 1 and dec.labels["label"].tolist() == [40.0, 20.0]
+    assert endpoint.bodies[0]["model"] == "m" and endpoint.bodies[0]["temperature"] == 1.0
+    again = llm.decompose(chunks, llm.OpenAIBackend(params), params, cache, progress=False)
+    assert endpoint.requests == 1 and again.chunks["from_cache"].tolist() == [1]
+    for f in tmp_path.rglob("*.json"):
+        assert "sk-test-secret" not in f.read_text()
+
+
+@pytest.mark.parametrize("endpoint", ["ok_busy"], indirect=True)
+def test_concurrency_limit_holds(endpoint, tmp_path):
+    params = _http_params(endpoint.url, concurrency=2)
+    chunks = [_chunk(n, 60.0) for n in range(1, 7)]  # distinct prompts: no cache hits
+    dec = llm.decompose(chunks, llm.OpenAIBackend(params), params, llm.ResponseCache(tmp_path), progress=False)
+    assert endpoint.requests == 6 and endpoint.max_in_flight == 2
+    assert dec.chunks["convo_id"].tolist() == ["c0"] * 6 and dec.chunks["n_ai_turns"].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("endpoint", ["error500"], indirect=True)
+def test_endpoint_errors_are_retried_then_raised(endpoint):
+    params = _http_params(endpoint.url, retries=2)
+    with pytest.raises(llm.LLMEndpointError, match=r"InternalServerError.*after 3 tries.*re-run to resume"):
+        llm.decompose([_chunk()], llm.OpenAIBackend(params), params, llm.ResponseCache(), progress=False)
+    assert endpoint.requests == 3
+
+
+@pytest.mark.parametrize("endpoint", ["refuse401"], indirect=True)
+def test_endpoint_refusal_fails_at_once(endpoint):
+    params = _http_params(endpoint.url, retries=3)
+    with pytest.raises(llm.LLMEndpointError, match="HTTP 401 for model 'm'"):
+        llm.decompose([_chunk()], llm.OpenAIBackend(params), params, llm.ResponseCache(), progress=False)
+    assert endpoint.requests == 1
+
+
+@pytest.mark.parametrize("endpoint", ["garbage_http"], indirect=True)
+def test_garbage_body_is_an_endpoint_error(endpoint):
+    params = _http_params(endpoint.url)
+    with pytest.raises(llm.LLMEndpointError, match="after 2 tries"):
+        llm.decompose([_chunk()], llm.OpenAIBackend(params), params, llm.ResponseCache(), progress=False)
+
+
+@pytest.mark.parametrize("endpoint", ["slow"], indirect=True)
+def test_timeout_is_an_endpoint_error(endpoint):
+    params = _http_params(endpoint.url, timeout_s=0.5, retries=0)
+    t0 = time.perf_counter()
+    with pytest.raises(llm.LLMEndpointError, match="Timeout"):
+        llm.decompose([_chunk()], llm.OpenAIBackend(params), params, llm.ResponseCache(), progress=False)
+    assert time.perf_counter() - t0 < 3
+
+
+@pytest.mark.parametrize("endpoint", ["garbage_text"], indirect=True)
+def test_malformed_answer_is_resampled_then_recorded_failed(endpoint, tmp_path):
+    params = _http_params(endpoint.url, output_retries=2, concurrency=1)  # in turn: the 2nd chunk hits the cache
+    dec = llm.decompose([_chunk(), _chunk()], llm.OpenAIBackend(params), params, llm.ResponseCache(tmp_path),
+                        progress=False)
+    rec = dec.chunks.iloc[0]
+    assert rec["status"] == "failed" and rec["attempts"] == 3 and "no id" in rec["reason"]
+    assert dec.labels["label"].isna().all()
+    assert [b["seed"] for b in endpoint.bodies] == [0, 1, 2]  # each re-sample has a new seed
+    assert dec.chunks["from_cache"].tolist() == [0, 3]  # the second, identical chunk: no request at all
+
+
+@pytest.mark.parametrize("endpoint", ["first_ok_then_500"], indirect=True)
+def test_partial_progress_is_kept_in_the_cache(endpoint, tmp_path):
+    params = _http_params(endpoint.url, retries=0, concurrency=1)
+    cache = llm.ResponseCache(tmp_path)
+    chunks = [_chunk(2, 60.0), _chunk(3, 30.0)]
+    with pytest.raises(llm.LLMEndpointError):
+        llm.decompose(chunks, llm.OpenAIBackend(params), params, cache, progress=False)
+    ok = FakeEndpoint("ok")
+    try:
+        dec = llm.decompose(chunks, llm.OpenAIBackend(_http_params(ok.url, concurrency=1)), params, cache,
+                            progress=False)
+    finally:
+        ok.close()
+    assert ok.requests == 1 and dec.chunks["from_cache"].tolist() == [1, 0]
+
+
+def test_missing_api_key_and_url_are_clear_errors(monkeypatch):
+    monkeypatch.delenv("GELI_NO_SUCH_KEY", raising=False)
+    monkeypatch.delenv("GELI_LLM_BASE_URL", raising=False)
+    with pytest.raises(llm.LLMError, match="environment variable 'GELI_NO_SUCH_KEY'"):
+        llm.OpenAIBackend(LLMParams(backend="openai", base_url="http://127.0.0.1:9/v1", model="m",
+                                    api_key_env="GELI_NO_SUCH_KEY"))
+    with pytest.raises(llm.LLMError, match="GELI_LLM_BASE_URL"):
+        llm.OpenAIBackend(LLMParams(backend="openai", model="m"))
+
+
+# --------------------------------------------------------------------------- transformers serve (real LLM server)
+
+
+@pytest.fixture(scope="module")
+def served_smollm2(tmp_path_factory):
+    """``transformers serve`` with the local SmolLM2 checkpoint on a free loopback port (DESIGN.md §3)."""
+    from geli_lib.models import ModelsNotPrepared, smollm2_path
+
+    try:
+        path = str(smollm2_path())
+    except ModelsNotPrepared as e:
+        pytest.skip(str(e))
+    home = tmp_path_factory.mktemp("hf_home")
+    (home / "hub").mkdir()
+    port = _free_port()
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
+    log = open(home / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", path, "--host",
+                             "127.0.0.1", "--port", str(port), "--device", "cpu"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"transformers serve exited: {(home / 'serve.log').read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(url + "/models", timeout=2).read()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"transformers serve not ready in 120 s: {(home / 'serve.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield url, path, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_real_round_trip_through_transformers_serve(served_smollm2, tmp_path, monkeypatch):
+    url, path, proc = served_smollm2
+    monkeypatch.setenv("GELI_TEST_LLM_KEY", "local-server-needs-no-key")
+    params = _http_params(url, model=path, timeout_s=300.0, output_retries=0, tokens_per_turn=4)
+    cache = llm.ResponseCache(tmp_path)
+    chunks = [_chunk(1, 60.0)]  # one AI turn, ≤ 36 new tokens: a few seconds on 2 idle cores
+    dec = llm.decompose(chunks, llm.OpenAIBackend(params), params, cache, progress=False)
+    rec = dec.chunks.iloc[0]
+    assert rec["attempts"] == 1 and rec["from_cache"] == 0 and rec["status"] in ("ok", "failed")
+    stored = [json.loads(f.read_text()) for f in tmp_path.rglob("*.json")]
+    assert len(stored) == 1 and stored[0]["model"] == path and isinstance(stored[0]["response"], str)
+    assert stored[0]["response"].strip()  # the model answered something (SmolLM2: rarely valid JSON)
+    # The cache hit sends no request: a backend pointed at a closed port still answers.
+    dead = _http_params(f"http://127.0.0.1:{_free_port()}/v1", model=path, retries=0)
+    again = llm.decompose(chunks, llm.OpenAIBackend(dead), params, cache, progress=False)
+    assert again.chunks["from_cache"].tolist() == [1]
+    pd.testing.assert_frame_equal(again.labels, dec.labels)
+
+
+# --------------------------------------------------------------------------- consistency and distillation
+
+
+def test_consistency_classes_and_agreement():
+    a = pd.DataFrame({"convo_id": ["x"] * 4 + ["y"] * 2, "turn_idx": [1, 3, 5, 7, 1, 3],
+                      "label": [5.0, 0.0, np.nan, -2.0, 1.0, 2.0]})
+    b = a.assign(label=[3.0, -1.0, np.nan, 4.0, np.nan, 2.0])
+    assert llm.label_classes(a["label"]).tolist() == [
+        "positive", "zero_or_negative", "no_annotation", "zero_or_negative", "positive", "positive"]
+    c = llm.consistency(a, b)
+    assert c.set_index("convo_id")["agreement"].to_dict() == {"x": 0.75, "y": 0.5}
+
+
+def test_labels_align_with_pairs():
+    pairs = pd.DataFrame({"convo_id": ["x", "x", "y"], "turn_idx": [1, 3, 1]})
+    labels = pd.DataFrame({"convo_id": ["x", "x"], "turn_idx": [3, 1], "label": [7.0, np.nan]})
+    out = llm.labels_for_pairs(pairs, labels)
+    assert np.isnan(out[0]) and out[1] == 7.0 and np.isnan(out[2])
+
+
+@pytest.fixture(scope="module")
+def train_parts(sim):
+    """Pairs and features that carry the planted reward (plus noise), as in test_reward_model."""
+    from geli_lib.data import build_pairs
+
+    corpus, _ = sim
+    pairs = build_pairs(corpus, load_params("smoke").data)
+    rng = np.random.default_rng(0)
+    t = pairs["true_reward"].to_numpy(float)
+    base = rng.normal(size=(len(pairs), 16))
+    base[:, 0] = (t - t.mean()) / t.std() + 0.3 * rng.normal(size=len(pairs))
+    feats = (base @ (rng.normal(size=(16, 24)) / 4)).astype(np.float32)
+    ids = sorted(pairs["convo_id"].unique())
+    return corpus, pairs, feats, ids[:4], ids[4:]
+
+
+def test_distillation_fits_the_labels_and_masks_no_annotation(train_parts):
+    """eq. 5: r_θ regressed on the LLM's labels; turns without a label do not pull it."""
+    corpus, pairs, feats, train_ids, test_ids = train_parts
+    labels = pairs["true_reward"].to_numpy(float).copy()
+    labels[::2] = np.nan  # half of the turns: no annotation
+    p = RewardParams(epochs=40, lr=3e-3, batch_conversations=2)
+    base = {"va": np.zeros(len(pairs)), "ls": np.zeros(len(pairs))}
+    train = rm.make_train_data(corpus, pairs, feats, train_ids, {**base, rm.LLM_LABELS: labels})
+    tr = rm.train_reward_function("llm", train, p, seed=0)
+    assert tr.family == "LLM" and np.isfinite(tr.info["loss"]).all()
+    test = pairs["convo_id"].isin(test_ids).to_numpy()
+    pred = rm.predict(tr, feats[test])
+    from geli_lib.evaluation import spearman
+
+    assert spearman(pred, pairs.loc[test, "true_reward"].to_numpy()) > 0.5
+    with pytest.raises(rm.RewardModelError, match="no 'llm' labels"):
+        rm.train_reward_function("llm", rm.make_train_data(corpus, pairs, feats, train_ids, base), p)
+    none = rm.make_train_data(corpus, pairs, feats, train_ids, {**base, rm.LLM_LABELS: np.full(len(pairs), np.nan)})
+    with pytest.raises(rm.RewardModelError, match="every LLM label"):
+        rm.train_reward_function("llm", none, p)
+
+
+def test_esconv_has_text_only_and_its_truth_is_the_local_feedback(tmp_path):
+    from fixtures import write_esconv
+
+    from geli_lib.data import load_esconv
+    from geli_lib.params import DataParams
+
+    corpus = load_esconv(write_esconv(tmp_path / "esconv.json"), DataParams())
+    assert llm.listener_cues(corpus) == {}  # no video: the notebook runs the text variant only
+    ids = sorted(corpus.conversations["convo_id"])
+    chunks = llm.build_chunks(corpus, ids, LLMParams(), "text")
+    assert "Speaker B: Hi, I feel stressed about work." in chunks[0].transcript
+    dec = llm.decompose(chunks, llm.ReferenceDecomposer(), LLMParams(), llm.ResponseCache(tmp_path / "c"),
+                        progress=False)
+    q = llm.quality(dec.labels, corpus)
+    assert q["coverage"] == 1.0 and np.isfinite(q["gt_spearman"])  # against the seeker's feedback
+
+
+def test_distilled_rows_name_a_non_llm_decomposer():
+    assert llm.distilled_name("text", llm.ReferenceDecomposer()) == \
+        "LLM GELI: Language Only [reference decomposer, not an LLM]"
+    assert llm.DISTILLED == {"text": "LLM GELI: Language Only", "multimodal": "LLM GELI: Multimodal"}

@@ -1,0 +1,283 @@
+"""RL adaptation: prompt and truncation, the reward adapter against r_θ, bad input, and a real PPO loop.
+
+The PPO test runs TRL's PPOTrainer with LoRA on the real SmolLM2 policy and a
+GELI reward function trained here on a tiny simulated corpus: two updates of
+batch 2 with 8-token responses, interrupted after the first and resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from geli_lib import reward_model as rm
+from geli_lib import rl as R
+from geli_lib.params import ParamError, RewardParams, RLParams, field_docs, load_params, to_dict
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from transformers import AutoTokenizer
+
+    from geli_lib.models import smollm2_path
+
+    return AutoTokenizer.from_pretrained(smollm2_path(), local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny simulated corpus, its splits, and a GELI reward function trained on it and saved."""
+    from geli_lib.data import build_pairs, load_corpus, split_conversations
+
+    tmp = tmp_path_factory.mktemp("rl")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GELI_CACHE", str(tmp / "cache"))
+    try:
+        params = load_params("smoke", simulation={"n_conversations": 12},
+                             splits={"reward_train": 0.5, "reward_test": 0.1, "rl": 0.4})
+        corpus = load_corpus(params, progress=False, workers=1)
+    finally:
+        mp.undo()
+    split = split_conversations(corpus.conversations, params.splits)
+    train_ids = split[split == "reward_train"].index.tolist()
+    pairs = build_pairs(corpus, params.data, convo_ids=train_ids)
+    feats = rm.encode_pairs(pairs, progress=False, cache=tmp / "features")
+    train = rm.make_train_data(corpus, pairs, feats, train_ids)
+    trained = rm.train_reward_function("geli", train, RewardParams(epochs=20, K=8), seed=0)
+    folder = trained.save(tmp / "reward" / "geli")
+    return {"params": params, "corpus": corpus, "split": split, "folder": folder, "tmp": tmp}
+
+
+# --------------------------------------------------------------------------- prompt, contexts
+
+
+def test_contexts_lines_and_reward_format(world):
+    ctx = R.dialogue_contexts(world["corpus"], history_turns=3)
+    assert list(ctx.columns) == ["corpus", "convo_id", "turn_idx", "context_id", "history", "response"]
+    row = ctx.iloc[0]
+    assert row["context_id"] == f"{row['convo_id']}:{row['turn_idx']}"
+    lines = row["history"].split("\n")
+    assert 1 <= len(lines) <= 3 and all(x.startswith(("User: ", "AI: ")) for x in lines)
+    # r_θ's input format is data.build_pairs': " User: …" / " AI: …" concatenated
+    assert R.reward_history("User: hi\nAI: yo") == " User: hi AI: yo"
+    train, test = R.rl_contexts(world["corpus"], world["split"], world["params"].rl, seed=0)
+    assert set(train["convo_id"]).isdisjoint(test["convo_id"]), "held-out contexts leaked into RL training"
+    assert len(test) == world["params"].rl.eval_contexts
+
+
+def test_long_context_is_left_truncated(tok):
+    history = "\n".join(f"User: line {k} " + "blah " * 20 for k in range(60)) + "\nUser: the last words"
+    ids, shown = R.encode_prompt(tok, history, max_prompt_tokens=128)
+    assert len(ids) <= 128 and len(R._prompt_ids(tok, history)) > 128
+    assert history.endswith(shown) and shown.endswith("the last words") and len(shown) < len(history)
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>system\n" + R.SYSTEM_PROMPT) and text.endswith(R.ASSISTANT_HEADER)
+    short = "User: hello"
+    assert R.encode_prompt(tok, short, 128)[1] == short
+    with pytest.raises(R.RLError, match="no room"):
+        R.encode_prompt(tok, history, max_prompt_tokens=20)
+
+
+def test_decoded_sequence_splits_into_history_and_response(tok):
+    history = "User: Do you like hiking?\nAI: I do!\nUser: Where do you go?"
+    ids, shown = R.encode_prompt(tok, history, 256)
+    resp = tok(" Mostly the hills near home.", add_special_tokens=False)["input_ids"]
+    text = tok.decode(ids + resp + [tok.eos_token_id, tok.pad_token_id])
+    assert R.split_prompt_response(text, tok.eos_token) == (shown, "Mostly the hills near home.")
+    echoed = tok.decode(ids + tok("AI: Sure thing.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+    assert R.split_prompt_response(echoed, tok.eos_token)[1] == "Sure thing."  # the line format's role dropped
+    with pytest.raises(R.RLError, match="assistant header"):
+        R.split_prompt_response("no template here", tok.eos_token)
+
+
+# --------------------------------------------------------------------------- reward adapter
+
+
+def _trl_batch(tok, histories, responses):
+    """What TRL hands the reward backbone: left-padded prompt + response, pad ids replaced by 0."""
+    seqs = []
+    for h, r in zip(histories, responses):
+        ids, _ = R.encode_prompt(tok, h, 256)
+        seqs.append(ids + tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+    L = max(map(len, seqs)) + 2
+    ids = torch.tensor([[tok.pad_token_id] * (L - len(s) - 2) + s + [tok.pad_token_id] * 2 for s in seqs])
+    mask = ids != tok.pad_token_id
+    return ids.masked_fill(~mask, 0), mask
+
+
+def test_adapter_gives_r_theta_of_the_decoded_pair(world, tok):
+    trained = R.load_trained_reward(world["folder"])
+    histories = ["User: I just got back from Peru.", "User: My cat is sick.\nAI: Oh no.\nUser: Yeah."]
+    responses = ["That sounds amazing, what was your favourite part?", "ok"]
+    adapter = R.RewardAdapter(R.TextReward(trained, "GELI", normalise=False), tok)
+    ids, mask = _trl_batch(tok, histories, responses)
+    out = getattr(adapter, adapter.base_model_prefix)(input_ids=ids, attention_mask=mask)
+    scores = adapter.score(out.hidden_states[-1])
+    assert scores.shape == (2, ids.shape[1], 1)
+    pairs = pd.DataFrame({"history": [R.reward_history(h) for h in histories], "response": responses})
+    want = rm.predict_pairs(trained, pairs, cache=world["tmp"] / "features")  # the reward table's r̂
+    np.testing.assert_allclose(scores[:, -1, 0].numpy(), want, rtol=1e-4, atol=1e-4)
+    assert abs(want[0] - want[1]) > 1e-3, "the two pairs should score differently"
+
+
+def test_score_normalisation_matches_running_moments(world):
+    reward = R.TextReward(R.load_trained_reward(world["folder"]), normalise=True)
+    m = R.RunningMoments()
+    a, b = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([10.0, -3.0])
+    m.update(a)
+    m.update(b)
+    allv = torch.cat([a, b]).double()
+    assert m.mean == pytest.approx(float(allv.mean())) and m.std == pytest.approx(float(allv.std()))
+    h = ["User: hi"] * 4
+    r = ["Hello!", "What do you do for fun?", "no", "I love jigsaw puzzles, do you?"]
+    norm = reward(h, r)
+    raw = reward.raw(h, r)
+    np.testing.assert_allclose(norm.numpy(), ((raw - raw.mean()) / raw.std()).numpy(), atol=1e-4)
+    mean, sd, words = reward.pop_log()
+    assert mean == pytest.approx(float(raw.mean())) and words == pytest.approx(np.mean([1, 6, 1, 6]))
+
+
+def test_empty_response_is_scored(world, tok):
+    reward = R.TextReward(R.load_trained_reward(world["folder"]), normalise=False)
+    ids, mask = _trl_batch(tok, ["User: hi"], [""])  # EOS right away
+    out = R.RewardAdapter(reward, tok).backbone(input_ids=ids, attention_mask=mask)
+    got = float(out.hidden_states[-1][0, -1, 0])
+    assert np.isfinite(got) and got == pytest.approx(float(reward.raw(["User: hi"], [""])[0]), abs=1e-5)
+
+
+def test_nan_reward_stops_naming_the_update(world):
+    trained = R.load_trained_reward(world["folder"])
+    with torch.no_grad():
+        trained.head.net[0].weight.fill_(float("nan"))
+    reward = R.TextReward(trained, "GELI", normalise=True)
+    reward.step = 3
+    with pytest.raises(R.RLError, match=r"update 3: reward function 'GELI' returned a non-finite reward"):
+        reward(["User: hi"], ["hello"])
+
+
+def test_bad_reward_function_files(world, tmp_path):
+    with pytest.raises(R.RLError, match="reward.json missing"):
+        R.load_trained_reward(tmp_path / "nothing")
+    broken = shutil.copytree(world["folder"], tmp_path / "no_head")
+    (broken / "head.pt").unlink()
+    with pytest.raises(R.RLError, match="head.pt missing"):
+        R.load_trained_reward(broken)
+    other = shutil.copytree(world["folder"], tmp_path / "other_encoder")
+    meta = json.loads((other / "reward.json").read_text())
+    meta["encoder_id"] = "minilm-0123456789ab-t256-f2"  # features of other weights
+    (other / "reward.json").write_text(json.dumps(meta))
+    with pytest.raises(R.RLError, match="built for encoder 'minilm-0123456789ab"):
+        R.load_trained_reward(other)
+    with pytest.raises(R.RLError, match=r"not saved; available: \['GELI'\]"):
+        R.select_reward_functions({"GELI": world["folder"]}, ["GE: RRD (K=32)"], load_params("smoke").rl)
+
+
+def test_rl_params_validated():
+    with pytest.raises(ParamError, match=r"rl\.mini_batch_size: must divide batch_size"):
+        load_params("smoke", rl={"batch_size": 3, "mini_batch_size": 2})
+    with pytest.raises(ParamError, match=r"rl\.algorithm"):
+        load_params("smoke", rl={"algorithm": "dpo"})
+    assert load_params("gpu").rl.gamma == 0.05 and load_params("gpu").rl.batch_size == 24
+    docs = field_docs(RLParams)
+    assert not [f for f in to_dict(RLParams()) if f not in docs], "RLParams fields without a docstring"
+
+
+def test_merge_rows_replaces_only_its_keys(tmp_path):
+    path = tmp_path / "c.csv"
+    a = pd.DataFrame({"reward_fn": ["A", "A"], "seed": [0, 0], "step": [1, 2], "kl": [0.1, 0.2]})
+    b = pd.DataFrame({"reward_fn": ["B"], "seed": [0], "step": [1], "kl": [0.3]})
+    R.merge_rows(path, a, ["reward_fn", "seed"], ["reward_fn", "seed", "step", "kl"])
+    R.merge_rows(path, b, ["reward_fn", "seed"], ["reward_fn", "seed", "step", "kl"])
+    out = R.merge_rows(path, a.iloc[:1], ["reward_fn", "seed"], ["reward_fn", "seed", "step", "kl"])
+    assert sorted(zip(out["reward_fn"], out["step"])) == [("A", 1), ("B", 1)]
+    assert pd.read_csv(path).shape == (2, 4)
+
+
+# --------------------------------------------------------------------------- a real PPO loop
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_after(step: int):
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise _Interrupt(f"stopped after update {step}")
+
+    return Stop()
+
+
+def test_ppo_lora_loop_changes_adapter_writes_curves_and_resumes(world, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("GELI_PROGRESS", "0")
+    rl = dataclasses.replace(load_params("smoke").rl, steps=2, batch_size=2, mini_batch_size=2, ppo_epochs=1,
+                             response_length=8, history_turns=2, max_prompt_tokens=128, save_every=1,
+                             train_value_backbone=False, eval_conversations=2, train_contexts=8, lr=1e-3)
+    train, test = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
+    run = tmp_path / "run"
+    kw = dict(profile="smoke", seed=0, out_dir=run)
+    with pytest.raises(_Interrupt):
+        R.train_rl("GELI", world["folder"], train, rl, callbacks=[_stop_after(1)], **kw)
+    assert (run / "adapter-step1" / "adapter_model.safetensors").exists()
+    assert json.loads((run / "state" / "state.json").read_text())["step"] == 1
+    assert not (run / "done.json").exists()
+
+    info = R.train_rl("GELI", world["folder"], train, rl, **kw)  # resumes at update 2
+    assert info.resumed_from == 1 and not info.reused
+    assert info.curves["step"].tolist() == [1, 2]
+    assert np.isfinite(info.curves[["reward_mean", "kl"]].to_numpy()).all()
+    assert not (run / "state").exists(), "resume state should go once the run is done"
+
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and max(float(v.abs().max()) for v in lora_b) > 0, "LoRA B starts at 0: the adapter did not train"
+    step1 = load_file(run / "adapter-step1" / "adapter_model.safetensors")
+    assert any(not torch.equal(step1[k], weights[k]) for k in weights), "update 2 changed nothing"
+
+    curves = pd.read_csv(tmp_path / "results" / "smoke" / "tables" / "ppo_curves.csv")
+    assert list(curves.columns[:5]) == ["reward_fn", "seed", "step", "reward_mean", "kl"]
+    assert curves["step"].tolist() == [1, 2] and (curves["reward_fn"] == "GELI").all()
+    tb = list((tmp_path / "results" / "smoke" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert tb, "no TensorBoard event file"
+
+    again = R.train_rl("GELI", world["folder"], train, rl, **kw)  # finished: reused, not retrained
+    assert again.reused and again.curves["step"].tolist() == [1, 2]
+
+    rows = R.generations(test.head(2), {"GELI": info.adapter}, dataclasses.replace(rl, gen_tokens=8), seed=0)
+    assert list(rows.columns) == list(R.GENERATION_COLUMNS)
+    assert sorted(rows["model"].unique()) == ["GELI", "base", "ground truth"] and len(rows) == 6
+    truth = rows[rows["model"] == "ground truth"]["response"].tolist()
+    assert truth == test.head(2)["response"].tolist()
+    R.write_generations("smoke", rows)
+    saved = pd.read_csv(tmp_path / "results" / "smoke" / "tables" / "generations.csv")
+    assert len(saved) == 6 and set(saved["context_id"]) == set(test.head(2)["context_id"])
+
+
+def test_grpo_takes_the_same_reward_as_a_callable(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("GELI_PROGRESS", "0")
+    rl = dataclasses.replace(load_params("smoke").rl, algorithm="grpo", steps=1, batch_size=2, group_size=2,
+                             mini_batch_size=2, response_length=4, history_turns=2, max_prompt_tokens=128,
+                             eval_conversations=2, train_contexts=4)
+    train, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
+    reward = R.TextReward(R.load_trained_reward(world["folder"]), normalise=False)
+    got = reward.reward_func(prompts=[R.chat_messages("User: hi")], completions=[[{"role": "assistant",
+                                                                                   "content": " Hello!"}]],
+                             history=["User: hi"])
+    assert got == pytest.approx([float(reward.raw(["User: hi"], ["Hello!"])[0])])
+    info = R.train_rl("GELI", world["folder"], train, rl, "smoke", seed=0, out_dir=tmp_path / "run")
+    assert info.curves["step"].tolist() == [1] and (info.curves["algorithm"] == "grpo").all()
+    assert np.isfinite(info.curves["reward_mean"]).all()
+    assert (info.adapter / "adapter_model.safetensors").exists()
