@@ -15,6 +15,8 @@ Import from a test module (pytest puts ``tests/`` on ``sys.path``)::
   strategies and seeker feedback; :data:`ESCONV_EXPECTED` holds the expected
   canonical values.
 - :func:`write_soda`    SODA as a JSON list or JSONL.
+- :func:`simulated_corpus` the smoke profile's simulated corpus (with overrides),
+  simulated into its own cache folder.
 
 Everything is deterministic (fixed seeds), so files are byte-identical per call.
 """
@@ -409,3 +411,26 @@ def write_generations(path: str | Path, n_contexts: int = 3, seeds: tuple[int, .
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     gens.to_csv(path, index=False)
     return gens
+
+
+def simulated_corpus(cache_root: Path, **overrides: Any) -> tuple[Any, Any]:
+    """(params, corpus): the smoke profile with ``overrides``, simulated and loaded under ``cache_root``.
+
+    ``$GELI_CACHE`` points at ``cache_root`` only while the corpus is made, so a
+    module-scoped fixture can call this without leaking the variable into other tests.
+    """
+    import os
+
+    from geli_lib.data import load_corpus
+    from geli_lib.params import load_params
+
+    old = os.environ.get("GELI_CACHE")
+    os.environ["GELI_CACHE"] = str(cache_root)
+    try:
+        params = load_params("smoke", **overrides)
+        return params, load_corpus(params, progress=False, workers=1)
+    finally:
+        if old is None:
+            os.environ.pop("GELI_CACHE")
+        else:
+            os.environ["GELI_CACHE"] = old

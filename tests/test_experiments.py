@@ -9,26 +9,22 @@ import pytest
 
 from geli_lib import experiments as ex
 from geli_lib import reward_model as rm
-from geli_lib.data import build_pairs, load_corpus
-from geli_lib.params import load_params
+from fixtures import simulated_corpus
+from geli_lib.data import build_pairs
 
 
 @pytest.fixture(scope="module")
 def reward_data(tmp_path_factory):
     """RewardData of a tiny simulated corpus with random features (no encoder needed)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GELI_CACHE", str(tmp_path_factory.mktemp("cache")))
-    params = load_params("smoke", simulation={"n_conversations": 6},
-                         reward={"epochs": 5, "batch_conversations": 3, "K": 4})
-    corpus = load_corpus(params, progress=False, workers=1)
+    params, corpus = simulated_corpus(tmp_path_factory.mktemp("cache"), simulation={"n_conversations": 6},
+                                      reward={"epochs": 5, "batch_conversations": 3, "K": 4})
     pairs = build_pairs(corpus, params.data)
     ids = sorted(pairs["convo_id"].unique())
     pairs["split"] = np.where(pairs["convo_id"].isin(ids[:4]), "reward_train", "reward_test")
     feats = np.random.default_rng(0).normal(size=(len(pairs), 12)).astype(np.float32)
     labels = {"va": rm.visual_affect_labels(corpus, pairs), "ls": rm.sentiment_labels(pairs)}
     train = rm.make_train_data(corpus, pairs, feats, ids[:4], labels)
-    yield params, ex.RewardData(corpus, pairs, feats, labels, train)
-    mp.undo()
+    return params, ex.RewardData(corpus, pairs, feats, labels, train)
 
 
 def test_run_methods_saves_every_seed_and_lists_by_name(reward_data, tmp_path, monkeypatch):

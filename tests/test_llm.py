@@ -37,15 +37,9 @@ FAST = LLMParams(retries=1, backoff_s=0.01, timeout_s=5.0, output_retries=1)
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     """A tiny simulated corpus (6 conversations) with its listener cues."""
-    from geli_lib.data import load_corpus
+    from fixtures import simulated_corpus
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GELI_CACHE", str(tmp_path_factory.mktemp("cache")))
-    try:
-        params = load_params("smoke", simulation={"n_conversations": 6})
-        corpus = load_corpus(params, progress=False, workers=1)
-    finally:
-        mp.undo()
+    _, corpus = simulated_corpus(tmp_path_factory.mktemp("cache"), simulation={"n_conversations": 6})
     return corpus, llm.listener_cues(corpus)
 
 

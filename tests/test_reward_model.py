@@ -21,16 +21,11 @@ from geli_lib.params import ParamError, RewardParams, load_params
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     """A tiny simulated corpus (8 conversations), its pairs and a train/test split."""
-    from geli_lib.data import build_pairs, load_corpus
+    from fixtures import simulated_corpus
+    from geli_lib.data import build_pairs
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GELI_CACHE", str(tmp_path_factory.mktemp("cache")))
-    try:
-        params = load_params("smoke", simulation={"n_conversations": 8})
-        corpus = load_corpus(params, progress=False, workers=1)
-        pairs = build_pairs(corpus, params.data)
-    finally:
-        mp.undo()
+    params, corpus = simulated_corpus(tmp_path_factory.mktemp("cache"), simulation={"n_conversations": 8})
+    pairs = build_pairs(corpus, params.data)
     ids = sorted(pairs["convo_id"].unique())
     return corpus, pairs, ids[:6], ids[6:]
 

@@ -33,17 +33,12 @@ def tok():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny simulated corpus, its splits, and a GELI reward function trained on it and saved."""
-    from geli_lib.data import build_pairs, load_corpus, split_conversations
+    from fixtures import simulated_corpus
+    from geli_lib.data import build_pairs, split_conversations
 
     tmp = tmp_path_factory.mktemp("rl")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GELI_CACHE", str(tmp / "cache"))
-    try:
-        params = load_params("smoke", simulation={"n_conversations": 12},
-                             splits={"reward_train": 0.5, "reward_test": 0.1, "rl": 0.4})
-        corpus = load_corpus(params, progress=False, workers=1)
-    finally:
-        mp.undo()
+    params, corpus = simulated_corpus(tmp / "cache", simulation={"n_conversations": 12},
+                                      splits={"reward_train": 0.5, "reward_test": 0.1, "rl": 0.4})
     split = split_conversations(corpus.conversations, params.splits)
     train_ids = split[split == "reward_train"].index.tolist()
     pairs = build_pairs(corpus, params.data, convo_ids=train_ids)
