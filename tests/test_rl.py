@@ -260,10 +260,11 @@ def test_ppo_lora_loop_changes_adapter_writes_curves_and_resumes(world, tmp_path
     assert len(saved) == 6 and set(saved["context_id"]) == set(test.head(2)["context_id"])
 
 
-def test_grpo_takes_the_same_reward_as_a_callable(world, tmp_path, monkeypatch):
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, world, tmp_path, monkeypatch):
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
-    rl = dataclasses.replace(load_params("smoke").rl, algorithm="grpo", steps=1, batch_size=2, group_size=2,
+    rl = dataclasses.replace(load_params("smoke").rl, algorithm=algorithm, steps=1, batch_size=2, group_size=2,
                              mini_batch_size=2, response_length=4, history_turns=2, max_prompt_tokens=128,
                              eval_conversations=2, train_contexts=4)
     train, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
@@ -273,6 +274,6 @@ def test_grpo_takes_the_same_reward_as_a_callable(world, tmp_path, monkeypatch):
                              history=["User: hi"])
     assert got == pytest.approx([float(reward.raw(["User: hi"], ["Hello!"])[0])])
     info = R.train_rl("GELI", world["folder"], train, rl, "smoke", seed=0, out_dir=tmp_path / "run")
-    assert info.curves["step"].tolist() == [1] and (info.curves["algorithm"] == "grpo").all()
+    assert info.curves["step"].tolist() == [1] and (info.curves["algorithm"] == algorithm).all()
     assert np.isfinite(info.curves["reward_mean"]).all()
     assert (info.adapter / "adapter_model.safetensors").exists()
