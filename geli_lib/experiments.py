@@ -96,14 +96,18 @@ def table1_specs(params: StudyParams, group: str) -> list[MethodSpec]:
     return specs[group]
 
 
+def slug(name: str) -> str:
+    """A folder-safe name of a reward function (its table row name)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def reward_function_dir(profile: str, corpus: str, name: str, seed: int) -> Path:
     """Where :func:`run_methods` saves the reward function ``name`` (a table row name) of one seed.
 
     Checkpoints are large artefacts, so they live in the cache (DESIGN.md §7), one
     folder per profile, corpus, method and seed; a re-run overwrites them.
     """
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return cache_dir(f"reward_functions/{profile}/{corpus}") / slug / f"seed{seed}"
+    return cache_dir(f"reward_functions/{profile}/{corpus}") / slug(name) / f"seed{seed}"
 
 
 def saved_reward_functions(profile: str, corpus: str, seed: int | None = None) -> dict[str, Path]:

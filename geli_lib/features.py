@@ -25,7 +25,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -143,6 +143,18 @@ def _window_slopes(frames: pd.DataFrame, col: str, a: np.ndarray, b: np.ndarray)
     den = n * stt - st * st
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where((n >= 2) & (den > 1e-9), (n * sty - st * sy) / den, np.nan)
+
+
+def vader_compound(texts: Sequence[str]) -> np.ndarray:
+    """VADER's compound sentiment in [-1, 1] per text (offline lexicon): the language-sentiment signal.
+
+    One function behind Γ_LS (GELI's LS baseline), the reference decomposer
+    without video, and the positivity of generated responses.
+    """
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    sia = SentimentIntensityAnalyzer()
+    return np.array([sia.polarity_scores(str(t))["compound"] for t in texts], dtype=float)
 
 
 def turn_listener_summary(corpus: Corpus, min_words: int = 5) -> pd.DataFrame:
@@ -411,17 +423,6 @@ def extract_listener_features(video: str | Path, audio: str | Path | None = None
     return out[list(OUTPUT_COLUMNS)], report
 
 
-def _file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MB chunks (videos can be larger than memory)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def find_recordings(root: str | Path) -> list[tuple[Path, Path | None]]:
     """(video, audio or None) pairs under ``root``: every video file, with a same-stem audio file if any."""
     root = Path(root)
@@ -436,11 +437,11 @@ def find_recordings(root: str | Path) -> list[tuple[Path, Path | None]]:
 
 def recording_key(video: Path, audio: Path | None, params: FeatureParams) -> str:
     """Resume key of one output: the input bytes, the extraction parameters and FEATURES_VERSION."""
-    from geli_lib.io import content_key
+    from geli_lib.io import content_key, file_key
     from geli_lib.params import to_dict
 
     settings = {k: v for k, v in to_dict(params).items() if k != "workers"}  # workers do not change output
-    return content_key(FEATURES_VERSION, _file_digest(video), _file_digest(audio) if audio else None, settings)
+    return content_key(FEATURES_VERSION, file_key([video]), file_key([audio]) if audio else None, settings)
 
 
 def process_recording(video: Path, audio: Path | None, out_csv: Path, params: FeatureParams) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from geli_lib.features import vader_compound
 from geli_lib.params import DataParams, EvalParams
 
 #: The generations contract (issue 6 writes it, notebooks 08/09 read it).
@@ -150,14 +151,6 @@ def context_overlap(history: str, response: str) -> float:
         return math.nan
     seen = set(words(history))
     return sum(w in seen for w in content) / len(content)
-
-
-def vader_compound(texts: Sequence[str]) -> np.ndarray:
-    """VADER compound score in [-1, 1] per text (offline lexicon)."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    sia = SentimentIntensityAnalyzer()
-    return np.array([sia.polarity_scores(str(t))["compound"] for t in texts], dtype=float)
 
 
 def response_scores(gens: pd.DataFrame, params: EvalParams) -> pd.DataFrame:

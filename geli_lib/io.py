@@ -72,6 +72,7 @@ def file_key(paths: list[str | Path], length: int = 16) -> str:
     """A key over the relative names and bytes of files (folders walked in sorted order).
 
     Names are taken relative to each given folder, so the key is the same in any clone.
+    Files are read in 1 MB blocks: model weights and videos can be larger than memory.
     """
     h = hashlib.sha256()
     for p in sorted(Path(x) for x in paths):
@@ -79,7 +80,12 @@ def file_key(paths: list[str | Path], length: int = 16) -> str:
         for f in files:
             h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
             h.update(b"\0")
-            h.update(f.read_bytes() if f.exists() else b"<missing>")
+            if not f.exists():
+                h.update(b"<missing>")
+                continue
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
     return h.hexdigest()[:length]
 
 

@@ -268,11 +268,10 @@ def listener_affect(corpus: Corpus) -> dict[str, dict[int, float]]:
         vals = s["happiness_mean"].to_numpy(float)
         keys = zip(s["convo_id"].astype(str), s["turn_idx"].astype(int))
     else:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        from geli_lib.features import vader_compound
 
-        sia = SentimentIntensityAnalyzer()
         ai = corpus.turns[corpus.turns["is_ai"]]
-        vals = np.array([(sia.polarity_scores(str(u))["compound"] + 1) / 2 for u in ai["utterance"]])
+        vals = (vader_compound(ai["utterance"].tolist()) + 1) / 2
         keys = zip(ai["convo_id"].astype(str), ai["turn_idx"].astype(int))
     for (c, t), v in zip(keys, vals):
         out.setdefault(c, {})[t] = float(v)

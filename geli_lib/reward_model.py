@@ -363,11 +363,9 @@ def visual_affect_labels(corpus: Any, pairs: pd.DataFrame, min_words: int = 5) -
 
 def sentiment_labels(pairs: pd.DataFrame, threshold: float = 0.05) -> np.ndarray:
     """Γ_LS per pair: 1 when VADER's compound score of the AI utterance is ≥ ``threshold``, else 0."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    from geli_lib.features import vader_compound
 
-    sia = SentimentIntensityAnalyzer()
-    comp = np.array([sia.polarity_scores(str(u))["compound"] for u in pairs["response"]], dtype=float)
-    return (comp >= threshold).astype(float)
+    return (vader_compound(pairs["response"].tolist()) >= threshold).astype(float)
 
 
 # --------------------------------------------------------------------------- data
@@ -569,6 +567,9 @@ class TrainedReward:
         params = RewardParams(**{k: tuple(v) if isinstance(v, list) else v
                                  for k, v in meta["params"].items()})
         head = None
+        if meta["has_head"] and not (folder / "head.pt").is_file():
+            raise RewardModelError(f"{folder}: head.pt missing (an interrupted save?); "
+                                   "re-run the notebook that trains it")
         if meta["has_head"]:
             head = RewardHead(meta["d"], params.hidden, params.dropout, meta["scale"])
             head.load_state_dict(torch.load(folder / "head.pt", map_location="cpu", weights_only=True))

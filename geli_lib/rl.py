@@ -80,6 +80,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from geli_lib.experiments import slug  # noqa: E402
 from geli_lib.generation_eval import GENERATION_COLUMNS, reward_history  # noqa: E402
 from geli_lib.io import cache_dir, content_key, file_key, progress_enabled, write_csv, write_json  # noqa: E402
 from geli_lib.params import RLParams, to_dict  # noqa: E402
@@ -261,12 +262,9 @@ def load_trained_reward(folder: str | Path) -> TrainedReward:
     if not (folder / "reward.json").is_file():
         raise RLError(f"{folder}: no saved reward function (reward.json missing); run notebooks 02-04 first")
     try:
-        meta = json.loads((folder / "reward.json").read_text())
-        if meta.get("has_head") and not (folder / "head.pt").is_file():
-            raise RLError(f"{folder}: head.pt missing (an interrupted save?); re-run the notebook that trains it")
         trained = TrainedReward.load(folder)
     except (RewardModelError, OSError, ValueError, KeyError) as e:
-        raise RLError(f"{folder}: cannot load the reward function: {e}") from e
+        raise RLError(f"cannot load the reward function: {e}") from e
     if not trained.finetuned and trained.constant is None:
         want = encoder_id(trained.encoder_name, trained.params.max_tokens)
         if trained.encoder_id != want:
@@ -397,11 +395,6 @@ class RewardAdapter(nn.Module):
 
 
 # --------------------------------------------------------------------------- run folders, curves
-
-
-def slug(name: str) -> str:
-    """A folder-safe name of a reward function (as :func:`geli_lib.experiments.reward_function_dir`)."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def run_dir(profile: str, corpus: str, name: str, seed: int, algorithm: str = "ppo") -> Path:
