@@ -205,6 +205,16 @@ def _embed(texts: Sequence[str], tok: Any, model: Any, encoder: str, max_tokens:
     return _embed_tensor(texts, tok, model, encoder, max_tokens, device).cpu().numpy().astype(np.float32)
 
 
+def pair_features(hist: Sequence[str], resp: Sequence[str], tok: Any, model: Any, encoder: str,
+                  max_tokens: int, device: str, batch_size: int = 64) -> np.ndarray:
+    """[enc(history) | enc(response)] (N, 2d) of each pair, encoded now (no cache): texts a
+    fine-tuned encoder must re-read, or responses that are new at every PPO step."""
+    parts = [_embed(t[i:i + batch_size], tok, model, encoder, max_tokens, device)
+             for t in (hist, resp) for i in range(0, len(t), batch_size)]
+    n_h = -(-len(hist) // batch_size)
+    return np.hstack([np.concatenate(parts[:n_h]), np.concatenate(parts[n_h:])])
+
+
 class FeatureCache:
     """Encoded pairs of one encoder: a folder of chunk files, each a key → row map.
 
@@ -642,12 +652,10 @@ def predict_pairs(trained: TrainedReward, pairs: pd.DataFrame, batch_size: int =
     was_training = model.training
     model.to(device).eval()
     try:
-        parts = [_embed(t[i:i + batch_size], tok, model, trained.encoder_name, trained.params.max_tokens,
-                        device) for t in (hist, resp) for i in range(0, len(t), batch_size)]
+        feats = pair_features(hist, resp, tok, model, trained.encoder_name, trained.params.max_tokens,
+                              device, batch_size)
     finally:
         model.train(was_training)
-    n_h = -(-len(hist) // batch_size)
-    feats = np.hstack([np.concatenate(parts[:n_h]), np.concatenate(parts[n_h:])])
     assert trained.head is not None
     trained.head.eval()
     return trained.head(torch.from_numpy(feats)).numpy().astype(np.float64)
@@ -957,6 +965,6 @@ def family(method: str) -> str:
 __all__ = [
     "EncoderFeatures", "EncoderMismatchError", "FeatureCache", "METHOD_FAMILY", "RewardHead", "RewardModelError",
     "TrainData", "TrainedReward", "auto_scale", "cached_features", "encode_pairs", "encoder_id",
-    "family", "load_reward_function", "make_train_data", "pair_texts", "predict", "predict_pairs",
+    "family", "load_reward_function", "make_train_data", "pair_features", "pair_texts", "predict", "predict_pairs",
     "sentiment_labels", "train_reward_function", "visual_affect_labels",
 ]

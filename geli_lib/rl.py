@@ -85,7 +85,7 @@ from geli_lib.generation_eval import GENERATION_COLUMNS, reward_history  # noqa:
 from geli_lib.io import cache_dir, content_key, file_key, progress_enabled, write_csv, write_json  # noqa: E402
 from geli_lib.params import RLParams, to_dict  # noqa: E402
 from geli_lib.reward_model import (RESPONSE_PREFIX, EncoderMismatchError, RewardModelError,  # noqa: E402
-                                   TrainedReward, _embed, _load_encoder, encoder_id)
+                                   TrainedReward, _load_encoder, encoder_id, pair_features)
 
 #: GELI Fig. 3 (and LLM-GELI): the policy's system prompt.
 SYSTEM_PROMPT = ("You are AI. You are having a casual social conversation with a User. AI is polite, kind, "
@@ -311,13 +311,11 @@ class TextReward(nn.Module):
         if self.trained.constant is not None:
             out = torch.full((len(responses),), float(self.trained.constant))
         else:
-            texts = [reward_history(h) for h in histories] + [RESPONSE_PREFIX + r for r in responses]
-            dev, p = self._device(), self.trained.params
-            emb = np.concatenate([_embed(texts[i:i + self.batch_size], self.tok, self.encoder,
-                                         self.trained.encoder_name, p.max_tokens, dev)
-                                  for i in range(0, len(texts), self.batch_size)])
-            n = len(histories)
-            feats = torch.from_numpy(np.hstack([emb[:n], emb[n:]])).to(dev)
+            dev = self._device()
+            feats = torch.from_numpy(pair_features(
+                [reward_history(h) for h in histories], [RESPONSE_PREFIX + r for r in responses], self.tok,
+                self.encoder, self.trained.encoder_name, self.trained.params.max_tokens, dev,
+                self.batch_size)).to(dev)
             self.head.eval()
             out = self.head.to(dev)(feats).float().cpu()
         bad = ~torch.isfinite(out)
