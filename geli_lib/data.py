@@ -250,14 +250,14 @@ def _merge_columns(cols: Columns, text_columns: tuple[str, ...], tag_columns: tu
         out["stop"] = np.fmax.reduceat(cols["stop"].astype(float), idx)
     if "n_words" in cols:
         out["n_words"] = np.add.reduceat(cols["n_words"].astype(np.int64), idx)
-    for col, how in (("true_reward", "sum"), ("local_feedback", "mean")):
+    for col in ("true_reward", "local_feedback"):  # per-turn qualities: the mean of the parts that have one
         if col in cols:
             v = cols[col].astype(float)
             ok = ~np.isnan(v)
             cnt = np.add.reduceat(ok.astype(np.int64), idx)
             tot = np.add.reduceat(np.where(ok, v, 0.0), idx)
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[col] = np.where(cnt > 0, tot if how == "sum" else tot / cnt, np.nan)
+                out[col] = np.where(cnt > 0, tot / cnt, np.nan)
     lengths = np.diff(np.r_[idx, n])
     runs = np.flatnonzero(lengths > 1)  # only the runs that need joining
     for col in [c for c in text_columns + tag_columns if c in cols]:
@@ -275,9 +275,10 @@ def merge_consecutive(turns: pd.DataFrame, text_columns: tuple[str, ...] = ("utt
 
     The merged turn keeps the first row's ``turn_id`` and ``start``, takes the
     largest ``stop``, joins ``text_columns`` with a space and ``tag_columns``
-    (acts, strategies) with ``"+"``, sums ``n_words`` and ``true_reward`` (NaN
-    only when every part is NaN) and averages ``local_feedback`` (the parts of
-    one supporter run share one seeker rating). Rows must be in conversation
+    (acts, strategies) with ``"+"``, sums ``n_words`` and averages ``true_reward``
+    (a turn's reward on the score scale, length-free) and ``local_feedback`` (the
+    parts of one supporter run share one seeker rating) over the parts that
+    have one (NaN only when every part is NaN). Rows must be in conversation
     order; ``convo_id`` and ``speaker_id`` columns are required.
     """
     cols = {c: turns[c].to_numpy() for c in turns.columns}
@@ -454,8 +455,8 @@ def _join_truth_by_id(raw: Columns, truth: Columns, ai: str, path: Path, tpath: 
 
 
 def _assign_truth_by_midpoint(turns: Columns, truth: Columns, ai: str) -> int:
-    """Other segmentations: each loaded AI turn gets the summed ``true_reward`` (and the acts,
-    joined by "+") of the truth AI turns whose midpoint lies in its [start, stop].
+    """Other segmentations: each loaded AI turn gets the mean ``true_reward`` (and the acts,
+    joined by "+") of the truth AI turns whose midpoint lies in its [start, stop]; NaN when none does.
 
     A midpoint is given to the last AI turn starting at or before it, if it has
     not stopped yet, so no truth is counted twice. Returns the number of truth AI
@@ -470,7 +471,10 @@ def _assign_truth_by_midpoint(turns: Columns, truth: Columns, ai: str) -> int:
     ok = (k >= 0) & (mid <= stops[np.clip(k, 0, None)]) if len(starts) else np.zeros(len(mid), bool)
     n = len(turns["is_ai"])
     tr = np.full(n, np.nan)
-    tr[ai_rows] = np.bincount(k[ok], weights=reward_in[ok], minlength=len(ai_rows))
+    tot = np.bincount(k[ok], weights=reward_in[ok], minlength=len(ai_rows))
+    cnt = np.bincount(k[ok], minlength=len(ai_rows))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tr[ai_rows] = np.where(cnt > 0, tot / cnt, np.nan)
     act = np.full(n, "", dtype=object)
     for kk, a in zip(k[ok], act_in[ok]):  # acts are short strings; one pass
         if a:

@@ -3,12 +3,20 @@
 :func:`evaluate_reward` turns per-turn predictions r̂_t into one row of
 ``results/<profile>/tables/reward_functions.csv``:
 
-- ``l_ge_mse``, ``l_ge_mae``: (R_GE − Σ_t r̂_t)² and |R_GE − Σ_t r̂_t| averaged over
-  held-out conversations (eq. 4 as a metric; Table 3's MSE / MAE). Every AI turn
-  of a conversation must be present (checked against the corpus), otherwise the
-  sum is not the conversation's return.
+- ``l_ge_mse``, ``l_ge_mae``: (R_GE − Ŝ)² and |R_GE − Ŝ| averaged over held-out
+  conversations (eq. 4 as a metric; Table 3's MSE / MAE), where Ŝ is what the
+  per-turn rewards add up to in the form they were trained in: the fixed-T mean
+  form (T̄/T) Σ_t r̂_t, or the sum Σ_t r̂_t (``T_bar=None``; see
+  :func:`geli_lib.losses.session_estimate`). Every AI turn of a conversation
+  must be present (checked against the corpus), otherwise Ŝ is not the
+  conversation's return.
 - ``pos_mean``, ``nonpos_mean``, ``delta_li``: E[r̂ | Γ=1], E[r̂ | Γ=0] and their
-  difference ΔR_LI (eq. 8); turns without a label (NaN) are left out.
+  difference ΔR_LI (GELI eq. 8); turns without a label (NaN) are left out.
+- ``delta_li_within``: eq. 8 on predictions demeaned inside each conversation,
+  r̂_t − mean_{t' ∈ τ} r̂_t'. The listener's mood moves Γ and R together, so a
+  model that only gets each conversation's level right already earns
+  ΔR_LI > 0; the within-conversation Δ is what is left when the level is
+  removed: does the reward favour the turns the listener smiled at?
 - ``gt_pearson``, ``gt_spearman``: correlation of r̂_t with the turn truth, pooled
   over all held-out turns that have one; ``gt_spearman_within``: the mean over
   conversations of the Spearman correlation inside one conversation, the
@@ -36,7 +44,7 @@ import pandas as pd
 #: The results-contract columns of ``tables/reward_functions.csv`` (DESIGN.md §7), in order.
 REWARD_TABLE_COLUMNS: tuple[str, ...] = (
     "method", "family", "seed", "corpus", "lam", "K", "l_ge_mse", "l_ge_mae", "pos_mean",
-    "nonpos_mean", "delta_li", "gt_pearson", "gt_spearman", "gt_spearman_within",
+    "nonpos_mean", "delta_li", "delta_li_within", "gt_pearson", "gt_spearman", "gt_spearman_within",
 )
 FAMILIES = ("baseline", "GE", "LI", "GELI", "LLM", "oracle")
 
@@ -98,11 +106,26 @@ def within_spearman(pred: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> 
             "gt_within_n": len(rhos), "gt_within_skipped": skipped, "gt_within_constant": constant}
 
 
+def demean_within(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``values`` minus the mean of their group (conversation)."""
+    v = pd.Series(np.asarray(values, float))
+    return (v - v.groupby(np.asarray(groups)).transform("mean")).to_numpy()
+
+
+def delta_li(pred: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """GELI eq. 8: (E[r̂ | Γ=1], E[r̂ | Γ=0], their difference); NaN labels are left out."""
+    pos, neg = labels == 1, labels == 0
+    p = float(pred[pos].mean()) if pos.any() else math.nan
+    n = float(pred[neg].mean()) if neg.any() else math.nan
+    return p, n, p - n
+
+
 def evaluate_reward(pred: np.ndarray, pairs: pd.DataFrame, li_labels: np.ndarray | None,
-                    corpus: Any = None) -> dict[str, float]:
+                    corpus: Any = None, T_bar: float | None = None) -> dict[str, float]:
     """Metrics of per-turn predictions ``pred`` (aligned with ``pairs`` rows) on held-out conversations.
 
     ``li_labels``: Γ per pair (eq. 7; NaN = no label) for eq. 8, or None.
+    ``T_bar``: the T̄ of the mean form the rewards were trained in, None for the sum form.
     ``corpus``: when given, every conversation in ``pairs`` must carry all its
     AI turns (``n_ai_turns``), so Σ_t r̂_t is its whole return.
     Returns the metric columns of :data:`REWARD_TABLE_COLUMNS` plus counts
@@ -125,7 +148,9 @@ def evaluate_reward(pred: np.ndarray, pairs: pd.DataFrame, li_labels: np.ndarray
                 f"{int(want[short[0]])} AI turns): L_GE needs every AI turn of a held-out conversation")
     out: dict[str, Any] = {}
     df = pd.DataFrame({"c": conv, "p": pred, "R": pairs["score"].to_numpy(float)})
-    g = df.groupby("c", sort=True).agg(s=("p", "sum"), R=("R", "first"))
+    g = df.groupby("c", sort=True).agg(s=("p", "sum" if T_bar is None else "mean"), R=("R", "first"))
+    if T_bar is not None:
+        g["s"] *= float(T_bar)
     g = g[np.isfinite(g["R"])]
     err = g["R"] - g["s"]
     out["l_ge_mse"] = float((err ** 2).mean()) if len(g) else math.nan
@@ -139,11 +164,9 @@ def evaluate_reward(pred: np.ndarray, pairs: pd.DataFrame, li_labels: np.ndarray
         lab = np.asarray(li_labels, dtype=float).reshape(-1)
         if len(lab) != len(pred):
             raise EvaluationError(f"li_labels has {len(lab)} values but there are {len(pred)} pairs")
-    pos, neg = lab == 1, lab == 0
-    out["pos_mean"] = float(pred[pos].mean()) if pos.any() else math.nan
-    out["nonpos_mean"] = float(pred[neg].mean()) if neg.any() else math.nan
-    out["delta_li"] = out["pos_mean"] - out["nonpos_mean"]
-    out["n_pos"], out["n_nonpos"] = int(pos.sum()), int(neg.sum())
+    out["pos_mean"], out["nonpos_mean"], out["delta_li"] = delta_li(pred, lab)
+    out["delta_li_within"] = delta_li(demean_within(pred, conv), lab)[2]
+    out["n_pos"], out["n_nonpos"] = int((lab == 1).sum()), int((lab == 0).sum())
 
     col = truth_column(pairs)
     out["gt_column"] = col or ""

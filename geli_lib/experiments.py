@@ -91,9 +91,30 @@ def table1_specs(params: StudyParams, group: str) -> list[MethodSpec]:
                MethodSpec("GE: RRD (K=160)", "rrd", {"K": 160})],
         "li": [MethodSpec("LI: Visual Affect", "va"), MethodSpec("LI: Language Sentiment", "ls"),
                MethodSpec("Oracle (planted truth)", "oracle")],
-        "geli": [MethodSpec(f"GELI: {r.ge_method.upper()} + {r.li_signal.upper()}", "geli")],
+        "geli": geli_variants(params),
     }
     return specs[group]
+
+
+def geli_variants(params: StudyParams) -> list[MethodSpec]:
+    """GELI (eq. 2) as the profile sets it, and the variants that test why it may behave as RRD alone.
+
+    1. joint training, GE part and λ from the parameters (the table's ``GELI: RRD + VA``);
+    2. the GE term as an unbiased estimate of eq. 4: Ren et al.'s bias-corrected RRD
+       (RRD-L_RD). Plain RRD adds Var_I(Ŝ) to eq. 4 (:func:`geli_lib.losses.rrd_loss`), a
+       penalty on within-conversation contrast whatever the labels say;
+    3. the exact eq. 4 (every turn of the conversation, no sampling);
+    4. the GELI authors' recipe: a VA head first, then GELI (λ = 0.5, RRD) continued from it
+       for ``finetune_epochs`` epochs, keeping the epoch with the best validation L_GE.
+    """
+    r = params.reward
+    li = r.li_signal.upper()
+    return [MethodSpec(f"GELI: {r.ge_method.upper()} + {li}", "geli"),
+            MethodSpec(f"GELI: RRD-L_RD + {li} (bias-corrected)", "geli",
+                       {"ge_method": "rrd", "rrd_bias_correction": True}),
+            MethodSpec(f"GELI: exact sum + {li}", "geli", {"ge_method": "sum"}),
+            MethodSpec(f"GELI: {li} → RRD + {li} (authors' recipe)", "geli",
+                       {"ge_method": "rrd", "lam": 0.5, "warm_start": r.li_signal, "select_best": True})]
 
 
 def slug(name: str) -> str:
@@ -158,7 +179,7 @@ def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], par
             # A fine-tuned encoder (gpu profile) must re-encode the texts; a frozen one reads the cache.
             pred = (predict_pairs(trained, test_pairs, device=params.device) if trained.finetuned
                     else predict(trained, data.features[test]))
-            metrics = evaluate_reward(pred, test_pairs, data.labels["va"][test], data.corpus)
+            metrics = evaluate_reward(pred, test_pairs, data.labels["va"][test], data.corpus, trained.T_bar)
             ge = spec.method in ("rrd", "geli") and (spec.method == "rrd" or rp.ge_method == "rrd")
             rows.append(reward_table_row(spec.name, family(spec.method), seed, params.corpus,
                                          rp.lam if spec.method == "geli" else None,
@@ -204,7 +225,8 @@ def collect_rows(profile: str, parts: list[str]) -> pd.DataFrame:
 #: Table 1 columns: results-contract name -> header.
 TABLE1_COLUMNS = {
     "l_ge_mse": "L_GE MSE ↓", "l_ge_mae": "L_GE MAE ↓", "pos_mean": "E[r̂|Γ=1]",
-    "nonpos_mean": "E[r̂|Γ=0]", "delta_li": "Δr̂_LI ↑", "gt_spearman": "ρ truth (pooled) ↑",
+    "nonpos_mean": "E[r̂|Γ=0]", "delta_li": "Δr̂_LI ↑", "delta_li_within": "Δr̂_LI within ↑",
+    "gt_spearman": "ρ truth (pooled) ↑",
     "gt_spearman_within": "ρ truth (within) ↑",
 }
 
@@ -240,21 +262,34 @@ def sweep(data: RewardData, params: StudyParams, field_name: str, values: list[A
     return pd.concat(parts, ignore_index=True)
 
 
-def face_noise_sweep(params: StudyParams, noises: list[float]) -> pd.DataFrame:
-    """RRD, VA and GELI on the same simulated conversations re-simulated with noisier faces.
+def resimulated_rows(params: StudyParams, specs: list[MethodSpec], **simulation: Any) -> pd.DataFrame:
+    """Train ``specs`` over the seeds on the same simulated conversations re-simulated with other
+    listener-signal knobs (``face_noise``, ``face_coupling``, ...).
 
-    The simulator draws words and truth before the face, so only the listener's
-    face (hence Γ) changes with ``face_noise``; encoder features come from cache.
+    The simulator draws words and truth before the listener's signals, so only the
+    signals (hence Γ) change; encoder features come from cache.
     """
     if params.corpus != "simulated":
-        raise ValueError(f"face_noise_sweep needs the simulated corpus, not {params.corpus!r}")
+        raise ValueError(f"re-simulating the listener needs the simulated corpus, not {params.corpus!r}")
+    p = dataclasses.replace(params, simulation=dataclasses.replace(params.simulation, **simulation))
+    data = prepare_reward_data(p, progress=False)
+    rows, _ = run_methods(data, specs, params.seeds, p, save=False)
+    return rows
+
+
+def face_noise_sweep(params: StudyParams, noises: list[float]) -> pd.DataFrame:
+    """RRD, VA and GELI on the same simulated conversations re-simulated with noisier faces."""
     specs = [MethodSpec("GE: RRD", "rrd"), MethodSpec("LI: Visual Affect", "va"),
              table1_specs(params, "geli")[0]]
-    parts = []
-    for noise in noises:
-        p = dataclasses.replace(params, simulation=dataclasses.replace(params.simulation,
-                                                                       face_noise=float(noise)))
-        data = prepare_reward_data(p, progress=False)
-        rows, _ = run_methods(data, specs, params.seeds, p, save=False)
-        parts.append(rows.assign(face_noise=float(noise)))
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat([resimulated_rows(params, specs, face_noise=float(n)).assign(face_noise=float(n))
+                      for n in noises], ignore_index=True)
+
+
+def placebo_rows(params: StudyParams) -> pd.DataFrame:
+    """The placebo face: VA and every GELI variant re-trained on the same conversations with the
+    listener's face unrelated to the truth (``face_coupling: 0``). What an LI-based method still
+    "learns from the face" there comes from the label's construction (the window follows the
+    utterance's length; turns of ≤ ``va_min_words`` words get Γ = 0), not from the listener."""
+    specs = [MethodSpec("LI: Visual Affect", "va"), *geli_variants(params)]
+    rows = resimulated_rows(params, specs, face_coupling=0.0)
+    return rows.assign(method=rows["method"] + " [placebo face]")

@@ -11,9 +11,16 @@ Shared conventions
   never read into a loss, not even as ``0 * value``: they may hold NaN or
   garbage without changing the loss or its gradient (every function selects
   with :func:`torch.where` before doing arithmetic).
-* ``R`` (B,) float: the session score R_GE(τ) on the same scale as the sum of
-  the per-turn predictions (e.g. CANDOR overall_affect × 10).
+* ``R`` (B,) float: the session score R_GE(τ) (e.g. CANDOR overall_affect × 10).
 * T_b, a conversation's length, is its number of valid AI turns, ``mask.sum(1)``.
+* How per-turn rewards add up to R (``T_bar``): eq. 3 as written is the *sum
+  form* R ≈ Σ_t r̂_t (``T_bar=None``), under which a turn's reward scales with
+  1/T_b, a length no per-turn model r_θ(s_t, a_t) sees. The GELI authors'
+  training script uses the *fixed-T mean form* R ≈ (T̄/T_b) Σ_t r̂_t (T̄ = 160
+  there), under which a turn's reward does not depend on the conversation's
+  length; T̄ is then only the unit of r̂ (a turn's share of the score in a
+  T̄-turn conversation). :func:`session_estimate` is the one place the two forms
+  differ.
 * RRD indices (:func:`sample_rrd_indices`) are *ranks among the valid turns*
   of a row (0 = its first valid turn). With the usual left-aligned padding
   (valid turns first) a rank is the column itself; :func:`rrd_loss` maps ranks
@@ -27,13 +34,11 @@ Shared conventions
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "masked_sum", "masked_mean", "sum_decomposition_loss", "sample_rrd_indices", "rrd_loss",
+    "masked_sum", "masked_mean", "session_estimate", "sum_decomposition_loss", "sample_rrd_indices", "rrd_loss",
     "ircr_targets", "ircr_loss", "ReturnPredictor", "rudder_loss", "rudder_redistribution",
     "li_loss", "geli_loss",
 ]
@@ -100,14 +105,31 @@ def _check_left_aligned(mask: Tensor) -> None:
 
 # --------------------------------------------------------------------------- GE: sum decomposition
 
-def sum_decomposition_loss(r_hat: Tensor, mask: Tensor, R: Tensor) -> Tensor:
-    """Least-squares sum decomposition, GELI eq. 4 (eq. 3 is the approximation it fits).
+def session_estimate(r_hat: Tensor, mask: Tensor, T_bar: float | None = None) -> Tensor:
+    """The session score the per-turn rewards add up to, GELI eq. 3, per conversation (B,).
 
-    L_GE(θ) = E_τ[(R_GE(τ) - Σ_{t<T} r_θ(s_t, a_t))²], the expectation taken as the
-    mean over the B conversations of the batch; Σ_t runs over valid turns only.
+    ``T_bar=None``: the sum form Σ_t r̂_t. A number T̄: the authors' fixed-T mean
+    form (T̄/T_b) Σ_t r̂_t = T̄ · mean_t r̂_t, which makes a turn's reward
+    independent of the conversation's length (module docstring).
+    """
+    total = masked_sum(r_hat, mask, dim=1)
+    if T_bar is None:
+        return total
+    if not float(T_bar) > 0:
+        raise ValueError(f"T_bar must be a positive number or None (sum form), got T_bar={T_bar!r}")
+    return float(T_bar) * total / mask.sum(1).clamp(min=1).to(r_hat.dtype)
+
+
+def sum_decomposition_loss(r_hat: Tensor, mask: Tensor, R: Tensor, T_bar: float | None = None) -> Tensor:
+    """Least-squares decomposition, GELI eq. 4 (eq. 3 is the approximation it fits).
+
+    L_GE(θ) = E_τ[(R_GE(τ) - Ŝ(τ))²], the expectation taken as the mean over the B
+    conversations of the batch, with Ŝ = Σ_{t<T} r_θ(s_t, a_t) (``T_bar=None``, eq. 4
+    as written) or the fixed-T mean form (T̄/T) Σ_t r_θ (:func:`session_estimate`);
+    Σ_t runs over valid turns only.
     """
     _check_turns(r_hat, mask, R)
-    return ((R.to(r_hat.dtype) - masked_sum(r_hat, mask, dim=1)) ** 2).mean()
+    return ((R.to(r_hat.dtype) - session_estimate(r_hat, mask, T_bar)) ** 2).mean()
 
 
 # --------------------------------------------------------------------------- GE: RRD
@@ -176,7 +198,7 @@ def sample_rrd_indices(lengths: Tensor, K: int, replace: bool | None = None,
 
 
 def rrd_loss(r_hat: Tensor, mask: Tensor, R: Tensor, idx: Tensor, valid: Tensor,
-             T_scale: Literal["length"] | float = "length", bias_correction: bool = False,
+             T_bar: float | None = None, bias_correction: bool = False,
              replace: bool | None = None) -> Tensor:
     """Randomized return decomposition, GELI eq. 9 (App. A; Ren et al., 2021).
 
@@ -184,16 +206,15 @@ def rrd_loss(r_hat: Tensor, mask: Tensor, R: Tensor, idx: Tensor, valid: Tensor,
 
         L_RRD = E_τ E_{I~ρ_T} [(R(τ) - (T/|I|) Σ_{t∈I} r̂_t)²]        (eq. 9)
 
-    with |I| = K_b = ``valid[b].sum()`` and T = ``T_scale``: each conversation's
-    own length T_b (``"length"``, default; makes Ŝ = (T_b/K_b) Σ_I r̂ unbiased for
-    Σ_t r̂_t) or a fixed number (the GELI authors' code used T_fixed = 160; then
-    Ŝ estimates (T_fixed/T_b) Σ_t r̂_t, i.e. the model learns rewards on a
-    T_fixed-turn scale).
+    with |I| = K_b = ``valid[b].sum()`` and T = each conversation's own length T_b
+    (``T_bar=None``, the sum form; Ŝ = (T_b/K_b) Σ_I r̂ is unbiased for Σ_t r̂_t) or
+    the fixed T̄ = ``T_bar`` (the GELI authors' code, T̄ = 160; Ŝ is unbiased for the
+    mean form (T̄/T_b) Σ_t r̂_t of :func:`session_estimate`).
 
     Bias (Ren et al., 2021: the Rand-RD loss equals the deterministic RD loss
     plus the variance of the Monte-Carlo estimate of the return, which makes it
     an upper bound of L_RD). Write x_t = r̂_t for t < T_b, S = Σ_t x_t,
-    S_x² = Σ_t (x_t - S/T_b)² / (T_b - 1) and Ŝ = c · x̄_I with c = T_scale. Then
+    S_x² = Σ_t (x_t - S/T_b)² / (T_b - 1) and Ŝ = c · x̄_I with c = T_b or T̄. Then
     E_I[(R - Ŝ)²] = (R - E Ŝ)² + Var_I(Ŝ), and
 
         Var_I(Ŝ) = c² · f · S_x² / K,    f = 1 - K/T_b  without replacement (finite-
@@ -205,8 +226,8 @@ def rrd_loss(r_hat: Tensor, mask: Tensor, R: Tensor, idx: Tensor, valid: Tensor,
 
         L_RRD-bc = (R - Ŝ)² - c² · g · s² / K,    g = 1 - K/T_b without, g = 1 with replacement,
 
-    is an unbiased estimator of (R - E Ŝ)²; with ``T_scale="length"`` that is the
-    full-sum loss (R - Σ_t r̂_t)² of eq. 4. This is the "RRD-L_RD" variant of Ren
+    is an unbiased estimator of (R - E Ŝ)²: the exact loss of eq. 4
+    (:func:`sum_decomposition_loss` with the same ``T_bar``). This is the "RRD-L_RD" variant of Ren
     et al.'s code (``rrd_bias_correction``, coefficient 1 - K/T, or 1 when
     sampling with replacement), written here on the return scale (their code
     works on the per-step scale R/T, i.e. divided by T²). The corrected loss can
@@ -236,14 +257,12 @@ def rrd_loss(r_hat: Tensor, mask: Tensor, R: Tensor, idx: Tensor, valid: Tensor,
     picked_cols = cols.gather(1, idx.clamp(min=0, max=r_hat.shape[1] - 1))
     x = torch.where(valid, r_hat.gather(1, picked_cols), torch.zeros((), dtype=r_hat.dtype, device=r_hat.device))
     dtype = r_hat.dtype
-    if isinstance(T_scale, str):
-        if T_scale != "length":
-            raise ValueError(f"T_scale must be 'length' or a positive number, got T_scale={T_scale!r}")
+    if T_bar is None:
         c = T.to(dtype)
     else:
-        if not float(T_scale) > 0:
-            raise ValueError(f"T_scale must be 'length' or a positive number, got T_scale={T_scale!r}")
-        c = torch.full_like(T, 0, dtype=dtype) + float(T_scale)
+        if not float(T_bar) > 0:
+            raise ValueError(f"T_bar must be a positive number or None (sum form), got T_bar={T_bar!r}")
+        c = torch.full_like(T, 0, dtype=dtype) + float(T_bar)
     n = K_b.to(dtype)
     estimate = c * masked_sum(x, valid, dim=1) / n
     loss = (R.to(dtype) - estimate) ** 2
@@ -262,12 +281,13 @@ def rrd_loss(r_hat: Tensor, mask: Tensor, R: Tensor, idx: Tensor, valid: Tensor,
 
 # --------------------------------------------------------------------------- GE: IRCR
 
-def ircr_targets(R: Tensor, lengths: Tensor, t_max: int | None = None) -> Tensor:
-    """IRCR uniform redistribution (Gangwani et al., 2020; GELI §5 baselines): target R/T per turn.
+def ircr_targets(R: Tensor, lengths: Tensor, t_max: int | None = None, T_bar: float | None = None) -> Tensor:
+    """IRCR uniform redistribution (Gangwani et al., 2020; GELI §5 baselines): R spread evenly.
 
-    Each of the T_b turns of conversation b gets the proxy reward R_b / T_b (the
-    trajectory return normalised by its length, so Σ_t target = R_b and the
-    targets live on the scale of eq. 4); padding positions (t >= T_b) get 0.
+    Each of the T_b turns of conversation b gets the proxy reward R_b / T_b
+    (``T_bar=None``: Σ_t target = R_b, the sum form of eq. 3) or R_b / T̄ (the
+    fixed-T mean form: (T̄/T_b) Σ_t target = R_b, see :func:`session_estimate`);
+    padding positions (t >= T_b) get 0.
     Gangwani et al. further min-max normalise returns over their replay buffer;
     that rescaling is not applied here (it would change the scale that L_GE
     and ΔR_LI are reported on). Returns (B, t_max), t_max defaulting to max T_b.
@@ -281,7 +301,7 @@ def ircr_targets(R: Tensor, lengths: Tensor, t_max: int | None = None) -> Tensor
     if width < int(lengths.max()):
         raise ValueError(f"t_max={t_max} is shorter than the longest conversation ({int(lengths.max())})")
     dtype = R.dtype if R.is_floating_point() else torch.get_default_dtype()
-    per_turn = R.to(dtype) / lengths.to(dtype)
+    per_turn = R.to(dtype) / (lengths.to(dtype) if T_bar is None else float(T_bar))
     inside = torch.arange(width, device=R.device)[None, :] < lengths[:, None]
     return torch.where(inside, per_turn[:, None], torch.zeros((), dtype=dtype, device=R.device))
 

@@ -14,6 +14,7 @@ runs on real data by parameters alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,7 @@ class SplitParams:
 REWARD_METHODS = ("mean", "mode", "sum", "ircr", "rudder", "rrd", "va", "ls", "geli", "oracle", "llm")
 GE_METHODS = ("sum", "ircr", "rudder", "rrd")
 LI_SIGNALS = ("va", "ls")
+GE_FORMS = ("mean", "sum")
 ENCODERS = ("minilm", "smollm2")
 
 
@@ -190,17 +192,25 @@ class RewardParams:
     li_signal: str = "va"
     """LI part of ``geli``: va (visual affect Γ, eq. 7) or ls (VADER language sentiment)."""
     lam: float = 0.5
-    """λ of GELI eq. 2: L = λ·L_GE + (1-λ)·L_LI (paper: 0.5)."""
+    """λ of GELI eq. 2: L = λ·L_GE + (1-λ)·L_LI. The paper does not state λ; the authors' training script sets 0.5."""
     K: int = 32
     """RRD sample size |I| per conversation (Table 1: 32 and 160)."""
     rrd_sampling: str = "ren"
     """How RRD draws its K indices: ``ren`` (Ren et al. / App. A: K distinct turns, with replacement only when K > T), ``with_replacement`` (the authors' code) or ``without_replacement`` (a conversation shorter than K contributes each turn once: its exact sum)."""
     rrd_bias_correction: bool = False
     """Ren et al.'s bias-corrected RRD: subtract the Monte-Carlo variance term from the loss."""
-    rrd_T: str = "length"
-    """T in (T/K)·Σ_K r̂ (eq. 9): ``length`` = the conversation's AI turns (Ren et al.) or ``fixed`` = ``rrd_T_fixed`` (authors' code)."""
-    rrd_T_fixed: int = 160
-    """T when ``rrd_T: fixed`` (authors: 160)."""
+    ge_form: str = "mean"
+    """How per-turn rewards add up to the session score, in training (L_GE, RRD, IRCR) and evaluation: ``mean`` = the authors' fixed-T mean form R ≈ (T̄/T)·Σ_t r̂_t, under which a turn's reward does not depend on the conversation's length (a per-turn model r_θ(s_t, a_t) never sees T), or ``sum`` = eq. 3 as written, R ≈ Σ_t r̂_t."""
+    T_bar: float = 0.0
+    """T̄ of the ``mean`` form, the unit of r̂ (a turn's share of the score in a T̄-turn conversation; authors: 160). 0 = auto: the mean number of AI turns of the training conversations, so r̂ sits on the familiar R/T scale."""
+    warm_start: str = ""
+    """Train this method's head first (e.g. ``va``) and continue from it with this method for ``finetune_epochs`` epochs (the GELI authors' recipe: a VA head, then GELI); empty = from scratch."""
+    finetune_epochs: int = 10
+    """Epochs of the continued training after ``warm_start``."""
+    select_best: bool = False
+    """Keep the epoch whose head has the lowest L_GE on validation conversations (``val_fraction`` of the training conversations, held out from training) instead of the last epoch (the authors' checkpoint choice)."""
+    val_fraction: float = 0.15
+    """Share of the training conversations held out for ``select_best``."""
     li_positive: float = 1.0
     """r_LI for Γ = 1, as a fraction of ``output_scale`` (authors: 1, the tanh ceiling); Γ = 0 gives r_LI = 0."""
     ls_threshold: float = 0.05
@@ -238,8 +248,12 @@ class RewardParams:
         _check(self.rrd_sampling in ("ren", "with_replacement", "without_replacement"), "rrd_sampling",
                "must be ren, with_replacement or without_replacement", self.rrd_sampling)
         _check(self.rudder_aux_weight >= 0, "rudder_aux_weight", "must be >= 0", self.rudder_aux_weight)
-        _check(self.rrd_T in ("length", "fixed"), "rrd_T", "must be length or fixed", self.rrd_T)
-        _check(self.rrd_T_fixed >= 1, "rrd_T_fixed", "must be >= 1", self.rrd_T_fixed)
+        _check(self.ge_form in GE_FORMS, "ge_form", f"must be one of {GE_FORMS}", self.ge_form)
+        _check(self.T_bar >= 0 and math.isfinite(self.T_bar), "T_bar", "must be >= 0 (0 = auto)", self.T_bar)
+        _check(self.warm_start in ("",) + tuple(m for m in REWARD_METHODS if m not in ("mean", "mode", "llm")),
+               "warm_start", "must be empty or a trainable method (e.g. va)", self.warm_start)
+        _check(self.finetune_epochs >= 0, "finetune_epochs", "must be >= 0", self.finetune_epochs)
+        _check(0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)", self.val_fraction)
         _check(0 < self.li_positive <= 1, "li_positive", "must be in (0, 1]", self.li_positive)
         _check(-1 <= self.ls_threshold <= 1, "ls_threshold", "must be in [-1, 1]", self.ls_threshold)
         _check(self.va_min_words >= 0, "va_min_words", "must be >= 0", self.va_min_words)
@@ -281,8 +295,10 @@ class LLMParams:
     """An utterance longer than this is cut (marked […]) in the prompt."""
     score_range: tuple[float, float] = (0.0, 100.0)
     """Declared range of the session score R_GE (0-100 scale); a score outside is a bad-input error."""
-    rescale: str = "none"
-    """Enforce eq. 4 on each chunk's labels: ``none`` (record the deviation only), ``scale`` (multiply) or ``shift`` (add the same amount to each)."""
+    rescale: str = "shift"
+    """Enforce eq. 4 on each chunk's labels: ``shift`` (add the same amount to each annotated turn, so the chunk's labels sum to its share whatever the sign of the answer's sum), ``scale`` (multiply) or ``none`` (record the deviation only). The answer's own deviation is recorded either way."""
+    constrained: bool = True
+    """``local`` backend: constrain decoding (lm-format-enforcer) to a JSON object whose keys are exactly the chunk's ids, in order, and whose values are bounded numbers, so every answer parses and annotates every turn; ``false`` = the old free decoding after a ``{"<first id>":`` prefill."""
     output_retries: int = 2
     """Re-samples (new seed) of an unparsable answer before the chunk is recorded as failed."""
     retries: int = 3

@@ -67,6 +67,7 @@ only); ``llm`` (LLM-GELI eq. 5: MSE on an LLM's per-turn labels, passed as
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -410,6 +411,14 @@ class TrainData:
     def __len__(self) -> int:
         return len(self.convo_ids)
 
+    def subset(self, idx: torch.Tensor) -> "TrainData":
+        """The conversations at positions ``idx`` (pair rows and texts keep their meaning)."""
+        i = idx.tolist()
+        return dataclasses.replace(
+            self, convo_ids=[self.convo_ids[k] for k in i], X=self.X[idx], mask=self.mask[idx],
+            lengths=self.lengths[idx], R=self.R[idx], truth=self.truth[idx],
+            li={k: v[idx] for k, v in self.li.items()}, rows=self.rows[idx])
+
 
 def make_train_data(corpus: Any, pairs: pd.DataFrame, features: np.ndarray,
                     convo_ids: Sequence[str] | None = None,
@@ -527,6 +536,8 @@ class TrainedReward:
     info: dict[str, Any] = field(default_factory=dict)
     text_encoder: Any = None
     tokenizer: Any = None
+    T_bar: float | None = None
+    """T̄ of the mean form its rewards were trained in (R ≈ (T̄/T)·Σ_t r̂_t), None for the sum form."""
 
     @property
     def family(self) -> str:
@@ -558,7 +569,7 @@ class TrainedReward:
         meta = {"method": self.method, "family": self.family, "params": to_dict(self.params),
                 "encoder_id": self.encoder_id, "d": self.d, "scale": self.scale, "seed": self.seed,
                 "constant": self.constant, "info": self.info, "has_head": self.head is not None,
-                "finetuned": self.finetuned}
+                "finetuned": self.finetuned, "T_bar": self.T_bar}
         write_json(folder / "reward.json", meta)  # written last: the completeness marker
         return folder
 
@@ -574,8 +585,9 @@ class TrainedReward:
             raise EncoderMismatchError(
                 f"{folder}: reward function trained on features of {meta['encoder_id']!r}, "
                 f"but the features given are {expect_encoder!r}; re-encode with its encoder")
+        known = {f.name for f in dataclasses.fields(RewardParams)}
         params = RewardParams(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in meta["params"].items()})
+                                 for k, v in meta["params"].items() if k in known})
         head = None
         if meta["has_head"] and not (folder / "head.pt").is_file():
             raise RewardModelError(f"{folder}: head.pt missing (an interrupted save?); "
@@ -599,7 +611,7 @@ class TrainedReward:
             model.eval()
         return cls(method=meta["method"], params=params, encoder_id=meta["encoder_id"], d=meta["d"],
                    scale=meta["scale"], seed=meta["seed"], head=head, constant=meta["constant"],
-                   info=meta.get("info", {}), text_encoder=model, tokenizer=tok)
+                   info=meta.get("info", {}), text_encoder=model, tokenizer=tok, T_bar=meta.get("T_bar"))
 
 
 def load_reward_function(folder: str | Path, encoder: str | None = None,
@@ -664,21 +676,43 @@ def predict_pairs(trained: TrainedReward, pairs: pd.DataFrame, batch_size: int =
 # --------------------------------------------------------------------------- training
 
 
+def resolve_T_bar(train: TrainData, params: RewardParams) -> float | None:
+    """T̄ of the mean form (``params.T_bar``, or 0 = the training conversations' mean AI-turn count),
+    None for the sum form (``params.ge_form: sum``)."""
+    if params.ge_form == "sum":
+        return None
+    if params.T_bar > 0:
+        return float(params.T_bar)
+    return round(float(train.lengths.float().mean()), 2)
+
+
+def turn_unit(lengths: torch.Tensor, T_bar: float | None) -> torch.Tensor:
+    """(C, 1): what a conversation's score is divided by to give one turn's even share.
+
+    T̄ in the mean form (the same for every conversation: length-free), the
+    conversation's own length T_b in the sum form. So R / unit is the share
+    IRCR and the constant baselines give each turn, a planted truth on the
+    score scale (R = mean_t truth_t) becomes per-turn targets truth / unit, and
+    labels that sum to R over the T_b turns (an LLM's, RUDDER's) become
+    labels · T_b / unit.
+    """
+    T = lengths.to(torch.float32)[:, None]
+    return T if T_bar is None else torch.full_like(T, float(T_bar))
+
+
 def auto_scale(train: TrainData, params: RewardParams, method: str,
-               targets: torch.Tensor | None = None) -> float:
+               targets: torch.Tensor | None = None, T_bar: float | None = None) -> float:
     """The head's output scale: ``params.output_scale``, or the automatic rule of the module docstring.
 
-    Methods that regress the head on per-turn targets whose range is known
-    before training (``oracle``: the planted rewards; ``rudder``: the
-    redistributed rewards, which put the first prediction g_0 ≈ mean R on the
-    first turn) also keep those targets inside the range.
+    The share is R / :func:`turn_unit`. Methods that regress the head on
+    per-turn targets whose range is known before training (``oracle``: the
+    planted rewards; ``rudder``: the redistributed rewards; ``llm``: the
+    labels) also keep those targets inside the range.
     """
     if params.output_scale > 0:
         return float(params.output_scale)
-    share = (train.R / train.lengths.float()).abs()
+    share = (train.R[:, None] / turn_unit(train.lengths, T_bar)).abs()
     top = float(share.max())
-    if method == "oracle":
-        targets = train.truth
     if targets is not None:
         t = targets[train.mask & torch.isfinite(targets)]
         if len(t):
@@ -698,8 +732,9 @@ def _li_targets(train: TrainData, signal: str, scale: float, params: RewardParam
     return g * (params.li_positive * scale)
 
 
-def _llm_targets(train: TrainData) -> torch.Tensor:
-    """LLM-GELI's r_LI (eq. 5): the LLM's labels per turn on the score scale (NaN = no annotation)."""
+def _llm_targets(train: TrainData, T_bar: float | None) -> torch.Tensor:
+    """LLM-GELI's r_LI (eq. 5): the LLM's labels (which sum to R over a conversation, Sec. 4.1's
+    prompt) in the unit of r̂, labels · T_b / :func:`turn_unit` (NaN = a failed chunk)."""
     if LLM_LABELS not in train.li:
         raise RewardModelError(f"no {LLM_LABELS!r} labels in the training data: decompose with geli_lib.llm "
                                f"and pass li_labels={{{LLM_LABELS!r}: llm.labels_for_pairs(pairs, labels)}}")
@@ -707,7 +742,7 @@ def _llm_targets(train: TrainData) -> torch.Tensor:
     if not torch.isfinite(g[train.mask]).any():
         raise RewardModelError("every LLM label of the training conversations is missing (no annotation or "
                                "failed chunks): nothing to distil")
-    return g
+    return g * train.lengths.to(g.dtype)[:, None] / turn_unit(train.lengths, T_bar)
 
 
 def _masked_mse(r_hat: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -777,8 +812,8 @@ class EncoderFeatures:
 
 def _ge_loss(kind: str, head: RewardHead, train: TrainData, b: torch.Tensor, params: RewardParams,
              gen: torch.Generator, targets: torch.Tensor | None, feature_fn: FeatureFn,
-             X_b: torch.Tensor | None = None) -> torch.Tensor:
-    """L_GE of one batch of conversations ``b`` for GE method ``kind``.
+             X_b: torch.Tensor | None = None, T_bar: float | None = None) -> torch.Tensor:
+    """L_GE of one batch of conversations ``b`` for GE method ``kind``, in the form ``T_bar`` says.
 
     ``X_b``: the batch's features of every turn (fine-tuning), instead of ``train.X[b]``.
     """
@@ -789,11 +824,10 @@ def _ge_loss(kind: str, head: RewardHead, train: TrainData, b: torch.Tensor, par
         replace = RRD_REPLACE[params.rrd_sampling]
         idx, valid = losses.sample_rrd_indices(train.lengths[b], params.K, replace, gen)
         r_hat = head(feature_fn(b, idx, valid))
-        T_scale = "length" if params.rrd_T == "length" else float(params.rrd_T_fixed)
-        return losses.rrd_loss(r_hat, mask, R, idx, valid, T_scale, params.rrd_bias_correction, replace)
+        return losses.rrd_loss(r_hat, mask, R, idx, valid, T_bar, params.rrd_bias_correction, replace)
     r_hat = head(train.X[b] if X_b is None else X_b)
     if kind == "sum":
-        return losses.sum_decomposition_loss(r_hat, mask, R)
+        return losses.sum_decomposition_loss(r_hat, mask, R, T_bar)
     if kind == "ircr":
         assert targets is not None
         return losses.ircr_loss(r_hat, mask, targets[b])
@@ -803,8 +837,10 @@ def _ge_loss(kind: str, head: RewardHead, train: TrainData, b: torch.Tensor, par
     raise RewardModelError(f"unknown GE method {kind!r}")
 
 
-def _rudder_targets(train: TrainData, params: RewardParams, seed: int) -> tuple[torch.Tensor, list[float]]:
-    """RUDDER: fit the LSTM return predictor, return its redistributed rewards (C, T_max) and losses."""
+def _rudder_targets(train: TrainData, params: RewardParams, seed: int,
+                    T_bar: float | None) -> tuple[torch.Tensor, list[float]]:
+    """RUDDER: fit the LSTM return predictor, return its redistributed rewards (C, T_max) in the
+    unit of r̂ (they sum to the final prediction ≈ R, so · T_b / :func:`turn_unit`) and its losses."""
     from geli_lib import losses
 
     torch.manual_seed(seed + 7919)
@@ -827,16 +863,28 @@ def _rudder_targets(train: TrainData, params: RewardParams, seed: int) -> tuple[
     model.eval()
     with torch.no_grad():
         red = losses.rudder_redistribution(model(train.X), train.mask)
+    red = red * train.lengths.to(red.dtype)[:, None] / turn_unit(train.lengths, T_bar)
     return red.masked_fill(~train.mask, float("nan")), hist
 
 
-def _constant(method: str, train: TrainData) -> float:
-    R, T = train.R.double(), train.lengths.double()
+def _constant(method: str, train: TrainData, T_bar: float | None) -> float:
+    """Mean: mean_i(R_i / unit_i); Mode: mode_i(R_i) · mean_i(1 / unit_i) (:func:`turn_unit`)."""
+    R, unit = train.R.double(), turn_unit(train.lengths, T_bar).double()[:, 0]
     if method == "mean":
-        return float((R / T).mean())
+        return float((R / unit).mean())
     vals, counts = torch.unique(R, return_counts=True)
     mode = float(vals[torch.argmax(counts)])  # ties: the smallest score
-    return mode * float((1.0 / T).mean())
+    return mode * float((1.0 / unit).mean())
+
+
+def split_train_data(train: TrainData, fraction: float, seed: int) -> tuple[TrainData, TrainData]:
+    """(fit, validation): a ``fraction`` of the conversations (at least one) held out, drawn by ``seed``."""
+    n_val = max(1, round(fraction * len(train)))
+    if n_val >= len(train):
+        raise RewardModelError(f"cannot hold out {fraction:.0%} of {len(train)} training conversations "
+                               "for validation and keep any to train on")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 104729))
+    return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values)
 
 
 def train_reward_function(method: str, train: TrainData, params: RewardParams, seed: int = 0,
@@ -849,6 +897,13 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
     ``params.batch_conversations`` whole conversations, padded with a mask.
     ``feature_fn`` replaces the cached-feature lookup of the RRD samples (the
     benchmark passes one that re-encodes, as the authors' code does).
+
+    Per-turn rewards add up to R in the form ``params.ge_form`` says (T̄ from
+    :func:`resolve_T_bar`, kept with the result). ``params.select_best`` holds
+    out ``val_fraction`` of the conversations and keeps the epoch with the
+    lowest validation L_GE; ``params.warm_start`` first trains that method's
+    head on the same conversations and continues from it for
+    ``finetune_epochs`` (the GELI authors' recipe: VA, then GELI).
 
     ``params.finetune_encoder`` (every method but ``mean``/``mode``): the text
     encoder is loaded trainable on ``device`` and fine-tuned jointly with the
@@ -865,54 +920,89 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
         raise RewardModelError(f"method {method!r} unknown: choose one of {REWARD_METHODS}")
     enc_name = encoder or params.encoder
     enc_id = encoder_id(enc_name, params.max_tokens)
-    t0 = time.perf_counter()
+    T_bar = resolve_T_bar(train, params)
     if method in ("mean", "mode"):
         return TrainedReward(method=method, params=params, encoder_id=enc_id, d=train.d,
-                             scale=auto_scale(train, params, method), seed=seed,
-                             constant=_constant(method, train),
-                             info={"n_conversations": len(train), "seconds": time.perf_counter() - t0})
+                             scale=auto_scale(train, params, method, T_bar=T_bar), seed=seed,
+                             constant=_constant(method, train, T_bar), T_bar=T_bar,
+                             info={"n_conversations": len(train)})
+    val = None
+    if params.select_best:
+        train, val = split_train_data(train, params.val_fraction, seed)
+    start = None
+    if params.warm_start:  # same conversations, same T̄; the start itself is not selected on validation
+        pinned = dataclasses.replace(params, warm_start="", select_best=False, T_bar=T_bar or params.T_bar)
+        start = train_reward_function(params.warm_start, train, pinned, seed, encoder, feature_fn, progress, device)
+    return _train_head(method, train, params, seed, enc_name, enc_id, T_bar, feature_fn, progress, device,
+                       start, val)
 
+
+@torch.no_grad()
+def _val_l_ge(head: RewardHead, X: torch.Tensor, val: TrainData, T_bar: float | None) -> float:
+    """L_GE (eq. 4, in the training form) of the head on the validation conversations."""
+    from geli_lib import losses
+
+    head.eval()
+    est = losses.session_estimate(head(X), val.mask, T_bar)
+    head.train()
+    return float(((val.R - est) ** 2).mean())
+
+
+def _train_head(method: str, train: TrainData, params: RewardParams, seed: int, enc_name: str, enc_id: str,
+                T_bar: float | None, feature_fn: FeatureFn | None, progress: bool, device: str,
+                start: TrainedReward | None, val: TrainData | None) -> TrainedReward:
+    """The training loop of :func:`train_reward_function` (from scratch, or continuing ``start``)."""
+    from geli_lib import losses
+
+    t0 = time.perf_counter()
     ge = method if method in GE_METHODS else (params.ge_method if method == "geli" else None)
     li = method if method in ("va", "ls") else (params.li_signal if method == "geli" else None)
     lam = params.lam if method == "geli" else (1.0 if ge else 0.0)
     ge_targets = li_targets = None
-    info: dict[str, Any] = {"n_conversations": len(train), "ge": ge, "li": li, "lam": lam}
+    info: dict[str, Any] = {"n_conversations": len(train), "ge": ge, "li": li, "lam": lam, "T_bar": T_bar}
     if ge == "ircr":
-        from geli_lib import losses
-        ge_targets = losses.ircr_targets(train.R, train.lengths, train.mask.shape[1]).to(torch.float32)
+        ge_targets = losses.ircr_targets(train.R, train.lengths, train.mask.shape[1], T_bar).to(torch.float32)
     elif ge == "rudder":
-        ge_targets, info["rudder_loss"] = _rudder_targets(train, params, seed)
-    llm_targets = _llm_targets(train) if method == "llm" else None
-    scale = auto_scale(train, params, method, ge_targets if method == "rudder" else llm_targets)
-    common = dict(method=method, params=params, encoder_id=enc_id, d=train.d, scale=scale, seed=seed)
-    if li is not None and (lam < 1 or method in ("va", "ls")):
-        li_targets = _li_targets(train, li, scale, params)
+        ge_targets, info["rudder_loss"] = _rudder_targets(train, params, seed, T_bar)
     oracle = None
-    if method == "oracle":
-        oracle = train.truth
-        if not torch.isfinite(oracle[train.mask]).any():
+    if method == "oracle":  # the planted truth is on the score scale (R = mean_t truth_t)
+        if not torch.isfinite(train.truth[train.mask]).any():
             raise RewardModelError("oracle needs the planted per-turn reward (simulated corpus only): "
                                    "every true_reward is NaN")
+        oracle = train.truth / turn_unit(train.lengths, T_bar)
     if method == "llm":  # eq. 5 of LLM-GELI is the oracle's per-turn MSE with the LLM's labels as targets
-        oracle = llm_targets
+        oracle = _llm_targets(train, T_bar)
+    scale = start.scale if start is not None else \
+        auto_scale(train, params, method, ge_targets if method == "rudder" else oracle, T_bar)
+    if li is not None and (lam < 1 or method in ("va", "ls")):
+        li_targets = _li_targets(train, li, scale, params)
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    head = RewardHead(train.d, params.hidden, params.dropout, scale)
-    head.init_output(float((train.R / train.lengths.float()).mean()))
-    tok = model = enc_feats = None
+    if start is not None:
+        assert start.head is not None
+        head = copy.deepcopy(start.head)
+        info["warm_start"] = {"method": start.method, "loss": start.info.get("loss", [])}
+    else:
+        head = RewardHead(train.d, params.hidden, params.dropout, scale)
+        head.init_output(float((train.R[:, None] / turn_unit(train.lengths, T_bar)).mean()))
+    tok = model = enc_feats = val_feats = None
     groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr": params.lr}]
     if params.finetune_encoder:
         if feature_fn is not None:
             raise RewardModelError("feature_fn and finetune_encoder exclude each other: fine-tuning "
                                    "computes the features itself (pass finetune_encoder=False)")
-        tok, model = _load_encoder(enc_name, device)
+        tok, model = (start.tokenizer, start.text_encoder) if start is not None and start.finetuned \
+            else _load_encoder(enc_name, device)
         model.train()
         # Every step encodes a batch's turns with gradients: recompute activations in the
         # backward pass instead of holding them (memory, not speed, limits fine-tuning).
         model.activation_checkpointing_enable()
         enc_feats = EncoderFeatures(train, tok, model, enc_name, params.max_tokens, device,
                                     params.encode_batch_size)
+        if val is not None:
+            val_feats = EncoderFeatures(val, tok, model, enc_name, params.max_tokens, device,
+                                        params.encode_batch_size)
         groups.append({"params": [q for q in model.parameters() if q.requires_grad],
                        "lr": params.encoder_lr})
         info["finetuned"] = True
@@ -920,12 +1010,31 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
     feature_fn = enc_feats or feature_fn or cached_features(train)
     per_turn = oracle is not None or (li_targets is not None and lam < 1) or \
         (ge is not None and ge != "rrd" and lam > 0)
-    from geli_lib import losses
 
+    def val_loss() -> float:
+        assert val is not None
+        if val_feats is None:
+            return _val_l_ge(head, val.X, val, T_bar)
+        with torch.no_grad():
+            X = val_feats.turns(torch.arange(len(val)), val.mask)
+        return _val_l_ge(head, X, val, T_bar)
+
+    def snapshot() -> dict[str, dict[str, torch.Tensor]]:
+        out = {"head": {k: v.detach().clone() for k, v in head.state_dict().items()}}
+        if model is not None:
+            out["encoder"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return out
+
+    epochs = params.finetune_epochs if start is not None else params.epochs
     hist: list[float] = []
-    bar = progress_bar(params.epochs, f"train {method}", progress, unit="epoch")
+    val_hist: list[float] = []
+    best: tuple[float, int, dict[str, Any]] | None = None
+    if val is not None and start is not None:  # the start itself is a candidate checkpoint
+        val_hist.append(val_loss())
+        best = (val_hist[-1], 0, snapshot())
+    bar = progress_bar(epochs, f"train {method}", progress, unit="epoch")
     head.train()
-    for _ in range(params.epochs):
+    for epoch in range(1, epochs + 1):
         tot = 0.0
         for b in torch.randperm(len(train), generator=gen).split(params.batch_conversations):
             X_b, fn = train.X[b], feature_fn
@@ -935,7 +1044,7 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
             if oracle is not None:
                 loss = _masked_mse(head(X_b), train.mask[b], oracle[b])
             else:
-                l_ge = _ge_loss(ge, head, train, b, params, gen, ge_targets, fn, X_b) \
+                l_ge = _ge_loss(ge, head, train, b, params, gen, ge_targets, fn, X_b, T_bar) \
                     if ge is not None and lam > 0 else None
                 l_li = _masked_mse(head(X_b), train.mask[b], li_targets[b]) \
                     if li_targets is not None and lam < 1 else None
@@ -948,13 +1057,23 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
             opt.step()
             tot += float(loss.detach()) * len(b)
         hist.append(tot / len(train))
+        if val is not None:
+            val_hist.append(val_loss())
+            if best is None or val_hist[-1] < best[0]:
+                best = (val_hist[-1], epoch, snapshot())
         bar.update(1)
     bar.close()
+    if best is not None:
+        head.load_state_dict(best[2]["head"])
+        if model is not None:
+            model.load_state_dict(best[2]["encoder"])
+        info.update(best_epoch=best[1], val_l_ge=val_hist, n_validation=len(val))
     head.eval()
     if model is not None:
         model.eval()
     info.update(loss=hist, seconds=time.perf_counter() - t0)
-    return TrainedReward(**common, head=head, info=info, text_encoder=model, tokenizer=tok)
+    return TrainedReward(method=method, params=params, encoder_id=enc_id, d=train.d, scale=scale, seed=seed,
+                         head=head, info=info, text_encoder=model, tokenizer=tok, T_bar=T_bar)
 
 
 def family(method: str) -> str:

@@ -40,12 +40,23 @@ or a :class:`~geli_lib.params.SimulationParams` knob):
    answering when asked, a backchannel after a long story; it punishes ignoring a
    question, interrogating, talking about oneself after a disclosure. The
    listener's pleasantness is ``p_t = sigmoid(m + q_t)`` and the true reward is
-   ``r_t = 100 p_t / n_ai``: each AI turn's share of the 0-100 score, so
-   ``Σ_t r_t = 100 · mean(p_t)``.
+   ``r_t = 100 p_t`` on the 0-100 score scale.
 
 6. **The session score** (CANDOR's ``overall_affect``, 1-10):
-   ``clip(round((Σ_t r_t + N(0, score_noise)) / 10), 1, 10)``. Other survey items
-   are the score plus noise.
+   ``clip(round((mean_t r_t + N(0, score_noise)) / 10), 1, 10)``: the score is
+   the *mean* of the AI turns' rewards, plus noise. Other survey items are the
+   score plus noise.
+
+   **The truth–length relation this plants.** A turn's true reward depends on
+   what was said and to whom, never on how long the conversation is: the
+   score is the fixed-T mean form R ≈ (T̄/T)·Σ_t (r_t/T̄) for any unit T̄ (the
+   GELI authors' convention, :func:`geli_lib.losses.session_estimate`), so a
+   per-turn model r_θ(s_t, a_t) can learn r_t / T̄ exactly. (Simulator
+   version 1 planted r_t = 100 p_t / T, each turn's share of a sum, whose scale
+   follows the conversation's length, which no per-turn model sees: it put a
+   floor under L_GE and made pooled correlations meaningless.) Length still
+   correlates with nothing here: ``n_turns`` is drawn independently of mood,
+   persona and acts.
 
 7. **Timing.** Turn duration = words / speaking rate (≈2.5 words/s) with jitter;
    short gaps between turns; no overlaps.
@@ -111,7 +122,7 @@ from geli_lib.params import ParamError, SimulationParams, to_dict
 from geli_lib.schema import EMOTIONS, FACE_COLUMNS
 
 #: Bump when the generative model changes, so an old simulation is not trusted.
-SIMULATOR_VERSION = 1
+SIMULATOR_VERSION = 2
 MARKER = "_COMPLETE.json"
 
 # --------------------------------------------------------------------------- #
@@ -949,13 +960,12 @@ def simulate_conversation(params: SimulationParams, index: int) -> tuple[str, di
     n_turns = n_turns_for(params, rng["people"])
     d = simulate_dialogue(params, n_turns, listener, persona, rng["dialogue"])
 
-    # The planted truth: pleasantness, each AI turn's share of the score, and the score.
+    # The planted truth: pleasantness, each AI turn's reward on the score scale, the score their mean.
     is_ai = np.array([r == "AI" for r in d.roles])
-    n_ai = int(is_ai.sum())
     quality = np.array(d.quality)
     p = np.where(is_ai, _sigmoid(listener.mood + np.nan_to_num(quality)), np.nan)
-    true_reward = np.where(is_ai, 100.0 * p / n_ai, np.nan)
-    total = float(np.nansum(true_reward))
+    true_reward = np.where(is_ai, 100.0 * p, np.nan)
+    total = float(np.nanmean(true_reward))
     score = int(np.clip(round((total + rng["reward"].normal(0, params.score_noise)) / 10), 1, 10))
 
     texts = d.texts
@@ -996,7 +1006,7 @@ def simulate_conversation(params: SimulationParams, index: int) -> tuple[str, di
         "truth": {"listener_mood": round(listener.mood, 6), "ai_skill": round(persona.skill, 6),
                   "ai_habits": {a: round(v, 6) for a, v in persona.habits.items()},
                   "listener_taste": {a: round(v, 6) for a, v in listener.taste.items()},
-                  "sum_true_reward": round(total, 6), "overall_affect": score},
+                  "mean_true_reward": round(total, 6), "overall_affect": score},
     }
     return convo_id, files
 

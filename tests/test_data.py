@@ -87,8 +87,9 @@ def test_candor_audiophile_merges_back_to_cliffhanger(candor, caplog):
     raw = load_candor(root, DataParams(segmentation="audiophile", merge_consecutive=False),
                       progress=False)
     assert len(raw.turns) > len(cliff.turns)
-    # unmerged rows of one truth turn: the row holding its midpoint takes its reward; a
-    # midpoint in the pause between the two rows is counted and logged, never dropped silently
+    # unmerged rows of one truth turn: the row holding its midpoint takes its reward (the other
+    # none: NaN, so merging back by the mean restores it); a midpoint in the pause between the
+    # two rows is counted and logged, never dropped silently
     sums = raw.turns.groupby("convo_id")["true_reward"].sum()
     expected = cliff.turns.groupby("convo_id")["true_reward"].sum()
     lost = raw.conversations.set_index("convo_id")["truth_unassigned"]
@@ -107,7 +108,7 @@ def test_candor_backbiter_truth_by_midpoint(candor):
         assert len(t) == len(base) + 2  # AI part 1, User "mhm", AI part 2
         assert t.loc[split_at + 1, "utterance"] == "mhm" and t.loc[split_at + 1, "role"] == "User"
         assert t.loc[split_at, "true_reward"] == pytest.approx(base.loc[split_at, "true_reward"])
-        assert t.loc[split_at + 2, "true_reward"] == 0.0  # no truth midpoint in part 2
+        assert np.isnan(t.loc[split_at + 2, "true_reward"])  # no truth midpoint in part 2
         assert t.loc[split_at + 2, "act"] == ""
         assert t["true_reward"].sum() == pytest.approx(base["true_reward"].sum())
 

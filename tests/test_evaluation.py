@@ -36,6 +36,27 @@ def test_l_ge_and_delta_li_by_hand():
     assert m["nonpos_mean"] == pytest.approx(5.5)    # turns 1, 4 (NaN label left out)
     assert m["delta_li"] == pytest.approx(1.5)
     assert (m["n_pos"], m["n_nonpos"], m["n_conversations"]) == (2, 2, 2)
+    # demeaned inside each conversation: a = (10,10,4) - 8 -> (2,2,-4); b = (2,1) - 1.5 -> (.5,-.5)
+    # Γ=1: turns 0, 2 -> (2 - 4)/2 = -1 ; Γ=0: turns 1, 4 -> (2 - .5)/2 = .75
+    assert m["delta_li_within"] == pytest.approx(-1.75)
+
+
+def test_l_ge_in_the_fixed_t_mean_form():
+    pred = np.array([10.0, 10.0, 4.0, 2.0, 1.0])
+    m = evaluate_reward(pred, _pairs(), None, _Corpus(), T_bar=4.0)
+    # a: 4 · mean(10,10,4) = 32 (R 30, err -2); b: 4 · mean(2,1) = 6 (R 10, err 4)
+    assert m["l_ge_mse"] == pytest.approx((4 + 16) / 2)
+    assert m["l_ge_mae"] == pytest.approx(3.0)
+
+
+def test_delta_within_removes_the_conversation_level():
+    """A model that only knows each conversation's level: eq. 8 rewards it, the demeaned Δ does not."""
+    pairs = _pairs()
+    level = np.array([9.0, 9, 9, 1, 1])          # conversation a is the happy one
+    labels = np.array([1, 1, 0, 0, 0])            # and its listener smiled more
+    m = evaluate_reward(level, pairs, labels)
+    assert m["delta_li"] == pytest.approx(9 - (9 + 1 + 1) / 3)
+    assert m["delta_li_within"] == pytest.approx(0.0)
 
 
 def test_correlations_pooled_and_within():

@@ -10,7 +10,7 @@ import torch
 
 from geli_lib.losses import (
     ReturnPredictor, geli_loss, ircr_loss, ircr_targets, li_loss, masked_mean, rrd_loss,
-    rudder_loss, rudder_redistribution, sample_rrd_indices, sum_decomposition_loss,
+    rudder_loss, session_estimate, rudder_redistribution, sample_rrd_indices, sum_decomposition_loss,
 )
 
 NAN = float("nan")
@@ -34,6 +34,21 @@ def test_sum_decomposition_hand_value_and_padding_ignored(batch):
     garbage = r_hat.clone()
     garbage[~mask] = 1e6
     assert sum_decomposition_loss(garbage, mask, R).item() == pytest.approx(1.0)
+
+
+def test_mean_form_is_length_free(batch):
+    r_hat, mask, R = batch
+    # fixed-T mean form, T̄ = 4: (4/3)(1+2+3) = 8 and (4/2)(4+5) = 18
+    assert session_estimate(r_hat, mask, 4.0).tolist() == pytest.approx([8.0, 18.0])
+    assert session_estimate(r_hat, mask).tolist() == pytest.approx([6.0, 9.0])  # sum form
+    # (7 - 8)^2 = 1 and (10 - 18)^2 = 64 -> 32.5
+    assert sum_decomposition_loss(r_hat, mask, R, T_bar=4.0).item() == pytest.approx(32.5)
+    # a turn of the same quality earns the same reward whatever the length: a 3-turn and a 2-turn
+    # conversation of reward-2 turns both add up to T̄ · 2 = 8
+    same = torch.tensor([[2.0, 2.0, 2.0, NAN], [2.0, 2.0, NAN, NAN]], dtype=torch.float64)
+    assert session_estimate(same, mask, 4.0).tolist() == pytest.approx([8.0, 8.0])
+    with pytest.raises(ValueError, match="T_bar"):
+        session_estimate(r_hat, mask, -1.0)
 
 
 def test_gradients_flow_and_skip_padding(batch):
@@ -120,9 +135,9 @@ def test_rrd_hand_value_and_fixed_t_scale(batch):
     assert rrd_loss(r_hat, mask, R, idx, valid).item() == pytest.approx(0.5)
     # T_fixed = 160 (authors' code): (160/2)*4 = 320, (160/2)*10 = 800
     expect = ((7 - 320) ** 2 + (10 - 800) ** 2) / 2
-    assert rrd_loss(r_hat, mask, R, idx, valid, T_scale=160).item() == pytest.approx(expect)
-    with pytest.raises(ValueError, match="T_scale"):
-        rrd_loss(r_hat, mask, R, idx, valid, T_scale="fixed")
+    assert rrd_loss(r_hat, mask, R, idx, valid, T_bar=160).item() == pytest.approx(expect)
+    with pytest.raises(ValueError, match="T_bar"):
+        rrd_loss(r_hat, mask, R, idx, valid, T_bar=0)
     with pytest.raises(ValueError, match="outside"):
         rrd_loss(r_hat, mask, R, torch.tensor([[0, 3], [0, 1]]), valid)
 
@@ -148,17 +163,18 @@ def _all_subsets(x: torch.Tensor, K: int, replace: bool):
 
 
 @pytest.mark.parametrize("replace", [False, True])
-@pytest.mark.parametrize("T_scale", ["length", 10.0])
-def test_rrd_bias_correction_exactly_unbiased(replace, T_scale):
+@pytest.mark.parametrize("T_bar", [None, 10.0])
+def test_rrd_bias_correction_exactly_unbiased(replace, T_bar):
     x = torch.tensor([0.5, -1.0, 2.0, 3.5, 0.0, 1.5], dtype=torch.float64)
     T, K, R0 = len(x), 3, 4.0
     r_hat, mask, idx, valid = _all_subsets(x, K, replace)
     R = torch.full((len(idx),), R0, dtype=torch.float64)
-    c = T if T_scale == "length" else T_scale
-    target = (R0 - c / T * x.sum().item()) ** 2  # (R - E Ŝ)^2; eq. 4 when T_scale="length"
-    corrected = rrd_loss(r_hat, mask, R, idx, valid, T_scale=T_scale, bias_correction=True,
+    c = T if T_bar is None else T_bar
+    target = (R0 - c / T * x.sum().item()) ** 2  # (R - E Ŝ)^2: eq. 4 in the sum or the mean form
+    assert sum_decomposition_loss(r_hat[:1], mask[:1], R[:1], T_bar).item() == pytest.approx(target)
+    corrected = rrd_loss(r_hat, mask, R, idx, valid, T_bar=T_bar, bias_correction=True,
                          replace=replace).item()
-    plain = rrd_loss(r_hat, mask, R, idx, valid, T_scale=T_scale, replace=replace).item()
+    plain = rrd_loss(r_hat, mask, R, idx, valid, T_bar=T_bar, replace=replace).item()
     var_pop = x.var(unbiased=False).item()
     fpc = 1.0 if replace else (T - K) / (T - 1)
     assert corrected == pytest.approx(target, rel=1e-10, abs=1e-10)
@@ -219,6 +235,9 @@ def test_ircr_targets_are_r_over_t(batch):
     assert ircr_loss(r_hat, mask, targets).item() == pytest.approx(3 / 5)
     with pytest.raises(ValueError, match="lengths"):
         ircr_targets(R, torch.tensor([3, 0]))
+    # mean form: R / T̄ on every valid turn, whatever the length
+    mean_form = ircr_targets(R, mask.sum(1), t_max=4, T_bar=5.0)
+    assert mean_form[0, :3].tolist() == pytest.approx([1.2] * 3) and mean_form[1, :2].tolist() == [2.0, 2.0]
 
 
 # ------------------------------------------------------------------ RUDDER

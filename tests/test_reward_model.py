@@ -172,7 +172,7 @@ def test_every_method_trains_and_predicts(method, sim, synthetic):
     if tr.head is not None:
         assert np.isfinite(tr.info["loss"]).all()
     test = pairs["convo_id"].isin(test_ids).to_numpy()
-    m = evaluate_reward(pred[test], pairs[test], va[test], corpus)
+    m = evaluate_reward(pred[test], pairs[test], va[test], corpus, tr.T_bar)
     assert np.isfinite(m["l_ge_mse"])
 
 
@@ -201,11 +201,66 @@ def test_oracle_beats_mean_on_within_conversation_spearman(sim, synthetic):
 def test_constant_baselines(synthetic):
     _, _, _, train = synthetic
     R, T = train.R.double().numpy(), train.lengths.double().numpy()
-    mean = rm.train_reward_function("mean", train, FAST)
-    assert mean.head is None and mean.constant == pytest.approx((R / T).mean(), rel=1e-9)
     vals, counts = np.unique(R, return_counts=True)
-    mode = rm.train_reward_function("mode", train, FAST)
+    # sum form: each turn gets R / T (mean over conversations); mode(R) · mean(1/T)
+    summed = dataclasses.replace(FAST, ge_form="sum")
+    mean = rm.train_reward_function("mean", train, summed)
+    assert mean.head is None and mean.T_bar is None
+    assert mean.constant == pytest.approx((R / T).mean(), rel=1e-9)
+    mode = rm.train_reward_function("mode", train, summed)
     assert mode.constant == pytest.approx(vals[counts.argmax()] * (1 / T).mean(), rel=1e-9)
+    # mean form (default): T̄ = the mean length unless set; each turn gets R / T̄
+    mean = rm.train_reward_function("mean", train, FAST)
+    assert mean.T_bar == pytest.approx(T.mean(), abs=0.01)
+    assert mean.constant == pytest.approx(R.mean() / mean.T_bar, rel=1e-6)
+    mode = rm.train_reward_function("mode", train, dataclasses.replace(FAST, T_bar=160))
+    assert mode.T_bar == 160 and mode.constant == pytest.approx(vals[counts.argmax()] / 160, rel=1e-6)
+
+
+def test_length_free_convention_lets_the_oracle_recover_the_truth(tmp_path_factory):
+    """Simulator, training and evaluation share the fixed-T mean form: with no score noise and features
+    that carry each turn's planted reward, the oracle recovers the truth (pooled ρ > 0.9) and Σ-adds up
+    to the score up to its rounding to 1-10; in the sum form the same head cannot (it never sees T)."""
+    from fixtures import simulated_corpus
+    from geli_lib.data import build_pairs
+
+    _, corpus = simulated_corpus(tmp_path_factory.mktemp("noiseless"),
+                                 simulation={"n_conversations": 16, "score_noise": 0.0})
+    pairs = build_pairs(corpus, load_params("smoke").data)
+    ids = sorted(pairs["convo_id"].unique())
+    t = pairs["true_reward"].to_numpy(float)
+    rng = np.random.default_rng(1)
+    feats = np.hstack([((t - t.mean()) / t.std())[:, None], rng.normal(size=(len(pairs), 7))]).astype(np.float32)
+    train = rm.make_train_data(corpus, pairs, feats, ids[:12])
+    test = pairs["convo_id"].isin(ids[12:]).to_numpy()
+    assert float(train.lengths.float().std()) > 2  # lengths differ: the sum form's scale would vary
+    res = {}
+    for form in ("mean", "sum"):
+        tr = rm.train_reward_function("oracle", train, dataclasses.replace(FAST, epochs=150, ge_form=form))
+        res[form] = evaluate_reward(rm.predict(tr, feats[test]), pairs[test], None, corpus, tr.T_bar)
+    assert res["mean"]["gt_pearson"] > 0.9 and res["mean"]["gt_spearman"] > 0.9
+    assert res["mean"]["gt_spearman_within"] > 0.6
+    assert res["mean"]["l_ge_mse"] < 5 ** 2  # the score is rounded to 1-10 (×10): |error| ≤ 5
+    assert res["sum"]["l_ge_mse"] > 3 * res["mean"]["l_ge_mse"]
+
+
+def test_warm_start_resumes_from_the_va_head_and_keeps_the_best_validation_epoch(synthetic):
+    feats, _, _, train = synthetic
+    va = rm.train_reward_function("va", train, FAST, seed=0)
+    start_only = rm.train_reward_function("geli", train, dataclasses.replace(FAST, warm_start="va",
+                                                                              finetune_epochs=0), seed=0)
+    np.testing.assert_array_equal(rm.predict(start_only, feats), rm.predict(va, feats))
+    assert start_only.info["warm_start"]["method"] == "va" and start_only.info["loss"] == []
+    p = dataclasses.replace(FAST, warm_start="va", finetune_epochs=4, select_best=True, val_fraction=0.34)
+    tuned = rm.train_reward_function("geli", train, p, seed=0)
+    info = tuned.info
+    assert info["n_validation"] == 2 and info["n_conversations"] == 4 and len(info["val_l_ge"]) == 5
+    assert info["best_epoch"] == int(np.argmin(info["val_l_ge"]))  # epoch 0 = the VA head itself
+    _, val = rm.split_train_data(train, 0.34, seed=0)
+    got = rm._val_l_ge(tuned.head, val.X, val, tuned.T_bar)
+    assert got == pytest.approx(min(info["val_l_ge"]), rel=1e-5)
+    with pytest.raises(ParamError, match="warm_start"):
+        load_params("smoke", reward={"warm_start": "mean"})
 
 
 def test_save_load_round_trip(tmp_path, synthetic):
@@ -307,7 +362,7 @@ def test_k_larger_than_conversations_and_missing_conversations(sim, synthetic, c
     for sampling in ("ren", "with_replacement", "without_replacement"):
         p = dataclasses.replace(FAST, epochs=3, K=500, rrd_sampling=sampling)
         assert np.isfinite(rm.train_reward_function("rrd", train, p).info["loss"]).all()
-    p = dataclasses.replace(FAST, epochs=3, rrd_bias_correction=True, rrd_T="fixed")
+    p = dataclasses.replace(FAST, epochs=3, rrd_bias_correction=True, T_bar=160)
     assert np.isfinite(rm.train_reward_function("rrd", train, p).info["loss"]).all()
     t = rm.make_train_data(corpus, pairs, feats, list(train_ids) + ["no-such-convo"], {"va": va, "ls": ls})
     assert t.skipped == {"no_ai_turn": ["no-such-convo"]} and len(t) == len(train_ids)

@@ -187,8 +187,8 @@ def test_first_speaker_is_the_scored_user(tmp_path):
         assert set(ai["act"]) <= set(ACTS)
         score = t["survey"].set_index("user_id").loc[user, "overall_affect"]
         assert score == meta["truth"]["overall_affect"]
-        assert ai["true_reward"].sum() == pytest.approx(meta["truth"]["sum_true_reward"], abs=1e-3)
-        assert 0 <= ai["true_reward"].sum() <= 100
+        assert ai["true_reward"].mean() == pytest.approx(meta["truth"]["mean_true_reward"], abs=1e-3)
+        assert ai["true_reward"].between(0, 100).all()
 
 
 def test_true_rewards_explain_the_score(tmp_path):
@@ -198,11 +198,15 @@ def test_true_rewards_explain_the_score(tmp_path):
     for folder in conversations(root):
         t = read(folder)
         user = t["cliffhanger"]["speaker"].iloc[0]
-        rows.append((t["simulation_truth"]["true_reward"].sum(),
-                     10 * t["survey"].set_index("user_id").loc[user, "overall_affect"]))
-    summed, score = np.array(rows).T
-    assert np.corrcoef(summed, score)[0, 1] > 0.8
+        ai = t["simulation_truth"]["role"] == "AI"
+        rows.append((t["simulation_truth"]["true_reward"].mean(),
+                     10 * t["survey"].set_index("user_id").loc[user, "overall_affect"],
+                     t["simulation_truth"].loc[ai, "true_reward"].median(), ai.sum()))
+    mean, score, median, n_ai = np.array(rows).T
+    assert np.corrcoef(mean, score)[0, 1] > 0.8  # the score is the mean of the turn rewards + noise
     assert 55 < score.mean() < 90 and score.std() > 8
+    # length-free: a turn's reward does not shrink in longer conversations (version 1's 100 p / T did)
+    assert n_ai.std() > 3 and abs(np.corrcoef(median, n_ai)[0, 1]) < 0.4
 
 
 def test_face_happiness_tracks_true_reward_and_face_noise_weakens_it(tmp_path):
@@ -213,6 +217,13 @@ def test_face_happiness_tracks_true_reward_and_face_noise_weakens_it(tmp_path):
                                         workers=1, progress=False))
     assert clean > 0.2
     assert noisy < clean - 0.1
+
+
+def test_placebo_face_is_unrelated_to_the_truth(tmp_path):
+    """face_coupling 0: the same conversations, a face that ignores the truth (the placebo of 06)."""
+    kw = dict(n_conversations=6, mean_turns=60, min_turns=40)
+    root = simulate_corpus(SimulationParams(**kw, face_coupling=0.0), tmp_path, workers=1, progress=False)
+    assert abs(within_corr(root)) < 0.1
 
 
 def test_language_sentiment_is_weak_unless_coupled(tmp_path):
