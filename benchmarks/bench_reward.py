@@ -104,7 +104,7 @@ def main() -> None:
         t0 = time.perf_counter()
         tr = rm.train_reward_function("rrd", train, rp, seed=args.seed, feature_fn=fn)
         dt = time.perf_counter() - t0
-        m = evaluate_reward(rm.predict(tr, feats[test]), pairs[test], va[test], corpus)
+        m = evaluate_reward(rm.predict(tr, feats[test]), pairs[test], va[test], corpus, tr.T_bar)
         res[name] = (dt, m["l_ge_mse"], m["l_ge_mae"])
         print(f"{name:6s}: {steps} steps ({args.epochs} epochs, K={rp.K}, batch {rp.batch_conversations} "
               f"conversations) in {dt:8.2f} s = {1000 * dt / steps:9.2f} ms/step; held-out L_GE "

@@ -69,7 +69,7 @@ from geli_lib.schema import FACE_COLUMNS, PROSODY, Corpus
 logger = logging.getLogger(__name__)
 
 #: Bump when the loaders change what they produce: it is part of the cache key.
-LOADER_VERSION = 1
+LOADER_VERSION = 2
 SPLITS: tuple[str, ...] = ("reward_train", "reward_test", "rl")
 #: Below this many conversations a process pool costs more to start than it saves.
 _POOL_MIN_CONVERSATIONS = 32
@@ -932,12 +932,14 @@ def corpus_cache_folder(params: StudyParams) -> Path:
     """Where :func:`load_corpus` keeps the canonical parquet corpus for ``params``.
 
     The key covers the loader version, the corpus name, the data parameters and
-    the input: the simulation parameters for ``simulated``, otherwise the names
+    the input: the simulation parameters and simulator version for ``simulated``, otherwise the names
     and bytes of the input files (:func:`geli_lib.io.file_key`).
     """
     name = params.corpus
     if name == "simulated":
-        source: Any = {"simulation": to_dict(params.simulation)}
+        from geli_lib.simulation import SIMULATOR_VERSION
+
+        source: Any = {"simulation": to_dict(params.simulation), "simulator_version": SIMULATOR_VERSION}
     else:
         path = Path(params.data_path).expanduser()
         if not path.exists():

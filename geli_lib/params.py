@@ -540,6 +540,13 @@ class StudyParams:
     features: FeatureParams = field(default_factory=FeatureParams)
     """Listener feature extraction from recordings (video, audio)."""
 
+    @property
+    def results_key(self) -> str:
+        """Where this run's results go under the results root: the profile for the default
+        (simulated) corpus, ``<profile>/<corpus>`` for any other, so runs on different corpora
+        never overwrite each other."""
+        return self.profile if self.corpus == "simulated" else f"{self.profile}/{self.corpus}"
+
     def validate(self) -> None:
         _check(self.profile in PROFILES, "profile", f"must be one of {PROFILES}", self.profile)
         _check(self.corpus in ("simulated", "candor", "esconv", "soda"), "corpus",

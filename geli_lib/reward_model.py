@@ -30,20 +30,26 @@ then L2-normalised, i.e. exactly the sentence-transformers embedding of
 all-MiniLM-L6-v2 (d = 384 per text). SmolLM2 (option): the mean of the backbone's last
 hidden state over the mask (d = 576), not normalised.
 
-**Output scale.** The head ends in tanh ∈ [-1, 1] but the session score R is on
-0-100 and is the SUM of the per-turn rewards (eq. 3). So r̂_t =
-``output_scale`` · tanh(·). The authors kept scale 1 and divided R by a fixed
-T = 160 turns, which put the mean per-turn share at ≈ 0.46 of the range. Ours
-is data-driven so that it works for any conversation length: by default
+**How turn rewards add up** (``ge_form``). Eq. 3 as written, R ≈ Σ_t r̂_t, makes a
+turn's reward scale with 1/T, a length no per-turn model r_θ(s_t, a_t) sees: it
+puts a floor under L_GE and makes pooled correlations with a turn truth
+meaningless. The default is the GELI authors' fixed-T mean form R ≈ (T̄/T)·Σ_t r̂_t
+(their script: T̄ = 160), in which a turn's reward does not depend on the
+conversation's length; T̄ (``T_bar``, default the training conversations' mean
+AI-turn count) is only the unit of r̂. Training (L_GE, RRD, IRCR, the constant
+baselines, the oracle's and LLM labels' targets, RUDDER's redistribution) and
+evaluation (:func:`geli_lib.evaluation.evaluate_reward`) use the same form, and
+each trained function carries its T̄ (:func:`turn_unit` is the conversion).
+
+**Output scale.** The head ends in tanh ∈ [-1, 1], the score R is on 0-100. So
+r̂_t = ``output_scale`` · tanh(·). The authors kept scale 1 (with T̄ = 160 the
+mean per-turn share sat at ≈ 0.46 of the range). Ours is data-driven: by default
 (``output_scale: 0``) the scale is ``auto_scale_margin`` (1.25) × the largest
-per-turn share R/T among the training conversations, so every training
-conversation's score is reachable with |tanh| ≤ 0.8 and the mean share sits at
-≈ 0.3-0.45 of the range (smoke corpus: scale 10, mean share ≈ 4; cpu: 7.7
-and ≈ 2.6). ``oracle`` and ``rudder`` regress the head on per-turn targets, so
-their scale also covers the largest |target| (RUDDER's redistribution puts
-g_0 ≈ mean R on each first turn, so its scale is ≈ 1.25 × max R). The
-scale is stored with the trained head, so predictions are always on the score
-scale.
+per-turn share R/T̄ (sum form: R/T) among the training conversations, so every
+training conversation's score is reachable with |tanh| ≤ 0.8. ``oracle``,
+``rudder`` and ``llm`` regress the head on per-turn targets, so their scale
+also covers the largest |target|. The scale is stored with the trained head,
+so predictions are always in the unit of the score.
 
 **LI labels.** Γ ∈ {0, 1} (eq. 7) becomes r_LI = Γ · ``li_positive`` ·
 ``output_scale`` (default: Γ = 1 ↦ the top of the head's range, Γ = 0 ↦ 0),
@@ -53,16 +59,18 @@ compound score of the AI utterance is ≥ ``ls_threshold`` (0.05). Turns without
 a label (NaN: no timing, so no face window) are left out of L_LI.
 
 **Methods** (:data:`METHOD_FAMILY`): ``mean`` / ``mode`` (constant per-turn
-predictions: mean_i(R_i/T_i), and mode_i(R_i)·mean_i(1/T_i)); GE ``sum`` (eq. 4),
-``rrd`` (eq. 9), ``ircr`` (per-turn targets R/T), ``rudder`` (an LSTM return
+predictions: mean_i(R_i/T̄), and mode_i(R_i)/T̄; sum form: R_i/T_i and
+mode_i(R_i)·mean_i(1/T_i)); GE ``sum`` (eq. 4), ``rrd`` (eq. 9), ``ircr`` (per-turn
+targets R/T̄, or R/T), ``rudder`` (an LSTM return
 predictor is trained on the feature sequences, its differences of consecutive
 predictions are the redistributed rewards, and the head is regressed on them,
 because r_θ must score one (s_t, a_t) pair at RL time); LI ``va`` and ``ls``
 (eq. 6); ``geli`` = λ·L_GE(``ge_method``) + (1-λ)·L_LI(``li_signal``) (eq. 2);
 ``oracle`` (MSE on the planted per-turn reward: the ceiling, simulated corpus
 only); ``llm`` (LLM-GELI eq. 5: MSE on an LLM's per-turn labels, passed as
-``li_labels[LLM_LABELS]``; turns with no annotation are masked, see
-:mod:`geli_lib.llm`). Losses come from :mod:`geli_lib.losses`.
+``li_labels[LLM_LABELS]``; only failed chunks are masked, see :mod:`geli_lib.llm`).
+Any trainable method can continue from another's head (``warm_start``, the
+authors' VA-then-GELI recipe) and keep its best validation epoch (``select_best``). Losses come from :mod:`geli_lib.losses`.
 """
 
 from __future__ import annotations

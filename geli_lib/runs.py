@@ -173,7 +173,7 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     params = load_params(profile, **overrides)
-    out = results_dir(profile)
+    out = results_dir(params.results_key)
     state_path = out / "stages.json"
     state = _read_json(state_path)
     profile_file = PARAMS_DIR / f"{profile}.yaml"
@@ -205,14 +205,14 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
     manifest = write_manifest(params, stages, started)
     if book:
         t0 = time.perf_counter()
-        build_book(profile, book_dir=book_dir)
+        build_book(params.results_key, book_dir=book_dir)
         manifest["book_seconds"] = round(time.perf_counter() - t0, 2)
         write_json(out / "manifest.json", manifest)
     return manifest
 
 
 def write_manifest(params: StudyParams, stages: dict[str, Any], started: str) -> dict[str, Any]:
-    """Write ``results/<profile>/manifest.json`` and return it."""
+    """Write ``results/<results key>/manifest.json`` (:attr:`StudyParams.results_key`) and return it."""
     manifest = {
         "profile": params.profile,
         "params": to_dict(params),
@@ -224,9 +224,9 @@ def write_manifest(params: StudyParams, stages: dict[str, Any], started: str) ->
         "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "stages": stages,
-        "step_seconds": _read_json(_timings_path(params.profile)),
+        "step_seconds": _read_json(_timings_path(params.results_key)),
     }
-    write_json(results_dir(params.profile) / "manifest.json", manifest)
+    write_json(results_dir(params.results_key) / "manifest.json", manifest)
     return manifest
 
 

@@ -45,6 +45,7 @@ from geli_lib.io import write_csv
 from geli_lib.runs import results_dir, timed
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
+results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
 
 # %% [markdown]
 # ## Loading
@@ -56,10 +57,10 @@ params = load_params(profile, corpus=corpus, data_path=data_path)
 # is cached as parquet, keyed by the input's content, so re-runs are instant.
 
 # %%
-with timed(profile, "00_data: load corpus"):
+with timed(results, "00_data: load corpus"):
     corpus_data = data.load_corpus(params)
 display(corpus_data.summary_table())
-write_csv(results_dir(profile, "tables") / "corpus_summary.csv", corpus_data.summary_table(), index=True)
+write_csv(results_dir(results, "tables") / "corpus_summary.csv", corpus_data.summary_table(), index=True)
 if corpus_data.skipped:
     print("skipped while loading:", {k: len(v) for k, v in corpus_data.skipped.items()})
 
@@ -81,7 +82,7 @@ display(split.value_counts().rename("conversations").to_frame())
 
 # %%
 fig = figures.score_histogram(corpus_data.conversations, params.corpus)
-figures.save_figure(fig, profile, "00_score_histogram")
+figures.save_figure(fig, results, "00_score_histogram")
 
 # %% [markdown]
 # ## Conversation and turn lengths
@@ -90,7 +91,7 @@ figures.save_figure(fig, profile, "00_score_histogram")
 
 # %%
 fig = figures.length_panels(corpus_data.conversations, corpus_data.turns)
-figures.save_figure(fig, profile, "00_lengths")
+figures.save_figure(fig, results, "00_lengths")
 
 # %% [markdown]
 # ## The listener's face
@@ -103,7 +104,7 @@ if len(corpus_data.frames):
     emotions = figures.emotion_distribution(corpus_data.frames)
     display(emotions)
     fig = figures.emotion_bars(emotions)
-    figures.save_figure(fig, profile, "00_emotions")
+    figures.save_figure(fig, results, "00_emotions")
 else:
     print(f"{params.corpus}: no listener video in this corpus")
 
@@ -122,7 +123,7 @@ if len(corpus_data.frames):
     display(summary["va_label"].value_counts().rename("AI turns").to_frame())
     if corpus_data.turns["true_reward"].notna().any():
         fig = figures.affect_vs_truth(summary, corpus_data.turns)
-        figures.save_figure(fig, profile, "00_affect_vs_truth")
+        figures.save_figure(fig, results, "00_affect_vs_truth")
 
 # %% [markdown]
 # On the simulated corpus every AI turn has a social act. The planted reward

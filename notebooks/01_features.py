@@ -64,6 +64,7 @@ from geli_lib.runs import results_dir, timed
 
 pd.set_option("display.max_colwidth", 120)
 params = load_params(profile, corpus=corpus, data_path=data_path)
+results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
 params.features
 
 # %% [markdown]
@@ -95,8 +96,8 @@ else:
 # recording gets a CSV in CANDOR's schema and a JSON report of what was missing.
 
 # %%
-out = results_dir(profile, "features")
-with timed(profile, "01: extract listener features"):
+out = results_dir(results, "features")
+with timed(results, "01: extract listener features"):
     report = extract_folder(recordings, out, params.features, progress=False)
 print(report["counts"], "failed:", report["failed"] or "none")
 done = sorted(p for p in out.rglob("*.json") if p.name != "features_report.json")  # one per listener
@@ -108,7 +109,7 @@ display(reports[["user_id", "seconds", "video_seconds", "audio_seconds", "face_s
 rows = {p.stem: pd.read_csv(p.with_suffix(".csv")) for p in done}
 for name, df in rows.items():
     fig = figures.listener_signals(df, title=f"listener '{name}': per-second features")
-    figures.save_figure(fig, profile, f"01_signals_{name}")
+    figures.save_figure(fig, results, f"01_signals_{name}")
 
 # %% [markdown]
 # ## From seconds to utterances to words
@@ -143,7 +144,7 @@ if not recordings_dir:
 # LLM-GELI prompt appends to each utterance.
 
 # %%
-with timed(profile, "01: describe corpus turns"):
+with timed(results, "01: describe corpus turns"):
     corpus_data = load_corpus(params, progress=False)
     s = turn_listener_summary(corpus_data)
     s["descriptor"] = describe_listener(s)

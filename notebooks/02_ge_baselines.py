@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -41,6 +43,7 @@ from geli_lib.params import load_params
 from geli_lib.runs import timed
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
+results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
 
 # %% [markdown]
 # ## Shared data: pairs, cached features, labels
@@ -50,7 +53,7 @@ params = load_params(profile, corpus=corpus, data_path=data_path)
 # package); the cache is keyed by each pair's text, so later notebooks reuse it.
 
 # %%
-with timed(profile, "02: prepare reward data"):
+with timed(results, "02: prepare reward data"):
     data = experiments.prepare_reward_data(params)
 print(f"{len(data.train)} training conversations, {data.pairs['split'].eq('reward_test').sum()} "
       f"held-out pairs, feature dim {data.features.shape[1]}")
@@ -61,8 +64,8 @@ print(f"{len(data.train)} training conversations, {data.pairs['split'].eq('rewar
 # One row per method and seed; metrics are defined in `geli_lib.evaluation`.
 
 # %%
-with timed(profile, "02: train GE methods"):
+with timed(results, "02: train GE methods"):
     rows, preds = experiments.run_methods(data, experiments.table1_specs(params, "ge"),
                                           params.seeds, params)
-experiments.write_rows(profile, "ge", rows, data, preds)
+experiments.write_rows(results, "ge", rows, data, preds)
 display(experiments.table1(rows))

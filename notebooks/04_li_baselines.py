@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -37,11 +39,12 @@ from geli_lib.params import load_params
 from geli_lib.runs import timed
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
+results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
 
 # %%
-with timed(profile, "04: prepare reward data"):
+with timed(results, "04: prepare reward data"):
     data = experiments.prepare_reward_data(params)
-with timed(profile, "04: train LI methods and oracle"):
+with timed(results, "04: train LI methods and oracle"):
     rows, preds = experiments.run_methods(data, experiments.table1_specs(params, "li"), params.seeds, params)
-experiments.write_rows(profile, "li", rows, data, preds)
+experiments.write_rows(results, "li", rows, data, preds)
 display(experiments.table1(rows))

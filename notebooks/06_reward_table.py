@@ -23,7 +23,9 @@
 # are indifferent to the listener (Δ near 0); VA-only is the reverse; GELI gets
 # both. On the simulated corpus we can also ask the question no paper could:
 # does the reward go to the turns that really earned it (Spearman correlation
-# with the planted truth, pooled and within each conversation)?
+# with the planted truth, pooled and within each conversation)? A corpus other
+# than the simulated one shows its own table (`-p corpus esconv -p data_path …`),
+# read from and written to `results/<profile>/<corpus>/`.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -33,7 +35,8 @@ lams = [0.0, 0.01, 0.03, 0.1, 0.25, 0.5, 1.0]
 face_noises = [0.5, 1.0, 2.0, 4.0]
 
 # %%
-from IPython.display import display
+import pandas as pd
+from IPython.display import Markdown, display
 
 from geli_lib import experiments, figures
 from geli_lib.params import load_params
@@ -41,13 +44,39 @@ from geli_lib.io import write_csv
 from geli_lib.runs import results_dir, timed
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
+results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
 
 # %% [markdown]
 # ## Table 1 (mean ± sd over seeds)
+#
+# Turn rewards add up to the session score in the authors' fixed-$T$ mean form,
+# $R_{GE}(\tau) \approx \frac{\bar T}{T}\sum_t \hat r_t$ (see 03): a turn's reward is independent of
+# the conversation's length, which a per-turn model $r_\theta(s_t, a_t)$ cannot see. $\mathcal{L}_{GE}$
+# (MSE, MAE) is measured in that form on held-out conversations, and so is every method trained.
+#
+# $\Delta\hat r_{LI}$ is eq. 8, $\mathbb{E}[\hat r \mid \Gamma=1] - \mathbb{E}[\hat r \mid \Gamma=0]$;
+# "within" is the same on predictions demeaned per conversation, which removes the listener's mood
+# (it moves $\Gamma$ and the score together). On the simulated corpus, the rows marked
+# *[placebo face]* re-train the methods that read the face on the same conversations
+# re-simulated with a face unrelated to the truth (`face_coupling: 0`): a control no real corpus
+# allows.
 
 # %%
-rows = experiments.collect_rows(profile, ["ge", "li", "geli", "llm"])
-display(experiments.table1(rows))
+rows = experiments.collect_rows(results, ["ge", "li", "geli", "llm"])
+placebo = None
+if params.corpus == "simulated":
+    with timed(results, "06: placebo face"):
+        placebo = experiments.placebo_rows(params)
+    write_csv(results_dir(results, "tables") / "placebo_face.csv", placebo)
+display(experiments.table1(rows if placebo is None else pd.concat([rows, placebo], ignore_index=True)))
+
+# %% [markdown]
+# ## What this run says
+#
+# Each statement below is computed from the table above when this page was built.
+
+# %%
+display(Markdown("\n".join(f"- {line}" for line in experiments.readings(rows, placebo))))
 
 # %% [markdown]
 # ## Reward unroll (GELI Fig. 2)
@@ -55,32 +84,36 @@ display(experiments.table1(rows))
 # The per-turn rewards each method gives one held-out conversation it never saw.
 
 # %%
-pred_table = experiments.read_predictions(profile, ["ge", "li", "geli", "llm"])
+pred_table = experiments.read_predictions(results, ["ge", "li", "geli", "llm"])
 first = sorted(pred_table["convo_id"].unique())[0]
-shown = [m for m in pred_table["method"].unique() if m.startswith(("GE: RRD (K=32)", "GE: RUDDER", "LI: Visual", "GELI", "LLM GELI", "Oracle"))]
+shown = [m for m in pred_table["method"].unique() if m.startswith(("GE: RRD (K=32)", "LI: Visual", "GELI", "LLM GELI", "Oracle"))]
 fig = figures.unroll(pred_table, first, shown)
-figures.save_figure(fig, profile, "06_unroll")
+figures.save_figure(fig, results, "06_unroll")
 
 # %% [markdown]
-# ## How much should the local signal weigh? (λ sweep)
+# ## How much should the local signal weigh? (λ sweep, two estimators of the GE term)
 #
-# λ = 1 is RRD alone, λ = 0 visual affect alone; the paper fixed λ = 0.5.
-#
+# λ = 1 is the GE term alone, λ = 0 visual affect alone; the authors' script sets λ = 0.5.
 # The two terms of eq. 2 live on different scales: $\mathcal{L}_{GE}$ is a squared
 # error of a whole session's score (hundreds of squared points), $\mathcal{L}_{LI}$
 # a squared error of one turn's reward (a few squared points). So λ does not
 # weigh the signals "half and half": the grid is denser near 0, where the
-# local term starts to matter.
+# local term starts to matter. The same grid and seeds run with plain RRD and with the
+# bias-corrected RRD-L_RD, which drops RRD's penalty on within-conversation contrast.
 
 # %%
-with timed(profile, "06: lambda sweep"):
+with timed(results, "06: lambda sweep"):
     data = experiments.prepare_reward_data(params)
-    lam_rows = experiments.sweep(data, params, "lam", lams)
-write_csv(results_dir(profile, "tables") / "lambda_sweep.csv", lam_rows)
-fig = figures.sweep(lam_rows, "lam", {"l_ge_mse": "L_GE MSE ↓", "delta_li": "Δr̂_LI ↑",
+    lam_rows = pd.concat([experiments.sweep(data, params, "lam", lams, spec)
+                          for spec in experiments.geli_variants(params)[:2]], ignore_index=True)
+write_csv(results_dir(results, "tables") / "lambda_sweep.csv", lam_rows)
+fig = figures.sweep(lam_rows, "lam", {"l_ge_mse": "L_GE MSE ↓", "delta_li_within": "Δr̂_LI within ↑",
                                       "gt_spearman_within": "ρ truth within ↑"}, xlabel="λ",
                     xscale="symlog")
-figures.save_figure(fig, profile, "06_lambda_sweep")
+figures.save_figure(fig, results, "06_lambda_sweep")
+
+# %%
+display(Markdown("\n".join(f"- {line}" for line in experiments.sweep_readings(lam_rows, "lam"))))
 
 # %% [markdown]
 # ## When does the listener's face help? (visual-affect noise sweep)
@@ -91,12 +124,12 @@ figures.save_figure(fig, profile, "06_lambda_sweep")
 
 # %%
 if params.corpus == "simulated":
-    with timed(profile, "06: face-noise sweep"):
+    with timed(results, "06: face-noise sweep"):
         noise_rows = experiments.face_noise_sweep(params, face_noises)
-    write_csv(results_dir(profile, "tables") / "face_noise_sweep.csv", noise_rows)
+    write_csv(results_dir(results, "tables") / "face_noise_sweep.csv", noise_rows)
     fig = figures.sweep(noise_rows, "face_noise", {"l_ge_mse": "L_GE MSE ↓", "delta_li": "Δr̂_LI ↑",
                                                    "gt_spearman_within": "ρ truth within ↑"},
                         xlabel="face noise (sd of logit noise)")
-    figures.save_figure(fig, profile, "06_face_noise_sweep")
+    figures.save_figure(fig, results, "06_face_noise_sweep")
 else:
     print("the face-noise sweep needs the simulated corpus")

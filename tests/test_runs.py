@@ -166,3 +166,6 @@ def test_00_data_runs_on_real_formats_by_parameters_alone(corpus, tmp_path: Path
     executed = nbformat.read(out, as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "history-utterance pairs" in text
+    # a corpus other than the default writes under its own key, never over the simulated study's results
+    assert (tmp_path / "results" / "smoke" / corpus / "tables" / "corpus_summary.csv").is_file()
+    assert not (tmp_path / "results" / "smoke" / "tables").exists()
