@@ -12,7 +12,7 @@ utterances to score), Speaker B the listener whose survey is R_GE. Every AI
 line carries a stable id ``A<turn_idx>`` (its index in the conversation), so an
 answer can be checked turn by turn; the listener's lines carry no id. We add
 one instruction the paper leaves implicit: answer with a JSON object mapping
-ids to numbers. The text-only variant drops the paper's words about the
+ids to numbers, an utterance left out counting as 0. The text-only variant drops the paper's words about the
 features ("with aligned multimodal conversational features", "and the
 features"), nothing else.
 
@@ -30,7 +30,10 @@ OpenAI-compatible chat-completions endpoint through the ``openai`` client;
 base URL and model from parameters or ``GELI_LLM_BASE_URL`` /
 ``GELI_LLM_MODEL``, the key only from the environment variable named by
 ``api_key_env``, never stored), ``local`` (SmolLM2-135M-Instruct through
-transformers, offline) and ``reference`` (:class:`ReferenceDecomposer`, a
+transformers, offline; its decoding is constrained by lm-format-enforcer to
+the JSON object ``{"A1": <number>, "A3": <number>, …}`` with exactly the
+chunk's ids in order and bounded numbers, :func:`answer_pattern`, so every
+answer parses and scores every turn) and ``reference`` (:class:`ReferenceDecomposer`, a
 deterministic split of the score by the listener's affect: **not an LLM**, a
 yardstick for the LLMs).
 
@@ -38,22 +41,30 @@ yardstick for the LLMs).
 (code fences, text around the object, single quotes, trailing commas,
 unquoted ids, ``id: value`` lines); ids must be AI turns of the chunk (others
 are reported as unknown); values outside ±(score range width) are reported
-and dropped. An AI turn without a value is "no annotation" (App. J), NaN
-downstream, masked out of eq. 5. The sum constraint (eq. 4) is soft: each
-chunk records the deviation Σ labels − share; ``rescale`` (``scale`` or
-``shift``) optionally enforces it. An unparsable answer is re-sampled
-(``output_retries``, with a new seed) and then recorded as failed: it never
-stops a run.
+and dropped. The prompt asks for the *salient* utterances, so in a chunk
+whose answer parsed an AI turn without a (valid) value gets the label **0**
+and ``annotated = False``: "no annotation" is App. J's third consistency
+class, not a training mask. Only the turns of a **failed** chunk (no usable
+answer after ``output_retries`` re-samples, each with a new seed) are NaN,
+masked out of eq. 5; a failed chunk never stops a run. The sum constraint
+(eq. 4): each chunk records the answer's deviation Σ values − share, and
+``rescale`` (default ``shift``: the same amount added to each annotated turn;
+or ``scale``; or ``none``) makes the chunk's labels sum to its share.
 
 **Cache** (:class:`ResponseCache`). Every raw answer is stored under
 ``cache_dir('llm')`` keyed by (backend, model, messages, sampling
-parameters incl. the seed), before it is parsed: a re-run, or a run resumed
+parameters incl. the seed), before it is parsed; the local backend's model id
+names its decoding (free after a prefill, or constrained with the grammar's
+version and number pattern), so an unconstrained answer is never reused as a
+constrained one: a re-run, or a run resumed
 after a crash, never pays for a call twice. Endpoint errors are retried with
 exponential backoff, then raised with what to do (finished chunks stay
 cached); at most ``concurrency`` requests run at once.
 
 **Consistency** (:func:`consistency`, App. J): two samples at temperature 1;
-agreement over the classes positive / zero-or-negative / no annotation.
+agreement over the classes positive / zero-or-negative / no annotation, the
+last from the ``annotated`` flag (what the LLM actually scored), not from the
+label.
 """
 
 from __future__ import annotations
@@ -77,7 +88,7 @@ from geli_lib.params import LLMParams
 from geli_lib.schema import Corpus
 
 #: Bump when the prompt text or the chunking changes (part of every cache key via the messages).
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2
 VARIANTS = ("text", "multimodal")
 #: The classes of App. J.
 CLASSES = ("positive", "zero_or_negative", "no_annotation")
@@ -99,7 +110,7 @@ PROMPT_TEXT = (PROMPT_MULTIMODAL
                .replace("Consider the utterances and the features,", "Consider the utterances,"))
 FORMAT_INSTRUCTION = (
     "Answer with one JSON object only, mapping the id in brackets of each of Speaker A's utterances "
-    "you score to its number, for example {example}. Utterances you leave out get no score."
+    "you score to its number, for example {example}. Utterances you leave out get 0."
 )
 PART_NOTE = "This is part {k} of {n} of the conversation; the final score above is this part's share."
 CUE_PREFIX = "    (Speaker B's reaction: "
@@ -388,7 +399,10 @@ class Validated:
     """An answer checked against its chunk."""
 
     labels: dict[str, float]
-    """Valid AI-turn id → score (after the optional rescaling)."""
+    """Every AI-turn id of the chunk → its label: the answer's value (after the rescaling), 0 where the
+    answer gave none or an invalid one. Empty when no id of the chunk got a valid value."""
+    annotated: list[str] = field(default_factory=list)
+    """The ids with a valid value in the answer, in the chunk's order (App. J: the others are "no annotation")."""
     unknown: list[str] = field(default_factory=list)
     """Ids that are not AI turns of the chunk."""
     invalid: list[str] = field(default_factory=list)
@@ -398,7 +412,7 @@ class Validated:
     deviation: float = 0.0
     """raw_sum − share: how far the answer is from the soft constraint (eq. 4)."""
     rescaled: str = "none"
-    """How the labels were made to sum to the share: none, scale or shift."""
+    """How the annotated labels were made to sum to the share: none, scale or shift."""
 
 
 def _norm_id(key: str, known: set[str]) -> str:
@@ -409,11 +423,17 @@ def _norm_id(key: str, known: set[str]) -> str:
 
 
 def validate_scores(scores: dict[str, Any], chunk: Chunk, params: LLMParams) -> Validated:
-    """Keep the values of the chunk's AI ids; report unknown ids and bad values; apply ``rescale``."""
+    """Keep the values of the chunk's AI ids; report unknown ids and bad values; apply ``rescale``.
+
+    Turns of the chunk without a valid value get 0 (and are not ``annotated``);
+    ``rescale`` moves only the annotated values, so a left-out turn stays at 0
+    and the chunk's labels sum to its share.
+    """
     known = set(chunk.turn_ids)
     bound = params.score_range[1] - params.score_range[0]
     labels: dict[str, float] = {}
-    unknown, invalid = [], []
+    unknown: list[str] = []
+    invalid: list[str] = []
     for k, v in scores.items():
         i = _norm_id(k, known)
         if i not in known:
@@ -428,17 +448,22 @@ def validate_scores(scores: dict[str, Any], chunk: Chunk, params: LLMParams) -> 
             invalid.append(i)
             continue
         labels[i] = x
+    annotated = [i for i in chunk.turn_ids if i in labels]
+    invalid = [i for i in invalid if i not in labels]  # a repeated id with one valid value is annotated
     raw = float(sum(labels.values()))
-    out = Validated(labels, unknown, invalid, raw, raw - chunk.share)
-    if labels and params.rescale != "none" and abs(out.deviation) > 1e-9:
+    out = Validated({}, annotated, unknown, invalid, raw, raw - chunk.share)
+    if not labels:
+        return out
+    if params.rescale != "none" and abs(out.deviation) > 1e-9:
         scalable = abs(raw) > 1e-6 * max(1.0, abs(chunk.share)) and raw * chunk.share > 0
         if params.rescale == "scale" and scalable:
-            out.labels = {k: v * chunk.share / raw for k, v in labels.items()}
+            labels = {k: v * chunk.share / raw for k, v in labels.items()}
             out.rescaled = "scale"
         else:  # shift: the only repair when the sum is ~0 or of the wrong sign
             d = out.deviation / len(labels)
-            out.labels = {k: v - d for k, v in labels.items()}
+            labels = {k: v - d for k, v in labels.items()}
             out.rescaled = "shift"
+    out.labels = {i: labels.get(i, 0.0) for i in chunk.turn_ids}
     return out
 
 
@@ -513,23 +538,123 @@ class ReferenceDecomposer:
         return json.dumps({i: round(float(v), 4) for i, v in zip(chunk.turn_ids, r)})
 
 
+#: Version of the local backend's answer grammar (:func:`answer_pattern`); part of its model id, so of the cache key.
+GRAMMAR_VERSION = 1
+#: Decimals a constrained number may carry.
+NUMBER_DECIMALS = 2
+
+
+def _int_below(n: int) -> list[str]:
+    """Alternatives of a regular expression for the integers 0 … n − 1 (no leading zeros), n ≥ 1."""
+    s, k = str(n), len(str(n))
+    alts = ["0|[1-9]" + (r"[0-9]{0,%d}" % (k - 2) if k > 2 else "")] if k > 1 else []
+    for i, c in enumerate(s):
+        lo, d, rest = (1 if i == 0 and k > 1 else 0), int(c), k - i - 1
+        if d > lo:
+            alts.append(s[:i] + (f"[{lo}-{d - 1}]" if d - 1 > lo else str(lo) if d - 1 == lo else "")
+                        + (r"[0-9]{%d}" % rest if rest else ""))
+    return alts
+
+
+def number_pattern(bound: float) -> str:
+    """A JSON number x with |x| ≤ ⌊``bound``⌋ (validation keeps |x| ≤ bound, so a constrained value is
+    never dropped): an optional minus, an integer part without leading zeros, at most
+    :data:`NUMBER_DECIMALS` decimals. Bounded in length, so a constrained answer always ends."""
+    n = int(math.floor(abs(bound)))
+    frac = r"(\.[0-9]{1,%d})?" % NUMBER_DECIMALS
+    below = _int_below(n) if n >= 1 else []
+    top = f"{n}" + r"(\.0{1,%d})?" % NUMBER_DECIMALS
+    return "-?(" + (f"({'|'.join(below)}){frac}|" if below else "") + top + ")"
+
+
+def _number_max_chars(bound: float) -> int:
+    return 1 + len(str(int(math.floor(abs(bound))))) + 1 + NUMBER_DECIMALS
+
+
+def answer_pattern(chunk: Chunk, bound: float) -> str:
+    """The regular expression of a constrained answer: ``{"A1": <number>, "A3": <number>, …}``.
+
+    Exactly the chunk's ids, in order, each once, with a :func:`number_pattern`
+    value; JSON with fixed separators (``", "`` and ``": "``): the fixed JSON
+    schema {required properties = the ids, in order; values: numbers}.
+    """
+    num = number_pattern(bound)
+    items = ", ".join(r'"%s": %s' % (re.escape(i), num) for i in chunk.turn_ids)
+    return r"\{" + items + r"\}"
+
+
+def answer_max_chars(chunk: Chunk, bound: float) -> int:
+    """The longest string :func:`answer_pattern` admits (a token is at least one character)."""
+    num = _number_max_chars(bound)
+    return 2 + sum(len(f'"{i}": ') + num for i in chunk.turn_ids) + 2 * (len(chunk.turn_ids) - 1)
+
+
+def _lmfe_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm-format-enforcer")
+    except PackageNotFoundError:
+        raise LLMError("the local backend's constrained decoding needs lm-format-enforcer (requirements.txt: "
+                       "`.venv/bin/pip install -r requirements.txt`), or set llm.constrained: false") from None
+
+
+def lmfe_tokenizer_data(tok: Any) -> Any:
+    """lm-format-enforcer's per-tokenizer data for a transformers tokenizer (built once per backend, ~1.5 s).
+
+    The same table as ``lmformatenforcer.integrations.transformers.build_token_enforcer_tokenizer_data``,
+    whose module cannot be imported under transformers 5 (it imports ``transformers.tokenization_utils``,
+    gone in v5): (id, text with its leading space, starts a word) per regular token.
+    """
+    from lmformatenforcer.tokenenforcer import TokenEnforcerTokenizerData
+
+    vocab = len(tok)
+    zero = tok.encode("0", add_special_tokens=False)[-1]
+    special = set(tok.all_special_ids)
+    regular = []
+    for i in range(vocab):
+        if i in special:
+            continue
+        after_zero = tok.decode([zero, i])[1:]  # decoded after "0" to keep a word's leading space
+        regular.append((i, after_zero, len(after_zero) > len(tok.decode([i]))))
+    return TokenEnforcerTokenizerData(regular, lambda ids: tok.decode(ids).rstrip("\ufffd"), tok.eos_token_id,
+                                      False, vocab)
+
+
 class LocalBackend:
-    """SmolLM2-135M-Instruct through transformers, offline (loaded at the first call, not on cache hits)."""
+    """SmolLM2-135M-Instruct through transformers, offline (loaded at the first call, not on cache hits).
+
+    ``constrained`` (default): decoding is masked at every step by
+    lm-format-enforcer to :func:`answer_pattern`, so the answer is the JSON
+    object of the chunk's ids and numbers, always complete (the budget is
+    :func:`answer_max_chars`); it ends with the end-of-sequence token after the
+    ``}``. Otherwise (the old path): free decoding after a ``{"<first id>":``
+    prefill, stopped at the first ``}``. The model id names the mode, the
+    grammar version, lm-format-enforcer's version and the number pattern, so
+    cached answers of one mode are never served to the other.
+    """
 
     name = "local"
     is_llm = True
     cacheable = True
 
-    def __init__(self, device: str = "cpu", threads: int = 1):
+    def __init__(self, device: str = "cpu", threads: int = 1, constrained: bool = True, bound: float = 100.0):
         from geli_lib.models import MARKER, smollm2_path
 
         self.path = smollm2_path()
         marker = json.loads((self.path / MARKER).read_text())
         ident = {k: marker.get(k) for k in ("format_version", "source", "source_bytes", "pad_token")}
-        self.model = f"smollm2-135m-instruct-{content_key(ident, length=8)}-json-prefill"
+        base = f"smollm2-135m-instruct-{content_key(ident, length=8)}"
+        self.constrained, self.bound = bool(constrained), float(bound)
+        if self.constrained:
+            grammar = {"grammar": GRAMMAR_VERSION, "number": number_pattern(self.bound), "lmfe": _lmfe_version()}
+            self.model = f"{base}-json-constrained-{content_key(grammar, length=8)}"
+        else:
+            self.model = f"{base}-json-prefill"
         self.device, self.threads = device, threads
         self._lm: Any = None
         self._tok: Any = None
+        self._lmfe: Any = None
         self.calls = 0
 
     def _load(self) -> None:
@@ -541,28 +666,39 @@ class LocalBackend:
         if not progress_enabled():  # no weight-loading bar in executed notebooks (GELI_PROGRESS=0)
             hf_logging.disable_progress_bar()
         self._lm, self._tok = load_policy(self.device)
+        if self.constrained:
+            self._lmfe = lmfe_tokenizer_data(self._tok)
 
     def complete(self, chunk: Chunk, messages: list[dict[str, str]], sampling: dict[str, Any]) -> str:
         import torch
 
         if self._lm is None:
             self._load()
-        # JSON mode for a local model: the answer is pre-filled with '{"<first id>":' and stops at '}'.
-        # Without it SmolLM2-135M answers with prose (tests/data/llm_outputs/ holds such answers).
-        prefill = '{"%s":' % chunk.turn_ids[0]
+        kw: dict[str, Any]
+        if self.constrained:
+            from lmformatenforcer import RegexParser, TokenEnforcer
+
+            prefill = ""
+            enforcer = TokenEnforcer(self._lmfe, RegexParser(answer_pattern(chunk, self.bound)))
+            kw = {"prefix_allowed_tokens_fn": lambda _b, ids: enforcer.get_allowed_tokens(ids.tolist()).allowed_tokens,
+                  "max_new_tokens": answer_max_chars(chunk, self.bound) + 1}
+        else:
+            # JSON mode for a local model: the answer is pre-filled with '{"<first id>":' and stops at '}'.
+            # Without it SmolLM2-135M answers with prose (tests/data/llm_outputs/ holds such answers).
+            prefill = '{"%s":' % chunk.turn_ids[0]
+            kw = {"max_new_tokens": int(sampling["max_tokens"]), "stop_strings": ["}"], "tokenizer": self._tok}
         text = self._tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefill
         ids = self._tok(text, return_tensors="pt", add_special_tokens=False).to(self.device)
         greedy = sampling["temperature"] <= 0
         torch.manual_seed(int(sampling["seed"]))
-        kw: dict[str, Any] = {"do_sample": False, "top_k": None, "top_p": None, "temperature": None} if greedy \
-            else {"do_sample": True, "temperature": sampling["temperature"], "top_p": sampling["top_p"]}
+        kw.update({"do_sample": False, "top_k": None, "top_p": None, "temperature": None} if greedy
+                  else {"do_sample": True, "temperature": sampling["temperature"], "top_p": sampling["top_p"]})
         was = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
             with torch.no_grad():
-                out = self._lm.generate(**ids, max_new_tokens=int(sampling["max_tokens"]), stop_strings=["}"],
-                                        tokenizer=self._tok, pad_token_id=self._tok.pad_token_id, **kw)
+                out = self._lm.generate(**ids, pad_token_id=self._tok.pad_token_id, **kw)
         finally:
             torch.set_num_threads(was)
         self.calls += 1
@@ -637,7 +773,8 @@ def make_backend(params: LLMParams, device: str = "cpu") -> Backend:
     if params.backend == "reference":
         return ReferenceDecomposer()
     if params.backend == "local":
-        return LocalBackend(device, params.threads)
+        return LocalBackend(device, params.threads, params.constrained,
+                            params.score_range[1] - params.score_range[0])
     return OpenAIBackend(params)
 
 
@@ -655,15 +792,17 @@ def decompose_chunk(chunk: Chunk, backend: Backend, params: LLMParams, cache: Re
                     sample: int = 0) -> dict[str, Any]:
     """Decompose one chunk: cached or fresh answer, parse, validate; re-sample malformed answers.
 
-    Returns the chunk's record (status ``ok`` or ``failed``, the labels, the
-    checks) — never raises for a bad answer; endpoint errors propagate.
+    Returns the chunk's record (status ``ok`` or ``failed``, the labels of
+    every turn, the annotated ids, the checks) — never raises for a bad
+    answer; endpoint errors propagate. An answer is usable when it parses and
+    gives at least one of the chunk's ids a valid value.
     """
     messages = prompt_messages(chunk)
     rec: dict[str, Any] = {"convo_id": chunk.convo_id, "chunk": chunk.index, "variant": chunk.variant,
                            "sample": sample, "n_ai_turns": len(chunk.turn_ids), "share": chunk.share,
                            "status": "failed", "attempts": 0, "from_cache": 0, "reason": "", "labels": {},
-                           "unknown_ids": "", "n_invalid": 0, "raw_sum": math.nan, "deviation": math.nan,
-                           "rescaled": "none"}
+                           "annotated": [], "n_annotated": 0, "unknown_ids": "", "n_invalid": 0,
+                           "raw_sum": math.nan, "deviation": math.nan, "rescaled": "none"}
     for attempt in range(params.output_retries + 1):
         sampling = sampling_params(chunk, params, sample, attempt)
         key = ResponseCache.key(backend.name, backend.model, messages, sampling)
@@ -681,11 +820,12 @@ def decompose_chunk(chunk: Chunk, backend: Backend, params: LLMParams, cache: Re
         except MalformedOutput as e:
             rec["reason"] = str(e)
             continue
-        if not v.labels:
+        if not v.annotated:
             rec["reason"] = f"no valid AI-turn id (unknown: {v.unknown[:5]}, invalid: {v.invalid[:5]})"
             continue
-        rec.update(status="ok", reason="", labels=v.labels, unknown_ids=" ".join(v.unknown),
-                   n_invalid=len(v.invalid), raw_sum=v.raw_sum, deviation=v.deviation, rescaled=v.rescaled)
+        rec.update(status="ok", reason="", labels=v.labels, annotated=v.annotated, n_annotated=len(v.annotated),
+                   unknown_ids=" ".join(v.unknown), n_invalid=len(v.invalid), raw_sum=v.raw_sum,
+                   deviation=v.deviation, rescaled=v.rescaled)
         break
     return rec
 
@@ -697,17 +837,32 @@ class Decomposition:
     backend: str
     model: str
     labels: pd.DataFrame
-    """convo_id, turn_idx, turn_id, chunk, label (NaN = no annotation, or a failed chunk)."""
+    """convo_id, turn_idx, turn_id, chunk, label (0 = left out by the LLM; NaN only in a failed chunk),
+    annotated (the LLM gave the turn a valid value)."""
     chunks: pd.DataFrame
-    """Per chunk: status, attempts, from_cache, reason, unknown_ids, n_invalid, raw_sum, deviation, …"""
+    """Per chunk: status, attempts, from_cache, reason, n_annotated, unknown_ids, n_invalid, raw_sum, deviation, …"""
 
     def summary(self) -> dict[str, Any]:
-        """Coverage, failures and the soft-constraint deviation, in one row."""
+        """Coverage, annotation, failures and the sum constraint, in one row.
+
+        ``coverage``: turns with a usable label (those of parsed chunks);
+        ``annotated``: turns the LLM gave a valid value; ``mean_abs_deviation``:
+        mean |Σ answer − share| of the parsed chunks (the answer's own, before
+        the rescaling); ``mean_abs_deviation_labels``: the same of the labels
+        after it (≈ 0 under ``rescale: shift``).
+        """
         c, lab = self.chunks, self.labels
         ok = c["status"] == "ok"
+        dev_labels = math.nan
+        if ok.any() and len(lab):
+            sums = lab.groupby(["convo_id", "chunk"], sort=False)["label"].sum(min_count=1).rename("sum").reset_index()
+            m = c.loc[ok, ["convo_id", "chunk", "share"]].merge(sums, on=["convo_id", "chunk"], how="left")
+            dev_labels = float((m["sum"] - m["share"]).abs().mean())
         return {"backend": self.backend, "model": self.model, "chunks": len(c), "failed": int((~ok).sum()),
                 "coverage": float(lab["label"].notna().mean()) if len(lab) else math.nan,
+                "annotated": float(lab["annotated"].mean()) if len(lab) else math.nan,
                 "mean_abs_deviation": float(c.loc[ok, "deviation"].abs().mean()) if ok.any() else math.nan,
+                "mean_abs_deviation_labels": dev_labels,
                 "unknown_ids": int(c["unknown_ids"].str.split().str.len().fillna(0).sum()),
                 "from_cache": int(c["from_cache"].sum())}
 
@@ -732,16 +887,21 @@ def decompose(chunks: Sequence[Chunk], backend: Backend, params: LLMParams, cach
             recs = [one(ch) for ch in chunks]
     finally:
         bar.close()
-    rows = [{"convo_id": ch.convo_id, "turn_idx": t, "turn_id": i, "chunk": ch.index,
-             "label": rec["labels"].get(i, math.nan)}
-            for ch, rec in zip(chunks, recs) for t, i in zip(ch.turn_idx, ch.turn_ids)]
-    labels = pd.DataFrame(rows, columns=["convo_id", "turn_idx", "turn_id", "chunk", "label"])
-    table = pd.DataFrame([{k: v for k, v in r.items() if k != "labels"} for r in recs])
+    rows = []
+    for ch, rec in zip(chunks, recs):
+        ok, annotated = rec["status"] == "ok", set(rec["annotated"])
+        rows += [{"convo_id": ch.convo_id, "turn_idx": t, "turn_id": i, "chunk": ch.index,
+                  "label": rec["labels"].get(i, 0.0) if ok else math.nan, "annotated": ok and i in annotated}
+                 for t, i in zip(ch.turn_idx, ch.turn_ids)]
+    labels = pd.DataFrame(rows, columns=["convo_id", "turn_idx", "turn_id", "chunk", "label", "annotated"])
+    labels["annotated"] = labels["annotated"].astype(bool)
+    table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("labels", "annotated")} for r in recs])
     return Decomposition(backend.name, backend.model, labels, table)
 
 
 def labels_for_pairs(pairs: pd.DataFrame, labels: pd.DataFrame) -> np.ndarray:
-    """The labels aligned with ``pairs`` rows (NaN where a turn was not decomposed or not annotated)."""
+    """The labels aligned with ``pairs`` rows: each chunk's sum to its share of R (with ``rescale``), 0 for
+    a turn the LLM left out, NaN where a turn was not decomposed or its chunk failed."""
     m = pairs[["convo_id", "turn_idx"]].astype({"convo_id": str}).merge(
         labels[["convo_id", "turn_idx", "label"]].astype({"convo_id": str}), on=["convo_id", "turn_idx"],
         how="left")
@@ -751,20 +911,33 @@ def labels_for_pairs(pairs: pd.DataFrame, labels: pd.DataFrame) -> np.ndarray:
 # --------------------------------------------------------------------------- quality and consistency
 
 
-def quality(labels: pd.DataFrame, corpus: Corpus) -> dict[str, float]:
+def quality(labels: pd.DataFrame, corpus: Corpus, reference: pd.DataFrame | None = None) -> dict[str, float]:
     """How a decomposition compares with the turn truth (planted reward, or ESConv's local feedback).
 
-    Pooled Pearson / Spearman over annotated turns and the mean within-conversation
-    Spearman (:func:`geli_lib.evaluation.within_spearman`), plus coverage.
+    Pooled Pearson / Spearman over the turns with a label (those of parsed
+    chunks, left-out turns at 0) and the mean within-conversation Spearman
+    (:func:`geli_lib.evaluation.within_spearman`), plus coverage (turns with a
+    label) and the annotated fraction. With ``reference`` (another
+    decomposition's labels, e.g. the reference decomposer's), the same two
+    Spearmans against it: ``ref_spearman``, ``ref_spearman_within``.
     """
     from geli_lib.evaluation import pearson, spearman, truth_column, within_spearman
 
     t = corpus.turns[["convo_id", "turn_idx", "true_reward", "local_feedback"]].astype({"convo_id": str})
     m = labels.astype({"convo_id": str}).merge(t, on=["convo_id", "turn_idx"], how="left")
     out: dict[str, float] = {"turns": float(len(m)),
-                             "coverage": float(m["label"].notna().mean()) if len(m) else math.nan}
-    col = truth_column(m)
+                             "coverage": float(m["label"].notna().mean()) if len(m) else math.nan,
+                             "annotated": float(m["annotated"].mean()) if len(m) and "annotated" in m else math.nan}
     ok = m["label"].notna().to_numpy()
+    if reference is not None:
+        r = reference[["convo_id", "turn_idx", "label"]].astype({"convo_id": str}).rename(columns={"label": "ref"})
+        mr = m[["convo_id", "turn_idx", "label"]].merge(r, on=["convo_id", "turn_idx"], how="left")
+        both = (mr["label"].notna() & mr["ref"].notna()).to_numpy()
+        p, y = mr["label"].to_numpy(float)[both], mr["ref"].to_numpy(float)[both]
+        out["ref_spearman"] = spearman(p, y) if both.any() else math.nan
+        out["ref_spearman_within"] = (within_spearman(p, y, mr["convo_id"].to_numpy()[both])["gt_spearman_within"]
+                                      if both.any() else math.nan)
+    col = truth_column(m)
     if col is None or not ok.any():
         return {**out, "gt_pearson": math.nan, "gt_spearman": math.nan, "gt_spearman_within": math.nan}
     p, y = m["label"].to_numpy(float)[ok], m[col].to_numpy(float)[ok]
@@ -774,24 +947,35 @@ def quality(labels: pd.DataFrame, corpus: Corpus) -> dict[str, float]:
             "gt_spearman_within": w["gt_spearman_within"]}
 
 
-def label_classes(labels: pd.Series) -> pd.Series:
-    """App. J classes: positive (> 0), zero_or_negative (≤ 0), no_annotation (NaN)."""
+def label_classes(labels: pd.Series, annotated: pd.Series | None = None) -> pd.Series:
+    """App. J classes: no_annotation (not ``annotated``, or a NaN label), else positive (> 0) or
+    zero_or_negative (≤ 0). Without ``annotated``, a NaN label alone marks no annotation."""
     v = labels.to_numpy(float)
-    return pd.Series(np.where(np.isnan(v), CLASSES[2], np.where(v > 0, CLASSES[0], CLASSES[1])),
-                     index=labels.index)
+    none = np.isnan(v) if annotated is None else ~annotated.to_numpy(bool) | np.isnan(v)
+    return pd.Series(np.where(none, CLASSES[2], np.where(v > 0, CLASSES[0], CLASSES[1])), index=labels.index)
 
 
 def consistency(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """Per conversation, the share of AI turns whose App. J class agrees between two samples."""
-    m = a[["convo_id", "turn_idx", "label"]].merge(b[["convo_id", "turn_idx", "label"]],
-                                                   on=["convo_id", "turn_idx"], suffixes=("_a", "_b"))
-    m["agree"] = label_classes(m["label_a"]).to_numpy() == label_classes(m["label_b"]).to_numpy()
+    """Per conversation, the share of AI turns whose App. J class agrees between two samples.
+
+    The class comes from what the LLM annotated (the ``annotated`` column,
+    when present), so a left-out turn (label 0) is "no annotation", not
+    "zero or negative".
+    """
+    cols = ["convo_id", "turn_idx", "label"] + (["annotated"] if "annotated" in a and "annotated" in b else [])
+    m = a[cols].merge(b[cols], on=["convo_id", "turn_idx"], suffixes=("_a", "_b"))
+    ann = "annotated" in cols
+    m["agree"] = (label_classes(m["label_a"], m["annotated_a"] if ann else None).to_numpy()
+                  == label_classes(m["label_b"], m["annotated_b"] if ann else None).to_numpy())
     return m.groupby("convo_id", sort=True).agg(turns=("agree", "size"), agreement=("agree", "mean")).reset_index()
 
 
-def decomposition_table(decs: dict[str, Decomposition], corpus: Corpus) -> pd.DataFrame:
-    """One row per named decomposition: :meth:`Decomposition.summary` and :func:`quality`."""
-    rows = [{"decomposition": name, **d.summary(), **quality(d.labels, corpus)} for name, d in decs.items()]
+def decomposition_table(decs: dict[str, Decomposition], corpus: Corpus,
+                        reference: Decomposition | None = None) -> pd.DataFrame:
+    """One row per named decomposition: :meth:`Decomposition.summary` and :func:`quality` (against
+    ``reference``'s labels too, when given)."""
+    ref = reference.labels if reference is not None else None
+    rows = [{"decomposition": name, **d.summary(), **quality(d.labels, corpus, ref)} for name, d in decs.items()]
     return pd.DataFrame(rows)
 
 
@@ -817,7 +1001,8 @@ def distillation_data(data: Any, labels: pd.DataFrame) -> Any:
     """``data`` (:class:`geli_lib.experiments.RewardData`) with the LLM's labels as training targets.
 
     The labels join the LI labels under :data:`geli_lib.reward_model.LLM_LABELS`,
-    so method ``llm`` regresses r_θ on them (eq. 5); turns without one are masked.
+    so method ``llm`` regresses r_θ on them (eq. 5); a turn the LLM left out
+    counts as 0, only the turns of failed (or not decomposed) chunks are masked.
     """
     from geli_lib.reward_model import LLM_LABELS, make_train_data
 
@@ -839,10 +1024,11 @@ def unroll_table(decs: dict[str, Decomposition], corpus: Corpus, convo_id: str) 
 
 
 __all__ = [
-    "Backend", "CLASSES", "Chunk", "DISTILLED", "Decomposition", "LLMEndpointError", "LLMError", "LLMInputError",
-    "LocalBackend", "MalformedOutput", "OpenAIBackend", "ReferenceDecomposer", "ResponseCache", "VARIANTS",
-    "build_chunks", "consistency", "conversation_chunks", "decompose", "decompose_chunk", "decomposition_table",
+    "Backend", "CLASSES", "Chunk", "DISTILLED", "Decomposition", "GRAMMAR_VERSION", "LLMEndpointError", "LLMError",
+    "LLMInputError", "LocalBackend", "MalformedOutput", "OpenAIBackend", "ReferenceDecomposer", "ResponseCache",
+    "VARIANTS", "answer_max_chars", "answer_pattern", "build_chunks", "consistency", "conversation_chunks", "decompose", "decompose_chunk", "decomposition_table",
     "distillation_data", "distilled_name",
-    "label_classes", "labels_for_pairs", "listener_affect", "listener_cues", "llm_conversations", "make_backend", "parse_scores",
+    "label_classes", "labels_for_pairs", "listener_affect", "listener_cues", "llm_conversations", "lmfe_tokenizer_data",
+    "make_backend", "number_pattern", "parse_scores",
     "prompt_messages", "quality", "sampling_params", "transcript_lines", "unroll_table", "validate_scores",
 ]

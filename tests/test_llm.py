@@ -181,12 +181,33 @@ def test_no_mapping_is_malformed(text):
         llm.parse_scores(text)
 
 
-def test_validation_reports_unknown_invalid_and_leaves_missing_unannotated():
+def test_validation_reports_unknown_invalid_and_gives_left_out_turns_zero():
     ch = _chunk(4, 60.0)  # A1 A3 A5 A7
-    v = llm.validate_scores({"A1": 30, "a3": "20", "A2": 5, "B9": 1, "A5": "lots", "A7": 500}, ch, LLMParams())
-    assert v.labels == {"A1": 30.0, "A3": 20.0}
+    answer = {"A1": 30, "a3": "20", "A2": 5, "B9": 1, "A5": "lots", "A7": 500}
+    v = llm.validate_scores(answer, ch, LLMParams(rescale="none"))
+    assert v.labels == {"A1": 30.0, "A3": 20.0, "A5": 0.0, "A7": 0.0}  # every turn of a parsed chunk has a label
+    assert v.annotated == ["A1", "A3"]  # App. J's "no annotation": A5 (not a number) and A7 (off the scale)
     assert v.unknown == ["A2", "B9"] and v.invalid == ["A5", "A7"]
     assert v.raw_sum == 50.0 and v.deviation == -10.0 and v.rescaled == "none"
+    # the default (shift) moves the annotated turns only: the left-out ones stay at 0, the chunk sums to its share
+    d = llm.validate_scores(answer, ch, LLMParams())
+    assert d.labels == {"A1": 35.0, "A3": 25.0, "A5": 0.0, "A7": 0.0} and d.rescaled == "shift"
+    assert math.isclose(sum(d.labels.values()), ch.share) and d.deviation == -10.0
+    none = llm.validate_scores({"A9": 3, "A5": "x"}, ch, LLMParams())
+    assert none.labels == {} and none.annotated == []  # nothing usable: the chunk is re-sampled, then failed
+
+
+def test_rescale_shift_is_the_default_and_no_profile_overrides_it():
+    assert LLMParams().rescale == "shift"
+    for profile in ("smoke", "cpu", "gpu"):
+        assert load_params(profile).llm.rescale == "shift", profile
+    ch = llm.conversation_chunks("c0", _turns(30), 75.0, LLMParams(chunk_chars=400))
+    assert len(ch) > 3
+    for c in ch:  # answers that miss the share in every way: too much, too little, the wrong sign, one id
+        for raw in ({c.turn_ids[0]: 90.0}, {i: -7.5 for i in c.turn_ids}, {i: 0.0 for i in c.turn_ids[:2]}):
+            v = llm.validate_scores(raw, c, LLMParams())
+            assert math.isclose(sum(v.labels.values()), c.share, abs_tol=1e-9)
+            assert set(v.labels) == set(c.turn_ids) and v.rescaled == "shift"
 
 
 @pytest.mark.parametrize("mode,raw,expected", [
@@ -198,6 +219,25 @@ def test_rescaling_enforces_the_sum(mode, raw, expected):
     v = llm.validate_scores(raw, _chunk(2, 60.0), LLMParams(rescale=mode))
     assert v.labels == pytest.approx(expected) and math.isclose(sum(v.labels.values()), 60.0)
     assert v.deviation == sum(raw.values()) - 60.0
+
+
+def test_answer_pattern_is_the_chunks_ids_in_order_with_bounded_numbers():
+    import re
+
+    ch = _chunk(3, 60.0)  # A1 A3 A5
+    pat = llm.answer_pattern(ch, 100.0)
+    for ok in ('{"A1": 10, "A3": -5.5, "A5": 0}', '{"A1": 99.25, "A3": -0.5, "A5": 100}', '{"A1": -100.0, "A3": 0, "A5": 7}'):
+        assert re.fullmatch(pat, ok) and list(json.loads(ok)) == ["A1", "A3", "A5"]
+    for bad in ('{"A1": 10, "A3": 5}', '{"A3": 5, "A1": 10, "A5": 0}', '{"A1": 1, "A3": 2, "A5": 3, "A7": 4}',
+                '{"A1": 101, "A3": 2, "A5": 3}', '{"A1": 100.5, "A3": 2, "A5": 3}', '{"A1": -250, "A3": 2, "A5": 3}',
+                '{"A1": 1.234, "A3": 2, "A5": 3}', '{"A1": 01, "A3": 2, "A5": 3}',
+                '{"A1": "1", "A3": 2, "A5": 3}', '{"A1": 1e3, "A3": 2, "A5": 3}'):
+        assert not re.fullmatch(pat, bad), bad  # off the ids, their order, JSON numbers or |x| ≤ 100
+    longest = '{"A1": -100.00, "A3": -100.00, "A5": -100.00}'
+    assert re.fullmatch(pat, longest) and llm.answer_max_chars(ch, 100.0) == len(longest)
+    assert re.fullmatch(llm.answer_pattern(ch, 10.0), '{"A1": -9.5, "A3": 10, "A5": 3}')
+    for bad in ("-10.5", "11", "100"):
+        assert not re.fullmatch(llm.answer_pattern(ch, 10.0), '{"A1": %s, "A3": 0, "A5": 3}' % bad)
 
 
 def test_cache_key_covers_backend_model_prompt_and_sampling():
@@ -299,6 +339,8 @@ class FakeEndpoint:
             "slow": ("sleep", ok, "application/json"),
             "first_ok_then_500": (200, ok, "application/json") if k == 1 else
             (500, b'{"error": {"message": "down"}}', "application/json"),
+            "partial_then_garbage": (200, _completion('Scores: {"A3": 50}'), "application/json") if k == 1 else
+            (200, _completion("No idea, sorry."), "application/json"),
         }[self.mode]
 
     def close(self):
@@ -381,9 +423,37 @@ def test_malformed_answer_is_resampled_then_recorded_failed(endpoint, tmp_path):
                         progress=False)
     rec = dec.chunks.iloc[0]
     assert rec["status"] == "failed" and rec["attempts"] == 3 and "no id" in rec["reason"]
-    assert dec.labels["label"].isna().all()
+    assert dec.labels["label"].isna().all() and not dec.labels["annotated"].any()  # a failed chunk: masked
+    assert dec.summary()["coverage"] == 0.0 and dec.summary()["failed"] == 2
     assert [b["seed"] for b in endpoint.bodies] == [0, 1, 2]  # each re-sample has a new seed
     assert dec.chunks["from_cache"].tolist() == [0, 3]  # the second, identical chunk: no request at all
+
+
+@pytest.mark.parametrize("endpoint", ["partial_then_garbage"], indirect=True)
+def test_left_out_turn_is_zero_and_only_a_failed_chunk_is_masked(endpoint, tmp_path):
+    """The first chunk's answer scores A3 only: A1 and A5 get 0 (not annotated), A3 the chunk's whole share;
+    the second chunk's answers never parse: its turns are NaN, the only ones masked out of eq. 5."""
+    params = _http_params(endpoint.url, output_retries=1, concurrency=1)
+    parsed, failed = llm.conversation_chunks("x", _turns(3), 60.0, params)[0], \
+        llm.conversation_chunks("y", _turns(2), 40.0, params)[0]
+    dec = llm.decompose([parsed, failed], llm.OpenAIBackend(params), params, llm.ResponseCache(tmp_path),
+                        progress=False)
+    assert dec.chunks["status"].tolist() == ["ok", "failed"] and dec.chunks["n_annotated"].tolist() == [1, 0]
+    x = dec.labels[dec.labels["convo_id"] == "x"].set_index("turn_id")
+    assert x["label"].to_dict() == {"A1": 0.0, "A3": 60.0, "A5": 0.0}  # shifted by the default rescale
+    assert x["annotated"].to_dict() == {"A1": False, "A3": True, "A5": False}
+    assert dec.chunks.loc[0, "raw_sum"] == 50.0 and dec.chunks.loc[0, "deviation"] == -10.0
+    y = dec.labels[dec.labels["convo_id"] == "y"]
+    assert y["label"].isna().all() and not y["annotated"].any()
+    s = dec.summary()
+    assert s["coverage"] == pytest.approx(3 / 5) and s["annotated"] == pytest.approx(1 / 5)
+    assert s["mean_abs_deviation"] == 10.0 and s["mean_abs_deviation_labels"] == pytest.approx(0.0)
+    pairs = pd.DataFrame({"convo_id": ["x", "x", "x", "y", "y"], "turn_idx": [1, 3, 5, 1, 3]})
+    got = llm.labels_for_pairs(pairs, dec.labels)
+    np.testing.assert_array_equal(got[:3], [0.0, 60.0, 0.0])
+    assert np.isnan(got[3:]).all()
+    # App. J: the left-out turns are "no annotation", whatever their label 0 says
+    assert llm.label_classes(x["label"], x["annotated"]).tolist() == ["no_annotation", "positive", "no_annotation"]
 
 
 @pytest.mark.parametrize("endpoint", ["first_ok_then_500"], indirect=True)
@@ -475,20 +545,84 @@ def test_real_round_trip_through_transformers_serve(served_smollm2, tmp_path, mo
     pd.testing.assert_frame_equal(again.labels, dec.labels)
 
 
+# --------------------------------------------------------------------------- local SmolLM2, constrained decoding
+
+
+@pytest.fixture(scope="module")
+def local_smollm2():
+    """The local backend (SmolLM2-135M-Instruct, constrained decoding), loaded once for the module."""
+    from geli_lib.models import ModelsNotPrepared
+
+    try:
+        backend = llm.LocalBackend("cpu", threads=1)
+    except ModelsNotPrepared as e:
+        pytest.skip(str(e))
+    backend._load()
+    return backend
+
+
+def test_local_cache_key_names_the_decoding_constraint(local_smollm2):
+    """A cached unconstrained answer is never served as a constrained one (nor across number bounds)."""
+    free = llm.LocalBackend("cpu", 1, constrained=False)
+    narrow = llm.LocalBackend("cpu", 1, constrained=True, bound=10.0)
+    assert free.model.endswith("-json-prefill") and "-json-constrained-" in local_smollm2.model
+    assert len({local_smollm2.model, free.model, narrow.model}) == 3
+    ch = _chunk()
+    msgs, s = llm.prompt_messages(ch), llm.sampling_params(ch, LLMParams(), 0, 0)
+    keys = {llm.ResponseCache.key(b.name, b.model, msgs, s) for b in (local_smollm2, free, narrow)}
+    assert len(keys) == 3
+    assert llm.make_backend(LLMParams(constrained=False)).model == free.model
+    assert llm.make_backend(LLMParams()).model == local_smollm2.model
+
+
+def test_constrained_decoding_scores_every_id_on_a_real_smollm2_call(local_smollm2, sim, tmp_path):
+    """One real sampled call (temperature 1) on a real transcript: the answer is the JSON object of
+    exactly the chunk's ids, in order, with numbers; the chunk parses at the first attempt."""
+    corpus, _ = sim
+    cid = sorted(corpus.conversations["convo_id"])[0]
+    params = LLMParams(chunk_chars=700, output_retries=0)  # a small chunk: a few seconds on one core
+    ch = llm.build_chunks(corpus, [cid], params, "text")[0]
+    assert 2 <= len(ch.turn_ids) <= 8
+    cache = llm.ResponseCache(tmp_path)
+    calls = local_smollm2.calls
+    dec = llm.decompose([ch], local_smollm2, params, cache, progress=False)
+    assert local_smollm2.calls == calls + 1
+    raw = [json.loads(f.read_text())["response"] for f in tmp_path.rglob("*.json")]
+    assert len(raw) == 1
+    answer = json.loads(raw[0])  # plain JSON, nothing around it
+    assert list(answer) == list(ch.turn_ids)
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in answer.values())
+    rec = dec.chunks.iloc[0]
+    assert rec["status"] == "ok" and rec["attempts"] == 1 and rec["n_annotated"] == len(ch.turn_ids)
+    assert dec.labels["annotated"].all() and dec.labels["label"].notna().all()
+    assert dec.summary()["coverage"] == 1.0 and dec.summary()["annotated"] == pytest.approx(
+        1.0 - rec["n_invalid"] / len(ch.turn_ids))
+    assert math.isclose(dec.labels["label"].sum(), ch.share, abs_tol=1e-6)  # rescale: shift (the default)
+
+
 # --------------------------------------------------------------------------- consistency and distillation
 
 
 def test_consistency_classes_and_agreement():
+    """Left-out turns carry label 0 and annotated False: App. J's third class comes from the flag."""
     a = pd.DataFrame({"convo_id": ["x"] * 4 + ["y"] * 2, "turn_idx": [1, 3, 5, 7, 1, 3],
-                      "label": [5.0, 0.0, np.nan, -2.0, 1.0, 2.0]})
-    b = a.assign(label=[3.0, -1.0, np.nan, 4.0, np.nan, 2.0])
-    assert llm.label_classes(a["label"]).tolist() == [
+                      "label": [5.0, 0.0, 0.0, -2.0, 1.0, 2.0],
+                      "annotated": [True, True, False, True, True, True]})
+    b = a.assign(label=[3.0, -1.0, 0.0, 4.0, 0.0, 2.0], annotated=[True, True, False, True, False, True])
+    assert llm.label_classes(a["label"], a["annotated"]).tolist() == [
         "positive", "zero_or_negative", "no_annotation", "zero_or_negative", "positive", "positive"]
     c = llm.consistency(a, b)
     assert c.set_index("convo_id")["agreement"].to_dict() == {"x": 0.75, "y": 0.5}
+    # without the flag a left-out turn (0) would pass for "zero or negative"
+    assert llm.label_classes(b["label"]).tolist()[4] == "zero_or_negative"
+    # a failed chunk's NaN is "no annotation" with or without it
+    failed = a.assign(label=np.nan, annotated=False)
+    assert set(llm.label_classes(failed["label"], failed["annotated"])) == {"no_annotation"}
+    assert set(llm.label_classes(failed["label"])) == {"no_annotation"}
 
 
 def test_labels_align_with_pairs():
+    """NaN for a failed chunk's turn (x, 1) and for a turn never decomposed (y, 1)."""
     pairs = pd.DataFrame({"convo_id": ["x", "x", "y"], "turn_idx": [1, 3, 1]})
     labels = pd.DataFrame({"convo_id": ["x", "x"], "turn_idx": [3, 1], "label": [7.0, np.nan]})
     out = llm.labels_for_pairs(pairs, labels)
@@ -511,11 +645,11 @@ def train_parts(sim):
     return corpus, pairs, feats, ids[:4], ids[4:]
 
 
-def test_distillation_fits_the_labels_and_masks_no_annotation(train_parts):
-    """eq. 5: r_θ regressed on the LLM's labels; turns without a label do not pull it."""
+def test_distillation_fits_the_labels_and_masks_failed_chunks(train_parts):
+    """eq. 5: r_θ regressed on the LLM's labels; the turns of failed chunks (NaN) do not pull it."""
     corpus, pairs, feats, train_ids, test_ids = train_parts
     labels = pairs["true_reward"].to_numpy(float).copy()
-    labels[::2] = np.nan  # half of the turns: no annotation
+    labels[::2] = np.nan  # half of the turns: in failed chunks
     p = RewardParams(epochs=40, lr=3e-3, batch_conversations=2)
     base = {"va": np.zeros(len(pairs)), "ls": np.zeros(len(pairs))}
     train = rm.make_train_data(corpus, pairs, feats, train_ids, {**base, rm.LLM_LABELS: labels})
