@@ -15,7 +15,8 @@ A :class:`Corpus` is three tables (stored as parquet):
     id in the source file), speaker_id (str), role ("User" | "AI"), is_ai (bool),
     start, stop (float seconds, NaN without timing), utterance (str), n_words
     (int), act (str: simulated social act, "" elsewhere), true_reward (float:
-    planted turn reward on the 0-100 scale, simulated corpus only, else NaN),
+    planted turn reward on the 0-100 scale, length-free: the session score is
+    their mean plus noise; simulated corpus only, else NaN),
     local_feedback (float: ESConv seeker feedback 1-5 on the supporter turns it
     rates, else NaN).
 

@@ -21,9 +21,13 @@
 # score: the sum-decomposition loss (GELI eq. 4)
 # $\mathcal{L}_{GE} = \big(R_{GE}(\tau) - \sum_t r_\theta(s_t, a_t)\big)^2$.
 #
+# The study writes the sum in the GELI authors' fixed-$T$ mean form,
+# $\frac{\bar T}{T}\sum_t r_\theta(s_t, a_t)$, so that a turn's reward does not depend on how long its
+# conversation is (03 explains why); $\bar T$ is the unit of $r_\theta$.
+#
 # With ~160 turns the full sum is expensive and noisy, so **RRD** (GELI eq. 9,
-# Ren et al. 2021) estimates it from $K$ sampled turns, scaled by $T/K$.
-# **IRCR** gives every turn the same share $R/T$; **RUDDER** trains an LSTM to
+# Ren et al. 2021) estimates it from $K$ sampled turns, scaled by $\bar T/K$.
+# **IRCR** gives every turn the same share $R/\bar T$; **RUDDER** trains an LSTM to
 # predict the return and rewards each turn with the change in its prediction.
 # **Mean** and **Mode** predict a constant per turn: the floor.
 #
