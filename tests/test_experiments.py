@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from geli_lib import experiments as ex
@@ -51,3 +52,40 @@ def test_sweeps_do_not_overwrite_saved_functions(reward_data, tmp_path, monkeypa
     monkeypatch.setenv("GELI_CACHE", str(tmp_path))
     ex.sweep(data, dataclasses.replace(params, seeds=[0]), "lam", [0.2])
     assert ex.saved_reward_functions(params.profile, params.corpus) == {}
+
+
+def _rows(values: dict[str, tuple[str, float, float, float, float, float]]) -> pd.DataFrame:
+    """Two seeds per method with the same metrics: name -> (family, L_GE MSE, Δ, Δ within, ρ, ρ within)."""
+    rows = []
+    for name, (fam, mse, d, dw, rho, rho_w) in values.items():
+        for seed in (0, 1):
+            rows.append({"method": name, "family": fam, "seed": seed, "l_ge_mse": mse, "delta_li": d,
+                         "delta_li_within": dw, "gt_spearman": rho, "gt_spearman_within": rho_w})
+    return pd.DataFrame(rows)
+
+
+def test_readings_state_the_pattern_with_this_runs_numbers():
+    rows = _rows({"GE: RRD (K=32)": ("GE", 200.0, 0.02, 0.01, 0.2, 0.1),
+                  "LI: Visual Affect": ("LI", 1000.0, 0.5, 0.4, 0.25, 0.25),
+                  "GELI: RRD + VA": ("GELI", 210.0, 0.1, 0.1, 0.2, 0.1),       # adds up, too little Δ
+                  "GELI: recipe": ("GELI", 215.0, 0.3, 0.25, 0.2, 0.2),        # both: ≤ 220 and ≥ 0.2
+                  "Oracle (planted truth)": ("oracle", 150.0, 0.2, 0.1, 0.4, 0.3)})
+    text = ex.readings(rows)
+    assert "GE-only Δr̂_LI ≈ 0: **holds**" in text[0] and "0.020" in text[0]
+    assert "**holds**" in text[1] and "4.8×" in text[1]  # 1000 / 210
+    assert "**GELI: recipe**" in text[2] and "L_GE MSE ≤ 220.0" in text[2]
+    assert "0.400 pooled" in text[3] and "0.300 within" in text[3]
+    placebo = _rows({"LI: Visual Affect [placebo face]": ("LI", 1000.0, 0.5, 0.4, 0.2, 0.1)})
+    assert "0.250 → 0.100 (40% survives)" in ex.readings(rows, placebo)[-1]
+    worse = rows.assign(delta_li=np.where(rows["family"] == "GE", 0.3, rows["delta_li"]))
+    assert "does not hold" in ex.readings(worse)[0]
+
+
+def test_sweep_readings_measure_against_the_sweeps_own_ends():
+    rows = pd.DataFrame([{"method": "GELI", "seed": s, "lam": lam, "l_ge_mse": mse, "delta_li_within": d}
+                         for s in (0, 1)
+                         for lam, mse, d in ((0.0, 900.0, 0.4), (0.1, 205.0, 0.3), (0.5, 200.0, 0.05),
+                                             (1.0, 190.0, 0.0))])
+    (line,) = ex.sweep_readings(rows)
+    # both: L_GE ≤ 1.1 · 190 = 209 and Δ within ≥ 0.5 · 0.4 = 0.2 -> only λ = 0.1
+    assert "at lam = **0.1**" in line and "L_GE MSE ≤ 209.0" in line
