@@ -347,9 +347,10 @@ def readings(rows: pd.DataFrame, placebo: pd.DataFrame | None = None) -> list[st
     if placebo is not None and len(placebo):
         p = placebo.assign(method=placebo["method"].str.replace(" [placebo face]", "", regex=False))
         pm = p.groupby("method", sort=False)["gt_spearman_within"].mean()
-        parts = [f"{n}: {m.loc[n, 'gt_spearman_within']:.3f} → {v:.3f} "
-                 f"({v / m.loc[n, 'gt_spearman_within']:.0%} survives)"
-                 for n, v in pm.items() if n in m.index and m.loc[n, "gt_spearman_within"] > 0]
+        parts = [f"{n}: {m.loc[n, 'gt_spearman_within']:.3f} → {v:.3f}"
+                 + (f" ({v / m.loc[n, 'gt_spearman_within']:.0%} survives)" if m.loc[n, "gt_spearman_within"] > 0
+                    else "")
+                 for n, v in pm.items() if n in m.index]
         out.append("With a placebo face (face_coupling 0, same conversations), the within-conversation ρ with the "
                    "truth of each LI-based method: " + "; ".join(parts) + ". What survives comes from how the "
                    "label is built (the window follows the utterance; short turns get Γ = 0), not from the face.")

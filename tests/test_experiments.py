@@ -75,8 +75,10 @@ def test_readings_state_the_pattern_with_this_runs_numbers():
     assert "**holds**" in text[1] and "4.8×" in text[1]  # 1000 / 210
     assert "**GELI: recipe**" in text[2] and "L_GE MSE ≤ 220.0" in text[2]
     assert "0.400 pooled" in text[3] and "0.300 within" in text[3]
-    placebo = _rows({"LI: Visual Affect [placebo face]": ("LI", 1000.0, 0.5, 0.4, 0.2, 0.1)})
-    assert "0.250 → 0.100 (40% survives)" in ex.readings(rows, placebo)[-1]
+    placebo = _rows({"LI: Visual Affect [placebo face]": ("LI", 1000.0, 0.5, 0.4, 0.2, 0.1),
+                     "GELI: recipe [placebo face]": ("GELI", 215.0, 0.0, 0.0, 0.2, 0.05)})
+    assert "Visual Affect: 0.250 → 0.100 (40% survives); GELI: recipe: 0.200 → 0.050 (25% survives)" \
+        in ex.readings(rows, placebo)[-1]
     worse = rows.assign(delta_li=np.where(rows["family"] == "GE", 0.3, rows["delta_li"]))
     assert "does not hold" in ex.readings(worse)[0]
 
