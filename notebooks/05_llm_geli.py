@@ -28,10 +28,15 @@
 #
 # $$\mathcal{L}_{LI}(\theta) = \mathbb{E}_{(s_t,a_t)}\big[(r_{LI}(s_t,a_t) - r_\theta(s_t,a_t))^2\big],$$
 #
-# with turns the LLM left without a score ("no annotation", App. J) masked out.
+# The prompt asks for the *salient* utterances, so a turn the LLM leaves out gets the label 0
+# (it still counts as "no annotation" in App. J's consistency classes); only the turns of a
+# chunk whose answer could not be read at all are masked out of eq. 5. Each chunk's labels are
+# shifted to add up to its share of the score (`llm.rescale: shift`).
 #
 # The paper used o3-mini. Offline, the decomposer here is **SmolLM2-135M-Instruct** (`local`),
-# a 135-million-parameter chat model that was never going to do this well; any
+# a 135-million-parameter chat model that was never going to do this well; its decoding is
+# constrained to the answer's JSON object (every id of the chunk, in order, each with a number
+# within the score's range), so it always answers in the format asked for; any
 # OpenAI-compatible endpoint (`openai`, e.g. a hosted model or `transformers serve`) is one
 # parameter away, and a deterministic **reference decomposer** that splits the score by the
 # listener's facial happiness (not an LLM) is the yardstick. Every answer is cached on disk, so
@@ -80,7 +85,9 @@ print(llm.prompt_messages(chunks[variants[-1]][0])[0]["content"][:3000])
 # ## Decompose
 #
 # The LLM decomposes the first `llm.max_conversations` reward-training conversations (all of
-# them when 0); the reference decomposer, which costs nothing, decomposes every one.
+# them when 0); the reference decomposer, which costs nothing, decomposes every one. Per chunk:
+# how many of its AI turns the answer scored (`n_annotated`), the answer's own sum and its
+# deviation from the share, and how the labels were made to add up (`rescaled`).
 
 # %%
 decomposer = llm.make_backend(params.llm, params.device)
@@ -91,16 +98,23 @@ with timed(profile, "05: decompose"):
     reference = llm.decompose(everything, llm.ReferenceDecomposer(), params.llm, cache)
 print(f"{decomposer.name} ({decomposer.model}): {cache.misses} model call(s), {cache.hits} answer(s) from the cache")
 display(pd.concat([d.chunks for d in decs.values()], ignore_index=True)
-        [["convo_id", "chunk", "variant", "status", "attempts", "share", "raw_sum", "deviation", "unknown_ids",
-          "reason"]])
+        [["convo_id", "chunk", "variant", "status", "attempts", "n_ai_turns", "n_annotated", "share", "raw_sum",
+          "deviation", "rescaled", "unknown_ids", "reason"]])
 
 # %% [markdown]
 # ## How good are the labels? (against the planted truth)
 #
 # On the simulated corpus every AI turn has a planted reward, so each decomposition can be
-# scored directly: coverage (turns that got a number), the soft constraint's mean |deviation|
-# (Σ labels − share), and the correlation with the truth: pooled, and **within a conversation**,
-# the credit-assignment measure (on ESConv the truth is the seeker's local feedback).
+# scored directly:
+#
+# * `coverage`: turns with a usable label (those of chunks whose answer was read; a failed
+#   chunk's turns are NaN); `annotated`: turns the LLM actually gave a number;
+# * `mean_abs_deviation`: mean |Σ answer − share| of the answers as given (eq. 4's soft
+#   constraint), `mean_abs_deviation_labels` the same after the rescaling (0 under `shift`);
+# * `gt_spearman` / `gt_spearman_within`: Spearman's ρ with the truth, pooled and **within a
+#   conversation** (the credit-assignment measure; on ESConv the truth is the seeker's local
+#   feedback); `ref_spearman` / `ref_spearman_within`: the same against the reference
+#   decomposer's labels.
 
 # %%
 on_llm_ids = llm.Decomposition(reference.backend, reference.model,
@@ -109,8 +123,10 @@ on_llm_ids = llm.Decomposition(reference.backend, reference.model,
 named = {f"{decomposer.name}: {v}": d for v, d in decs.items()}
 named.update({"reference (not an LLM), same conversations": on_llm_ids,
               "reference (not an LLM), all training conversations": reference})
-quality = llm.decomposition_table(named, data.corpus)
-display(quality.drop(columns=["model"]).round(3))
+quality = llm.decomposition_table(named, data.corpus, reference=reference)
+display(quality[["decomposition", "chunks", "failed", "coverage", "annotated", "mean_abs_deviation",
+                 "mean_abs_deviation_labels", "gt_pearson", "gt_spearman", "gt_spearman_within", "ref_spearman",
+                 "ref_spearman_within", "from_cache"]].round(3))
 
 # %% [markdown]
 # ## Consistency (App. J)
@@ -173,8 +189,10 @@ if len(rows):
 # %%
 q = quality.set_index("decomposition")
 for name, r in q.iterrows():
-    print(f"{name}: {r['coverage']:.0%} of AI turns labelled, {r['failed']} of {r['chunks']} chunk(s) failed, "
-          f"mean |Σ labels − share| = {r['mean_abs_deviation']:.1f} points, "
-          f"truth ρ pooled = {r['gt_spearman']:.2f}, within conversations = {r['gt_spearman_within']:.2f}")
+    print(f"{name}: {r['coverage']:.0%} of AI turns labelled ({r['annotated']:.0%} scored by the decomposer, the "
+          f"rest 0), {r['failed']} of {r['chunks']} chunk(s) failed, mean |Σ answer − share| = "
+          f"{r['mean_abs_deviation']:.1f} points ({r['mean_abs_deviation_labels']:.1f} after rescaling), "
+          f"truth ρ pooled = {r['gt_spearman']:.2f}, within conversations = {r['gt_spearman_within']:.2f}; "
+          f"ρ with the reference decomposer pooled = {r['ref_spearman']:.2f}, within = {r['ref_spearman_within']:.2f}")
 print(f"consistency of two samples: {cons['agreement'].mean():.0%} (paper, o3-mini: 89%); a turn left "
-      "unannotated by both samples counts as agreement (App. J's third class), so read it with the coverage")
+      "unannotated by both samples counts as agreement (App. J's third class), so read it with the annotated share")
