@@ -714,8 +714,9 @@ def auto_scale(train: TrainData, params: RewardParams, method: str,
 
     The share is R / :func:`turn_unit`. Methods that regress the head on
     per-turn targets whose range is known before training (``oracle``: the
-    planted rewards; ``rudder``: the redistributed rewards; ``llm``: the
-    labels) also keep those targets inside the range.
+    planted rewards; ``rudder``: the redistributed rewards) also keep those
+    targets inside the range. An LLM's labels do not stretch it: they are
+    clipped into it (:func:`_clip_to_range`).
     """
     if params.output_scale > 0:
         return float(params.output_scale)
@@ -751,6 +752,21 @@ def _llm_targets(train: TrainData, T_bar: float | None) -> torch.Tensor:
         raise RewardModelError("every LLM label of the training conversations is missing (no annotation or "
                                "failed chunks): nothing to distil")
     return g * train.lengths.to(g.dtype)[:, None] / turn_unit(train.lengths, T_bar)
+
+
+def _clip_to_range(targets: torch.Tensor, mask: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
+    """Targets clipped into the head's range [-scale, scale], and the share of valid labels that were.
+
+    An LLM's labels only have to add up to the score: a small model often gives one
+    turn nearly all of it. The head keeps the range every reward function has (set by
+    the session scores, :func:`auto_scale`), so distilled rewards stay on the scale of
+    the others (PPO and cross-scoring compare them); labels outside it are clipped
+    and counted, not allowed to stretch the range and inflate every prediction.
+    """
+    ok = mask & torch.isfinite(targets)
+    outside = ok & (targets.abs() > scale)
+    share = float(outside.sum()) / max(int(ok.sum()), 1)
+    return targets.clamp(-scale, scale), share
 
 
 def _masked_mse(r_hat: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -978,10 +994,10 @@ def _train_head(method: str, train: TrainData, params: RewardParams, seed: int, 
             raise RewardModelError("oracle needs the planted per-turn reward (simulated corpus only): "
                                    "every true_reward is NaN")
         oracle = train.truth / turn_unit(train.lengths, T_bar)
-    if method == "llm":  # eq. 5 of LLM-GELI is the oracle's per-turn MSE with the LLM's labels as targets
-        oracle = _llm_targets(train, T_bar)
     scale = start.scale if start is not None else \
         auto_scale(train, params, method, ge_targets if method == "rudder" else oracle, T_bar)
+    if method == "llm":  # eq. 5 of LLM-GELI is the oracle's per-turn MSE with the LLM's labels as targets
+        oracle, info["labels_clipped"] = _clip_to_range(_llm_targets(train, T_bar), train.mask, scale)
     if li is not None and (lam < 1 or method in ("va", "ls")):
         li_targets = _li_targets(train, li, scale, params)
 

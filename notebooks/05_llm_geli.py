@@ -59,10 +59,11 @@ from geli_lib.params import load_params
 from geli_lib.runs import timed
 
 params = load_params(profile, corpus=corpus, data_path=data_path, llm={"backend": backend} if backend else None)
+results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
 seeds = params.seeds if seed is None else [int(seed)]
 
 # %%
-with timed(profile, "05: prepare reward data"):
+with timed(results, "05: prepare reward data"):
     data = experiments.prepare_reward_data(params)
 
 # %% [markdown]
@@ -92,7 +93,7 @@ print(llm.prompt_messages(chunks[variants[-1]][0])[0]["content"][:3000])
 # %%
 decomposer = llm.make_backend(params.llm, params.device)
 cache = llm.ResponseCache()
-with timed(profile, "05: decompose"):
+with timed(results, "05: decompose"):
     decs = {v: llm.decompose(chunks[v], decomposer, params.llm, cache) for v in variants}
     everything = llm.build_chunks(data.corpus, data.train.convo_ids, params.llm, "text")
     reference = llm.decompose(everything, llm.ReferenceDecomposer(), params.llm, cache)
@@ -138,14 +139,14 @@ display(quality[["decomposition", "chunks", "failed", "coverage", "annotated", "
 # %%
 n_cons = min(params.llm.consistency_conversations, len(ids))
 cons_parts = []
-with timed(profile, "05: consistency"):
+with timed(results, "05: consistency"):
     for v in variants:
         sub = [c for c in chunks[v] if c.convo_id in ids[:n_cons]]
         second = llm.decompose(sub, decomposer, params.llm, cache, sample=1)
         cons_parts.append(llm.consistency(decs[v].labels, second.labels).assign(variant=v))
 cons = pd.concat(cons_parts, ignore_index=True)
 display(cons.groupby("variant")["agreement"].agg(["mean", "std", "count"]).round(3))
-figures.save_figure(figures.consistency_bars(cons), profile, "05_consistency")
+figures.save_figure(figures.consistency_bars(cons), results, "05_consistency")
 
 # %% [markdown]
 # ## One conversation: the decompositions next to the planted truth
@@ -156,7 +157,7 @@ shown = {**named, "reference (not an LLM)": reference}
 shown = {k: v for k, v in shown.items() if not k.startswith("reference (not an LLM),")}
 table = llm.unroll_table(shown, data.corpus, first)
 fig = figures.unroll(table, first, list(shown), max_turns=20)
-figures.save_figure(fig, profile, "05_decomposition")
+figures.save_figure(fig, results, "05_decomposition")
 
 # %% [markdown]
 # ## Distil r_θ from the labels (eq. 5) and evaluate it on held-out conversations
@@ -165,7 +166,7 @@ figures.save_figure(fig, profile, "05_decomposition")
 
 # %%
 rows, preds = [], {}
-with timed(profile, "05: distil"):
+with timed(results, "05: distil"):
     for v in variants:
         if not decs[v].labels["label"].notna().any():
             print(f"{llm.distilled_name(v, decomposer)}: skipped, the {decomposer.name} decomposer produced no usable label")
@@ -176,7 +177,7 @@ with timed(profile, "05: distil"):
         rows.append(r)
         preds.update(p)
 rows = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(REWARD_TABLE_COLUMNS))
-experiments.write_rows(profile, "llm", rows, data, preds)
+experiments.write_rows(results, "llm", rows, data, preds)
 if len(rows):
     display(experiments.table1(rows))
 

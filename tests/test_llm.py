@@ -648,7 +648,8 @@ def train_parts(sim):
 def test_distillation_fits_the_labels_and_masks_failed_chunks(train_parts):
     """eq. 5: r_θ regressed on the LLM's labels; the turns of failed chunks (NaN) do not pull it."""
     corpus, pairs, feats, train_ids, test_ids = train_parts
-    labels = pairs["true_reward"].to_numpy(float).copy()
+    # labels as an LLM gives them: they add up to the score over a conversation (the truth's share)
+    labels = (pairs["true_reward"] / pairs.groupby("convo_id")["true_reward"].transform("size")).to_numpy(copy=True)
     labels[::2] = np.nan  # half of the turns: in failed chunks
     p = RewardParams(epochs=40, lr=3e-3, batch_conversations=2)
     base = {"va": np.zeros(len(pairs)), "ls": np.zeros(len(pairs))}
@@ -662,6 +663,13 @@ def test_distillation_fits_the_labels_and_masks_failed_chunks(train_parts):
     assert spearman(pred, pairs.loc[test, "true_reward"].to_numpy()) > 0.5
     with pytest.raises(rm.RewardModelError, match="no 'llm' labels"):
         rm.train_reward_function("llm", rm.make_train_data(corpus, pairs, feats, train_ids, base), p)
+    assert tr.info["labels_clipped"] == 0.0
+    # a small LLM that gives one turn of each conversation the whole score: clipped into the head's range
+    greedy = np.where(pairs.groupby("convo_id").cumcount() == 0, pairs["score"], 0.0)
+    lumpy = rm.train_reward_function("llm", rm.make_train_data(
+        corpus, pairs, feats, train_ids, {**base, rm.LLM_LABELS: greedy}), p, seed=0)
+    assert 0 < lumpy.info["labels_clipped"] < 0.2
+    assert np.abs(rm.predict(lumpy, feats)).max() <= lumpy.scale <= 1.25 * 100 / lumpy.T_bar + 1e-6
     none = rm.make_train_data(corpus, pairs, feats, train_ids, {**base, rm.LLM_LABELS: np.full(len(pairs), np.nan)})
     with pytest.raises(rm.RewardModelError, match="every LLM label"):
         rm.train_reward_function("llm", none, p)
