@@ -1,12 +1,15 @@
-"""Benchmark: seconds per PPO update and peak memory at a profile's RL settings (default: cpu).
+"""Benchmark: seconds per RL update and peak memory at a profile's RL settings (default: cpu).
 
-Targets (issue 6): the cpu profile runs every reward function of ``rl.reward_fns``
-(4 × ``rl.steps`` updates) plus generations in under 15 minutes on 2 cores; on one
-H100 the gpu profile does 200 updates of batch 24 in under 20 minutes (6 s/update).
-Runs ``--steps`` real updates (TRL PPOTrainer + LoRA on SmolLM2, a saved reward
-function) in a temporary folder and prints seconds per update (first update
-apart: it includes TRL's warm-up), peak RSS (CPU) or peak CUDA memory, and the
-projected time of the profile's whole RL stage.
+Targets: the cpu profile runs every reward function of ``rl.reward_fns``
+(4 × ``rl.steps`` updates, the evaluation curve) plus generations and their
+scoring (notebooks 07 + 08) in under 15 minutes on 2 idle cores; on one H100
+the gpu profile does 200 PPO updates of batch 24 in under 20 minutes (6 s/update).
+Runs ``--steps`` real updates of the profile's algorithm (``rl.algorithm``, or
+``--algorithm``; TRL + LoRA on SmolLM2, a saved reward function) in a temporary
+folder, with the profile's evaluation curve, and prints seconds per update
+(first update apart: it includes TRL's warm-up), seconds per evaluation point,
+peak RSS (CPU) or peak CUDA memory, and the projected time of the profile's
+whole RL stage.
 
 Run: ``python benchmarks/bench_ppo.py [--profile cpu] [--steps 3] [--reward-profile smoke]``;
 on a GPU: ``python benchmarks/bench_ppo.py --profile gpu --device cuda``. The reward
@@ -38,10 +41,11 @@ def main() -> None:
     parser.add_argument("--reward-profile", help="profile whose saved reward function is used (default: --profile)")
     parser.add_argument("--reward-fn", default="GELI: RRD + VA")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the profile's)")
+    parser.add_argument("--algorithm", default=None, help="ppo, rloo or grpo (default: the profile's)")
     args = parser.parse_args()
-    params = load_params(args.profile)
+    params = load_params(args.profile, rl={"algorithm": args.algorithm} if args.algorithm else None)
     device = args.device or params.device
-    rlp = dataclasses.replace(params.rl, steps=args.steps, save_every=args.steps)
+    rlp = dataclasses.replace(params.rl, steps=args.steps, save_every=args.steps, eval_every=args.steps)
     t0 = time.perf_counter()
     corpus = data.load_corpus(params, progress=False)
     split = data.split_conversations(corpus.conversations, params.splits)
@@ -55,7 +59,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         info = rl.train_rl(args.reward_fn, folder, train, rlp, args.profile, params.corpus, params.seed, device,
-                           out_dir=Path(tmp) / "run")
+                           out_dir=Path(tmp) / "run", curve=rl.curve_contexts(held_out, rlp), data=params.data)
         t_run = time.perf_counter() - t0
         t0 = time.perf_counter()
         rows = rl.generations(held_out, {args.reward_fn: info.adapter}, rlp, params.seed, device)
@@ -63,18 +67,26 @@ def main() -> None:
     secs = info.curves["seconds"].to_numpy()
     steady = float(secs[1:].mean()) if len(secs) > 1 else float(secs[0])
     n_fns = len(params.rl.reward_fns)
-    overhead = t_run - secs.sum()  # model loading, trainer construction, saving
-    projected = n_fns * (params.rl.steps * steady + overhead) + t_gen * (n_fns + 1) / 2
+    n_eval = len(info.evals["step"].unique()) if len(info.evals) else 0  # before the first update and at the end
+    overhead = t_run - secs.sum()  # model loading, trainer construction, evaluation points, saving
+    t_point = overhead / max(n_eval, 1) if n_eval else 0.0  # an upper bound: loading counts in
+    points = params.rl.steps // params.rl.eval_every + 1 + (params.rl.steps % params.rl.eval_every > 0)
+    projected = (n_fns * (params.rl.steps * steady + overhead + max(points - n_eval, 0) * t_point)
+                 + t_gen * (n_fns + 1) / 2)
     mem = (f"peak CUDA memory {torch.cuda.max_memory_allocated() / 1024 ** 3:.2f} GiB" if device == "cuda"
            else f"peak RSS {info.peak_rss_gb:.2f} GiB")
-    print(f"profile {args.profile} on {device} ({torch.get_num_threads()} torch threads): batch {rlp.batch_size}, "
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"profile {args.profile} on {device} ({torch.get_num_threads()} torch threads, load average {load:.1f}): "
+          f"{rlp.algorithm.upper()}, batch {rlp.batch_size} responses"
+          f"{f' ({rlp.batch_size // rlp.group_size} prompts x {rlp.group_size})' if rlp.algorithm != 'ppo' else ''}, "
           f"mini-batch {rlp.mini_batch_size}, {rlp.ppo_epochs} PPO epoch(s), {rlp.response_length} response "
-          f"tokens, prompts <= {rlp.max_prompt_tokens} tokens ({rlp.history_turns} turns)")
+          f"tokens, prompts <= {rlp.max_prompt_tokens} tokens ({rlp.history_turns} turns), lr {rlp.lr:g}")
     print(f"setup {t_setup:.1f} s; first update {secs[0]:.1f} s; steady {steady:.1f} s / update "
-          f"(updates: {', '.join(f'{s:.1f}' for s in secs)}); load/build/save overhead {overhead:.1f} s; {mem}")
+          f"(updates: {', '.join(f'{s:.1f}' for s in secs)}); load/build/evaluate/save overhead {overhead:.1f} s "
+          f"({n_eval} evaluation points of {rlp.curve_contexts} contexts); {mem}")
     print(f"generations: {len(rows)} rows ({len(held_out)} contexts × base, adapted, truth) in {t_gen:.1f} s")
-    print(f"projected RL stage of the {args.profile} profile: {n_fns} reward functions × {params.rl.steps} updates "
-          f"= {projected / 60:.1f} min")
+    print(f"projected RL stage of the {args.profile} profile (07 training + generations): {n_fns} reward functions "
+          f"× {params.rl.steps} updates + {points} evaluation points = {projected / 60:.1f} min")
     print(f"reward r̂ per update: {', '.join(f'{r:.3f}' for r in info.curves['reward_mean'])}; "
           f"KL: {', '.join(f'{k:.4f}' for k in info.curves['kl'])}")
 

@@ -290,3 +290,44 @@ def consistency_bars(table: pd.DataFrame, paper: tuple[float, float] = (89.10, 5
     ax.legend(frameon=False, fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def rl_eval_curves(evals: pd.DataFrame, curves: pd.DataFrame | None = None) -> plt.Figure:
+    """GELI Figs. 7-10, measured: reward and KL of the policy on fixed held-out contexts per update.
+
+    One column per reward function. Top: mean r̂ of the greedy responses to the
+    fixed contexts (``tables/rl_eval_curves.csv``) with a 95% normal interval over
+    contexts, and (thin, grey) the batch means of the sampled training responses
+    (``tables/ppo_curves.csv``). Bottom: the mean KL to the reference (nats per
+    response). Titles name the algorithm; several seeds are separate lines.
+    """
+    source = evals if len(evals) else (curves if curves is not None else evals)
+    names = list(dict.fromkeys(source["reward_fn"]))
+    fig, axes = plt.subplots(2, max(len(names), 1), figsize=(3.6 * max(len(names), 1), 5.2), squeeze=False,
+                             sharex=True)
+    for j, name in enumerate(names):
+        ev = evals[evals["reward_fn"] == name]
+        alg = ""
+        for seed, g in ev.groupby("seed"):
+            alg = str(g["algorithm"].iloc[0])
+            s = g.groupby("step")["reward"].agg(["mean", "std", "count"])
+            half = 1.96 * s["std"].fillna(0) / np.sqrt(s["count"])
+            axes[0, j].plot(s.index, s["mean"], marker="o", ms=3, label=f"held-out, seed {seed}")
+            axes[0, j].fill_between(s.index, s["mean"] - half, s["mean"] + half, alpha=0.2)
+            k = g.groupby("step")["kl"].mean()
+            axes[1, j].plot(k.index, k.to_numpy(), marker="o", ms=3, color="tab:red")
+        if curves is not None and len(curves):
+            for seed, g in curves[curves["reward_fn"] == name].groupby("seed"):
+                alg = alg or str(g["algorithm"].iloc[0])
+                g = g.sort_values("step")
+                axes[0, j].plot(g["step"], g["reward_mean"], lw=0.8, color="0.6", label=f"train batches, seed {seed}")
+                if ev.empty:
+                    axes[1, j].plot(g["step"], g["kl"], marker="o", ms=3, color="tab:red")
+        axes[0, j].set_title(f"{name} ({alg.upper()})" if alg else name, fontsize=10)
+        axes[1, j].set_xlabel("update")
+    axes[0, 0].set_ylabel("mean reward r̂")
+    axes[1, 0].set_ylabel("KL to reference (nats / response)")
+    if names:
+        axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -8,9 +8,13 @@ context and model; ``history`` holds one utterance per line, ``User: …`` /
 
 - ``reward: <name>``: mean r̂ under every trained reward function
   (cross-scoring: a model adapted to one reward function is scored by all the
-  others, so reward hacking shows as a high score only on its own row). The
-  history is converted to r_θ's input format by :func:`reward_pairs`.
-  Constant reward functions (Mean, Mode) score every response alike and are left out.
+  others, so reward hacking shows as a high score only on its own row).
+  Scored by :class:`PairScorer`, **the same function RL training calls** on
+  (history shown to the policy, response): the history goes through
+  :func:`reward_history` (r_θ's input format, its ``history_turns`` /
+  ``history_chars`` cut), both texts through r_θ's encoder (its 256-token cut
+  from the left), then the head. Constant reward functions (Mean, Mode) score
+  every response alike and are left out.
 - ``vader_compound``, ``vader_positive``: VADER's compound score (mean) and the
   share of responses with compound ≥ 0.05 (VADER's "positive" cut-off): positivity.
 - ``distinct_<n>``: unique word n-grams / all word n-grams over the model's
@@ -25,7 +29,10 @@ context and model; ``history`` holds one utterance per line, ``User: …`` /
   to the same context and seed: how much adaptation changed the policy at all.
 
 The table holds one row per (corpus, seed, model, metric); :func:`auto_eval_table`
-gives mean ± sd over seeds.
+gives mean ± sd over seeds. :func:`cross_reward_table` answers GELI's question
+"does optimising one reward also raise the others?": models × reward functions,
+mean ± sd over seeds, each cell tested against the base model by
+:data:`PAIRED_TEST` over (seed, context) pairs (:func:`paired_p`).
 """
 
 from __future__ import annotations
@@ -33,13 +40,17 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from geli_lib.features import vader_compound
+from geli_lib.human_eval import sign_flip_test, stars
 from geli_lib.params import DataParams, EvalParams
+
+if TYPE_CHECKING:
+    from geli_lib.reward_model import TrainedReward
 
 #: The generations contract (issue 6 writes it, notebooks 08/09 read it).
 GENERATION_COLUMNS: tuple[str, ...] = (
@@ -119,6 +130,59 @@ def reward_pairs(gens: pd.DataFrame, data: DataParams) -> pd.DataFrame:
                          "response": gens["response"].astype(str).to_numpy()}, index=gens.index)
 
 
+class PairScorer:
+    """r̂ = r_θ(s_t, a_t) of (history lines, response) texts: the one scoring of RL and evaluation.
+
+    RL training (:class:`geli_lib.rl.TextReward`), notebook 07's evaluation
+    curves and notebook 08's cross-scores all call this. ``histories`` are in
+    the policy's line format (``User: …`` / ``AI: …``, one per line: what the
+    policy was shown); they become r_θ's input by :func:`reward_history` with
+    ``data`` (its ``history_turns`` / ``history_chars`` cut), responses get r_θ's
+    ``" AI: "`` prefix, both are embedded by r_θ's encoder (frozen MiniLM, or its
+    own fine-tuned encoder; cut from the left at ``max_tokens``) and the head
+    scores their concatenation. Texts are encoded now, in batches of
+    ``batch_size``, never read from the feature cache, so the score of a pair
+    does not depend on where it is called from.
+    """
+
+    def __init__(self, trained: TrainedReward, data: DataParams | None = None, device: str = "cpu",
+                 batch_size: int = 64):
+        from geli_lib.reward_model import _load_encoder
+
+        self.trained, self.data = trained, data or DataParams()
+        self.device, self.batch_size = device, batch_size
+        if trained.constant is not None:
+            self.tok, self.encoder = None, None
+        elif trained.finetuned:
+            self.tok, self.encoder = trained.tokenizer, trained.text_encoder.to(device).eval()
+        else:
+            self.tok, self.encoder = _load_encoder(trained.encoder_name, device)
+        if self.encoder is not None:
+            self.encoder.requires_grad_(False)
+        if trained.head is not None:
+            trained.head.to(device).eval()
+
+    def __call__(self, histories: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """r̂ (N,) float64 of each pair (NaN passes through: callers decide what a non-finite score means)."""
+        import torch
+
+        from geli_lib.reward_model import RESPONSE_PREFIX, pair_features
+
+        if len(histories) != len(responses):
+            raise ValueError(f"{len(histories)} histories but {len(responses)} responses")
+        if self.trained.constant is not None:
+            return np.full(len(responses), float(self.trained.constant))
+        if not len(responses):
+            return np.zeros(0)
+        with torch.no_grad():
+            feats = pair_features([reward_history(h, self.data) for h in histories],
+                                  [RESPONSE_PREFIX + str(r) for r in responses], self.tok, self.encoder,
+                                  self.trained.encoder_name, self.trained.params.max_tokens, self.device,
+                                  self.batch_size)
+            out = self.trained.head(torch.from_numpy(feats).to(self.device))
+        return out.float().cpu().numpy().astype(np.float64).reshape(-1)
+
+
 # --------------------------------------------------------------------------- text scores
 
 
@@ -181,27 +245,41 @@ def cross_scores(gens: pd.DataFrame, reward_functions: Mapping[str, str | Path],
     """r̂ of every response under every (non-constant) reward function: one ``reward: <name>`` column each.
 
     ``reward_functions``: name -> saved folder (``experiments.saved_reward_functions``).
+    Scored by :class:`PairScorer` on the history shown to the policy: the score RL optimised.
     """
-    from geli_lib.reward_model import TrainedReward, predict_pairs
+    from geli_lib.reward_model import TrainedReward
 
-    pairs = reward_pairs(gens, data)
     out = pd.DataFrame(index=gens.index)
+    hist, resp = gens["history"].astype(str).tolist(), gens["response"].astype(str).tolist()
     for name, folder in reward_functions.items():
         trained = TrainedReward.load(folder)
         if trained.constant is not None:
             continue
-        out[REWARD_PREFIX + name] = predict_pairs(trained, pairs, device=device)
+        out[REWARD_PREFIX + name] = PairScorer(trained, data, device)(hist, resp)
     return out
 
 
-def auto_eval(gens: pd.DataFrame, params: EvalParams, data: DataParams,
-              reward_functions: Mapping[str, str | Path] | None = None,
-              device: str = "cpu") -> pd.DataFrame:
-    """``tables/auto_eval.csv``: one row per (corpus, seed, model, metric) with the value and its n."""
+def per_response(gens: pd.DataFrame, params: EvalParams, data: DataParams,
+                 reward_functions: Mapping[str, str | Path] | None = None, device: str = "cpu") -> pd.DataFrame:
+    """Every per-response score (text scores, ``reward: <name>`` columns, positivity, same-as-base, empty),
+    same index as ``gens``: the input of :func:`auto_eval` and :func:`cross_reward_table`."""
     per = pd.concat([response_scores(gens, params),
                      cross_scores(gens, reward_functions or {}, data, device)], axis=1)
     per["vader_positive"] = (per["vader_compound"] >= 0.05).astype(float)
     per["same_as_base"] = same_as_base(gens, params.base_model)
+    per["empty"] = (gens["response"].astype(str).str.strip() == "").astype(float)
+    return per
+
+
+def auto_eval(gens: pd.DataFrame, params: EvalParams, data: DataParams,
+              reward_functions: Mapping[str, str | Path] | None = None,
+              device: str = "cpu", per: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``tables/auto_eval.csv``: one row per (corpus, seed, model, metric) with the value and its n.
+
+    ``per``: the scores of :func:`per_response` when already computed (else computed here).
+    """
+    if per is None:
+        per = per_response(gens, params, data, reward_functions, device)
     keys = gens[["corpus", "seed", "model"]]
     rows = []
     for (corpus, seed, model), idx in keys.groupby(["corpus", "seed", "model"], sort=False).groups.items():
@@ -224,3 +302,82 @@ def auto_eval_table(rows: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     table = cells.unstack("metric")
     order = list(dict.fromkeys(rows["metric"]))
     return table[[m for m in order if m in table.columns]]
+
+
+# --------------------------------------------------------------------------- significance, cross-reward table
+
+#: The paired test of every model against the base model (named in every table that reports its p).
+PAIRED_TEST = "two-sided paired sign-flip permutation test over contexts"
+
+
+def paired_p(a: Sequence[float], b: Sequence[float], permutations: int = 20000, seed: int = 0) -> float:
+    """p of :data:`PAIRED_TEST` for mean(a − b) = 0, ``a`` and ``b`` paired by position (NaN pairs dropped).
+
+    Exact (enumeration by convolution) when the differences lie on a grid 1/L, else
+    ``permutations`` seeded Monte-Carlo sign flips (:func:`geli_lib.human_eval.sign_flip_test`).
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples of different sizes: {a.shape} vs {b.shape}")
+    d = a - b
+    d = d[np.isfinite(d)]
+    return sign_flip_test(d, permutations, seed) if len(d) else math.nan
+
+
+def vs_base(gens: pd.DataFrame, per: pd.DataFrame, metric: str, base: str = "base",
+            permutations: int = 20000) -> pd.DataFrame:
+    """Per (corpus, model): ``metric`` mean ± sd over seeds, and the paired test against ``base``.
+
+    Columns: ``corpus, model, mean, sd`` (of the per-seed means; 0 with one seed),
+    ``sd_contexts`` (over all responses), ``n_seeds``, ``n`` (paired (seed, context)
+    items), ``diff`` (mean model − base over them), ``p`` (:func:`paired_p`; NaN for
+    the base itself) and ``test``.
+    """
+    keys = ["corpus", "seed", "context_id"]
+    frame = gens[keys + ["model"]].assign(value=per[metric].to_numpy())
+    wide = frame.pivot_table(index=keys, columns="model", values="value", aggfunc="first")
+    rows = []
+    for (corpus, model), g in frame.groupby(["corpus", "model"], sort=False):
+        seed_means = g.groupby("seed")["value"].mean()
+        w = wide.loc[corpus] if corpus in wide.index.get_level_values(0) else wide.iloc[:0]
+        paired = model != base and base in w and model in w
+        a = w[model].to_numpy() if paired else np.zeros(0)
+        b = w[base].to_numpy() if paired else np.zeros(0)
+        ok = np.isfinite(a) & np.isfinite(b)
+        rows.append({"corpus": corpus, "model": model, "mean": float(seed_means.mean()),
+                     "sd": float(seed_means.std(ddof=1)) if len(seed_means) > 1 else 0.0,
+                     "sd_contexts": float(g["value"].std(ddof=1)) if g["value"].notna().sum() > 1 else 0.0,
+                     "n_seeds": int(seed_means.notna().sum()), "n": int(ok.sum()),
+                     "diff": float((a[ok] - b[ok]).mean()) if ok.any() else math.nan,
+                     "p": paired_p(a[ok], b[ok], permutations) if paired else math.nan,
+                     "test": PAIRED_TEST if paired else ""})
+    return pd.DataFrame(rows, columns=["corpus", "model", "mean", "sd", "sd_contexts", "n_seeds", "n",
+                                       "diff", "p", "test"])
+
+
+def cross_reward_stats(gens: pd.DataFrame, per: pd.DataFrame, base: str = "base",
+                       permutations: int = 20000) -> pd.DataFrame:
+    """:func:`vs_base` for every ``reward: <name>`` column of ``per``, with a ``reward_fn`` column (long form)."""
+    cols = [c for c in per.columns if c.startswith(REWARD_PREFIX)]
+    parts = [vs_base(gens, per, c, base, permutations).assign(reward_fn=c[len(REWARD_PREFIX):]) for c in cols]
+    if not parts:
+        return pd.DataFrame(columns=["corpus", "model", "reward_fn", "mean", "sd", "sd_contexts", "n_seeds",
+                                     "n", "diff", "p", "test"])
+    out = pd.concat(parts, ignore_index=True)
+    return out[["corpus", "model", "reward_fn"] + [c for c in out.columns if c not in ("corpus", "model",
+                                                                                       "reward_fn")]]
+
+
+def cross_reward_table(stats: pd.DataFrame, digits: int = 2, order: Sequence[str] | None = None) -> pd.DataFrame:
+    """Models (rows) × reward functions (columns): ``mean ± sd`` over seeds, ``*`` p < 0.05 and ``**``
+    p < 0.01 vs base (:data:`PAIRED_TEST`), per corpus. ``order``: models first in this order."""
+    cells = stats.apply(lambda r: "–" if math.isnan(r["mean"]) else
+                        f"{r['mean']:.{digits}f} ± {r['sd']:.{digits}f}{stars(r['p'])}", axis=1)
+    table = stats.assign(cell=cells).pivot_table(index=["corpus", "model"], columns="reward_fn", values="cell",
+                                                 aggfunc="first")
+    table = table[list(dict.fromkeys(stats["reward_fn"]))]
+    models = list(dict.fromkeys([*(order or []), *stats["model"]]))
+    idx = [(c, m) for c in dict.fromkeys(stats["corpus"]) for m in models if (c, m) in table.index]
+    table = table.loc[idx]
+    table.columns.name = f"r̂ under (mean ± sd over seeds; * p<0.05, ** p<0.01 vs base, {PAIRED_TEST})"
+    return table

@@ -403,13 +403,17 @@ class RLParams:
     lora_dropout: float = 0.05
     """LoRA dropout (paper: 0.05; TRL switches dropout off in PPO, so it is inert there)."""
     group_size: int = 4
-    """Completions per prompt for rloo / grpo (must divide ``batch_size``, which there counts completions)."""
+    """Completions per prompt for rloo / grpo (must divide ``batch_size``, which there counts completions: batch_size / group_size prompts per update)."""
     train_contexts: int = 0
     """RL prompts drawn from the rl split (0 = every AI turn of its training conversations)."""
     eval_conversations: int = 4
     """rl-split conversations held out of RL training; generations come from them."""
     eval_contexts: int = 8
-    """Held-out contexts per corpus in generations.csv."""
+    """Held-out contexts per corpus in generations.csv: the paired test of adapted vs base runs over them."""
+    curve_contexts: int = 8
+    """Fixed held-out contexts (the first of the held-out set) the evaluation curve scores, greedy, every ``eval_every`` updates."""
+    eval_every: int = 10
+    """Updates between two points of the evaluation curve (plus one before the first update)."""
     gen_tokens: int = 64
     """Most new tokens of a generation in generations.csv."""
     gen_do_sample: bool = False
@@ -429,7 +433,7 @@ class RLParams:
                self.reward_fns)
         for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs", "response_length",
                      "history_turns", "lora_r", "lora_alpha", "group_size", "eval_contexts",
-                     "gen_tokens", "save_every"):
+                     "gen_tokens", "save_every", "curve_contexts", "eval_every"):
             _check(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
         _check(self.batch_size % self.mini_batch_size == 0, "mini_batch_size", "must divide batch_size",
                self.mini_batch_size)

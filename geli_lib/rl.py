@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import re
@@ -81,11 +82,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from geli_lib.experiments import slug  # noqa: E402
-from geli_lib.generation_eval import GENERATION_COLUMNS, reward_history  # noqa: E402
+from geli_lib.generation_eval import GENERATION_COLUMNS, PairScorer, reward_history  # noqa: E402
 from geli_lib.io import cache_dir, content_key, file_key, progress_enabled, write_csv, write_json  # noqa: E402
-from geli_lib.params import RLParams, to_dict  # noqa: E402
-from geli_lib.reward_model import (RESPONSE_PREFIX, EncoderMismatchError, RewardModelError,  # noqa: E402
-                                   TrainedReward, _load_encoder, encoder_id, pair_features)
+from geli_lib.params import DataParams, RLParams, to_dict  # noqa: E402
+from geli_lib.reward_model import (EncoderMismatchError, RewardModelError, TrainedReward,  # noqa: E402
+                                   encoder_id)
 
 #: GELI Fig. 3 (and LLM-GELI): the policy's system prompt.
 SYSTEM_PROMPT = ("You are AI. You are having a casual social conversation with a User. AI is polite, kind, "
@@ -273,51 +274,74 @@ def load_trained_reward(folder: str | Path) -> TrainedReward:
     return trained
 
 
+#: Probe pairs that any non-constant reward function scores differently (see :func:`check_reward_for_rl`).
+_PROBE = (("User: I just got back from a trip to Peru.", "That sounds amazing! What was your favourite part?"),
+          ("User: My cat is sick.\nAI: Oh no.\nUser: Yeah, it has been rough.", "ok"),
+          ("User: What do you do for fun?", "I like hiking and reading. What about you?"),
+          ("User: hi", ""))
+
+
+def check_reward_for_rl(trained: TrainedReward, name: str, scorer: PairScorer) -> None:
+    """Refuse a reward function RL cannot climb: constant (Mean, Mode, or a head that scores everything
+    alike) or non-finite on probe pairs. Raises :class:`RLError` naming it and why."""
+    if trained.constant is not None:
+        raise RLError(f"reward function {name!r} ({trained.method}) is constant: every response scores "
+                      f"{trained.constant:.4g}, so RL has nothing to climb; choose a learned one "
+                      "(rl.reward_fns: GELI, GE, LI rows of the reward table)")
+    scores = scorer([h for h, _ in _PROBE], [r for _, r in _PROBE])
+    if not np.isfinite(scores).all():
+        raise RLError(f"reward function {name!r} ({trained.method}) returns non-finite scores "
+                      f"({scores.tolist()}) on probe pairs: its head is broken; retrain it")
+    if float(np.ptp(scores)) < 1e-6:
+        raise RLError(f"reward function {name!r} ({trained.method}) scores every probe pair alike "
+                      f"({scores[0]:.4g}): its predictions are constant, so RL has nothing to climb")
+
+
+def check_adapter(folder: str | Path, rl: RLParams, base: str | Path) -> None:
+    """Refuse a saved LoRA adapter built for another base model or LoRA rank / α (RLError naming the folder)."""
+    folder = Path(folder)
+    cfg_path = folder / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise RLError(f"{folder}: no saved adapter (adapter_config.json missing)")
+    cfg = json.loads(cfg_path.read_text())
+    got_base = str(cfg.get("base_model_name_or_path") or "")
+    if Path(got_base).name != Path(str(base)).name:
+        raise RLError(f"{folder}: adapter saved for base model {got_base!r}, not {str(base)!r}; "
+                      "delete the folder (or pass another out_dir) to train afresh")
+    for key, want in (("r", rl.lora_r), ("lora_alpha", rl.lora_alpha)):
+        if int(cfg.get(key, -1)) != int(want):
+            raise RLError(f"{folder}: adapter saved with LoRA {key}={cfg.get(key)}, but rl.lora_"
+                          f"{'r' if key == 'r' else 'alpha'} is {want}; delete the folder (or pass another "
+                          "out_dir) to train afresh")
+
+
 class TextReward(nn.Module):
-    """r_θ(s_t, a_t) on texts with its own encoder, plus running score normalisation.
+    """r_θ(s_t, a_t) on texts (:class:`geli_lib.generation_eval.PairScorer`), plus running score normalisation.
 
     ``raw(histories, responses)`` gives r̂ on the reward table's scale (the
-    history in the policy's line format); calling the module gives the
-    normalised score PPO optimises and updates the running moments. The mean
-    and SD of each batch's raw scores accumulate in ``log`` until
+    history in the policy's line format); it is the very function notebook 08
+    cross-scores with, given the same ``data`` parameters. Calling the module
+    gives the normalised score PPO optimises and updates the running moments.
+    The mean and SD of each batch's raw scores accumulate in ``log`` until
     :meth:`pop_log`. ``step`` (set by the trainer's monitor) names the update
     in errors.
     """
 
-    def __init__(self, trained: TrainedReward, name: str = "", normalise: bool = True, batch_size: int = 64):
+    def __init__(self, trained: TrainedReward, name: str = "", normalise: bool = True, batch_size: int = 64,
+                 data: DataParams | None = None, device: str = "cpu"):
         super().__init__()
         self.trained, self.name = trained, name or trained.method
         self.normalise, self.batch_size = normalise, batch_size
-        if trained.constant is not None:
-            self.tok, self.encoder = None, None
-        elif trained.finetuned:
-            self.tok, self.encoder = trained.tokenizer, trained.text_encoder
-        else:
-            self.tok, self.encoder = _load_encoder(trained.encoder_name, "cpu")
-        if self.encoder is not None:
-            self.encoder.requires_grad_(False)
+        self.scorer = PairScorer(trained, data, device, batch_size)
         self.head = trained.head
         self.moments = RunningMoments()
         self.step = 1
         self.log: list[torch.Tensor] = []
         self.words: list[int] = []
 
-    def _device(self) -> str:
-        return str(next(self.encoder.parameters()).device) if self.encoder is not None else "cpu"
-
-    @torch.no_grad()
     def raw(self, histories: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         """r̂ (B,) float32 of each (history lines, response) pair; RLError on a non-finite score."""
-        if self.trained.constant is not None:
-            out = torch.full((len(responses),), float(self.trained.constant))
-        else:
-            dev = self._device()
-            feats = torch.from_numpy(pair_features(
-                [reward_history(h) for h in histories], [RESPONSE_PREFIX + r for r in responses], self.tok,
-                self.encoder, self.trained.encoder_name, self.trained.params.max_tokens, dev,
-                self.batch_size)).to(dev)
-            self.head.eval()
-            out = self.head.to(dev)(feats).float().cpu()
+        out = torch.from_numpy(self.scorer(list(histories), list(responses))).float()
         bad = ~torch.isfinite(out)
         if bad.any():
             i = int(bad.nonzero()[0])
@@ -392,6 +416,81 @@ class RewardAdapter(nn.Module):
         self.score = nn.Identity()
 
 
+# --------------------------------------------------------------------------- the evaluation curve
+
+#: Columns of ``tables/rl_eval_curves.csv``: one row per (run, evaluation step, held-out context).
+EVAL_COLUMNS = ("reward_fn", "seed", "corpus", "algorithm", "step", "context_id", "reward", "kl", "words",
+                "response")
+
+
+@torch.no_grad()
+def evaluate_policy(model: Any, tok: Any, prompts: Sequence[Sequence[int]], histories: Sequence[str],
+                    reward: TextReward, max_new_tokens: int, batch_size: int = 16) -> pd.DataFrame:
+    """Greedy responses of a LoRA policy to fixed prompts, their r̂ and their KL to the reference.
+
+    ``kl``: Σ over the response's tokens (up to and including EOS) of the exact
+    KL(π_φ(·|s, a_<k) ‖ π_η(·|s, a_<k)) over the vocabulary, π_η being the same
+    model with the adapter off: nats per response, ≥ 0, comparable across
+    algorithms (TRL's own logs estimate it from samples, per token or per response).
+    Columns: ``reward, kl, words, response``, one row per prompt. The model's
+    train/eval mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            batch = tok.pad({"input_ids": [list(p) for p in prompts[i:i + batch_size]]}, return_tensors="pt")
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            seq = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, top_k=None, top_p=None,
+                                 temperature=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            n_prompt = batch["input_ids"].shape[1]
+            resp = seq[:, n_prompt:]
+            eos = (resp == tok.eos_token_id).long()
+            keep = (eos.cumsum(1) - eos) == 0  # tokens up to and including the first EOS
+            attn = torch.cat([batch["attention_mask"], keep.long()], 1)
+            pos = (attn.cumsum(-1) - 1).clamp(min=0)
+            lp = model(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, n_prompt - 1:-1]
+            if hasattr(model, "disable_adapter"):
+                with model.disable_adapter():
+                    lq = model(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, n_prompt - 1:-1]
+                lp, lq = lp.float().log_softmax(-1), lq.float().log_softmax(-1)
+                kl = ((lp.exp() * (lp - lq)).sum(-1) * keep).sum(1).cpu().numpy()
+            else:
+                kl = np.full(len(seq), np.nan)
+            texts = [strip_role(t) for t in tok.batch_decode(resp, skip_special_tokens=True)]
+            r = reward.raw(list(histories[i:i + batch_size]), texts).numpy()
+            rows += [{"reward": float(a), "kl": float(b), "words": len(t.split()), "response": t}
+                     for a, b, t in zip(r, kl, texts)]
+    finally:
+        model.train(was_training)
+    return pd.DataFrame(rows, columns=["reward", "kl", "words", "response"])
+
+
+def curve_slope(evals: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+                ) -> tuple[float, float, float]:
+    """Least-squares slope of the mean evaluation reward over steps (r̂ per update), with a bootstrap CI.
+
+    ``evals``: rows of one run (``step``, ``context_id``, ``reward``). The
+    contexts are the independent units: the CI is the percentile interval of
+    the slope over ``n_boot`` resamples of contexts (seeded). NaN with fewer
+    than two steps.
+    """
+    wide = evals.pivot_table(index="context_id", columns="step", values="reward", aggfunc="mean")
+    steps = wide.columns.to_numpy(dtype=float)
+    if len(steps) < 2:
+        return math.nan, math.nan, math.nan
+    x = steps - steps.mean()
+    w = x / (x ** 2).sum()  # slope = Σ w_k · mean_reward(step_k)
+    y = wide.to_numpy(dtype=float)
+    per_context = np.nansum(y * w, axis=1)  # each context's own slope; the mean of them is the slope of the mean
+    slope = float(per_context.mean())
+    rng = np.random.default_rng(seed)
+    boots = per_context[rng.integers(0, len(per_context), size=(n_boot, len(per_context)))].mean(1)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return slope, float(lo), float(hi)
+
+
 # --------------------------------------------------------------------------- run folders, curves
 
 
@@ -404,11 +503,15 @@ def run_dir(profile: str, corpus: str, name: str, seed: int, algorithm: str = "p
 _NOT_TRAINING = ("reward_fns", "eval_contexts", "gen_tokens", "gen_do_sample", "save_every")
 
 
-def run_key(rl: RLParams, reward_folder: Path, train: pd.DataFrame, seed: int) -> str:
-    """What an adaptation's outputs are valid for: its training parameters, the reward function's files, its prompts."""
+def run_key(rl: RLParams, reward_folder: Path, train: pd.DataFrame, seed: int, curve_ids: Sequence[str] = (),
+            data: DataParams | None = None) -> str:
+    """What an adaptation's outputs are valid for: its training parameters, the reward function's files,
+    its prompts, the evaluation contexts and r_θ's history cut."""
     files = [p for p in sorted(reward_folder.rglob("*")) if p.is_file()]
     fields = {k: v for k, v in to_dict(rl).items() if k not in _NOT_TRAINING}
-    return content_key(fields, file_key(files), train["context_id"].tolist(), seed)
+    d = data or DataParams()
+    return content_key(fields, file_key(files), train["context_id"].tolist(), seed, list(curve_ids),
+                       [d.history_turns, d.history_chars])
 
 
 def merge_rows(path: Path, rows: pd.DataFrame, keys: list[str], columns: Sequence[str]) -> pd.DataFrame:
@@ -502,6 +605,8 @@ class RunInfo:
     resumed_from: int
     reused: bool
     peak_rss_gb: float
+    evals: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=list(EVAL_COLUMNS)))
+    """Rows of :data:`EVAL_COLUMNS`: the policy on the fixed held-out contexts (empty without ``curve``)."""
 
 
 def _peak_rss_gb() -> float:
@@ -518,13 +623,27 @@ def _tensorboard(tb_dir: Path) -> Any:
     return TensorBoardCallback(SummaryWriter(log_dir=str(tb_dir)))
 
 
-def _monitor(run: Path, name: str, seed: int, corpus: str, rl: RLParams, reward: TextReward, start: int,
-             curves: list[dict[str, Any]], save: Any) -> Any:
-    """The callback that logs each update, adapts β, and saves every ``save_every`` updates."""
+def _monitor(name: str, seed: int, corpus: str, rl: RLParams, reward: TextReward, start: int,
+             curves: list[dict[str, Any]], evals: list[dict[str, Any]], save: Any, evaluate: Any,
+             holder: dict[str, Any]) -> Any:
+    """The callback that logs each update, adapts the KL weight, evaluates on the fixed contexts every
+    ``eval_every`` updates (and before the first), and saves every ``save_every`` updates."""
     from transformers import TrainerCallback
 
     class Monitor(TrainerCallback):
         def __init__(self) -> None:
+            self.t0 = time.perf_counter()
+
+        def _evaluate(self, step: int) -> None:
+            if evaluate is None or any(e["step"] == step for e in evals):
+                return
+            t = time.perf_counter()
+            evals.extend(evaluate(step))
+            self.t0 += time.perf_counter() - t  # evaluation time is not update time
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            if state.is_world_process_zero:
+                self._evaluate(start)
             self.t0 = time.perf_counter()
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
@@ -532,24 +651,31 @@ def _monitor(run: Path, name: str, seed: int, corpus: str, rl: RLParams, reward:
             kl = logs.get("objective/kl", logs.get("kl"))
             if kl is None:
                 return
+            kl = float(kl)
+            if rl.algorithm != "ppo":  # TRL logs the mean per-token KL: make it nats per response like PPO's
+                kl *= float(logs.get("completions/mean_length", 1.0))
             mean, sd, words = reward.pop_log()
             step = start + state.global_step
             now = time.perf_counter()
-            curves.append({"reward_fn": name, "seed": seed, "step": step, "reward_mean": mean, "kl": float(kl),
+            beta_holder = args if rl.algorithm == "ppo" else holder.get("trainer")
+            attr = "kl_coef" if rl.algorithm == "ppo" else "beta"
+            curves.append({"reward_fn": name, "seed": seed, "step": step, "reward_mean": mean, "kl": kl,
                            "corpus": corpus, "algorithm": rl.algorithm, "reward_sd": sd,
                            "score_norm_mean": logs.get("objective/scores", np.nan),
-                           "kl_coef": getattr(args, "kl_coef", getattr(args, "beta", np.nan)),
+                           "kl_coef": float(getattr(beta_holder, attr, np.nan)),
                            "entropy": logs.get("objective/entropy", logs.get("entropy", np.nan)),
                            "response_words": words,
                            "seconds": round(now - self.t0, 3)})
             self.t0 = now
-            if rl.algorithm == "ppo" and rl.adaptive_kl:  # Ziegler et al. 2019 / TRL 0.x AdaptiveKLController
-                err = float(np.clip(float(kl) / rl.kl_target - 1, -0.2, 0.2))
-                args.kl_coef *= 1 + err * rl.batch_size / rl.kl_horizon
+            if rl.adaptive_kl and beta_holder is not None:  # Ziegler et al. 2019 / TRL 0.x AdaptiveKLController
+                err = float(np.clip(kl / rl.kl_target - 1, -0.2, 0.2))
+                setattr(beta_holder, attr, getattr(beta_holder, attr) * (1 + err * rl.batch_size / rl.kl_horizon))
             reward.step = step + 1
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
             step = start + state.global_step
+            if state.is_world_process_zero and (step % rl.eval_every == 0 or step == rl.steps):
+                self._evaluate(step)
             if save is not None and state.is_world_process_zero and (step % rl.save_every == 0 or step == rl.steps):
                 save(step, args)
 
@@ -573,18 +699,47 @@ def _ppo_config(rl: RLParams, out: Path, seed: int, updates: int, kl_coef: float
         report_to=[], disable_tqdm=not progress_enabled(), use_cpu=device == "cpu", dataloader_num_workers=0)
 
 
+def _evaluator(holder: dict[str, Any], tok: Any, curve: pd.DataFrame | None, reward: TextReward, rl: RLParams,
+               name: str, seed: int, corpus: str) -> Any:
+    """``evaluate(step) -> rows`` of :data:`EVAL_COLUMNS` on the fixed held-out contexts (None without any)."""
+    if curve is None or curve.empty:
+        return None
+    enc = [encode_prompt(tok, h, rl.max_prompt_tokens) for h in curve["history"]]
+    prompts, shown = [e[0] for e in enc], [e[1] for e in enc]
+
+    def evaluate(step: int) -> list[dict[str, Any]]:
+        trainer = holder["trainer"]
+        model = trainer.accelerator.unwrap_model(trainer.policy_model if rl.algorithm == "ppo" else trainer.model)
+        out = evaluate_policy(model, tok, prompts, shown, reward, rl.response_length)
+        meta = {"reward_fn": name, "seed": seed, "corpus": corpus, "algorithm": rl.algorithm, "step": step}
+        return [{**meta, "context_id": c, **row} for c, row in zip(curve["context_id"], out.to_dict("records"))]
+
+    return evaluate
+
+
+def curve_contexts(held_out: pd.DataFrame, rl: RLParams) -> pd.DataFrame:
+    """The fixed held-out contexts of the evaluation curve: the first ``rl.curve_contexts`` of ``held_out``."""
+    return held_out.head(rl.curve_contexts).reset_index(drop=True)
+
+
 @_quiet()
 def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLParams, profile: str,
              corpus: str = "simulated", seed: int = 0, device: str = "cpu", callbacks: Sequence[Any] = (),
-             out_dir: str | Path | None = None) -> RunInfo:
+             out_dir: str | Path | None = None, curve: pd.DataFrame | None = None,
+             data: DataParams | None = None) -> RunInfo:
     """Adapt SmolLM2 + LoRA to the reward function saved in ``reward_folder`` (steps 2-6 of the module docstring).
 
-    ``train`` holds the RL contexts (:func:`rl_contexts`). Writes the curves to
-    ``results/<profile>/tables/ppo_curves.csv`` (rows of this reward function,
-    seed, corpus and algorithm replaced) and returns a :class:`RunInfo`. A
-    finished run with the same inputs is reused; an interrupted one resumes.
-    ``callbacks`` are extra ``transformers.TrainerCallback`` objects; ``out_dir``
-    replaces the cache folder of adapters and resume state (:func:`run_dir`).
+    ``train`` holds the RL contexts (:func:`rl_contexts`); ``curve`` the fixed
+    held-out contexts the policy is evaluated on before the first update and
+    every ``rl.eval_every`` updates (:func:`curve_contexts`; None: no evaluation
+    curve); ``data`` the data parameters that cut r_θ's history (the ones 08
+    cross-scores with; default ``DataParams()``). Writes the curves to
+    ``results/<profile>/tables/ppo_curves.csv`` and the evaluation rows to
+    ``tables/rl_eval_curves.csv`` (rows of this reward function, seed, corpus
+    and algorithm replaced) and returns a :class:`RunInfo`. A finished run with
+    the same inputs is reused; an interrupted one resumes. ``callbacks`` are
+    extra ``transformers.TrainerCallback`` objects; ``out_dir`` replaces the
+    cache folder of adapters and resume state (:func:`run_dir`).
     """
     from geli_lib.models import load_policy, smollm2_path
     from geli_lib.runs import results_dir
@@ -594,17 +749,25 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
         raise RLError("no RL contexts to train on (train is empty)")
     reward_folder = Path(reward_folder)
     trained = load_trained_reward(reward_folder)
+    reward = TextReward(trained, name, normalise=rl.score_norm, data=data, device=device)
+    check_reward_for_rl(trained, name, reward.scorer)
     run = Path(out_dir) if out_dir else run_dir(profile, corpus, name, seed, rl.algorithm)
-    key = run_key(rl, reward_folder, train, seed)
-    curves_path = results_dir(profile, "tables") / "ppo_curves.csv"
+    curve_ids = [] if curve is None else curve["context_id"].tolist()
+    key = run_key(rl, reward_folder, train, seed, curve_ids, data)
+    tables = results_dir(profile, "tables")
+    curves_path, evals_path = tables / "ppo_curves.csv", tables / "rl_eval_curves.csv"
+    run_keys = ["reward_fn", "seed", "corpus", "algorithm"]
     done_path = run / "done.json"
     if done_path.exists():
         done = json.loads(done_path.read_text())
         if done.get("key") == key and (run / "adapter").is_dir():
-            curves = pd.DataFrame(done["curves"])
-            merge_rows(curves_path, curves, ["reward_fn", "seed", "corpus", "algorithm"], CURVE_COLUMNS)
+            check_adapter(run / "adapter", rl, smollm2_path())
+            curves, evals = pd.DataFrame(done["curves"]), pd.DataFrame(done.get("evals", []))
+            merge_rows(curves_path, curves, run_keys, CURVE_COLUMNS)
+            if not evals.empty:
+                merge_rows(evals_path, evals, run_keys, EVAL_COLUMNS)
             return RunInfo(name, seed, run / "adapter", curves, done["seconds_per_step"], 0, True,
-                           _peak_rss_gb())
+                           _peak_rss_gb(), evals)
     key_path = run / "key.json"
     if run.exists() and (not key_path.exists() or json.loads(key_path.read_text()).get("key") != key):
         shutil.rmtree(run)  # outputs of other inputs: start clean
@@ -618,6 +781,7 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
         state = json.loads((state_dir / "state.json").read_text())
         if state.get("key") == key and state["step"] < rl.steps:
             start = int(state["step"])
+            check_adapter(run / f"adapter-step{start}", rl, smollm2_path())
         else:
             state = None
 
@@ -626,13 +790,28 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
     random.seed(seed + start)
     policy, tok = load_policy(device)
     policy.generation_config.pad_token_id = tok.pad_token_id
-    reward = TextReward(trained, name, normalise=rl.score_norm)
     reward.step = start + 1
     curves: list[dict[str, Any]] = list(state["curves"]) if state else []
+    evals: list[dict[str, Any]] = list(state.get("evals", [])) if state else []
     tb_dir = results_dir(profile, f"tensorboard/{rl.algorithm}-{slug(name)}-seed{seed}")
+    holder: dict[str, Any] = {}
+    evaluate = _evaluator(holder, tok, curve, reward, rl, name, seed, corpus)
+
+    def finish(trainer: Any, model: Any, t_train: float, first: int) -> RunInfo:
+        seconds = t_train / max(rl.steps - first, 1)
+        frame, ev = pd.DataFrame(curves), pd.DataFrame(evals, columns=list(EVAL_COLUMNS))
+        if trainer.accelerator.is_main_process:  # under `accelerate launch`, one writer
+            model.save_pretrained(run / "adapter")
+            merge_rows(curves_path, frame, run_keys, CURVE_COLUMNS)
+            if not ev.empty:
+                merge_rows(evals_path, ev, run_keys, EVAL_COLUMNS)
+            write_json(done_path, {"key": key, "curves": curves, "evals": evals, "seconds_per_step": seconds})
+            shutil.rmtree(state_dir, ignore_errors=True)  # only for resuming (a trained value backbone: ~1.6 GB)
+        return RunInfo(name, seed, run / "adapter", frame, seconds, first, False, _peak_rss_gb(), ev)
+
     if rl.algorithm != "ppo":
-        return _train_group(name, trained, reward, policy, tok, train, rl, profile, corpus, seed, device, run,
-                            key, tb_dir, curves_path, callbacks)
+        return _train_group(name, reward, policy, tok, train, rl, corpus, seed, device, run, tb_dir, callbacks,
+                            curves, evals, evaluate, holder, finish)
 
     from datasets import Dataset
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -646,7 +825,6 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
     config = _ppo_config(rl, run, seed + start, rl.steps - start, kl_coef, device)
     value = _value_model(smollm2_path(), tok.pad_token_id, device, rl.train_value_backbone)
     adapter_reward = RewardAdapter(reward, tok)
-    holder: dict[str, Any] = {}
 
     def save(step: int, args: Any) -> None:
         trainer = holder["trainer"]
@@ -660,7 +838,7 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
                     "adapter": get_peft_model_state_dict(trainer.policy_model),
                     "moments": dataclasses.asdict(reward.moments), "rng": _rng_state()}, tmp / "tensors.pt")
         write_json(tmp / "state.json", {"key": key, "step": step, "kl_coef": float(args.kl_coef),
-                                        "curves": curves})
+                                        "curves": curves, "evals": evals})
         old = run / ".state.old"
         shutil.rmtree(old, ignore_errors=True)
         if state_dir.exists():
@@ -674,70 +852,79 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
                          peft_config=_lora_config(rl))
     holder["trainer"] = trainer
     trainer.remove_callback(PrinterCallback)  # our curves replace its per-step dict dumps
-    trainer.add_callback(_monitor(run, name, seed, corpus, rl, reward, start, curves, save))
+    trainer.add_callback(_monitor(name, seed, corpus, rl, reward, start, curves, evals, save, evaluate, holder))
     trainer.add_callback(_tensorboard(tb_dir))
     for cb in callbacks:
         trainer.add_callback(cb)
     if state:
         blob = torch.load(state_dir / "tensors.pt", map_location=device, weights_only=False)
-        set_peft_model_state_dict(trainer.policy_model, blob["adapter"])
+        try:
+            set_peft_model_state_dict(trainer.policy_model, blob["adapter"])
+        except RuntimeError as e:  # shapes of another rank
+            raise RLError(f"{state_dir}: the saved adapter does not fit rl.lora_r={rl.lora_r}: {e}") from e
         value.load_state_dict(blob["value"], strict=False)  # only its trainable part was saved
         trainer.optimizer.load_state_dict(blob["optimizer"])
         reward.moments = RunningMoments(**blob["moments"])
         _set_rng_state(blob["rng"])
         print(f"{name} (seed {seed}): resuming from update {start} of {rl.steps}", flush=True)
-    t0 = time.perf_counter()
     trainer.train()
-    seconds = (time.perf_counter() - t0) / max(rl.steps - start, 1)
-    frame = pd.DataFrame(curves)
-    if trainer.accelerator.is_main_process:  # under `accelerate launch`, one writer
-        trainer.policy_model.save_pretrained(run / "adapter")
-        merge_rows(curves_path, frame, ["reward_fn", "seed", "corpus", "algorithm"], CURVE_COLUMNS)
-        write_json(done_path, {"key": key, "curves": curves, "seconds_per_step": seconds})
-        shutil.rmtree(state_dir, ignore_errors=True)  # only for resuming (a trained value backbone: ~1.6 GB)
-    return RunInfo(name, seed, run / "adapter", frame, seconds, start, False, _peak_rss_gb())
+    t_train = sum(c["seconds"] for c in curves if c["step"] > start)  # evaluation time excluded (Monitor)
+    return finish(trainer, trainer.policy_model, t_train, start)
 
 
-def _train_group(name: str, trained: TrainedReward, reward: TextReward, policy: Any, tok: Any,
-                 train: pd.DataFrame, rl: RLParams, profile: str, corpus: str, seed: int, device: str,
-                 run: Path, key: str, tb_dir: Path, curves_path: Path, callbacks: Sequence[Any]) -> RunInfo:
-    """RLOO or GRPO (``rl.algorithm``) with r_θ as a plain reward callable; TRL's own checkpoints and resume."""
+def _train_group(name: str, reward: TextReward, policy: Any, tok: Any, train: pd.DataFrame, rl: RLParams,
+                 corpus: str, seed: int, device: str, run: Path, tb_dir: Path, callbacks: Sequence[Any],
+                 curves: list[dict[str, Any]], evals: list[dict[str, Any]], evaluate: Any,
+                 holder: dict[str, Any], finish: Any) -> RunInfo:
+    """RLOO or GRPO (``rl.algorithm``) with r_θ as a plain reward callable; TRL's own checkpoints and resume.
+
+    ``rl.batch_size`` counts completions: ``batch_size / group_size`` prompts per
+    update, ``group_size`` sampled responses each. The KL weight β starts at
+    ``kl_coef`` and follows the same adaptive controller as PPO.
+    """
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
+    from geli_lib.models import smollm2_path
+
     histories = [encode_prompt(tok, h, rl.max_prompt_tokens)[1] for h in train["history"]]
     dataset = Dataset.from_dict({"prompt": [chat_messages(h) for h in histories], "history": histories})
     Config, Trainer = (RLOOConfig, RLOOTrainer) if rl.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
+    last = sorted((run / "trl").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    start = int(last[-1].name.split("-")[1]) if last else 0
+    progress = run / "progress.json"
+    if last:
+        check_adapter(last[-1], rl, smollm2_path())
+        if progress.exists():  # curves and evaluations up to the checkpoint
+            saved = json.loads(progress.read_text())
+            curves += [c for c in saved["curves"] if c["step"] <= start]
+            evals += [e for e in saved["evals"] if e["step"] <= start]
     config = Config(
         output_dir=str(run / "trl"), seed=seed, learning_rate=rl.lr, lr_scheduler_type="constant",
         per_device_train_batch_size=rl.batch_size, gradient_accumulation_steps=1, max_steps=rl.steps,
         num_generations=rl.group_size, max_completion_length=rl.response_length, temperature=rl.temperature,
-        beta=rl.kl_coef, logging_steps=1, save_strategy="steps", save_steps=rl.save_every,
-        report_to=[], disable_tqdm=not progress_enabled(), bf16=rl.bf16,
+        beta=float(curves[-1]["kl_coef"]) if curves else rl.kl_coef, logging_steps=1, save_strategy="steps",
+        save_steps=rl.save_every, report_to=[], disable_tqdm=not progress_enabled(), bf16=rl.bf16,
         gradient_checkpointing=rl.gradient_checkpointing, use_cpu=device == "cpu",
         log_completions=False)
-    curves: list[dict[str, Any]] = []
     trainer = Trainer(model=policy, reward_funcs=reward.reward_func, args=config, train_dataset=dataset,
                       processing_class=tok, peft_config=_lora_config(rl))
+    holder["trainer"] = trainer
+
+    def save(step: int, args: Any) -> None:
+        write_json(progress, {"curves": curves, "evals": evals})
+
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_monitor(run, name, seed, corpus, rl, reward, 0, curves, None))
+    trainer.add_callback(_monitor(name, seed, corpus, rl, reward, 0, curves, evals, save, evaluate, holder))
     trainer.add_callback(_tensorboard(tb_dir))
     for cb in callbacks:
         trainer.add_callback(cb)
-    last = sorted((run / "trl").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    start = int(last[-1].name.split("-")[1]) if last else 0
     if last:
         print(f"{name} (seed {seed}): resuming from {last[-1].name}", flush=True)
-    t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(last[-1]) if last else None)
-    seconds = (time.perf_counter() - t0) / max(rl.steps - start, 1)
-    frame = pd.DataFrame(curves)
-    if trainer.accelerator.is_main_process:
-        trainer.model.save_pretrained(run / "adapter")
-        merge_rows(curves_path, frame, ["reward_fn", "seed", "corpus", "algorithm"], CURVE_COLUMNS)
-        write_json(run / "done.json", {"key": key, "curves": curves, "seconds_per_step": seconds})
-    return RunInfo(name, seed, run / "adapter", frame, seconds, start, False, _peak_rss_gb())
+    t_train = sum(c["seconds"] for c in curves if c["step"] > start)
+    return finish(trainer, trainer.accelerator.unwrap_model(trainer.model), t_train, start)
 
 
 # --------------------------------------------------------------------------- generations
@@ -762,15 +949,20 @@ def generate(model: Any, tok: Any, prompts: Sequence[Sequence[int]], max_new_tok
     return out
 
 
-def load_adapted(adapter: str | Path, device: str = "cpu") -> Any:
-    """The policy with a saved LoRA adapter (a fresh base underneath), eval mode."""
+def load_adapted(adapter: str | Path, device: str = "cpu", rl: RLParams | None = None) -> Any:
+    """The policy with a saved LoRA adapter (a fresh base underneath), eval mode.
+
+    With ``rl``, an adapter of another base model or LoRA rank is refused (:func:`check_adapter`).
+    """
     from peft import PeftModel
 
-    from geli_lib.models import load_policy
+    from geli_lib.models import load_policy, smollm2_path
 
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").is_file():
         raise RLError(f"{adapter}: no saved adapter (adapter_config.json missing); run the adaptation first")
+    if rl is not None:
+        check_adapter(adapter, rl, smollm2_path())
     base, _ = load_policy(device)
     return PeftModel.from_pretrained(base, adapter).eval()
 
@@ -792,7 +984,8 @@ def generations(contexts: pd.DataFrame, adapters: dict[str, Path], rl: RLParams,
     models: dict[str, list[str]] = {"ground truth": contexts["response"].astype(str).tolist()}
     models["base"] = generate(base, tok, prompts, rl.gen_tokens, rl.gen_do_sample, seed)
     for name, folder in adapters.items():
-        models[name] = generate(load_adapted(folder, device), tok, prompts, rl.gen_tokens, rl.gen_do_sample, seed)
+        models[name] = generate(load_adapted(folder, device, rl), tok, prompts, rl.gen_tokens, rl.gen_do_sample,
+                                seed)
     meta = contexts[["corpus", "context_id", "convo_id", "turn_idx"]].assign(seed=seed, history=shown)
     rows = [meta.assign(model=m, response=r) for m, r in models.items()]
     return pd.concat(rows, ignore_index=True)[list(GENERATION_COLUMNS)]
@@ -804,6 +997,44 @@ def write_generations(profile: str, rows: pd.DataFrame) -> pd.DataFrame:
 
     return merge_rows(results_dir(profile, "tables") / "generations.csv", rows,
                       ["corpus", "seed", "context_id", "model"], GENERATION_COLUMNS)
+
+
+def rl_summary(stats: pd.DataFrame, runs: dict[str, RunInfo], base: str = "base") -> pd.DataFrame:
+    """Per adapted model: base vs adapted under its **own** reward on the held-out contexts, KL, slope.
+
+    ``stats``: :func:`geli_lib.generation_eval.cross_reward_stats` of the
+    generations (models named by their reward function). Columns: reward
+    function, algorithm, updates, base / adapted mean and sd over contexts, the
+    gain, its p and the test's name, n contexts, the KL to the reference at the
+    last evaluation (mean over the curve's contexts; nats per greedy response),
+    the slope of the evaluation curve (r̂ per update) with its 95% bootstrap CI
+    over contexts (:func:`curve_slope`), seconds per update.
+    """
+    rows = []
+    for name, info in runs.items():
+        own = stats[(stats["model"] == name) & (stats["reward_fn"] == name)]
+        ref = stats[(stats["model"] == base) & (stats["reward_fn"] == name)]
+        ev = info.evals
+        slope, lo, hi = curve_slope(ev) if not ev.empty else (math.nan,) * 3
+        last = ev[ev["step"] == ev["step"].max()] if not ev.empty else ev
+        o = own.iloc[0] if len(own) else None
+        b = ref.iloc[0] if len(ref) else None
+        rows.append({
+            "reward function": name,
+            "algorithm": str(info.curves["algorithm"].iloc[0]) if len(info.curves) else "",
+            "updates": int(info.curves["step"].max()) if len(info.curves) else 0,
+            "base r̂": b["mean"] if b is not None else math.nan,
+            "base sd": b["sd_contexts"] if b is not None else math.nan,
+            "adapted r̂": o["mean"] if o is not None else math.nan,
+            "adapted sd": o["sd_contexts"] if o is not None else math.nan,
+            "gain": o["diff"] if o is not None else math.nan,
+            "p": o["p"] if o is not None else math.nan,
+            "test": o["test"] if o is not None else "",
+            "n contexts": int(o["n"]) if o is not None else 0,
+            "KL (nats)": float(last["kl"].mean()) if len(last) else math.nan,
+            "slope (r̂/update)": slope, "slope 95% CI low": lo, "slope 95% CI high": hi,
+            "s / update": info.seconds_per_step})
+    return pd.DataFrame(rows)
 
 
 def select_reward_functions(available: dict[str, Path], wanted: str | Sequence[str], rl: RLParams) -> dict[str, Path]:
@@ -853,7 +1084,9 @@ def main(argv: list[str] | None = None) -> int:
     wanted = "all" if args.reward_fn == ["all"] else args.reward_fn
     chosen = select_reward_functions(experiments.saved_reward_functions(args.profile, params.corpus, seed),
                                      wanted, params.rl)
-    runs = {n: train_rl(n, f, train, params.rl, args.profile, params.corpus, seed, params.device)
+    curve = curve_contexts(held_out, params.rl)
+    runs = {n: train_rl(n, f, train, params.rl, args.profile, params.corpus, seed, params.device, curve=curve,
+                        data=params.data)
             for n, f in chosen.items()}
     for n, r in runs.items():
         print(f"{n}: {len(r.curves)} updates, {r.seconds_per_step:.1f} s/update, r̂ "
@@ -868,7 +1101,8 @@ __all__ = [
     "ASSISTANT_HEADER", "CURVE_COLUMNS", "GENERATION_COLUMNS", "RLError", "RewardAdapter", "RunInfo",
     "RunningMoments", "SYSTEM_PROMPT", "TextReward", "chat_messages", "dialogue_contexts", "encode_prompt",
     "generate", "generations", "load_adapted", "load_trained_reward", "merge_rows", "reward_history",
-    "rl_contexts", "run_dir", "sample_contexts", "select_reward_functions",
+    "rl_contexts", "run_dir", "sample_contexts", "select_reward_functions", "EVAL_COLUMNS", "check_adapter",
+    "check_reward_for_rl", "curve_contexts", "curve_slope", "evaluate_policy", "rl_summary",
     "split_prompt_response", "strip_role", "train_rl", "write_generations",
 ]
 

@@ -30,6 +30,18 @@
 # their running mean and SD (the paper's `use_score_norm`), and the KL weight starts at 0.15 and
 # adapts towards a target KL, as in the authors' TRL version.
 #
+# **One reward.** Training, the curves below and notebook 08's cross-scores call the same function,
+# `generation_eval.PairScorer`, on (the history the policy was shown, its response): what the policy
+# climbs is what we report.
+#
+# **Learning, measured.** A batch's mean reward mostly says which contexts were drawn. So the
+# policy is also evaluated on a *fixed* set of held-out contexts (greedy responses) before the first
+# update and every `rl.eval_every` updates; the slope of that curve comes with a bootstrap CI over
+# contexts. At the end, on all held-out contexts, each adapted model is compared with the base model
+# under its own reward function by a paired sign-flip permutation test over contexts, with the KL to
+# the reference beside it. The cpu profile's algorithm and knobs are in `params/cpu.yaml` (`rl:`),
+# and named in every table and figure.
+#
 # Parameters: `reward_fn` (a reward-table row name, a list, or `"all"` for the profile's set),
 # `steps`, `seed`, `algorithm` (`ppo`, `rloo`, `grpo`), and `esconv_path` / `soda_path` to add
 # out-of-distribution contexts to the generations.
@@ -50,8 +62,9 @@ from IPython.display import display
 import pandas as pd
 
 from geli_lib import data, experiments, figures, generation_eval, rl
+from geli_lib.io import write_csv
 from geli_lib.params import load_params
-from geli_lib.runs import timed
+from geli_lib.runs import results_dir, timed
 
 overrides = {k: v for k, v in {"steps": steps, "algorithm": algorithm}.items() if v is not None}
 params = load_params(profile, corpus=corpus, data_path=data_path, rl=overrides)
@@ -84,28 +97,29 @@ print(tok.decode(ids))
 # %%
 chosen = rl.select_reward_functions(experiments.saved_reward_functions(profile, corpus, seed), reward_fn,
                                     params.rl)
+curve = rl.curve_contexts(held_out, params.rl)
 runs = {}
 for name, folder in chosen.items():
     with timed(profile, f"07: {params.rl.algorithm} {name}"):
-        runs[name] = rl.train_rl(name, folder, train, params.rl, profile, corpus, seed, params.device)
-summary = pd.DataFrame([{
-    "reward function": name, "updates": int(r.curves["step"].max()),
-    "r̂ first": r.curves["reward_mean"].iloc[0], "r̂ last": r.curves["reward_mean"].iloc[-1],
-    "r̂ best": r.curves["reward_mean"].max(), "KL last": r.curves["kl"].iloc[-1],
-    "β last": r.curves["kl_coef"].iloc[-1], "s / update": r.seconds_per_step} for name, r in runs.items()])
-display(summary.round(3))
+        runs[name] = rl.train_rl(name, folder, train, params.rl, profile, corpus, seed, params.device,
+                                 curve=curve, data=params.data)
+print(f"algorithm: {params.rl.algorithm}; {params.rl.steps} updates of {params.rl.batch_size} responses "
+      f"(group size {params.rl.group_size} for rloo/grpo), {params.rl.response_length}-token responses, "
+      f"lr {params.rl.lr:g}, KL target {params.rl.kl_target:g} nats")
 
 # %% [markdown]
 # ## Training curves (GELI Figs. 7-10)
 #
-# Top: the mean raw reward $\hat r$ of the batch's responses, on the reward table's scale
-# (before normalisation). Bottom: the KL between policy and reference, summed over the
-# response's tokens. A curve that rises with a KL that stays small is the paper's picture of a
-# reward the policy can climb without drifting far from the base model.
+# Top: the mean raw reward $\hat r$ of the fixed held-out contexts' greedy responses, with a 95%
+# interval over contexts, and the batch means of the sampled training responses (thin line; noisy:
+# each batch draws other contexts). Bottom: the KL between policy and reference on the held-out
+# responses (nats per response). A curve that rises with a KL that stays bounded is the paper's
+# picture of a reward the policy can climb without drifting far from the base model.
 
 # %%
 curves = pd.concat([r.curves for r in runs.values()], ignore_index=True)
-fig = figures.ppo_curves(curves)
+evals = pd.concat([r.evals for r in runs.values()], ignore_index=True)
+fig = figures.rl_eval_curves(evals, curves)
 figures.save_figure(fig, profile, "07_ppo_curves")
 
 # %% [markdown]
@@ -131,13 +145,20 @@ print(rows[rows["context_id"] == first]["history"].iloc[0], "\n")
 display(rows[rows["context_id"] == first][["model", "response"]].set_index("model"))
 
 # %% [markdown]
-# ## Does each adapted model score higher than the base?
+# ## Did each policy learn? Base vs adapted under its own reward
 #
-# Mean $\hat r$ of each model's generations (rows) under each reward function (columns). An
-# adapted model should gain most under its own reward function; the ground truth shows where the
-# real utterances sit. With few updates on a CPU the gains are small and noisy: read them as a
-# check of the pipeline, not as the paper's result.
+# On the held-out contexts of the simulated corpus: each adapted model's greedy responses and the
+# base model's, scored by the reward function the model was adapted to (the same scoring as in
+# training). `p` is the paired test over contexts named in `test`; `KL` is the KL to the
+# reference at the last evaluation; the slope is that of the evaluation curve above, with its 95%
+# bootstrap CI over contexts. Written to `tables/rl_summary.csv`.
 
 # %%
-scores = generation_eval.cross_scores(rows, chosen, params.data)
-display(scores.groupby(rows["model"]).mean().round(3))
+in_dist = rows[rows["corpus"] == held_out["corpus"].iloc[0]].reset_index(drop=True)
+per = generation_eval.per_response(in_dist, params.eval, params.data, chosen, params.device)
+stats = generation_eval.cross_reward_stats(in_dist, per, params.eval.base_model, params.eval.permutations)
+summary = rl.rl_summary(stats, runs, params.eval.base_model)
+write_csv(results_dir(profile, "tables") / "rl_summary.csv", summary)
+display(summary.round(4))
+text = per.groupby(in_dist["model"])[["same_as_base", "empty", "repetition", "length"]].mean()
+display(text.round(3))

@@ -86,9 +86,32 @@ if not reward_fns:
     print(f"no trained reward functions saved for {profile}/{params.corpus}: run notebooks 02-04 "
           "for cross-scoring; the text metrics below do not need them")
 with timed(profile, "08: automatic evaluation"):
-    rows = ge.auto_eval(gens, params.eval, params.data, reward_fns, device=params.device)
+    per = ge.per_response(gens, params.eval, params.data, reward_fns, device=params.device)
+    rows = ge.auto_eval(gens, params.eval, params.data, per=per)
 write_csv(results_dir(profile, "tables") / "auto_eval.csv", rows)
 display(ge.auto_eval_table(rows))
+
+# %% [markdown]
+# ## Cross-reward table: does optimising one reward raise the others?
+#
+# Rows: the models (base, every adapted model, the real utterances); columns: every saved
+# reward function (the same scoring as RL training: `generation_eval.PairScorer`). Cells: mean
+# $\hat r$ over contexts, then mean ± sd over seeds; `*` p < 0.05 and `**` p < 0.01 for the
+# difference with the base model, paired over (seed, context) by a two-sided sign-flip
+# permutation test. A model adapted to GELI's reward that also beats the base under RRD or
+# language sentiment answers the paper's question with a yes; a gain on its own column only,
+# with worse repetition or distinct-n above, is reward hacking. The adapting algorithm is in
+# `tables/rl_summary.csv` (notebook 07) and the curves' titles.
+
+# %%
+stats = ge.cross_reward_stats(gens, per, params.eval.base_model, params.eval.permutations)
+write_csv(results_dir(profile, "tables") / "cross_rewards.csv", stats)
+cross = ge.cross_reward_table(stats, order=[params.eval.base_model])
+display(cross)
+adapted = [m for m in stats["model"].unique() if m in set(stats["reward_fn"])]
+own = stats[stats["model"].isin(adapted) & (stats["model"] == stats["reward_fn"])]
+display(own[["corpus", "model", "mean", "sd", "sd_contexts", "n", "diff", "p", "test"]].round(4)
+        .rename(columns={"model": "adapted to (scored by its own reward)"}))
 
 # %%
 fig = figures.auto_eval_bars(rows)

@@ -56,7 +56,7 @@ def test_auto_eval_rows_and_mean_sd_table():
     rows = ge.auto_eval(_gens(), EvalParams(), DataParams())
     assert list(rows.columns) == list(ge.AUTO_EVAL_COLUMNS)
     assert set(rows["metric"]) == {"length", "vader_compound", "vader_positive", "context_overlap", "repetition",
-                                   "distinct_1", "distinct_2", "same_as_base"}
+                                   "distinct_1", "distinct_2", "same_as_base", "empty"}
     base = rows[(rows["model"] == "base") & (rows["seed"] == 0)].set_index("metric")["value"]
     assert base["length"] == 2  # "that's", "nice"
     assert base["distinct_1"] == pytest.approx(2 / 4)  # the same reply to both contexts
@@ -81,6 +81,42 @@ def test_mean_sd_over_seeds():
     rows = pd.DataFrame({"corpus": "x", "seed": [0, 1, 2], "model": "m", "metric": "length",
                          "value": [1.0, 2.0, 6.0], "n": 1})
     assert ge.auto_eval_table(rows).loc[("x", "m"), "length"] == f"3.00 ± {np.std([1, 2, 6], ddof=1):.2f}"
+
+
+# --------------------------------------------------------------------------- significance, cross-reward table
+
+
+def test_paired_p_by_hand():
+    # d = 1, 2, 3, 4: of the 16 sign patterns only all-plus and all-minus reach |sum| >= 10
+    assert ge.paired_p([2, 3, 4, 5], [1, 1, 1, 1]) == pytest.approx(2 / 16)
+    # d = 1, 1, 1, -1: |sum| >= 2 for 10 of 16 patterns (sums 4, -4, and 8 patterns with sum ±2)
+    assert ge.paired_p([1, 1, 1, 0], [0, 0, 0, 1]) == pytest.approx(10 / 16)
+    # off the grid: Monte-Carlo sign flips; exact answer for √2, √3, √5: 2 of 8 patterns
+    mc = ge.paired_p(np.sqrt([2.0, 3.0, 5.0]), [0.0, 0.0, 0.0], permutations=20000)
+    assert mc == pytest.approx(0.25, abs=0.015)
+    assert ge.paired_p([1.0, 2.0], [1.0, 2.0]) == 1.0  # no difference at all
+    assert ge.paired_p([1.0, np.nan, 3.0], [0.0, 5.0, 0.0]) == pytest.approx(2 / 4)  # NaN pairs dropped
+    with pytest.raises(ValueError, match="different sizes"):
+        ge.paired_p([1.0], [1.0, 2.0])
+
+
+def test_cross_reward_table_mean_sd_over_seeds_and_stars():
+    g = _gens()
+    per = pd.DataFrame(index=g.index)
+    # base scores 0; ground truth scores 1 + seed under "A" (significant: 6 positive pairs), 0 under "B"
+    per["reward: A"] = np.where(g["model"] == "base", 0.0, 1.0 + g["seed"])
+    per["reward: B"] = 0.0
+    stats = ge.cross_reward_stats(g, per)
+    truth_a = stats[(stats["model"] == "ground truth") & (stats["reward_fn"] == "A")].iloc[0]
+    assert truth_a["mean"] == pytest.approx(2.0) and truth_a["sd"] == pytest.approx(1.0)  # seeds: 1, 2, 3
+    assert truth_a["n"] == 6 and truth_a["diff"] == pytest.approx(2.0)
+    assert truth_a["p"] == pytest.approx(2 / 64) and truth_a["test"] == ge.PAIRED_TEST
+    assert np.isnan(stats[(stats["model"] == "base")]["p"]).all()
+    table = ge.cross_reward_table(stats, order=["base"])
+    assert list(table.columns) == ["A", "B"] and table.index[0] == ("simulated", "base")
+    assert table.loc[("simulated", "ground truth"), "A"] == "2.00 ± 1.00*"
+    assert table.loc[("simulated", "ground truth"), "B"] == "0.00 ± 0.00"
+    assert "sign-flip" in table.columns.name
 
 
 # --------------------------------------------------------------------------- reading generations

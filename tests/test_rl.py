@@ -1,8 +1,11 @@
-"""RL adaptation: prompt and truncation, the reward adapter against r_θ, bad input, and a real PPO loop.
+"""RL adaptation: prompt and truncation, the reward adapter against r_θ, bad input, and real RL loops.
 
 The PPO test runs TRL's PPOTrainer with LoRA on the real SmolLM2 policy and a
 GELI reward function trained here on a tiny simulated corpus: two updates of
-batch 2 with 8-token responses, interrupted after the first and resumed.
+batch 2 with 8-token responses, interrupted after the first and resumed. The
+learning test adapts the policy to a toy reward (a head that scores a
+response by its MiniLM similarity to one phrase) and checks that the reward
+on fixed held-out contexts rises.
 """
 
 from __future__ import annotations
@@ -119,6 +122,77 @@ def test_adapter_gives_r_theta_of_the_decoded_pair(world, tok):
     want = rm.predict_pairs(trained, pairs, cache=world["tmp"] / "features")  # the reward table's r̂
     np.testing.assert_allclose(scores[:, -1, 0].numpy(), want, rtol=1e-4, atol=1e-4)
     assert abs(want[0] - want[1]) > 1e-3, "the two pairs should score differently"
+
+
+def test_one_reward_for_training_and_cross_scoring(world, tok):
+    """The reward PPO gets (decoded token ids) equals 08's cross-score of the same generations row, to 1e-5,
+    also for a history longer than r_θ's history cut (data.history_turns) and its encoder's 256 tokens."""
+    from geli_lib.generation_eval import cross_scores
+    from geli_lib.params import DataParams
+
+    data = DataParams(history_turns=3, history_chars=400)
+    long = "\n".join(f"{'User' if k % 2 else 'AI'}: turn {k} " + "tell me more about that " * 6 for k in range(12))
+    histories = ["User: I just got back from Peru.", long, "User: My cat is sick.\nAI: Oh no.\nUser: Yeah."]
+    responses = ["That sounds amazing, what was your favourite part?", "I see.", ""]
+    trained = R.load_trained_reward(world["folder"])
+    reward = R.TextReward(trained, "GELI", normalise=False, data=data)
+    shown = [R.encode_prompt(tok, h, 512)[1] for h in histories]
+    ids, mask = _trl_batch(tok, shown, responses)
+    out = R.RewardAdapter(reward, tok).backbone(input_ids=ids, attention_mask=mask)
+    in_training = out.hidden_states[-1][:, -1, 0].numpy()
+    gens = pd.DataFrame({"history": shown, "response": responses})
+    reported = cross_scores(gens, {"GELI": world["folder"]}, data)["reward: GELI"].to_numpy()
+    np.testing.assert_allclose(in_training, reported, rtol=0, atol=1e-5)
+    full = R.TextReward(trained, "GELI", normalise=False).raw(shown, responses).numpy()  # no history cut
+    assert abs(full[1] - reported[1]) > 1e-4, "the history cut should matter for the long history"
+
+
+def test_unusable_reward_functions_are_refused(world, tmp_path):
+    from geli_lib.generation_eval import PairScorer
+
+    trained = R.load_trained_reward(world["folder"])
+    const = dataclasses.replace(trained, head=None, constant=2.5, method="mean")
+    with pytest.raises(R.RLError, match="is constant: every response scores 2.5"):
+        R.check_reward_for_rl(const, "Mean", PairScorer(const))
+    R.check_reward_for_rl(trained, "GELI", PairScorer(trained))  # a learned one passes
+    flat = R.load_trained_reward(world["folder"])
+    with torch.no_grad():
+        flat.head.net[3].weight.zero_()
+    with pytest.raises(R.RLError, match="scores every probe pair alike"):
+        R.check_reward_for_rl(flat, "GELI", PairScorer(flat))
+    broken = R.load_trained_reward(world["folder"])
+    with torch.no_grad():
+        broken.head.net[0].bias.fill_(float("nan"))
+    with pytest.raises(R.RLError, match="non-finite scores"):
+        R.check_reward_for_rl(broken, "GELI", PairScorer(broken))
+
+
+def test_adapter_of_another_base_or_rank_is_refused(tmp_path):
+    rl = load_params("smoke").rl
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    cfg = {"base_model_name_or_path": "/somewhere/SmolLM2-135M-Instruct", "r": rl.lora_r, "lora_alpha": rl.lora_alpha}
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    R.check_adapter(folder, rl, "/cache/models/SmolLM2-135M-Instruct")  # same checkpoint, other root: fine
+    with pytest.raises(R.RLError, match="saved for base model '/somewhere/SmolLM2-135M-Instruct'"):
+        R.check_adapter(folder, rl, "/cache/models/Llama-2-7b")
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, "r": 8}))
+    with pytest.raises(R.RLError, match=f"LoRA r=8, but rl.lora_r is {rl.lora_r}"):
+        R.check_adapter(folder, rl, "/cache/models/SmolLM2-135M-Instruct")
+    with pytest.raises(R.RLError, match="adapter_config.json missing"):
+        R.check_adapter(tmp_path, rl, "x")
+
+
+def test_curve_slope_by_hand():
+    # 3 contexts, steps 0, 2, 4: rewards rise by 0.5, 1.0, 1.5 per update -> mean slope 1.0
+    rows = [{"context_id": c, "step": k, "reward": b + s * k}
+            for c, b, s in (("a", 0.0, 0.5), ("b", 1.0, 1.0), ("c", -1.0, 1.5)) for k in (0, 2, 4)]
+    slope, lo, hi = R.curve_slope(pd.DataFrame(rows))
+    assert slope == pytest.approx(1.0)
+    assert 0.5 - 1e-9 <= lo <= slope <= hi <= 1.5 + 1e-9  # a bootstrap over contexts stays within their slopes
+    flat = pd.DataFrame([{"context_id": c, "step": k, "reward": 1.0} for c in "ab" for k in (0, 1)])
+    assert R.curve_slope(flat) == (0.0, 0.0, 0.0)
+    assert all(np.isnan(R.curve_slope(flat[flat["step"] == 0])))
 
 
 def test_score_normalisation_matches_running_moments(world):
@@ -277,3 +351,45 @@ def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, world, tmp_
     assert info.curves["step"].tolist() == [1] and (info.curves["algorithm"] == algorithm).all()
     assert np.isfinite(info.curves["reward_mean"]).all()
     assert (info.adapter / "adapter_model.safetensors").exists()
+
+
+def _toy_reward(folder, target: str):
+    """A reward function that scores a response by its MiniLM cosine similarity to ``target``: r̂ = tanh(cos)."""
+    from geli_lib.params import RewardParams
+
+    tok_e, enc = rm._load_encoder("minilm", "cpu")
+    t = torch.from_numpy(rm.pair_features([""], [rm.RESPONSE_PREFIX + target], tok_e, enc, "minilm", 256, "cpu"))
+    d = t.shape[1]
+    head = rm.RewardHead(d, hidden=4, dropout=0.0, scale=1.0)
+    with torch.no_grad():
+        for prm in head.parameters():
+            prm.zero_()
+        head.net[0].weight[0, d // 2:] = t[0, d // 2:]  # response half only
+        head.net[0].bias[0] = 1.0  # ReLU(1 + cos) stays linear
+        head.net[3].weight[0, 0] = 1.0
+        head.net[3].bias[0] = -1.0
+    trained = rm.TrainedReward(method="geli", params=RewardParams(hidden=4, dropout=0.0),
+                               encoder_id=rm.encoder_id("minilm", 256), d=d, scale=1.0, seed=0, head=head,
+                               info={"name": "toy"})
+    return trained.save(folder)
+
+
+def test_rl_reward_rises_on_a_toy_reward(world, tmp_path, monkeypatch):
+    """A real short run of the cpu profile's algorithm: reward on fixed held-out contexts goes up."""
+    monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("GELI_PROGRESS", "0")
+    folder = _toy_reward(tmp_path / "toy", "Thank you so much, that is wonderful!")
+    cpu = load_params("cpu").rl
+    rl = dataclasses.replace(cpu, steps=6, batch_size=8, group_size=4, mini_batch_size=4, response_length=6,
+                             history_turns=2, max_prompt_tokens=128, eval_conversations=2, train_contexts=16,
+                             curve_contexts=4, eval_every=3, save_every=6, lr=2e-3)
+    train, test = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
+    info = R.train_rl("toy", folder, train, rl, "smoke", seed=0, out_dir=tmp_path / "run",
+                      curve=R.curve_contexts(test, rl))
+    ev = info.evals.groupby("step")["reward"].mean()
+    assert ev.index.tolist() == [0, 3, 6]
+    assert ev.loc[6] > ev.loc[0] + 0.05, f"held-out reward did not rise: {ev.round(3).to_dict()}"
+    assert (info.curves["algorithm"] == rl.algorithm).all() and np.isfinite(info.curves["kl"]).all()
+    assert info.evals.loc[info.evals["step"] == 0, "kl"].abs().max() < 1e-4  # LoRA B = 0: the reference itself
+    saved = pd.read_csv(tmp_path / "results" / "smoke" / "tables" / "rl_eval_curves.csv")
+    assert len(saved) == len(info.evals)
