@@ -130,6 +130,10 @@ def reward_pairs(gens: pd.DataFrame, data: DataParams) -> pd.DataFrame:
                          "response": gens["response"].astype(str).to_numpy()}, index=gens.index)
 
 
+#: Frozen text encoders loaded by :class:`PairScorer`, by (name, device): never trained, so shared.
+_FROZEN_ENCODERS: dict[tuple[str, str], tuple[object, object]] = {}
+
+
 class PairScorer:
     """r̂ = r_θ(s_t, a_t) of (history lines, response) texts: the one scoring of RL and evaluation.
 
@@ -155,8 +159,11 @@ class PairScorer:
             self.tok, self.encoder = None, None
         elif trained.finetuned:
             self.tok, self.encoder = trained.tokenizer, trained.text_encoder.to(device).eval()
-        else:
-            self.tok, self.encoder = _load_encoder(trained.encoder_name, device)
+        else:  # frozen encoders are shared by every scorer of the process (loaded once)
+            key = (trained.encoder_name, device)
+            if key not in _FROZEN_ENCODERS:
+                _FROZEN_ENCODERS[key] = _load_encoder(trained.encoder_name, device)
+            self.tok, self.encoder = _FROZEN_ENCODERS[key]
         if self.encoder is not None:
             self.encoder.requires_grad_(False)
         if trained.head is not None:
@@ -379,5 +386,6 @@ def cross_reward_table(stats: pd.DataFrame, digits: int = 2, order: Sequence[str
     models = list(dict.fromkeys([*(order or []), *stats["model"]]))
     idx = [(c, m) for c in dict.fromkeys(stats["corpus"]) for m in models if (c, m) in table.index]
     table = table.loc[idx]
-    table.columns.name = f"r̂ under (mean ± sd over seeds; * p<0.05, ** p<0.01 vs base, {PAIRED_TEST})"
+    table.columns.name = "r̂ under"
+    table.attrs["note"] = f"mean ± sd over seeds; * p < 0.05, ** p < 0.01 vs base ({PAIRED_TEST})"
     return table

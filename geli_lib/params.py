@@ -387,7 +387,7 @@ class RLParams:
     kl_horizon: float = 10000.0
     """Horizon of the adaptive controller, in episodes (TRL 0.x default 10000)."""
     score_norm: bool = True
-    """Normalise r_θ's scores by their running mean and SD before PPO (paper: use_score_norm = true)."""
+    """Normalise r_θ's scores by their running mean and SD before PPO (paper: use_score_norm = true); for rloo / grpo: standardise the advantages (RLOO ``normalize_advantages``, GRPO ``scale_rewards="group"``)."""
     response_length: int = 48
     """Most new tokens per response during RL (paper: 32-128)."""
     temperature: float = 0.7

@@ -717,6 +717,15 @@ def _evaluator(holder: dict[str, Any], tok: Any, curve: pd.DataFrame | None, rew
     return evaluate
 
 
+def _score_norm_option(rl: RLParams) -> dict[str, Any]:
+    """``rl.score_norm`` for RLOO / GRPO: standardised advantages (RLOO's ``normalize_advantages``; GRPO's
+    ``scale_rewards`` by the group's SD, or none). Without it RLOO's advantages stay on r̂'s scale, whose
+    within-context differences are small, and the LoRA barely moves."""
+    if rl.algorithm == "rloo":
+        return {"normalize_advantages": rl.score_norm}
+    return {"scale_rewards": "group" if rl.score_norm else "none"}
+
+
 def curve_contexts(held_out: pd.DataFrame, rl: RLParams) -> pd.DataFrame:
     """The fixed held-out contexts of the evaluation curve: the first ``rl.curve_contexts`` of ``held_out``."""
     return held_out.head(rl.curve_contexts).reset_index(drop=True)
@@ -907,7 +916,7 @@ def _train_group(name: str, reward: TextReward, policy: Any, tok: Any, train: pd
         beta=float(curves[-1]["kl_coef"]) if curves else rl.kl_coef, logging_steps=1, save_strategy="steps",
         save_steps=rl.save_every, report_to=[], disable_tqdm=not progress_enabled(), bf16=rl.bf16,
         gradient_checkpointing=rl.gradient_checkpointing, use_cpu=device == "cpu",
-        log_completions=False)
+        log_completions=False, **_score_norm_option(rl))
     trainer = Trainer(model=policy, reward_funcs=reward.reward_func, args=config, train_dataset=dataset,
                       processing_class=tok, peft_config=_lora_config(rl))
     holder["trainer"] = trainer

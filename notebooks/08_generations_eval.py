@@ -107,6 +107,7 @@ display(ge.auto_eval_table(rows))
 stats = ge.cross_reward_stats(gens, per, params.eval.base_model, params.eval.permutations)
 write_csv(results_dir(profile, "tables") / "cross_rewards.csv", stats)
 cross = ge.cross_reward_table(stats, order=[params.eval.base_model])
+print(cross.attrs["note"])
 display(cross)
 adapted = [m for m in stats["model"].unique() if m in set(stats["reward_fn"])]
 own = stats[stats["model"].isin(adapted) & (stats["model"] == stats["reward_fn"])]

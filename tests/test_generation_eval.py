@@ -116,7 +116,7 @@ def test_cross_reward_table_mean_sd_over_seeds_and_stars():
     assert list(table.columns) == ["A", "B"] and table.index[0] == ("simulated", "base")
     assert table.loc[("simulated", "ground truth"), "A"] == "2.00 ± 1.00*"
     assert table.loc[("simulated", "ground truth"), "B"] == "0.00 ± 0.00"
-    assert "sign-flip" in table.columns.name
+    assert "sign-flip" in table.attrs["note"]
 
 
 # --------------------------------------------------------------------------- reading generations

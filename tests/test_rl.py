@@ -375,20 +375,20 @@ def _toy_reward(folder, target: str):
 
 
 def test_rl_reward_rises_on_a_toy_reward(world, tmp_path, monkeypatch):
-    """A real short run of the cpu profile's algorithm: reward on fixed held-out contexts goes up."""
+    """A real short PPO run (the papers' algorithm and the cpu profile's): reward on fixed held-out contexts goes up."""
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
     folder = _toy_reward(tmp_path / "toy", "Thank you so much, that is wonderful!")
-    cpu = load_params("cpu").rl
-    rl = dataclasses.replace(cpu, steps=6, batch_size=8, group_size=4, mini_batch_size=4, response_length=6,
-                             history_turns=2, max_prompt_tokens=128, eval_conversations=2, train_contexts=16,
-                             curve_contexts=4, eval_every=3, save_every=6, lr=2e-3)
+    rl = dataclasses.replace(load_params("cpu").rl, algorithm="ppo", steps=6, batch_size=8, mini_batch_size=4,
+                             response_length=6, history_turns=2, max_prompt_tokens=128, eval_conversations=2,
+                             train_contexts=16, curve_contexts=4, eval_every=3, save_every=6, lr=2e-3,
+                             kl_coef=0.05, adaptive_kl=False)
     train, test = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     info = R.train_rl("toy", folder, train, rl, "smoke", seed=0, out_dir=tmp_path / "run",
                       curve=R.curve_contexts(test, rl))
     ev = info.evals.groupby("step")["reward"].mean()
     assert ev.index.tolist() == [0, 3, 6]
-    assert ev.loc[6] > ev.loc[0] + 0.05, f"held-out reward did not rise: {ev.round(3).to_dict()}"
+    assert ev.loc[6] > ev.loc[0] + 0.03, f"held-out reward did not rise: {ev.round(3).to_dict()}"
     assert (info.curves["algorithm"] == rl.algorithm).all() and np.isfinite(info.curves["kl"]).all()
     assert info.evals.loc[info.evals["step"] == 0, "kl"].abs().max() < 1e-4  # LoRA B = 0: the reference itself
     saved = pd.read_csv(tmp_path / "results" / "smoke" / "tables" / "rl_eval_curves.csv")
