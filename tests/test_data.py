@@ -496,7 +496,8 @@ def test_load_corpus_simulated(cache, monkeypatch):
         return Path(out_dir)
 
     monkeypatch.setitem(sys.modules, "geli_lib.simulation",
-                        types.SimpleNamespace(simulate_corpus=simulate_corpus))
+                        types.SimpleNamespace(simulate_corpus=simulate_corpus,
+                                          SIMULATOR_VERSION=0))
     sim = SimulationParams(n_conversations=2)
     params = StudyParams(simulation=sim)
     c = load_corpus(params, progress=False)
