@@ -497,7 +497,7 @@ def test_load_corpus_simulated(cache, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "geli_lib.simulation",
                         types.SimpleNamespace(simulate_corpus=simulate_corpus,
-                                          SIMULATOR_VERSION=0))
+                                              SIMULATOR_VERSION=0))
     sim = SimulationParams(n_conversations=2)
     params = StudyParams(simulation=sim)
     c = load_corpus(params, progress=False)
