@@ -330,9 +330,9 @@ def readings(rows: pd.DataFrame, placebo: pd.DataFrame | None = None) -> list[st
         out.append(f"Visual affect alone adds up worse than GELI: **{'holds' if ratio >= 1.5 else 'does not hold'}**. "
                    f"Its L_GE MSE is {va['l_ge_mse']:.1f}, {ratio:.1f}× the best GELI variant's "
                    f"({geli.loc[best, 'l_ge_mse']:.1f}, {best}).")
-    if va is not None and len(ge) and len(geli):
-        bar = BOTH_L_GE_FACTOR * ge["l_ge_mse"].min()
-        need = BOTH_DELTA_SHARE * va["delta_li_within"]
+    criteria = both_criteria(rows)
+    if criteria is not None and len(geli):
+        bar, need = criteria
         both = [n for n, r in geli.iterrows() if r["l_ge_mse"] <= bar and r["delta_li_within"] >= need]
         detail = "; ".join(f"{n}: L_GE {r['l_ge_mse']:.1f}, Δ within {r['delta_li_within']:.3f}"
                            for n, r in geli.iterrows())
@@ -351,25 +351,48 @@ def readings(rows: pd.DataFrame, placebo: pd.DataFrame | None = None) -> list[st
                  + (f" ({v / m.loc[n, 'gt_spearman_within']:.0%} survives)" if m.loc[n, "gt_spearman_within"] > 0
                     else "")
                  for n, v in pm.items() if n in m.index]
+        ref = (f" For reference, {ge['gt_spearman_within'].idxmax()}, which never sees a face, reaches "
+               f"{ge['gt_spearman_within'].max():.3f}." if len(ge) else "")
         out.append("With a placebo face (face_coupling 0, same conversations), the within-conversation ρ with the "
-                   "truth of each LI-based method: " + "; ".join(parts) + ". What survives comes from how the "
-                   "label is built (the window follows the utterance; short turns get Γ = 0), not from the face.")
+                   "truth of each LI-based method: " + "; ".join(parts) + ". A face unrelated to the truth carries "
+                   "no credit, so what survives comes from the GE term or from how the label is built (the "
+                   "window follows the utterance; short turns get Γ = 0)." + ref)
     return out
 
 
-def sweep_readings(rows: pd.DataFrame, x: str = "lam") -> list[str]:
+def both_criteria(rows: pd.DataFrame) -> tuple[float, float] | None:
+    """Table 1's bar for "GELI gets both": (L_GE MSE ceiling, within-conversation Δr̂_LI floor).
+
+    The ceiling is :data:`BOTH_L_GE_FACTOR` × the best GE-only method's L_GE MSE, the floor
+    :data:`BOTH_DELTA_SHARE` × visual affect's within-conversation Δr̂_LI (means over seeds);
+    None when ``rows`` lack a GE-only method or visual affect.
+    """
+    m = rows.groupby("method", sort=False)[["l_ge_mse", "delta_li_within"]].mean()
+    fam = rows.groupby("method", sort=False)["family"].first()
+    ge = m[fam.reindex(m.index) == "GE"]
+    if "LI: Visual Affect" not in m.index or not len(ge):
+        return None
+    return BOTH_L_GE_FACTOR * ge["l_ge_mse"].min(), BOTH_DELTA_SHARE * m.loc["LI: Visual Affect", "delta_li_within"]
+
+
+def sweep_readings(rows: pd.DataFrame, x: str = "lam",
+                   criteria: tuple[float, float] | None = None) -> list[str]:
     """Per estimator of a λ sweep: the values of ``x`` at which GELI gets both, with the numbers.
 
-    λ = 1 is the GE term alone and λ = 0 visual affect alone, so "both" is measured against
-    the sweep's own ends: L_GE MSE ≤ :data:`BOTH_L_GE_FACTOR` × its λ = 1 value and
+    ``criteria`` is Table 1's bar (:func:`both_criteria`), so a sweep and the table judge alike.
+    Without it, "both" is measured against the sweep's own ends (λ = 1 is the GE term alone,
+    λ = 0 visual affect alone): L_GE MSE ≤ :data:`BOTH_L_GE_FACTOR` × its λ = 1 value and
     within-conversation Δr̂_LI ≥ :data:`BOTH_DELTA_SHARE` × its λ = 0 value (means over seeds).
     """
     out = []
     for name, g in rows.groupby("method", sort=False):
         m = g.groupby(x)[["l_ge_mse", "delta_li_within"]].mean()
-        if 0.0 not in m.index or 1.0 not in m.index:
+        if criteria is not None:
+            bar, need = criteria
+        elif 0.0 in m.index and 1.0 in m.index:
+            bar, need = BOTH_L_GE_FACTOR * m.loc[1.0, "l_ge_mse"], BOTH_DELTA_SHARE * m.loc[0.0, "delta_li_within"]
+        else:
             continue
-        bar, need = BOTH_L_GE_FACTOR * m.loc[1.0, "l_ge_mse"], BOTH_DELTA_SHARE * m.loc[0.0, "delta_li_within"]
         both = [v for v, r in m.iterrows() if r["l_ge_mse"] <= bar and r["delta_li_within"] >= need]
         cells = ", ".join(f"{v:g}: {r['l_ge_mse']:.1f} / {r['delta_li_within']:.3f}" for v, r in m.iterrows())
         out.append(f"{name}: both (L_GE MSE ≤ {bar:.1f} and Δr̂_LI within ≥ {need:.3f}) at {x} = "

@@ -77,8 +77,11 @@ def test_readings_state_the_pattern_with_this_runs_numbers():
     assert "0.400 pooled" in text[3] and "0.300 within" in text[3]
     placebo = _rows({"LI: Visual Affect [placebo face]": ("LI", 1000.0, 0.5, 0.4, 0.2, 0.1),
                      "GELI: recipe [placebo face]": ("GELI", 215.0, 0.0, 0.0, 0.2, 0.05)})
-    assert "Visual Affect: 0.250 → 0.100 (40% survives); GELI: recipe: 0.200 → 0.050 (25% survives)" \
-        in ex.readings(rows, placebo)[-1]
+    placebo_line = ex.readings(rows, placebo)[-1]
+    assert "Visual Affect: 0.250 → 0.100 (40% survives); GELI: recipe: 0.200 → 0.050 (25% survives)" in placebo_line
+    assert "GE: RRD (K=32), which never sees a face, reaches 0.100" in placebo_line
+    assert ex.both_criteria(rows) == pytest.approx((220.0, 0.2))
+    assert ex.both_criteria(rows[rows["family"] != "GE"]) is None
     worse = rows.assign(delta_li=np.where(rows["family"] == "GE", 0.3, rows["delta_li"]))
     assert "does not hold" in ex.readings(worse)[0]
 
@@ -91,3 +94,6 @@ def test_sweep_readings_measure_against_the_sweeps_own_ends():
     (line,) = ex.sweep_readings(rows)
     # both: L_GE ≤ 1.1 · 190 = 209 and Δ within ≥ 0.5 · 0.4 = 0.2 -> only λ = 0.1
     assert "at lam = **0.1**" in line and "L_GE MSE ≤ 209.0" in line
+    # Table 1's bar instead of the sweep's ends: L_GE ≤ 202 and Δ within ≥ 0.04 -> only λ = 0.5
+    (line,) = ex.sweep_readings(rows, criteria=(202.0, 0.04))
+    assert "at lam = **0.5**" in line and "L_GE MSE ≤ 202.0" in line
