@@ -188,6 +188,15 @@ def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], par
     return pd.DataFrame(rows, columns=list(REWARD_TABLE_COLUMNS)), preds
 
 
+def saved_info(params: StudyParams, name: str, seeds: list[int], key: str) -> list[Any]:
+    """``info[key]`` of the reward function ``name`` that :func:`run_methods` saved, one value per seed."""
+    out = []
+    for seed in seeds:
+        meta = reward_function_dir(params.profile, params.corpus, name, seed) / "reward.json"
+        out.append(json.loads(meta.read_text())["info"].get(key))
+    return out
+
+
 def write_rows(profile: str, part: str, rows: pd.DataFrame, data: RewardData | None = None,
                preds: dict[str, np.ndarray] | None = None) -> None:
     """Write one notebook's rows to ``tables/reward_functions/<part>.csv`` (atomic).

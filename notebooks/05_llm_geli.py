@@ -180,6 +180,9 @@ rows = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list
 experiments.write_rows(results, "llm", rows, data, preds)
 if len(rows):
     display(experiments.table1(rows))
+for name in rows["method"].unique():  # labels beyond the head's range are clipped (reward_model._clip_to_range)
+    clipped = experiments.saved_info(params, name, seeds, "labels_clipped")
+    print(f"{name}: {sum(clipped) / len(clipped):.1%} of the labels lay outside the head's range and were clipped")
 
 # %% [markdown]
 # ## What the numbers say
