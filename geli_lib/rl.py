@@ -735,7 +735,7 @@ def curve_contexts(held_out: pd.DataFrame, rl: RLParams) -> pd.DataFrame:
 def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLParams, profile: str,
              corpus: str = "simulated", seed: int = 0, device: str = "cpu", callbacks: Sequence[Any] = (),
              out_dir: str | Path | None = None, curve: pd.DataFrame | None = None,
-             data: DataParams | None = None) -> RunInfo:
+             data: DataParams | None = None, results_key: str | None = None) -> RunInfo:
     """Adapt SmolLM2 + LoRA to the reward function saved in ``reward_folder`` (steps 2-6 of the module docstring).
 
     ``train`` holds the RL contexts (:func:`rl_contexts`); ``curve`` the fixed
@@ -743,7 +743,8 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
     every ``rl.eval_every`` updates (:func:`curve_contexts`; None: no evaluation
     curve); ``data`` the data parameters that cut r_θ's history (the ones 08
     cross-scores with; default ``DataParams()``). Writes the curves to
-    ``results/<profile>/tables/ppo_curves.csv`` and the evaluation rows to
+    ``results/<results_key>/tables/ppo_curves.csv`` (default key: ``profile``;
+    notebooks pass :attr:`StudyParams.results_key`) and the evaluation rows to
     ``tables/rl_eval_curves.csv`` (rows of this reward function, seed, corpus
     and algorithm replaced) and returns a :class:`RunInfo`. A finished run with
     the same inputs is reused; an interrupted one resumes. ``callbacks`` are
@@ -763,7 +764,7 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
     run = Path(out_dir) if out_dir else run_dir(profile, corpus, name, seed, rl.algorithm)
     curve_ids = [] if curve is None else curve["context_id"].tolist()
     key = run_key(rl, reward_folder, train, seed, curve_ids, data)
-    tables = results_dir(profile, "tables")
+    tables = results_dir(results_key or profile, "tables")
     curves_path, evals_path = tables / "ppo_curves.csv", tables / "rl_eval_curves.csv"
     run_keys = ["reward_fn", "seed", "corpus", "algorithm"]
     done_path = run / "done.json"

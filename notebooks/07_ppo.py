@@ -68,8 +68,9 @@ from geli_lib.runs import results_dir, timed
 
 overrides = {k: v for k, v in {"steps": steps, "algorithm": algorithm}.items() if v is not None}
 params = load_params(profile, corpus=corpus, data_path=data_path, rl=overrides)
+results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
 seed = params.seed if seed is None else int(seed)
-with timed(profile, "07: contexts"):
+with timed(results, "07: contexts"):
     dialogues = data.load_corpus(params)
     split = data.split_conversations(dialogues.conversations, params.splits)
     train, held_out = rl.rl_contexts(dialogues, split, params.rl, seed)
@@ -100,9 +101,9 @@ chosen = rl.select_reward_functions(experiments.saved_reward_functions(profile, 
 curve = rl.curve_contexts(held_out, params.rl)
 runs = {}
 for name, folder in chosen.items():
-    with timed(profile, f"07: {params.rl.algorithm} {name}"):
+    with timed(results, f"07: {params.rl.algorithm} {name}"):
         runs[name] = rl.train_rl(name, folder, train, params.rl, profile, corpus, seed, params.device,
-                                 curve=curve, data=params.data)
+                                 curve=curve, data=params.data, results_key=results)
 print(f"algorithm: {params.rl.algorithm}; {params.rl.steps} updates of {params.rl.batch_size} responses "
       f"(group size {params.rl.group_size} for rloo/grpo), {params.rl.response_length}-token responses, "
       f"lr {params.rl.lr:g}, KL target {params.rl.kl_target:g} nats")
@@ -120,7 +121,7 @@ print(f"algorithm: {params.rl.algorithm}; {params.rl.steps} updates of {params.r
 curves = pd.concat([r.curves for r in runs.values()], ignore_index=True)
 evals = pd.concat([r.evals for r in runs.values()], ignore_index=True)
 fig = figures.rl_eval_curves(evals, curves)
-figures.save_figure(fig, profile, "07_ppo_curves")
+figures.save_figure(fig, results, "07_ppo_curves")
 
 # %% [markdown]
 # ## Generations side by side (GELI App. H)
@@ -136,10 +137,10 @@ for name, path, loader in (("esconv", esconv_path, data.load_esconv), ("soda", s
         other = loader(path, params.data)
         contexts.append(rl.sample_contexts(rl.dialogue_contexts(other, history_turns=params.rl.history_turns),
                                            params.rl.eval_contexts, seed))
-with timed(profile, "07: generations"):
+with timed(results, "07: generations"):
     rows = rl.generations(pd.concat(contexts, ignore_index=True), {n: r.adapter for n, r in runs.items()},
                           params.rl, seed, params.device)
-    rl.write_generations(profile, rows)
+    rl.write_generations(results, rows)
 first = rows["context_id"].iloc[0]
 print(rows[rows["context_id"] == first]["history"].iloc[0], "\n")
 display(rows[rows["context_id"] == first][["model", "response"]].set_index("model"))
@@ -158,7 +159,7 @@ in_dist = rows[rows["corpus"] == held_out["corpus"].iloc[0]].reset_index(drop=Tr
 per = generation_eval.per_response(in_dist, params.eval, params.data, chosen, params.device)
 stats = generation_eval.cross_reward_stats(in_dist, per, params.eval.base_model, params.eval.permutations)
 summary = rl.rl_summary(stats, runs, params.eval.base_model)
-write_csv(results_dir(profile, "tables") / "rl_summary.csv", summary)
+write_csv(results_dir(results, "tables") / "rl_summary.csv", summary)
 display(summary.round(4))
 text = per.groupby(in_dist["model"])[["same_as_base", "empty", "repetition", "length"]].mean()
 display(text.round(3))

@@ -41,7 +41,7 @@
 profile = "smoke"
 corpus = "simulated"
 data_path = ""
-generations_path = ""  # empty: results/<profile>/tables/generations.csv (written by 07_ppo)
+generations_path = ""  # empty: results/<profile>[/<corpus>]/tables/generations.csv (written by 07_ppo)
 
 # %%
 import pandas as pd
@@ -56,7 +56,8 @@ from geli_lib.runs import results_dir, timed
 
 pd.set_option("display.max_colwidth", None)  # show whole responses and questions
 params = load_params(profile, corpus=corpus, data_path=data_path)
-gens = ge.read_generations(generations_path or results_dir(profile, "tables") / "generations.csv")
+results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
+gens = ge.read_generations(generations_path or results_dir(results, "tables") / "generations.csv")
 print(f"{len(gens)} responses: {gens['model'].nunique()} models × {gens['context_id'].nunique()} contexts, "
       f"seeds {sorted(gens['seed'].unique().tolist())}, corpora {sorted(gens['corpus'].unique().tolist())}")
 
@@ -85,10 +86,10 @@ reward_fns = saved_reward_functions(profile, params.corpus)
 if not reward_fns:
     print(f"no trained reward functions saved for {profile}/{params.corpus}: run notebooks 02-04 "
           "for cross-scoring; the text metrics below do not need them")
-with timed(profile, "08: automatic evaluation"):
+with timed(results, "08: automatic evaluation"):
     per = ge.per_response(gens, params.eval, params.data, reward_fns, device=params.device)
     rows = ge.auto_eval(gens, params.eval, params.data, per=per)
-write_csv(results_dir(profile, "tables") / "auto_eval.csv", rows)
+write_csv(results_dir(results, "tables") / "auto_eval.csv", rows)
 display(ge.auto_eval_table(rows))
 
 # %% [markdown]
@@ -105,7 +106,7 @@ display(ge.auto_eval_table(rows))
 
 # %%
 stats = ge.cross_reward_stats(gens, per, params.eval.base_model, params.eval.permutations)
-write_csv(results_dir(profile, "tables") / "cross_rewards.csv", stats)
+write_csv(results_dir(results, "tables") / "cross_rewards.csv", stats)
 cross = ge.cross_reward_table(stats, order=[params.eval.base_model])
 print(cross.attrs["note"])
 display(cross)
@@ -116,4 +117,4 @@ display(own[["corpus", "model", "mean", "sd", "sd_contexts", "n", "diff", "p", "
 
 # %%
 fig = figures.auto_eval_bars(rows)
-figures.save_figure(fig, profile, "08_auto_eval")
+figures.save_figure(fig, results, "08_auto_eval")

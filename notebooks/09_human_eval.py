@@ -37,7 +37,7 @@
 profile = "smoke"
 corpus = "simulated"
 data_path = ""
-annotations_path = ""  # a result CSV or a folder of them; empty: results/<profile>/human_eval/annotations
+annotations_path = ""  # a result CSV or a folder of them; empty: results/<profile>[/<corpus>]/human_eval/annotations
 missing = "error"  # "drop": leave out annotations with unanswered questions (counted)
 
 # %%
@@ -54,9 +54,10 @@ from geli_lib.runs import results_dir, timed
 
 pd.set_option("display.max_colwidth", None)  # show whole responses and questions
 params = load_params(profile, corpus=corpus, data_path=data_path)
-gens = ge.read_generations(results_dir(profile, "tables") / "generations.csv")
-root = results_dir(profile, "human_eval")
-results_root = results_dir(profile).parent
+results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
+gens = ge.read_generations(results_dir(results, "tables") / "generations.csv")
+root = results_dir(results, "human_eval")
+results_root = results_dir(results).parent
 
 # %% [markdown]
 # ## The kit
@@ -70,7 +71,7 @@ results_root = results_dir(profile).parent
 # `annotations_path`).
 
 # %%
-with timed(profile, "09: annotation kit"):
+with timed(results, "09: annotation kit"):
     items, key = he.build_items(gens, params.eval.human_items, params.eval.human_seed)
     paths = he.write_kit(root, items, key)
 for name, path in paths.items():
@@ -107,5 +108,5 @@ else:
         print(f"{name}: {sel['item_id'].nunique()} items, {sel['annotator'].nunique()} annotator(s), "
               f"± over {params.eval.human_spread}s")
         display(HTML(he.table_html(table, stats)))
-        write_csv(results_dir(profile, "tables") / f"human_eval_{name}.csv", stats)
+        write_csv(results_dir(results, "tables") / f"human_eval_{name}.csv", stats)
     display(he.agreement(selections))
