@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from geli_lib.params import ParamError
-    from geli_lib.runs import StageError, build_book, run_study
+    from geli_lib.runs import StageError, StageInterrupted, build_book, run_study
 
     try:
         if args.command == "run":
@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
             from geli_lib.models import prepare_models
             for name, path in prepare_models().items():
                 print(f"{name}: {path}")
+    except StageInterrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 128 + e.signum  # the shell's convention for a run ended by a signal
     except (ParamError, StageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

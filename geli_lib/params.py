@@ -8,13 +8,20 @@ raises :class:`ParamError` naming the file and the dotted field, e.g.
 
 Notebooks take ``profile``, ``corpus`` and ``data_path`` as papermill
 parameters and call :func:`load_params` with them as overrides, so any notebook
-runs on real data by parameters alone.
+runs on real data by parameters alone. Any other override that changes a
+parameter (``papermill … -p lam 0.1``) makes the run ad hoc: its results go to a
+folder of their own, named by the changed parameters
+(:attr:`StudyParams.results_key`), never over the study's. Inside a notebook run
+by papermill, :func:`load_params` also refuses a ``-p`` name the notebook does
+not declare (a typo would otherwise run the notebook on its defaults).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +32,11 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_DIR = REPO_ROOT / "params"
 PROFILES = ("smoke", "cpu", "gpu")
+CORPORA = ("simulated", "candor", "esconv", "soda")
+#: Folder, inside a results key, of runs whose parameters differ from the profile's.
+ADHOC_DIR = "adhoc"
+#: Largest integer any parameter takes (a larger one is a typo, not a setting).
+MAX_INT = 2**31 - 1
 
 
 class ParamError(ValueError):
@@ -73,7 +85,8 @@ class SimulationParams:
     """Random seed; the same seed and knobs give byte-identical files."""
 
     def validate(self) -> None:
-        _check(self.n_conversations >= 1, "n_conversations", "must be >= 1", self.n_conversations)
+        _check(1 <= self.n_conversations <= 100_000, "n_conversations", "must be in [1, 100000]",
+               self.n_conversations)
         _check(self.min_turns >= 4, "min_turns", "must be >= 4", self.min_turns)
         _check(self.mean_turns >= self.min_turns, "mean_turns", "must be >= min_turns", self.mean_turns)
         for name in ("turns_sd", "score_noise", "listener_mood_sd", "turn_noise", "face_noise",
@@ -117,7 +130,7 @@ class DataParams:
         _check(self.listener in ("first_speaker", "second_speaker"), "listener",
                "must be first_speaker or second_speaker", self.listener)
         _check(self.score_scale > 0, "score_scale", "must be > 0", self.score_scale)
-        _check(len(self.score_range) == 2 and self.score_range[0] < self.score_range[1],
+        _check(self.score_range[0] < self.score_range[1],
                "score_range", "must be [low, high] with low < high", self.score_range)
         _check(self.esconv_score in ("empathy", "relevance", "intensity_drop"), "esconv_score",
                "must be empathy, relevance or intensity_drop", self.esconv_score)
@@ -543,18 +556,20 @@ class StudyParams:
     """Evaluation of generations: automatic scores and the human-evaluation kit."""
     features: FeatureParams = field(default_factory=FeatureParams)
     """Listener feature extraction from recordings (video, audio)."""
+    adhoc: str = ""
+    """Set by :func:`load_params`, never in a profile: the parameters an override changed from the profile's file (other than ``corpus`` and ``data_path``), e.g. ``reward.lam=0.1``; empty for the study's own runs."""
 
     @property
     def results_key(self) -> str:
         """Where this run's results go under the results root: the profile for the default
         (simulated) corpus, ``<profile>/<corpus>`` for any other, so runs on different corpora
-        never overwrite each other."""
-        return self.profile if self.corpus == "simulated" else f"{self.profile}/{self.corpus}"
+        never overwrite each other; an ad-hoc run adds ``adhoc/<changed parameters>``."""
+        key = self.profile if self.corpus == "simulated" else f"{self.profile}/{self.corpus}"
+        return f"{key}/{ADHOC_DIR}/{self.adhoc}" if self.adhoc else key
 
     def validate(self) -> None:
         _check(self.profile in PROFILES, "profile", f"must be one of {PROFILES}", self.profile)
-        _check(self.corpus in ("simulated", "candor", "esconv", "soda"), "corpus",
-               "must be simulated, candor, esconv or soda", self.corpus)
+        _check(self.corpus in CORPORA, "corpus", f"must be one of {CORPORA}", self.corpus)
         _check(self.corpus == "simulated" or bool(self.data_path), "data_path",
                f"is required for corpus {self.corpus!r}", self.data_path)
         _check(self.device in ("cpu", "cuda"), "device", "must be cpu or cuda", self.device)
@@ -586,6 +601,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise _FieldError(where, f"expected a list, got {value!r}")
         args = typing.get_args(tp)
+        if origin is tuple and len(value) != len(args):
+            raise _FieldError(where, f"expected a list of {len(args)} values, got {list(value)!r}")
         items = [_coerce(v, args[0] if origin is list else args[i], f"{where}[{i}]")
                  for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
@@ -596,10 +613,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _FieldError(where, f"expected an integer, got {value!r}")
+        if abs(value) > MAX_INT:
+            raise _FieldError(where, f"expected an integer of at most {MAX_INT}, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _FieldError(where, f"expected a number, got {value!r}")
+        if not math.isfinite(value):  # YAML reads .inf and .nan as numbers
+            raise _FieldError(where, f"expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if value is None:
@@ -626,10 +647,132 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base`` section by section; ``None`` leaves a value as it is
+    (a notebook parameter left at ``None`` means "the profile's")."""
     out = dict(base)
     for k, v in over.items():
+        if v is None:
+            continue
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key]} and "
+                    f"{key_node.start_mark.line + 1}); the first would be silently dropped",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _read_profile(path: Path) -> dict[str, Any]:
+    """The mapping of a parameter file; an unreadable, empty or duplicated one is a :class:`ParamError`."""
+    if not path.exists():
+        raise ParamError(f"{path}: parameter file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise ParamError(f"{path}: not UTF-8 text (line {line}, byte {e.start}: "
+                         f"{e.object[e.start:e.start + 1]!r}); save the file as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise ParamError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raise ParamError(f"{path}: empty parameter file (a profile must set its parameters; "
+                         "copy params/smoke.yaml to start)")
+    if not isinstance(raw, dict):
+        raise ParamError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"reward": {"lam": 0.1}}`` -> ``{"reward.lam": 0.1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def adhoc_name(profile: dict[str, Any], run: dict[str, Any]) -> str:
+    """The folder name of a run whose parameters (``run``, :func:`to_dict`) differ from the
+    profile's: ``field=value`` of each difference, joined by ``_``; empty when none differ.
+
+    A long or unusual name is cut and given a hash, so it stays one safe folder name.
+    """
+    a, b = _flatten(profile), _flatten(run)
+    diffs = [f"{k}={b[k]}" for k in sorted(b) if a.get(k) != b[k]]
+    name = re.sub(r"[^A-Za-z0-9._=,+-]+", "", "_".join(diffs).replace(" ", ""))
+    if len(name) > 80:
+        from geli_lib.io import content_key
+
+        name = f"{name[:63]}-{content_key(diffs)}"
+    return name
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> bool:
+    """Whether the dotted field (``reward.lam``, ``seeds[0]``) is set in ``tree``."""
+    node: Any = tree
+    for part in re.sub(r"\[\d+\]", "", dotted).split("."):
+        if not isinstance(node, dict) or node.get(part) is None:
+            return False
+        node = node[part]
+    return True
+
+
+def _assigned_names(source: str) -> list[str]:
+    """Names assigned at the top level of a code cell (``x = 1``), in order; none if it does not parse."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            if isinstance(t, ast.Name)]
+
+
+def unknown_notebook_parameters(history: list[str]) -> tuple[list[str], list[str]]:
+    """(parameters papermill injected that the notebook does not declare, the declared ones).
+
+    ``history`` is the kernel's executed cells in order. Papermill injects a cell
+    starting with ``# Parameters`` right after the notebook's own parameters cell;
+    a name it sets that no earlier cell set is unknown to the notebook.
+    """
+    injected = [i for i, src in enumerate(history) if src.startswith("# Parameters\n")]
+    if not injected:
+        return [], []
+    declared = {n for src in history[:injected[-1]] for n in _assigned_names(src)}
+    return sorted(set(_assigned_names(history[injected[-1]])) - declared), sorted(declared)
+
+
+def _kernel_history() -> list[str]:
+    """The cells executed so far when running inside an IPython kernel, else nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return []
+    shell = get_ipython()
+    return [str(c) for c in shell.user_ns.get("In", [])] if shell is not None else []
+
+
+def _param_error(e: _FieldError, path: Path, from_override: bool) -> ParamError:
+    """The error naming where the bad value came from: the file, or an override of it."""
+    if from_override:
+        return ParamError(f"override {e} (given as a notebook parameter, papermill -p or a "
+                          f"command-line option, not read from {path})")
+    return ParamError(f"{path}: {e}")
 
 
 def load_params(profile: str = "smoke", params_dir: str | Path | None = None,
@@ -642,22 +785,29 @@ def load_params(profile: str = "smoke", params_dir: str | Path | None = None,
     """
     params_dir = Path(params_dir) if params_dir else PARAMS_DIR
     path = params_dir / f"{profile}.yaml"
+    unknown, declared = unknown_notebook_parameters(_kernel_history())
+    if unknown:
+        raise ParamError(f"papermill -p {', '.join(unknown)}: not a parameter of this notebook "
+                         f"(its parameters: {', '.join(declared)}); the run is stopped rather than "
+                         "run on the defaults")
     if profile not in PROFILES:
         raise ParamError(f"profile {profile!r} unknown: choose one of {PROFILES}")
-    if not path.exists():
-        raise ParamError(f"{path}: parameter file not found")
+    file_raw = _read_profile(path)
+    if "adhoc" in file_raw or "adhoc" in overrides:
+        raise ParamError(f"{path}: adhoc is set by load_params from the overrides, not a parameter")
+    file_raw.setdefault("profile", profile)
+    # What the study itself runs: the file with the runner's own choices (corpus, data path).
+    study_raw = _merge(file_raw, {k: overrides.get(k) for k in ("corpus", "data_path")})
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ParamError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ParamError(f"{path}: expected a mapping at the top level")
-    raw = _merge(raw, {k: v for k, v in overrides.items() if v is not None})
-    raw.setdefault("profile", profile)
-    try:
-        return _build(StudyParams, raw)
+        study = _build(StudyParams, study_raw)
     except _FieldError as e:
-        raise ParamError(f"{path}: {e}") from None
+        raise _param_error(e, path, from_override=_lookup(overrides, e.field_name)) from None
+    try:
+        params = _build(StudyParams, _merge(study_raw, overrides))
+    except _FieldError as e:  # the study's parameters were valid: an override is to blame
+        raise _param_error(e, path, from_override=True) from None
+    params.adhoc = adhoc_name(to_dict(study), to_dict(params))
+    return params
 
 
 def to_dict(params: Any) -> dict[str, Any]:

@@ -5,9 +5,17 @@ notebooks in order with papermill, writes the executed copies to
 ``results/<profile>/notebooks/``, records per-stage wall seconds and writes
 ``results/<profile>/manifest.json`` (profile, params, seeds, git commit, package
 versions, timings). A stage is skipped when its key — the notebook, the library
-sources, the profile's parameter file and the keys of the stages before it —
-matches the key recorded by its last successful run. Then :func:`build_book`
-copies the executed notebooks into the book and builds it.
+sources, the profile's parameter file and the keys and outputs of the stages
+before it — matches the key recorded by its last successful run and the files
+it wrote are still the ones it wrote (anything else that rewrote them makes it
+run again). Then :func:`build_book` copies the executed notebooks into the book
+and builds it.
+
+A stage is all or nothing: SIGINT (Ctrl-C) or SIGTERM stops the kernel within
+seconds, every file the stage had written under the results folder is put back
+as it was, the stage is recorded as not done and the run exits non-zero
+(:class:`StageInterrupted`); a failing stage is rolled back the same way. The
+next run redoes that stage only.
 
 Notebooks write tables and figures under :func:`results_dir`; the environment
 variable ``GELI_RESULTS`` moves the results root (tests run the chain in a
@@ -22,15 +30,18 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from geli_lib.io import content_key, file_key, write_json, write_text
-from geli_lib.params import PARAMS_DIR, REPO_ROOT, StudyParams, load_params, to_dict
+from geli_lib.params import (ADHOC_DIR, CORPORA, PARAMS_DIR, REPO_ROOT, StudyParams, load_params,
+                             to_dict)
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
@@ -43,8 +54,36 @@ TRACKED_PACKAGES = (
 )
 
 
+#: Files of a results folder the runner itself writes: never rolled back, never a stage's output.
+RUNNER_FILES = ("stages.json", "manifest.json")
+#: Files every stage adds to: rolled back with a stage, but no stage's own output.
+SHARED_FILES = ("timings.json",)
+#: Where a running stage keeps hard links to the files it may replace (see :func:`stage_rollback`).
+BACKUP_DIR = ".stage-backup"
+#: Seconds an interrupted kernel gets to stop on its own (its cell raises KeyboardInterrupt,
+#: so atomic writes remove their temporary files) before it is killed.
+KERNEL_GRACE_S = 4.0
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class StageError(RuntimeError):
     """A notebook of the chain failed; the message names it and its executed copy."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the runner (``signum`` says which)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StageInterrupted(StageError):
+    """A stage was stopped by a signal; its outputs were rolled back and it is recorded as not done."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def results_dir(profile: str, sub: str = "") -> Path:
@@ -126,12 +165,65 @@ def notebook_parameters(params: StudyParams) -> dict[str, Any]:
     return {"profile": params.profile, "corpus": params.corpus, "data_path": params.data_path}
 
 
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` while the chain runs (main thread only).
+
+    After the first signal both are ignored until the block is left, so a second
+    Ctrl-C cannot cut the clean-up (stopping the kernel, rolling back) short.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        for s in _SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    before = {s: signal.signal(s, _raise) for s in _SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children()}
+
+
+def _stop_kernels(before: set[int], worker: threading.Thread) -> None:
+    """Interrupt the kernels' process groups, then kill whatever still runs after the grace time.
+
+    A kernel is started in its own session (so a terminal's Ctrl-C never reaches it):
+    its process group is its pid and holds the processes it started. The kernels are
+    this process's children that were not there ``before`` the notebook started.
+    """
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        _signal_groups(_child_pids() - before, sig)
+        worker.join(KERNEL_GRACE_S)
+        if not worker.is_alive():
+            break
+    _signal_groups(_child_pids() - before, signal.SIGKILL)  # nothing may write after the stage ended
+
+
+def _signal_groups(pids: set[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+
 def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
                  progress: bool = True) -> float:
     """Execute the notebook ``source`` with papermill into ``output``; return seconds.
 
     The executed copy is written next to ``output`` first and renamed on
     success; a failed run keeps it as ``<output>.failed.ipynb`` for reading.
+    On KeyboardInterrupt (or :class:`Interrupted`) the kernel is stopped, the
+    hidden copy removed and :class:`StageInterrupted` raised.
     """
     import papermill as pm
 
@@ -145,22 +237,111 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
     quiet = {"GELI_PROGRESS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     was = {k: os.environ.get(k) for k in quiet}
     os.environ.update(quiet)
+    error: list[BaseException] = []
+
+    def execute() -> None:
+        try:
+            pm.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3",
+                                cwd=str(source.parent), progress_bar=progress, log_output=False)
+        except BaseException as e:  # noqa: BLE001 -- handed to the waiting thread
+            error.append(e)
+
+    # papermill runs in a worker thread: in the main thread nbclient would install its own
+    # SIGINT/SIGTERM handlers, which swallow Ctrl-C and let the stage run to its end.
+    before = _child_pids()
+    worker = threading.Thread(target=execute, name=f"papermill {source.stem}", daemon=True)
     try:
-        pm.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3",
-                            cwd=str(source.parent), progress_bar=progress, log_output=False)
-    except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
-        failed = output.with_name(output.stem + ".failed.ipynb")
-        if tmp.exists():
-            os.replace(tmp, failed)
-        raise StageError(f"notebook {source.stem} failed (executed copy: {failed}):\n{e}") from None
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt as e:
+        _stop_kernels(before, worker)
+        tmp.unlink(missing_ok=True)
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        raise StageInterrupted(f"notebook {source.stem} stopped by {signal.Signals(signum).name}",
+                               signum) from None
     finally:
         for k, v in was.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    if error:  # papermill raises PapermillExecutionError with the cell's traceback
+        failed = output.with_name(output.stem + ".failed.ipynb")
+        if tmp.exists():
+            os.replace(tmp, failed)
+        raise StageError(f"notebook {source.stem} failed (executed copy: {failed}):\n{error[0]}")
     os.replace(tmp, output)
     return time.perf_counter() - t0
+
+
+def _results_files(root: Path) -> dict[str, os.stat_result]:
+    """Every file a stage may write under ``root`` -> its stat, by relative path.
+
+    Left out: the runner's own files, the executed notebooks (the runner renames
+    them into place), the backup folder, and the results folders nested inside
+    this one (other corpora, ad-hoc runs: not this chain's).
+    """
+    skip_dirs = {"notebooks", BACKUP_DIR, ADHOC_DIR, *CORPORA}
+    out = {}
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if rel.parts[0] in skip_dirs or str(rel) in RUNNER_FILES or not p.is_file():
+            continue
+        out[str(rel)] = p.stat()
+    return out
+
+
+def _restore(root: Path, backup: Path) -> None:
+    """Put every file linked in ``backup`` back where it was, if something replaced it."""
+    for link in backup.rglob("*"):
+        if link.is_file():
+            target = root / link.relative_to(backup)
+            if not target.exists() or not os.path.samefile(link, target):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(link, target)
+    shutil.rmtree(backup)
+
+
+@contextlib.contextmanager
+def stage_rollback(root: Path) -> Iterator[dict[str, str]]:
+    """Run a stage as all or nothing over the files under ``root``.
+
+    Every file is hard-linked into ``root/.stage-backup`` first (atomic writes
+    replace a file by a new one, so the link keeps the old content). On any
+    exception the files the stage created are removed and the ones it replaced
+    are put back; on success the yielded dict is filled with the files it wrote
+    (relative path -> content key), and the links are dropped. A backup left by
+    a runner that was killed outright is restored at the next start.
+    """
+    backup = root / BACKUP_DIR
+    if backup.exists():
+        print(f"{root}: restoring the files of a stage that was stopped mid-way", flush=True)
+        _restore(root, backup)
+    before = _results_files(root)
+    backup.mkdir()
+    for rel in before:
+        (backup / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.link(root / rel, backup / rel)
+    written: dict[str, str] = {}
+    try:
+        yield written
+    except BaseException:
+        for rel in set(_results_files(root)) - set(before):
+            (root / rel).unlink(missing_ok=True)
+        _restore(root, backup)
+        raise
+    after = _results_files(root)
+    written.update({rel: file_key([root / rel]) for rel, st in after.items()
+                    if rel not in SHARED_FILES and (rel not in before or
+                                                    (st.st_ino, st.st_mtime_ns) !=
+                                                    (before[rel].st_ino, before[rel].st_mtime_ns))})
+    shutil.rmtree(backup)
+
+
+def changed_outputs(root: Path, outputs: dict[str, str]) -> list[str]:
+    """The files of ``outputs`` (relative path -> content key) that differ now, or are gone."""
+    return sorted(rel for rel, key in outputs.items() if file_key([root / rel]) != key)
 
 
 def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None = None,
@@ -183,25 +364,44 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
     previous = ""
     library = library_key()
     n = len(chain)
-    for i, nb in enumerate(chain, 1):
-        key = stage_key(nb, profile_file, library, previous, overrides)
-        executed = out / "notebooks" / f"{nb}.ipynb"
-        cached = state.get(nb, {})
-        if only and nb not in only:  # keys still follow the whole chain, so `--only` agrees with a full run
-            if cached:
-                stages[nb] = {**cached, "skipped": True}
-        elif not force and cached.get("key") == key and executed.exists():
-            print(f"[{i}/{n}] {nb}: unchanged, skipped (last run {cached['seconds']:.1f} s)", flush=True)
-            stages[nb] = {**cached, "skipped": True}
-        else:
-            print(f"[{i}/{n}] {nb}: running …", flush=True)
-            seconds = run_notebook(NOTEBOOK_DIR / f"{nb}.ipynb", executed,
-                                   notebook_parameters(params), progress=progress)
+    with interruptible():
+        for i, nb in enumerate(chain, 1):
+            key = stage_key(nb, profile_file, library, previous, overrides)
+            executed = out / "notebooks" / f"{nb}.ipynb"
+            cached = state.get(nb, {})
+            changed = changed_outputs(out, cached.get("outputs", {}))
+            if only and nb not in only:  # keys still follow the whole chain, so `--only` agrees with a full run
+                if cached:
+                    stages[nb] = {"key": cached["key"], "seconds": cached["seconds"], "skipped": True}
+                previous = cached.get("chain", key)
+                continue
+            if not force and cached.get("key") == key and "outputs" in cached and not changed \
+                    and executed.exists():
+                print(f"[{i}/{n}] {nb}: unchanged, skipped (last run {cached['seconds']:.1f} s)", flush=True)
+                stages[nb] = {"key": key, "seconds": cached["seconds"], "skipped": True}
+                previous = cached["chain"]
+                continue
+            why = f" (its outputs changed since its last run: {', '.join(changed[:3])})" if changed else ""
+            print(f"[{i}/{n}] {nb}: running{why} …", flush=True)
+            try:
+                with stage_rollback(out) as written:
+                    seconds = run_notebook(NOTEBOOK_DIR / f"{nb}.ipynb", executed,
+                                           notebook_parameters(params), progress=progress)
+            except StageInterrupted as e:
+                _forget_stage(state_path, state, nb)
+                raise StageInterrupted(f"{e}: the stage is recorded as not done and the files it wrote "
+                                       f"under {out} are rolled back; a rerun redoes it", e.signum) from None
+            except BaseException:
+                _forget_stage(state_path, state, nb)
+                raise
             print(f"[{i}/{n}] {nb}: done in {seconds:.1f} s", flush=True)
+            for other in state.values():  # a file belongs to the stage that wrote it last
+                for rel in written:
+                    other.get("outputs", {}).pop(rel, None)
+            previous = content_key(key, written)
+            state[nb] = {"key": key, "seconds": round(seconds, 2), "outputs": written, "chain": previous}
             stages[nb] = {"key": key, "seconds": round(seconds, 2), "skipped": False}
-            state[nb] = {"key": key, "seconds": round(seconds, 2)}
             write_json(state_path, state)
-        previous = key
     manifest = write_manifest(params, stages, started)
     if book:
         t0 = time.perf_counter()
@@ -209,6 +409,12 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
         manifest["book_seconds"] = round(time.perf_counter() - t0, 2)
         write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _forget_stage(state_path: Path, state: dict[str, Any], nb: str) -> None:
+    """Record ``nb`` as not done, so the next run redoes it."""
+    if state.pop(nb, None) is not None:
+        write_json(state_path, state)
 
 
 def write_manifest(params: StudyParams, stages: dict[str, Any], started: str) -> dict[str, Any]:

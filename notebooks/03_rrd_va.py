@@ -33,8 +33,8 @@
 # The study trains and evaluates in that form (`reward.ge_form: mean`; $\bar T$ defaults to the mean
 # number of AI turns; `ge_form: sum` keeps eq. 3 as written).
 #
-# The paper does not state $\lambda$; the authors' training script sets $\lambda = 0.5$, the default
-# here. Change `lam`, `K`, `ge_method` or `li_signal`, e.g.
+# The paper does not state $\lambda$; the authors' training script sets $\lambda = 0.5$, the profiles'
+# value. Change `lam`, `K`, `ge_method` or `li_signal`, e.g.
 # `papermill notebooks/03_rrd_va.ipynb out.ipynb -p lam 0.1`.
 #
 # Next to GELI as parameterised, three variants test *why* GELI may behave as RRD alone:
@@ -51,11 +51,13 @@
 profile = "smoke"
 corpus = "simulated"
 data_path = ""
-lam = 0.5
-K = 32
-ge_method = "rrd"
-li_signal = "va"
-seed = None  # None: every seed of the profile
+# None: the profile's value. Any other value makes this an ad-hoc run, whose results go to
+# results/<profile>/adhoc/<the changed parameters>/, never over the study's.
+lam = None  # λ of eq. 2 (reward.lam)
+K = None  # RRD sample size (reward.K)
+ge_method = None  # rrd, ircr, rudder or sum (reward.ge_method)
+li_signal = None  # va or ls (reward.li_signal)
+seed = None  # one seed instead of every seed of the profile
 
 # %%
 from IPython.display import display
@@ -64,10 +66,10 @@ from geli_lib import experiments, figures
 from geli_lib.params import load_params
 from geli_lib.runs import timed
 
-params = load_params(profile, corpus=corpus, data_path=data_path,
+params = load_params(profile, corpus=corpus, data_path=data_path, seeds=None if seed is None else [seed],
                      reward={"lam": lam, "K": K, "ge_method": ge_method, "li_signal": li_signal})
-results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
-seeds = params.seeds if seed is None else [int(seed)]
+results = params.results_key  # results/<profile>[/<corpus>][/adhoc/…]: never over another run's results
+seeds = params.seeds
 
 # %%
 with timed(results, "03: prepare reward data"):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from geli_lib.params import (PROFILES, ParamError, SimulationParams, StudyParams, field_docs,
-                             load_params, to_dict)
+from geli_lib.params import (PROFILES, ParamError, SimulationParams, StudyParams, adhoc_name, field_docs,
+                             load_params, to_dict, unknown_notebook_parameters)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -64,3 +64,71 @@ def test_every_field_has_a_docstring():
         docs = field_docs(cls)
         missing = [f for f in to_dict(cls()) if f not in docs]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seed: 0\nrl:\n  steps: 3\nreward:\n  K: 32\nrl:\n  steps: 9\n", "key 'rl' given twice (lines 2 and 6)"),
+    ("", "empty parameter file"),
+    ("# only a comment\n", "empty parameter file"),
+    ("reward:\n  lr: .inf\n", "reward.lr: expected a finite number, got inf"),
+    ("reward:\n  lr: .nan\n", "reward.lr: expected a finite number"),
+    ("simulation:\n  n_conversations: 1000000000000\n", "simulation.n_conversations: expected an integer of at most"),
+    ("simulation:\n  n_conversations: 1.0e+12\n", "simulation.n_conversations: expected an integer"),
+    ("simulation:\n  n_conversations: 200000\n", "simulation.n_conversations: must be in [1, 100000]"),
+    ("data:\n  score_range: [1, 5, 10]\n", "data.score_range: expected a list of 2 values, got [1, 5, 10]"),
+    ("- a list\n", "expected a mapping at the top level, got list"),
+])
+def test_bad_profile_files_name_file_and_field(tmp_path: Path, text, message):
+    (tmp_path / "smoke.yaml").write_text(text)
+    with pytest.raises(ParamError) as e:
+        load_params("smoke", params_dir=tmp_path)
+    assert str(tmp_path / "smoke.yaml") in str(e.value) and message in str(e.value)
+
+
+def test_non_utf8_profile_names_file_and_byte(tmp_path: Path):
+    (tmp_path / "smoke.yaml").write_bytes(b"seed: 0\ncorpus: simul\xe9ted\n")
+    with pytest.raises(ParamError, match=r"smoke.yaml: not UTF-8 text \(line 2, byte 21: b'\\xe9'\)"):
+        load_params("smoke", params_dir=tmp_path)
+
+
+@pytest.mark.parametrize("override, field", [
+    ({"reward": {"lam": "abc"}}, "reward.lam: expected a number, got 'abc'"),
+    ({"seeds": ["abc"]}, "seeds[0]: expected an integer, got 'abc'"),
+    ({"seeds": [1.7]}, "seeds[0]: expected an integer, got 1.7"),
+    ({"simulation": {"min_turns": 1000}}, "simulation.mean_turns: must be >= min_turns"),
+])
+def test_bad_overrides_are_named_as_overrides_not_as_the_file(override, field):
+    with pytest.raises(ParamError) as e:
+        load_params("smoke", **override)
+    msg = str(e.value)
+    assert msg.startswith(f"override {field}") and "not read from" in msg and "smoke.yaml" in msg
+
+
+def test_changed_parameters_get_their_own_results_key():
+    assert load_params("smoke").results_key == "smoke"
+    # the runner's own choices and overrides equal to the profile's keep the study's key
+    same = load_params("smoke", reward={"lam": load_params("smoke").reward.lam, "K": None}, seeds=None)
+    assert same.results_key == "smoke" and same.adhoc == ""
+    assert load_params("smoke", corpus="esconv", data_path="x.json").results_key == "smoke/esconv"
+    p = load_params("smoke", reward={"lam": 0.1}, seeds=[0])
+    assert p.results_key == "smoke/adhoc/reward.lam=0.1_seeds=0"
+    assert load_params("smoke", corpus="esconv", data_path="x.json",
+                       reward={"K": 4}).results_key == "smoke/esconv/adhoc/reward.K=4"
+
+
+def test_adhoc_name_stays_one_safe_folder_name():
+    name = adhoc_name({"rl": {"reward_fns": ["a"]}}, {"rl": {"reward_fns": ["GELI: RRD + VA/../x" * 9]}})
+    assert "/" not in name and " " not in name and len(name) <= 80
+
+
+def test_adhoc_is_not_a_parameter(tmp_path: Path):
+    (tmp_path / "smoke.yaml").write_text("adhoc: mine\n")
+    with pytest.raises(ParamError, match="adhoc is set by load_params"):
+        load_params("smoke", params_dir=tmp_path)
+
+
+def test_unknown_notebook_parameters_read_from_the_injected_cell():
+    history = ["", 'profile = "smoke"\nlam = None\nseed = None', "# Parameters\nlamda = 0.3\nseed = 1\n",
+               "params = load_params(profile)"]
+    assert unknown_notebook_parameters(history) == (["lamda"], ["lam", "profile", "seed"])
+    assert unknown_notebook_parameters(history[:2] + history[3:]) == ([], [])

@@ -1,15 +1,20 @@
 """The runner: a failing stage is named and kept; the smoke chain runs, skips, builds the book."""
 
+import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from geli_lib.params import REPO_ROOT, load_params
-from geli_lib.runs import StageError, build_book, run_notebook, run_study
+from geli_lib.runs import BACKUP_DIR, StageError, build_book, run_notebook, run_study
 
 
 def _notebook(path: Path, code: str) -> Path:
@@ -36,6 +41,113 @@ def test_parameters_reach_the_notebook(tmp_path: Path):
     src = _notebook(tmp_path / "ok.ipynb", "assert profile == 'cpu', profile")
     seconds = run_notebook(src, tmp_path / "ok_out.ipynb", {"profile": "cpu"}, progress=False)
     assert seconds > 0 and (tmp_path / "ok_out.ipynb").exists()
+
+
+def _files(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (hidden ones too) -> a hash of its bytes."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _runner(results: Path, *args: str) -> subprocess.Popen:
+    """``python -m geli_lib run --profile smoke --no-book ARGS`` as a real subprocess."""
+    env = {**os.environ, "GELI_RESULTS": str(results), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "geli_lib", "run", "--profile", "smoke", "--no-book", *args],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _interrupt_when_running(proc: subprocess.Popen, running: Path, sig: int) -> tuple[str, float]:
+    """Send ``sig`` once the stage's hidden copy ``running`` exists (its kernel is executing cells);
+    return the runner's output and the seconds it took to exit after the signal."""
+    deadline = time.monotonic() + 120
+    while not running.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the stage never started"
+        time.sleep(0.1)
+    time.sleep(2)  # well inside the stage's cells
+    proc.send_signal(sig)
+    t0 = time.monotonic()
+    out = proc.communicate(timeout=60)[0]
+    return out.replace("\r", "\n"), time.monotonic() - t0
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_stop_the_runner_and_a_rerun_redoes_only_that_stage(tmp_path: Path):
+    results = tmp_path / "results"
+    first = _runner(results, "--only", "00_data")
+    assert first.wait(timeout=300) == 0, first.communicate()[0]
+    out = results / "smoke"
+    done = _files(out)
+    running = out / "notebooks" / ".02_ge_baselines.ipynb.running.ipynb"
+    for sig, word in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
+        proc = _runner(results, "--only", "00_data", "02_ge_baselines")
+        text, seconds = _interrupt_when_running(proc, running, sig)
+        assert proc.returncode == 128 + sig, text
+        assert seconds < 15, f"the runner took {seconds:.1f} s to stop"
+        assert "00_data: unchanged, skipped" in text and "02_ge_baselines: running" in text
+        assert f"02_ge_baselines stopped by {word}" in text and "recorded as not done" in text, text
+        assert "02_ge_baselines: done" not in text
+        state = json.loads((out / "stages.json").read_text())
+        assert "00_data" in state and "02_ge_baselines" not in state
+        # nothing of the unfinished stage is left: no table, no hidden copy, no backup
+        assert _files(out) == done, "the interrupted stage left or changed files"
+        assert not running.exists() and not (out / BACKUP_DIR).exists()
+
+
+def test_a_signal_rolls_back_what_the_stage_had_written(tmp_path: Path):
+    """A real SIGTERM to a process running a stage that has already replaced a table and added one."""
+    root = tmp_path / "results"
+    (root / "tables").mkdir(parents=True)
+    (root / "tables" / "kept.csv").write_text("a\nold\n")
+    before = _files(root)
+    marker = tmp_path / "written"
+    src = _notebook(tmp_path / "slow.ipynb", f"""
+from pathlib import Path
+import time
+from geli_lib.io import write_text
+write_text({str(root / 'tables' / 'kept.csv')!r}, "a\\nhalf of a new run\\n")
+write_text({str(root / 'tables' / 'new.csv')!r}, "a\\n1\\n")
+Path({str(marker)!r}).touch()
+time.sleep(120)
+""")
+    script = f"""
+from pathlib import Path
+from geli_lib.runs import interruptible, run_notebook, stage_rollback
+with interruptible(), stage_rollback(Path({str(root)!r})):
+    run_notebook(Path({str(src)!r}), Path({str(tmp_path / 'out' / 'slow.ipynb')!r}), {{}}, progress=False)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    assert (root / "tables" / "new.csv").exists()
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    out = proc.communicate(timeout=60)[0]
+    assert time.monotonic() - t0 < 15 and proc.returncode != 0
+    assert "StageInterrupted: notebook slow stopped by SIGTERM" in out
+    assert _files(root) == before, "the stage's tables were not rolled back"
+    assert not list((tmp_path / "out").glob(".*running*"))
+
+
+@pytest.mark.slow
+def test_a_rewritten_output_makes_its_stage_run_again(tmp_path: Path):
+    results = tmp_path / "results"
+    for _ in range(2):
+        proc = _runner(results, "--only", "00_data")
+        text = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, text
+    assert "00_data: unchanged, skipped" in text
+    table = results / "smoke" / "tables" / "corpus_summary.csv"
+    study = table.read_bytes()
+    table.write_text("rows,written by someone else\n")
+    proc = _runner(results, "--only", "00_data")
+    text = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, text
+    assert "00_data: running (its outputs changed since its last run: tables/corpus_summary.csv)" in text
+    assert table.read_bytes() == study
 
 
 def test_book_needs_a_run(tmp_path: Path, monkeypatch):
