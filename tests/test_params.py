@@ -1,11 +1,16 @@
 """Profiles load into validated dataclasses; bad values name the file and field."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from geli_lib.params import (PROFILES, ParamError, SimulationParams, StudyParams, adhoc_name, field_docs,
-                             load_params, to_dict, unknown_notebook_parameters)
+from geli_lib.io import cache_dir
+from geli_lib.params import (PROFILES, REPO_ROOT, ParamError, SimulationParams, StudyParams, adhoc_name,
+                             field_docs, load_params, to_dict, unknown_notebook_parameters)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -132,3 +137,46 @@ def test_unknown_notebook_parameters_read_from_the_injected_cell():
                "params = load_params(profile)"]
     assert unknown_notebook_parameters(history) == (["lamda"], ["lam", "profile", "seed"])
     assert unknown_notebook_parameters(history[:2] + history[3:]) == ([], [])
+
+
+def _papermill(notebook: str, out: Path, env: dict[str, str], *params: str) -> subprocess.CompletedProcess:
+    """The papermill command line, as a user types it (``-p name value`` pairs in ``params``)."""
+    args = [a for i in range(0, len(params), 2) for a in ("-p", params[i], params[i + 1])]
+    return subprocess.run([str(Path(sys.executable).parent / "papermill"), f"notebooks/{notebook}.ipynb",
+                           str(out), *args], cwd=REPO_ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("params, message", [
+    (("lamda", "0.3"), "papermill -p lamda: not a parameter of this notebook (its parameters: K, corpus"),
+    (("seed", "1.7"), "override seeds[0]: expected an integer, got 1.7 (given as a notebook parameter"),
+    (("seed", "abc"), "override seeds[0]: expected an integer, got 'abc' (given as a notebook parameter"),
+    (("lam", "1.5"), "override reward.lam: must be in [0, 1], got 1.5"),
+])
+def test_bad_papermill_parameters_stop_the_notebook(tmp_path: Path, params, message):
+    proc = _papermill("03_rrd_va", tmp_path / "out.ipynb", {"GELI_RESULTS": str(tmp_path / "results")}, *params)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-3000:]
+    assert "smoke.yaml:" not in proc.stderr  # the file is not blamed for a value it does not hold
+    assert not (tmp_path / "results" / "smoke" / "tables").exists()
+
+
+@pytest.mark.slow
+def test_an_adhoc_papermill_run_never_touches_the_studys_results(tmp_path: Path):
+    """The README's own example, `papermill notebooks/03_rrd_va.ipynb out.ipynb -p lam 0.1 -p seed 0`."""
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    cache.mkdir()
+    for entry in cache_dir().iterdir():  # reuse the encoded features and models, not saved reward functions
+        if entry.name != "reward_functions":
+            (cache / entry.name).symlink_to(entry)
+    study = results / "smoke" / "tables" / "reward_functions" / "geli.csv"
+    study.parent.mkdir(parents=True)
+    study.write_text("method,seed\nthe study's own rows,0\n")
+    proc = _papermill("03_rrd_va", tmp_path / "out.ipynb", {"GELI_RESULTS": str(results), "GELI_CACHE": str(cache)},
+                      "lam", "0.1", "seed", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert study.read_text() == "method,seed\nthe study's own rows,0\n"
+    adhoc = results / "smoke" / "adhoc" / "reward.lam=0.1_seeds=0"
+    rows = pd.read_csv(adhoc / "tables" / "reward_functions" / "geli.csv")
+    assert set(rows["seed"]) == {0}
+    assert sorted(p.name for p in (results / "smoke").iterdir()) == ["adhoc", "tables"]
