@@ -70,6 +70,7 @@ label.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -315,6 +316,12 @@ def build_chunks(corpus: Corpus, convo_ids: Sequence[str], params: LLMParams, va
 
 
 _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)(?:```|$)", re.S)
+#: Longest answer the parser reads. Far above what any request allows (``max_new_tokens``
+#: tokens), so a longer one is garbage or runaway output, rejected before any work.
+MAX_ANSWER_CHARS = 100_000
+#: ``{`` / ``[`` positions the parser tries to decode JSON from: decoding from every one of
+#: them is quadratic in the answer's length (minutes for 1 MB of brackets).
+MAX_DECODE_STARTS = 64
 _PAIR = re.compile(r"[\"']?\[?\b([Aa]\d+)\]?[\"']?\s*[:=]\s*[\"']?(-?\d+(?:\.\d+)?)")
 
 
@@ -331,10 +338,10 @@ def _objects(text: str) -> list[Any]:
     dec = json.JSONDecoder()
     found = []
     for src in (text, _repair(text)):
-        for m in re.finditer(r"[{\[]", src):
+        for m in itertools.islice(re.finditer(r"[{\[]", src), MAX_DECODE_STARTS):
             try:
                 obj, _ = dec.raw_decode(src, m.start())
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: brackets nested ~1000 deep
                 continue
             found.append(obj)
         if found:
@@ -377,20 +384,32 @@ def parse_scores(text: str) -> dict[str, Any]:
 
     Tolerates code fences, prose around the object, near-JSON (see
     :func:`_repair`), wrappers like ``{"scores": {...}}``, lists of
-    ``{"id", "score"}`` records and, as a last resort, ``A5: 3`` lines.
-    Values are returned as given; :func:`validate_scores` judges them.
+    ``{"id", "score"}`` records and, as a last resort, ``A5: 3`` pairs. In an
+    answer cut off inside its object (``{"A1": 20, "A3": 3``) the last number
+    may be cut too (30?), so that pair is dropped. Values are returned as
+    given; :func:`validate_scores` judges them. Whatever the answer, the only
+    exception is :class:`MalformedOutput`, and the work is bounded
+    (:data:`MAX_ANSWER_CHARS`, :data:`MAX_DECODE_STARTS`).
     """
     if not isinstance(text, str) or not text.strip():
         raise MalformedOutput("empty answer")
+    if len(text) > MAX_ANSWER_CHARS:
+        raise MalformedOutput(f"answer of {len(text)} characters, longer than any answer a request "
+                              f"allows ({MAX_ANSWER_CHARS}): runaway output (starts {text.strip()[:40]!r})")
     blocks = _FENCE.findall(text) + [text]
-    for block in blocks:
-        for obj in _objects(block):
-            m = _mapping(obj)
-            if m:
-                return m
-    pairs = _PAIR.findall(text)
+    try:
+        for block in blocks:
+            for obj in _objects(block):
+                m = _mapping(obj)
+                if m:
+                    return m
+    except RecursionError:  # a decoded object nested too deep for _mapping
+        raise MalformedOutput("answer nested too deeply to hold an id → score mapping") from None
+    pairs = list(_PAIR.finditer(text))
+    if pairs and text.rfind("{") > text.rfind("}") and not text[pairs[-1].end():].strip():
+        pairs = pairs[:-1]  # cut off inside the object, right after this number
     if pairs:
-        return {k: float(v) for k, v in pairs}
+        return {m.group(1): float(m.group(2)) for m in pairs}
     raise MalformedOutput(f"no id → score mapping in the answer (starts {text.strip()[:80]!r})")
 
 
@@ -406,7 +425,7 @@ class Validated:
     unknown: list[str] = field(default_factory=list)
     """Ids that are not AI turns of the chunk."""
     invalid: list[str] = field(default_factory=list)
-    """Known ids whose value is not a finite number, or lies outside ±(score range width)."""
+    """Known ids whose value is not a finite number (JSON true/false included), or lies outside ±(score range width)."""
     raw_sum: float = 0.0
     """Σ of the valid values before rescaling."""
     deviation: float = 0.0
@@ -438,6 +457,9 @@ def validate_scores(scores: dict[str, Any], chunk: Chunk, params: LLMParams) -> 
         i = _norm_id(k, known)
         if i not in known:
             unknown.append(str(k))
+            continue
+        if isinstance(v, bool):  # JSON true/false: not a score (float() would read 1.0/0.0)
+            invalid.append(i)
             continue
         try:
             x = float(v)

@@ -181,6 +181,53 @@ def test_no_mapping_is_malformed(text):
         llm.parse_scores(text)
 
 
+def test_an_answer_cut_inside_its_object_drops_the_number_that_may_be_cut():
+    """`{"A1": 20, "A3": 3` may have been `"A3": 30`: A3 is left out (not annotated), A1 kept."""
+    got = llm.parse_scores('{"A1": 20, "A3": 3')
+    assert got == {"A1": 20.0}
+    v = llm.validate_scores(got, _chunk(2, 60.0), LLMParams(rescale="none"))
+    assert v.annotated == ["A1"] and v.labels == {"A1": 20.0, "A3": 0.0}
+    assert llm.parse_scores('{"A1": 20, "A3": 3,') == {"A1": 20.0, "A3": 3.0}  # its number ended
+
+
+def test_true_and_false_are_not_scores():
+    v = llm.validate_scores(llm.parse_scores('{"A1": true, "A3": false, "A5": 7}'), _chunk(3, 60.0),
+                            LLMParams(rescale="none"))
+    assert v.invalid == ["A1", "A3"] and v.annotated == ["A5"] and v.labels == {"A1": 0.0, "A3": 0.0, "A5": 7.0}
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("[" * 3000, "no id → score mapping"),
+    ("{" * 3000, "no id → score mapping"),
+    ('{"a": ' * 900 + '{"A1": 3}' + "}" * 900, None),  # deep but readable
+    ("[1," * 33_000, "no id → score mapping"),
+    ("[" * 1_000_000, "answer of 1000000 characters"),
+    ('{"A1": [' * 200_000, "answer of 1600000 characters"),
+])
+def test_hostile_answers_are_malformed_quickly_never_a_crash(text, reason):
+    t0 = time.perf_counter()
+    if reason is None:
+        assert llm.parse_scores(text) == {"A1": 3}
+    else:
+        with pytest.raises(llm.MalformedOutput, match=reason):
+            llm.parse_scores(text)
+    assert time.perf_counter() - t0 < 2, "the parser's work must be bounded"
+
+
+def test_a_cached_hostile_answer_marks_its_chunk_failed_on_every_rerun(tmp_path, monkeypatch):
+    """The answer is cached before it is parsed: a rerun reads it from the cache and must not crash."""
+    monkeypatch.setenv("GELI_TEST_LLM_KEY", "sk-test-secret")
+    params = _http_params("http://127.0.0.1:9", output_retries=0)  # nothing listens there: cache only
+    backend, ch, cache = llm.OpenAIBackend(params), _chunk(2, 60.0), llm.ResponseCache(tmp_path)
+    sampling = llm.sampling_params(ch, params, 0, 0)
+    key = llm.ResponseCache.key(backend.name, backend.model, llm.prompt_messages(ch), sampling)
+    cache.put(key, {"response": "[" * 3000})
+    for _ in range(2):
+        dec = llm.decompose([ch], backend, params, llm.ResponseCache(tmp_path), progress=False)
+        rec = dec.chunks.iloc[0]
+        assert rec["status"] == "failed" and rec["from_cache"] == 1 and "no id" in rec["reason"]
+
+
 def test_validation_reports_unknown_invalid_and_gives_left_out_turns_zero():
     ch = _chunk(4, 60.0)  # A1 A3 A5 A7
     answer = {"A1": 30, "a3": "20", "A2": 5, "B9": 1, "A5": "lots", "A7": 500}
@@ -669,6 +716,15 @@ def test_distillation_fits_the_labels_and_masks_failed_chunks(train_parts):
     lumpy = rm.train_reward_function("llm", rm.make_train_data(
         corpus, pairs, feats, train_ids, {**base, rm.LLM_LABELS: greedy}), p, seed=0)
     assert 0 < lumpy.info["labels_clipped"] < 0.2
+    # clipped labels keep each conversation's sum (eq. 5's labels add up to R), NaN stays NaN
+    raw = torch.tensor([[10.0, 0.0, 0.0, float("nan")], [-1.0, 1.0, 0.5, 0.0]])
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    moved, out = rm._clip_to_range(raw, mask, 4.0)
+    assert out == pytest.approx(1 / 6)
+    assert moved[0, :3].tolist() == pytest.approx([4.0, 3.0, 3.0]) and moved[0, 3].isnan()
+    assert moved[1, :3].tolist() == pytest.approx([-1.0, 1.0, 0.5])  # in range: unchanged
+    assert rm._clip_to_range(torch.tensor([[20.0, 20.0]]), torch.tensor([[True, True]]), 4.0)[0].tolist() \
+        == [[4.0, 4.0]]  # more than the range can hold: capped
     assert np.abs(rm.predict(lumpy, feats)).max() <= lumpy.scale <= 1.25 * 100 / lumpy.T_bar + 1e-6
     none = rm.make_train_data(corpus, pairs, feats, train_ids, {**base, rm.LLM_LABELS: np.full(len(pairs), np.nan)})
     with pytest.raises(rm.RewardModelError, match="every LLM label"):
