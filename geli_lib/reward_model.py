@@ -755,18 +755,32 @@ def _llm_targets(train: TrainData, T_bar: float | None) -> torch.Tensor:
 
 
 def _clip_to_range(targets: torch.Tensor, mask: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
-    """Targets clipped into the head's range [-scale, scale], and the share of valid labels that were.
+    """Targets moved into the head's range [-scale, scale] keeping each conversation's sum, and the
+    share of valid labels that lay outside it.
 
     An LLM's labels only have to add up to the score: a small model often gives one
     turn nearly all of it. The head keeps the range every reward function has (set by
     the session scores, :func:`auto_scale`), so distilled rewards stay on the scale of
-    the others (PPO and cross-scoring compare them); labels outside it are clipped
-    and counted, not allowed to stretch the range and inflate every prediction.
+    the others (PPO and cross-scoring compare them). Clipping alone would drop the
+    excess and break eq. 5's premise that the labels add up to R, so the clipped labels
+    of a conversation are shifted by one constant that restores their sum (the sum
+    itself is capped at what T turns in range can hold). Failed chunks (NaN) stay NaN.
     """
     ok = mask & torch.isfinite(targets)
     outside = ok & (targets.abs() > scale)
     share = float(outside.sum()) / max(int(ok.sum()), 1)
-    return targets.clamp(-scale, scale), share
+    x = torch.where(ok, targets, torch.zeros_like(targets)).to(torch.float64)
+    n = ok.sum(1).to(x.dtype)
+    goal = x.sum(1).clamp(-n * scale, n * scale)
+    # Σ_t clip(x_t + c) rises monotonically with c: bisection finds the shift, per conversation
+    lo = torch.full_like(goal, -2 * scale) - x.abs().amax(1)
+    hi = -lo
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        low = (torch.where(ok, (x + mid[:, None]).clamp(-scale, scale), 0.0).sum(1) < goal)
+        lo, hi = torch.where(low, mid, lo), torch.where(low, hi, mid)
+    moved = (x + ((lo + hi) / 2)[:, None]).clamp(-scale, scale).to(targets.dtype)
+    return torch.where(ok, moved, targets), share
 
 
 def _masked_mse(r_hat: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

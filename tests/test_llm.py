@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from geli_lib import llm
 from geli_lib import reward_model as rm
