@@ -25,13 +25,24 @@ frames whose time does not strictly increase, probabilities outside [0, 1], a
 truth file that does not match the transcript, an unknown ESConv role name.
 These mean the data or the reader is wrong, so skipping them would hide it.
 
-*Bad conversations* (``DataParams.bad_conversations``): an empty conversation,
-one with a single speaker or with more than two, and one without a session
-score (no survey row for the listener, or a missing / NaN value). With
+A CANDOR transcript value that spans lines and holds a whole row of the file
+(a stray ``"`` opened a quoted field that swallowed rows) is an error too, as
+are text files that are not UTF-8, JSON ``true``/``false`` given as a rating,
+and SODA speakers that are missing or empty.
+
+*Bad conversations* (``DataParams.bad_conversations``): an empty conversation
+(no turns, or no words in any turn), one with a single speaker or with more
+than two, and one without a session score (no survey row for the listener, or a missing / NaN value). With
 ``"skip"`` the conversation is left out, counted in ``Corpus.skipped``
 (reason -> ``["path: detail"]``) and a summary is logged; with ``"error"`` it is
 a :class:`DataError`. Conversations whose score is missing by design (SODA) are
 never skipped for it.
+
+*Counted and reported* (kept, one warning per kind with the total, and a column
+of ``conversations`` per kind, :data:`ANOMALY_COLUMNS`): turns whose utterance is
+empty or only whitespace, conversations without a face in any listener frame,
+and ``f0_mean`` values below 0 (missing-value codes such as -999999, read as
+missing).
 
 Speed: CANDOR at full scale (1,656 conversations, ~265k turns, ~3.3M feature
 rows) is read with a pool of worker processes over chunks of conversations,
@@ -69,7 +80,7 @@ from geli_lib.schema import FACE_COLUMNS, PROSODY, Corpus
 logger = logging.getLogger(__name__)
 
 #: Bump when the loaders change what they produce: it is part of the cache key.
-LOADER_VERSION = 2
+LOADER_VERSION = 3
 SPLITS: tuple[str, ...] = ("reward_train", "reward_test", "rl")
 #: Below this many conversations a process pool costs more to start than it saves.
 _POOL_MIN_CONVERSATIONS = 32
@@ -79,6 +90,13 @@ SURVEY_REQUIRED = ("user_id",)  # plus DataParams.score_item
 FEATURES_REQUIRED = ("user_id", "timedelta", "is_speaking", "gaze_on", *FACE_COLUMNS)
 FEATURES_OPTIONAL = ("smile", "nod_yes", "nod_no", *PROSODY)
 TRUTH_REQUIRED = ("turn_id", "speaker", "start", "stop", "act", "true_reward")
+#: Per-conversation counts of kept but suspicious input (see the module docstring): column ->
+#: what the warning says of a count.
+ANOMALY_COLUMNS: dict[str, str] = {
+    "n_empty_utterances": "turn(s) with an empty or whitespace-only utterance (kept, with no words)",
+    "no_face_in_any_frame": "conversation(s) without a face in any listener frame (no visual affect at all)",
+    "f0_missing_codes": "f0_mean value(s) below 0 Hz, missing-value codes such as -999999 (read as missing)",
+}
 #: Frame columns that are probabilities or indicators and must lie in [0, 1].
 UNIT_INTERVAL_COLUMNS = ("is_speaking", "gaze_on", "smile", "nod_yes", "nod_no", *FACE_COLUMNS)
 
@@ -305,6 +323,16 @@ def _report_skips(name: str, skipped: dict[str, list[str]]) -> None:
                        name, total, parts)
 
 
+def _report_anomalies(name: str, conversations: pd.DataFrame) -> None:
+    """Log one warning per kind of kept but suspicious input (:data:`ANOMALY_COLUMNS`) that occurred."""
+    for col, what in ANOMALY_COLUMNS.items():
+        counts = conversations[col] if col in conversations else pd.Series(dtype=int)
+        if counts.sum():
+            ids = conversations.loc[counts > 0, "convo_id"].tolist()
+            logger.warning("%s: %d %s (see conversations.%s): %s", name, int(counts.sum()), what,
+                           col, ids[:5])
+
+
 def _bad(params: DataParams, skipped: dict[str, list[str]], err: _BadConversation) -> None:
     """Skip-and-count or raise, per ``params.bad_conversations``."""
     if params.bad_conversations == "error":
@@ -331,6 +359,7 @@ def _conversation_row(convo_id: str, corpus: str, listener: str, ai: str, score:
 def _read_transcript(path: Path) -> Columns:
     """One transcript CSV, validated: ids present and unique, times numeric and ordered."""
     tab = _read_csv(path, TRANSCRIPT_REQUIRED, ("n_words",), strings=("turn_id", "speaker", "utterance"))
+    _check_swallowed_rows(path, tab, len(_header(path)))
     start = _numeric(tab, "start", path)
     stop = _numeric(tab, "stop", path)
     turn_id, speaker = _text(tab, "turn_id"), _text(tab, "speaker")
@@ -357,6 +386,29 @@ def _read_transcript(path: Path) -> Columns:
         words = np.where(np.isnan(given), words, given).astype(np.int64)
     return {"turn_id": turn_id, "speaker_id": speaker, "start": start, "stop": stop,
             "utterance": utt, "n_words": words}
+
+
+def _check_swallowed_rows(path: Path, tab: pa.Table, n_columns: int) -> None:
+    """Refuse a text value that spans lines and holds a whole row of the file.
+
+    Values may span lines (quoted utterances), but a line inside a value with as
+    many commas as a row has means a stray ``"`` opened a quoted field that
+    swallowed rows: the rows after it would shift, and with them the speakers.
+    """
+    for col in ("turn_id", "speaker", "utterance"):
+        values = _text(tab, col)
+        multi = np.flatnonzero(np.char.find(values.astype(str), "\n") >= 0) if len(values) else []
+        for i in multi:
+            lines = values[i].split("\n")
+            if col != "utterance" or any(line.count(",") >= n_columns - 1 for line in lines):
+                raise DataError(f"{_where(path, int(i), col)}: the value spans {len(lines)} lines and "
+                                f"swallows what look like rows of the file (a stray '\"' opened a "
+                                f"quoted field): {values[i][:120]!r}")
+
+
+def _empty_texts(texts: np.ndarray) -> np.ndarray:
+    """Which utterances hold no words (empty or only whitespace)."""
+    return np.fromiter((not str(t).strip() for t in texts), dtype=bool, count=len(texts))
 
 
 def _speaker_order(*transcripts: Columns) -> list[str]:
@@ -388,8 +440,9 @@ def _read_score(path: Path, listener: str, params: DataParams) -> float:
     return float(value)
 
 
-def _read_frames(path: Path, listener: str) -> dict[str, np.ndarray]:
-    """The listener's per-second rows of ``audio_video_features.csv`` as arrays (``t`` in seconds)."""
+def _read_frames(path: Path, listener: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The listener's per-second rows of ``audio_video_features.csv`` as arrays (``t`` in seconds),
+    and the counts of :data:`ANOMALY_COLUMNS` they hold (no face in any frame, f0 codes)."""
     tab = _read_csv(path, FEATURES_REQUIRED, FEATURES_OPTIONAL, strings=("user_id", "timedelta"))
     mask = pc.fill_null(pc.equal(tab.column("user_id"), listener), False)
     rows = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
@@ -417,7 +470,11 @@ def _read_frames(path: Path, listener: str) -> dict[str, np.ndarray]:
                 j = int(np.argmax(bad))
                 raise DataError(f"{_where(path, int(rows[j]), col)}: value {v[j]} outside [0, 1]")
         out[col] = v
-    return out
+    codes = out["f0_mean"] < 0 if "f0_mean" in out else np.zeros(len(t), bool)
+    if codes.any():  # no pitch is below 0 Hz: a missing-value code
+        out["f0_mean"] = np.where(codes, np.nan, out["f0_mean"])
+    no_face = np.isnan(np.column_stack([out[c] for c in FACE_COLUMNS])).all(axis=1)
+    return out, {"no_face_in_any_frame": int(no_face.all()), "f0_missing_codes": int(codes.sum())}
 
 
 def _read_truth(path: Path) -> Columns:
@@ -493,6 +550,9 @@ def _load_candor_conversation(folder: Path, params: DataParams, name: str
     n = len(raw["turn_id"])
     if n == 0:
         raise _BadConversation("empty", f"{path}: no turns")
+    empty = _empty_texts(raw["utterance"])
+    if empty.all():
+        raise _BadConversation("empty", f"{path}: no words in any of its {n} turns")
     # The User is the first speaker of the authors' segmentation (cliffhanger) when it is
     # there, so the same person is the User under every segmentation.
     cliff = tdir / "transcript_cliffhanger.csv"
@@ -525,10 +585,10 @@ def _load_candor_conversation(folder: Path, params: DataParams, name: str
     if truth is not None and params.segmentation != "cliffhanger":
         unassigned = _assign_truth_by_midpoint(turns, truth, ai)
 
-    frames = _read_frames(folder / "audio_video_features.csv", listener)
+    frames, counts = _read_frames(folder / "audio_video_features.csv", listener)
     row = _conversation_row(folder.name, name, listener, ai, score_raw * params.score_scale,
                             score_raw, turns, truth is not None)
-    row["truth_unassigned"] = unassigned
+    row.update(truth_unassigned=unassigned, n_empty_utterances=int(empty.sum()), **counts)
     return row, turns, frames
 
 
@@ -645,6 +705,7 @@ def load_candor(root: str | Path, params: DataParams, progress: bool = True, *,
         logger.warning("%s: %d truth AI turn(s) fell in no loaded AI turn of the %s segmentation "
                        "(see conversations.truth_unassigned)", name, unassigned, params.segmentation)
     _report_skips(name, skipped)
+    _report_anomalies(name, conversations)
     return Corpus(name=name, conversations=conversations, turns=turns, frames=frames,
                   skipped=skipped)
 
@@ -684,17 +745,30 @@ ESCONV_ROLES: dict[str, str] = {"seeker": "User", "usr": "User", "speaker": "Use
                                 "supporter": "AI", "sys": "AI", "listener": "AI"}
 
 
-def _read_json(path: Path) -> Any:
+def _read_utf8(path: Path) -> str:
+    """The text of a UTF-8 file (a BOM is dropped); otherwise an error naming the line and byte."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    raw = path.read_bytes()
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}, byte {e.start}: not UTF-8 text "
+                        f"({raw[e.start:e.start + 1]!r}); convert the file to UTF-8") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(_read_utf8(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON: {e}") from None
 
 
 def _rating(value: Any, where: str, lo: float = 1, hi: float = 5) -> float:
     """A 1-5 rating given as a string or number; anything else is a :class:`DataError`."""
+    if isinstance(value, bool):  # JSON true/false: float() would read 1/0
+        raise DataError(f"{where}: expected a rating {lo:g}-{hi:g}, got {json.dumps(value)}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -770,6 +844,9 @@ def _esconv_session(i: int, s: Any, path: Path, params: DataParams
     if not user_names or not ai_names:
         only = "seeker" if user_names else "supporter"
         raise _BadConversation("one speaker", f"{where}: only {only} turns")
+    empty = _empty_texts(np.asarray(texts, dtype=object))
+    if empty.all():
+        raise _BadConversation("empty", f"{where}: no words in any of its {len(texts)} turns")
     survey = (s.get("survey_score") or {}).get("seeker") if isinstance(s.get("survey_score"), dict) else None
     score, raw = esconv_score(survey or {}, params.esconv_score, where)
     speaker_id = np.where(np.asarray(roles) == "AI", ai_names[0], user_names[0])
@@ -783,7 +860,7 @@ def _esconv_session(i: int, s: Any, path: Path, params: DataParams
     row = _conversation_row(convo_id, "esconv", user_names[0], ai_names[0], score, raw, turns,
                             bool(turns["local_feedback"].notna().any()))
     row.update({k: str(s.get(k) or "") for k in ("emotion_type", "problem_type", "experience_type")})
-    row["context"] = str(s.get("situation") or "")
+    row.update(context=str(s.get("situation") or ""), n_empty_utterances=int(empty.sum()))
     return row, turns
 
 
@@ -830,8 +907,10 @@ def _finish(name: str, path: Path, rows: list[dict[str, Any]], turns: list[pd.Da
         raise DataError(f"{path}: no usable conversation "
                         f"(skipped: { {k: len(v) for k, v in skipped.items()} })")
     t = _number_turns(pd.concat(turns, ignore_index=True))
+    conversations = pd.DataFrame(rows)
     _report_skips(name, skipped)
-    return Corpus(name=name, conversations=pd.DataFrame(rows), turns=t, skipped=skipped)
+    _report_anomalies(name, conversations)
+    return Corpus(name=name, conversations=conversations, turns=t, skipped=skipped)
 
 
 # --------------------------------------------------------------------------- SODA
@@ -839,9 +918,7 @@ def _finish(name: str, path: Path, rows: list[dict[str, Any]], turns: list[pd.Da
 
 def _read_records(path: Path) -> list[Any]:
     """A JSON list, or JSON Lines (one object per line; blank lines ignored)."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_utf8(path)
     if text.lstrip().startswith("["):
         return _read_json(path)
     records = []
@@ -880,7 +957,12 @@ def load_soda(path: str | Path, params: DataParams) -> Corpus:
             for k in ("dialogue", "speakers"):
                 if not isinstance(r.get(k), list):
                     raise DataError(f"{where}, field {k!r}: missing or not a list")
-            utts, spks = r["dialogue"], [str(x).strip() for x in r["speakers"]]
+            nameless = [j for j, x in enumerate(r["speakers"]) if not isinstance(x, str) or not x.strip()]
+            if nameless:
+                j = nameless[0]
+                raise DataError(f"{where}, field 'speakers[{j}]': expected a speaker's name, got "
+                                f"{json.dumps(r['speakers'][j])} ({len(nameless)} such in the record)")
+            utts, spks = r["dialogue"], [x.strip() for x in r["speakers"]]
             if len(utts) != len(spks):
                 raise DataError(f"{where}: 'dialogue' has {len(utts)} utterances but "
                                 f"'speakers' has {len(spks)} names")
@@ -889,6 +971,9 @@ def load_soda(path: str | Path, params: DataParams) -> Corpus:
                 raise DataError(f"{where}, field 'dialogue[{bad[0]}]': expected text, got {utts[bad[0]]!r}")
             if not utts:
                 raise _BadConversation("empty", f"{where}: empty dialogue")
+            empty = _empty_texts(np.asarray(utts, dtype=object))
+            if empty.all():
+                raise _BadConversation("empty", f"{where}: no words in any of its {len(utts)} utterances")
             names = list(dict.fromkeys(spks))
             if len(names) == 1:
                 raise _BadConversation("one speaker", f"{where}: only speaker {names[0]!r}")
@@ -907,7 +992,7 @@ def load_soda(path: str | Path, params: DataParams) -> Corpus:
         if params.merge_consecutive:
             t = merge_consecutive(t)
         row = _conversation_row(convo_id, "soda", names[0], names[1], np.nan, np.nan, t, False)
-        row["context"] = str(r.get("narrative") or "")
+        row.update(context=str(r.get("narrative") or ""), n_empty_utterances=int(empty.sum()))
         row.update({k: str(r.get(k) or "") for k in ("head", "relation", "tail", "split")})
         rows.append(row)
         turns.append(t)

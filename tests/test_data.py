@@ -307,6 +307,57 @@ def test_bad_features(candor):
     load_candor(root, DataParams(), progress=False)
 
 
+def test_stray_quotes_that_swallow_rows_are_an_error(candor):
+    """Two stray `"` (before the first turn_id, after the second) made one row of two: the first
+    speaker became the AI's, so the listener, the score and the turn count changed silently."""
+    root, specs = candor
+    path = _folder(root, specs) / "transcription" / "transcript_cliffhanger.csv"
+    lines = path.read_text().split("\n")
+    lines[1] = '"' + lines[1]
+    lines[2] = lines[2].replace(",", '",', 1)
+    path.write_text("\n".join(lines))
+    _raises(root, r"transcript_cliffhanger\.csv: row 1 \(line 2\), column 'turn_id': the value spans 2 "
+                  r"lines and swallows what look like rows of the file \(a stray '\"' opened a quoted field\)")
+    # an utterance that spans lines but holds no row is fine
+    write_candor(root, 3)
+    _rewrite(path, lambda d: d.loc.__setitem__((2, "utterance"), "so I said,\nwell, fine"))
+    c = load_candor(root, DataParams(), progress=False)
+    assert "so I said,\nwell, fine" in set(c.turns["utterance"])
+
+
+def test_kept_but_suspicious_input_is_counted_and_reported(candor, caplog):
+    """Empty utterances, f0 missing-value codes and a listener never seen: kept, counted, warned."""
+    root, specs = candor
+    f0, f1, f2 = (_folder(root, specs, k) for k in range(3))
+    _rewrite(f0 / "transcription" / "transcript_cliffhanger.csv",
+             lambda d: d.loc.__setitem__(([2, 3], "utterance"), ["   ", ""]))
+    listener = specs[f1.name]["listener"]
+    _rewrite(f1 / "audio_video_features.csv",
+             lambda d: d.loc.__setitem__((d.index[d["user_id"] == listener][:3], "f0_mean"), "-999999"))
+    faces = [c for c in pd.read_csv(f2 / "audio_video_features.csv", nrows=0).columns if c.startswith("prob_face_")]
+    _rewrite(f2 / "audio_video_features.csv", lambda d: d.loc.__setitem__((slice(None), faces), ""))
+    with caplog.at_level("WARNING"):
+        c = load_candor(root, DataParams(), progress=False)
+    conv = c.conversations.set_index("convo_id")
+    assert conv["n_empty_utterances"].to_dict() == {f0.name: 2, f1.name: 0, f2.name: 0}
+    assert conv["f0_missing_codes"].to_dict() == {f0.name: 0, f1.name: 3, f2.name: 0}
+    assert conv["no_face_in_any_frame"].to_dict() == {f0.name: 0, f1.name: 0, f2.name: 1}
+    f0_values = c.frames.loc[c.frames["convo_id"] == f1.name, "f0_mean"]
+    assert f0_values.isna().sum() == 3 and (f0_values.dropna() > 0).all()
+    text = caplog.text
+    assert "2 turn(s) with an empty or whitespace-only utterance" in text and f0.name in text
+    assert "3 f0_mean value(s) below 0 Hz" in text and "1 conversation(s) without a face in any" in text
+
+
+def test_a_conversation_without_words_is_an_empty_one(candor):
+    root, specs = candor
+    f = _folder(root, specs)
+    _rewrite(f / "transcription" / "transcript_cliffhanger.csv", lambda d: d.__setitem__("utterance", " "))
+    c = load_candor(root, DataParams(), progress=False)
+    assert f.name not in set(c.conversations["convo_id"])
+    assert "no words in any of its" in c.skipped["empty"][0]
+
+
 def test_bad_truth(candor):
     root, specs = candor
     f = _folder(root, specs)
@@ -381,6 +432,43 @@ def test_esconv_bad_input(tmp_path):
         load_esconv(tmp_path / "missing.json", DataParams())
 
 
+@pytest.mark.parametrize("value, shown", [(True, "true"), (False, "false")])
+def test_esconv_boolean_rating_is_an_error(tmp_path, value, shown):
+    p = _esconv_with(tmp_path, lambda s: s[2]["survey_score"]["seeker"].__setitem__("empathy", value))
+    with pytest.raises(DataError, match=rf"session 2 .*field 'survey_score\.seeker\.empathy': expected a "
+                                        rf"rating 1-5, got {shown}"):
+        load_esconv(p, DataParams())
+
+
+def test_esconv_and_soda_not_utf8_name_file_line_and_byte(tmp_path):
+    good = write_esconv(tmp_path / "e.json").read_bytes()
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes(good.replace(b'"', b'"\xe9', 1))  # a Latin-1 é inside the first string
+    first_quote = good.index(b'"')
+    line = good[:first_quote].count(b"\n") + 1
+    with pytest.raises(DataError, match=rf"latin1\.json: line {line}, byte {first_quote + 1}: not UTF-8 text "
+                                        r"\(b'\\xe9'\)"):
+        load_esconv(bad, DataParams())
+    jsonl = tmp_path / "s.jsonl"
+    jsonl.write_bytes(json.dumps(SODA_RECORDS[0]).encode() + b"\n{\"narrative\": \"caf\xe9\"}\n")
+    with pytest.raises(DataError, match=r"s\.jsonl: line 2, byte \d+: not UTF-8 text"):
+        load_soda(jsonl, DataParams())
+
+
+def test_esconv_whitespace_utterances_are_counted_and_an_all_empty_session_skipped(tmp_path, caplog):
+    def edit(s):
+        s[0]["dialog"][1]["content"] = "   "
+        for turn in s[1]["dialog"]:
+            turn["content"] = " \t"
+    p = _esconv_with(tmp_path, edit)
+    with caplog.at_level("WARNING"):
+        c = load_esconv(p, DataParams())
+    conv = c.conversations.set_index("convo_id")
+    assert conv.loc["esconv-00000", "n_empty_utterances"] == 1 and "esconv-00001" not in conv.index
+    assert "no words in any of its" in c.skipped["empty"][0]
+    assert "1 turn(s) with an empty or whitespace-only utterance" in caplog.text
+
+
 def test_esconv_bad_sessions_skipped(tmp_path):
     def edit(s):
         del s[0]["survey_score"]["seeker"]["empathy"]                     # unscored
@@ -423,6 +511,17 @@ def test_soda_bad_input(tmp_path):
     with pytest.raises(DataError, match=r"s\.json: record 0 \(soda-000000\): 'dialogue' has 4 "
                                         r"utterances but 'speakers' has 3"):
         load_soda(write_soda(tmp_path / "s.json", recs), DataParams())
+    for bad, shown in ((None, "null"), ("", '""'), ("  ", '"  "')):
+        recs = json.loads(json.dumps(SODA_RECORDS))
+        recs[1]["speakers"][2] = bad
+        with pytest.raises(DataError, match=rf"s\.json: record 1 \(soda-000001\), field 'speakers\[2\]': "
+                                            rf"expected a speaker's name, got {shown}"):
+            load_soda(write_soda(tmp_path / "s.json", recs), DataParams())
+    recs = json.loads(json.dumps(SODA_RECORDS))
+    recs[0]["dialogue"][1] = "  "
+    recs[1]["dialogue"] = ["", " \t"] + [" "] * (len(recs[1]["dialogue"]) - 2)
+    c = load_soda(write_soda(tmp_path / "s.json", recs), DataParams())
+    assert c.conversations["n_empty_utterances"].tolist() == [1] and list(c.skipped) == ["empty"]
     p = tmp_path / "bad.jsonl"
     p.write_text(json.dumps(SODA_RECORDS[0]) + "\n{oops\n")
     with pytest.raises(DataError, match=r"bad\.jsonl: line 2: not valid JSON"):
