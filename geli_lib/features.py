@@ -482,6 +482,18 @@ def _worker(video: str, audio: str | None, out_csv: str, params: FeatureParams) 
         return {"video": video, "status": "failed", "error": f"{type(e).__name__}: {e}"}
 
 
+def shared_outputs(tasks: list[tuple[str, str | None, str]]) -> dict[str, list[str]]:
+    """Output CSVs that more than one (video, audio, output) task would write -> those videos.
+
+    ``p1.mp4`` and ``p1.mkv`` in one folder are both participant ``p1``: which one is
+    meant cannot be guessed, and extracting both would count two files done for one CSV.
+    """
+    by_output: dict[str, list[str]] = {}
+    for video, _, out_csv in tasks:
+        by_output.setdefault(out_csv, []).append(video)
+    return {out: videos for out, videos in by_output.items() if len(videos) > 1}
+
+
 def assemble_conversation(folder: Path) -> Path | None:
     """Concatenate the per-listener CSVs of one conversation folder into ``audio_video_features.csv``.
 
@@ -521,7 +533,14 @@ def extract_folder(recordings: str | Path, out_dir: str | Path, params: FeatureP
     pairs = find_recordings(recordings)
     tasks = [(str(v), str(a) if a else None, str(out_dir / v.relative_to(recordings).with_suffix(".csv")))
              for v, a in pairs]
-    results: list[dict[str, Any]] = []
+    clashes = shared_outputs(tasks)
+    results: list[dict[str, Any]] = [
+        {"video": t[0], "status": "failed",
+         "error": f"{len(clashes[t[2]])} videos of one participant {Path(t[0]).stem!r} in {Path(t[0]).parent} "
+                  f"({', '.join(Path(v).name for v in clashes[t[2]])}) would write one {Path(t[2]).name}: "
+                  "keep one of them"}
+        for t in tasks if t[2] in clashes]
+    tasks = [t for t in tasks if t[2] not in clashes]
     bar = progress_bar(len(tasks), "listener features", progress, unit="video")
     if params.workers == 1 or len(tasks) <= 1:
         for task in tasks:

@@ -360,3 +360,18 @@ def test_recording_without_any_face_gives_nan_rows_and_a_warning(tmp_path):
     s = turn_listener_summary(_tiny_corpus(rows.assign(t=[0.0, 1.0, 2.0], user_id="L"), [(0.0, 2.0, 10)]))
     assert s["va_reason"].iloc[0] == "no_face"
     assert FT.describe_listener(s).iloc[0] == "listener's face not visible in this window, pitch steady"
+
+
+def test_two_videos_of_one_participant_fail_both_on_every_run(tmp_path, capsys):
+    """`p1.mp4` and `p1.mkv` in one folder: which is p1 cannot be guessed, so neither is counted done."""
+    for name in ("p1.mp4", "p1.mkv"):
+        (tmp_path / "rec" / "c1").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "rec" / "c1" / name).write_bytes(b"\x00\x00\x00\x18ftypmp42 never opened")
+    for _ in range(2):  # a rerun says the same, never "done"
+        assert FT.main([str(tmp_path / "rec"), str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 1
+        err = capsys.readouterr()
+        assert "0 done, 0 skipped (already done), 2 failed" in err.out
+        assert "2 videos of one participant 'p1'" in err.err and "(p1.mkv, p1.mp4) would write one p1.csv" in err.err
+        rep = json.loads((tmp_path / "out" / "features_report.json").read_text())
+        assert rep["counts"] == {"done": 0, "skipped": 0, "failed": 2}
+        assert not (tmp_path / "out" / "c1" / "p1.csv").exists()
