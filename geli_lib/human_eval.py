@@ -55,8 +55,10 @@ pairwise percent agreement of those units.
 
 **Bad input** (:class:`HumanEvalError`, naming file, row and field): answers
 whose kit has no key, unknown item ids, letters an item does not have,
-unreadable answer cells, an empty annotator id, and the same annotator
-answering an item twice with different answers. Exact duplicates (a file read
+unreadable answer cells, an empty annotator id, the same annotator
+answering an item twice with different answers, a result or key file that is
+empty or not UTF-8, and a key that is missing columns or shows one model under
+two letters of an item (or one letter twice). Exact duplicates (a file read
 twice) are dropped and counted. Missing answers raise by default;
 ``missing="drop"`` drops those annotations and counts them instead.
 """
@@ -280,13 +282,55 @@ def write_kit(root: str | Path, items: pd.DataFrame, key: pd.DataFrame) -> dict[
     return paths
 
 
+def _read_csv_text(path: Path, need: Sequence[str]) -> pd.DataFrame:
+    """A CSV of text cells; an empty or non-UTF-8 file is a :class:`HumanEvalError` naming it."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise HumanEvalError(f"{path}: line {line}, byte {e.start}: not UTF-8 text "
+                             f"({raw[e.start:e.start + 1]!r}); save the file as UTF-8") from None
+    if not raw.strip():
+        raise HumanEvalError(f"{path}: empty file ({len(raw)} bytes): expected a header row with {list(need)}")
+    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+
+
+def check_key(key: pd.DataFrame, where: str) -> None:
+    """A key shows each item's models under distinct letters, one model per letter.
+
+    Two letters of one model would credit that model twice and leave another one
+    out of the table; rows are named as a spreadsheet shows them (header = row 1).
+    """
+    missing = [c for c in KEY_COLUMNS if c not in key]
+    if missing:
+        raise HumanEvalError(f"{where}: missing column(s) {missing}; a key has {list(KEY_COLUMNS)}")
+    for field, other in (("model", "letter"), ("letter", "model")):
+        dup = key.duplicated(["kit_id", "item_id", field], keep="first")
+        if dup.any():
+            i = int(np.flatnonzero(dup.to_numpy())[0])
+            r = key.iloc[i]
+            first = key[(key["kit_id"] == r["kit_id"]) & (key["item_id"] == r["item_id"])
+                        & (key[field] == r[field])].index[0]
+            raise HumanEvalError(f"{where}: row {i + 2}, field {field!r}: item {r['item_id']} shows {field} "
+                                 f"{r[field]!r} under two {other}s ({key.loc[first, other]!r} in row {first + 2} "
+                                 f"and {r[other]!r}); each letter must show a different model")
+
+
 def load_keys(root: str | Path) -> pd.DataFrame:
-    """Every key written by :func:`write_kit` under ``root`` (empty frame when none)."""
+    """Every key written by :func:`write_kit` under ``root`` (empty frame when none), checked
+    by :func:`check_key`."""
     files = sorted((Path(root) / "keys").glob("*.csv"))
     if not files:
         return pd.DataFrame(columns=list(KEY_COLUMNS))
-    return pd.concat([pd.read_csv(f, dtype={"kit_id": str, "item_id": str, "context_id": str, "letter": str,
-                                            "model": str}) for f in files], ignore_index=True)
+    keys = []
+    for f in files:
+        key = _read_csv_text(f, KEY_COLUMNS)
+        check_key(key, str(f))
+        keys.append(key)
+    key = pd.concat(keys, ignore_index=True)
+    key["seed"] = pd.to_numeric(key["seed"])
+    return key
 
 
 # --------------------------------------------------------------------------- reading answers
@@ -315,14 +359,14 @@ def read_annotations(files: Iterable[str | Path]) -> pd.DataFrame:
     ``kit_id``, ``item_id``, ``annotator`` and one column per question.
     """
     frames = []
+    need = ["kit_id", "item_id", "annotator"] + question_keys()
     for f in map(Path, files):
-        df = pd.read_csv(f, dtype=str, keep_default_na=False)
+        df = _read_csv_text(f, need)
         ren = {c: c.split(".", 1)[1] for c in df if c.startswith(("Input.", "Answer."))}
         if "WorkerId" in df and "annotator" not in df:
             ren["WorkerId"] = "annotator"
         df = df.rename(columns=ren)
         df = df.loc[:, ~df.columns.duplicated()]
-        need = ["kit_id", "item_id", "annotator"] + question_keys()
         missing = [c for c in need if c not in df]
         if missing:
             raise HumanEvalError(f"{f}: missing column(s) {missing}; a result file needs {need}")

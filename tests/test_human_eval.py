@@ -452,3 +452,57 @@ def test_notebooks_08_and_09_at_smoke_on_a_smollm2_fixture(tmp_path, monkeypatch
     assert stats.loc[("ground truth", "Positivity"), "mean"] == 100.0
     assert stats.loc[("base", "Positivity"), "mean"] == 0.0
     assert stats.loc[("ground truth", "Positivity"), "p"] == pytest.approx(2 * 0.5 ** 4)  # 4 items, all for GT
+
+
+# --------------------------------------------------------------------------- bad key and result files
+
+
+def _kit_with_key(tmp_path: Path, edit) -> Path:
+    """A written kit whose key file was then edited by ``edit(key)`` (returning the new key)."""
+    items, key = he.build_items(_gens(), 2)
+    paths = he.write_kit(tmp_path, items, key)
+    edit(key).to_csv(paths["key"], index=False)
+    return paths["key"]
+
+
+def test_a_key_showing_one_model_under_two_letters_is_refused(tmp_path):
+    def same_model(key):
+        key.loc[1, "model"] = key.loc[0, "model"]  # item 1: letters A and B both "base"
+        return key
+    path = _kit_with_key(tmp_path, same_model)
+    key = pd.read_csv(path, dtype=str)
+    with pytest.raises(he.HumanEvalError) as e:
+        he.load_keys(tmp_path)
+    assert str(e.value) == (f"{path}: row 3, field 'model': item {key.loc[1, 'item_id']} shows model "
+                            f"{key.loc[0, 'model']!r} under two letters ('A' in row 2 and 'B'); each letter "
+                            "must show a different model")
+
+
+def test_a_key_with_a_letter_twice_or_a_column_missing_is_refused(tmp_path):
+    def same_letter(key):
+        key.loc[1, "letter"] = key.loc[0, "letter"]
+        return key
+    _kit_with_key(tmp_path, same_letter)
+    with pytest.raises(he.HumanEvalError, match=r"row 3, field 'letter': .* shows letter 'A' under two models"):
+        he.load_keys(tmp_path)
+    _kit_with_key(tmp_path, lambda key: key.drop(columns="model"))
+    with pytest.raises(he.HumanEvalError, match=r"keys/.*\.csv: missing column\(s\) \['model'\]"):
+        he.load_keys(tmp_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", r"answers\.csv: empty file \(0 bytes\): expected a header row with \['kit_id', 'item_id', 'annotator'"),
+    (b"\n\n", r"answers\.csv: empty file \(2 bytes\)"),
+    (b"kit_id,item_id,annotator\nk1,s0-i01,J\xfcrgen\n", r"answers\.csv: line 2, byte 36: not UTF-8 text \(b'\\xfc'\)"),
+])
+def test_empty_or_non_utf8_result_files_are_named(tmp_path, content, message):
+    (tmp_path / "answers.csv").write_bytes(content)
+    with pytest.raises(he.HumanEvalError, match=message):
+        he.read_annotations([tmp_path / "answers.csv"])
+
+
+def test_a_non_utf8_key_file_is_named(tmp_path):
+    path = _kit_with_key(tmp_path, lambda key: key)
+    path.write_bytes(path.read_bytes().replace(b"base", b"b\xe4se", 1))
+    with pytest.raises(he.HumanEvalError, match=r"keys/.*\.csv: line \d+, byte \d+: not UTF-8 text"):
+        he.load_keys(tmp_path)
