@@ -322,7 +322,10 @@ def stage_rollback(root: Path) -> Iterator[dict[str, str]]:
     backup.mkdir()
     for rel in before:
         (backup / rel).parent.mkdir(parents=True, exist_ok=True)
-        os.link(root / rel, backup / rel)
+        try:
+            os.link(root / rel, backup / rel)
+        except OSError:  # a file system without hard links: a copy does the same, slower
+            shutil.copy2(root / rel, backup / rel)
     written: dict[str, str] = {}
     try:
         yield written
@@ -354,54 +357,14 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     params = load_params(profile, **overrides)
-    out = results_dir(params.results_key)
-    state_path = out / "stages.json"
-    state = _read_json(state_path)
-    profile_file = PARAMS_DIR / f"{profile}.yaml"
-    chain = params.notebooks
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    stages: dict[str, Any] = {}
-    previous = ""
-    library = library_key()
-    n = len(chain)
     with interruptible():
-        for i, nb in enumerate(chain, 1):
-            key = stage_key(nb, profile_file, library, previous, overrides)
-            executed = out / "notebooks" / f"{nb}.ipynb"
-            cached = state.get(nb, {})
-            changed = changed_outputs(out, cached.get("outputs", {}))
-            if only and nb not in only:  # keys still follow the whole chain, so `--only` agrees with a full run
-                if cached:
-                    stages[nb] = {"key": cached["key"], "seconds": cached["seconds"], "skipped": True}
-                previous = cached.get("chain", key)
-                continue
-            if not force and cached.get("key") == key and "outputs" in cached and not changed \
-                    and executed.exists():
-                print(f"[{i}/{n}] {nb}: unchanged, skipped (last run {cached['seconds']:.1f} s)", flush=True)
-                stages[nb] = {"key": key, "seconds": cached["seconds"], "skipped": True}
-                previous = cached["chain"]
-                continue
-            why = f" (its outputs changed since its last run: {', '.join(changed[:3])})" if changed else ""
-            print(f"[{i}/{n}] {nb}: running{why} …", flush=True)
-            try:
-                with stage_rollback(out) as written:
-                    seconds = run_notebook(NOTEBOOK_DIR / f"{nb}.ipynb", executed,
-                                           notebook_parameters(params), progress=progress)
-            except StageInterrupted as e:
-                _forget_stage(state_path, state, nb)
-                raise StageInterrupted(f"{e}: the stage is recorded as not done and the files it wrote "
-                                       f"under {out} are rolled back; a rerun redoes it", e.signum) from None
-            except BaseException:
-                _forget_stage(state_path, state, nb)
-                raise
-            print(f"[{i}/{n}] {nb}: done in {seconds:.1f} s", flush=True)
-            for other in state.values():  # a file belongs to the stage that wrote it last
-                for rel in written:
-                    other.get("outputs", {}).pop(rel, None)
-            previous = content_key(key, written)
-            state[nb] = {"key": key, "seconds": round(seconds, 2), "outputs": written, "chain": previous}
-            stages[nb] = {"key": key, "seconds": round(seconds, 2), "skipped": False}
-            write_json(state_path, state)
+        try:
+            stages = _run_stages(params, PARAMS_DIR / f"{profile}.yaml", overrides, only, force, progress)
+        except Interrupted as e:  # between stages: nothing was cut short
+            raise StageInterrupted(f"run stopped by {signal.Signals(e.signum).name} between stages",
+                                   e.signum) from None
+    out = results_dir(params.results_key)
     manifest = write_manifest(params, stages, started)
     if book:
         t0 = time.perf_counter()
@@ -409,6 +372,55 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
         manifest["book_seconds"] = round(time.perf_counter() - t0, 2)
         write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _run_stages(params: StudyParams, profile_file: Path, overrides: dict[str, Any], only: list[str] | None,
+                force: bool, progress: bool) -> dict[str, Any]:
+    """Run or skip each stage of the chain in order (see the module docstring); return the stages' records."""
+    out = results_dir(params.results_key)
+    state_path = out / "stages.json"
+    state = _read_json(state_path)
+    stages: dict[str, Any] = {}
+    previous = ""
+    library = library_key()
+    n = len(params.notebooks)
+    for i, nb in enumerate(params.notebooks, 1):
+        key = stage_key(nb, profile_file, library, previous, overrides)
+        cached = state.get(nb, {})
+        if only and nb not in only:  # keys still follow the whole chain, so `--only` agrees with a full run
+            if cached:
+                stages[nb] = {"key": cached["key"], "seconds": cached["seconds"], "skipped": True}
+            previous = cached.get("chain", key)
+            continue
+        changed = changed_outputs(out, cached.get("outputs", {}))
+        if not force and cached.get("key") == key and "outputs" in cached and not changed \
+                and (out / "notebooks" / f"{nb}.ipynb").exists():
+            print(f"[{i}/{n}] {nb}: unchanged, skipped (last run {cached['seconds']:.1f} s)", flush=True)
+            stages[nb] = {"key": key, "seconds": cached["seconds"], "skipped": True}
+            previous = cached["chain"]
+            continue
+        why = f" (its outputs changed since its last run: {', '.join(changed[:3])})" if changed else ""
+        print(f"[{i}/{n}] {nb}: running{why} …", flush=True)
+        try:
+            with stage_rollback(out) as written:
+                seconds = run_notebook(NOTEBOOK_DIR / f"{nb}.ipynb", out / "notebooks" / f"{nb}.ipynb",
+                                       notebook_parameters(params), progress=progress)
+        except StageInterrupted as e:
+            _forget_stage(state_path, state, nb)
+            raise StageInterrupted(f"{e}: the stage is recorded as not done and the files it wrote "
+                                   f"under {out} are rolled back; a rerun redoes it", e.signum) from None
+        except BaseException:
+            _forget_stage(state_path, state, nb)
+            raise
+        print(f"[{i}/{n}] {nb}: done in {seconds:.1f} s", flush=True)
+        for other in state.values():  # a file belongs to the stage that wrote it last
+            for rel in written:
+                other.get("outputs", {}).pop(rel, None)
+        previous = content_key(key, written)
+        state[nb] = {"key": key, "seconds": round(seconds, 2), "outputs": written, "chain": previous}
+        stages[nb] = {"key": key, "seconds": round(seconds, 2), "skipped": False}
+        write_json(state_path, state)
+    return stages
 
 
 def _forget_stage(state_path: Path, state: dict[str, Any], nb: str) -> None:
