@@ -11,7 +11,9 @@ parameters and call :func:`load_params` with them as overrides, so any notebook
 runs on real data by parameters alone. Any other override that changes a
 parameter (``papermill … -p lam 0.1``) makes the run ad hoc: its results go to a
 folder of their own, named by the changed parameters
-(:attr:`StudyParams.results_key`), never over the study's. Inside a notebook run
+(:attr:`StudyParams.results_key`), never over the study's. Under papermill the
+folder is named by the ``-p`` values that differ from the notebook's defaults
+(``lam=0.1_seed=0``), so a parameter of the notebook alone counts too. Inside a notebook run
 by papermill, :func:`load_params` also refuses a ``-p`` name the notebook does
 not declare (a typo would otherwise run the notebook on its defaults).
 """
@@ -35,6 +37,8 @@ PROFILES = ("smoke", "cpu", "gpu")
 CORPORA = ("simulated", "candor", "esconv", "soda")
 #: Folder, inside a results key, of runs whose parameters differ from the profile's.
 ADHOC_DIR = "adhoc"
+#: Notebook parameters the runner passes; they choose the results key themselves (profile, corpus).
+RUNNER_PARAMETERS = ("profile", "corpus", "data_path")
 #: Largest integer any parameter takes (a larger one is a typo, not a setting).
 MAX_INT = 2**31 - 1
 
@@ -732,29 +736,41 @@ def _lookup(tree: dict[str, Any], dotted: str) -> bool:
     return True
 
 
-def _assigned_names(source: str) -> list[str]:
-    """Names assigned at the top level of a code cell (``x = 1``), in order; none if it does not parse."""
+def _assignments(source: str) -> dict[str, Any]:
+    """``name = value`` lines at the top level of a code cell -> the value (a Python literal, else
+    its source text); empty when the cell does not parse."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
-        return []
-    return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
-            if isinstance(t, ast.Name)]
+        return {}
+    out: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                value = ast.unparse(node.value)
+            for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                if isinstance(t, ast.Name):
+                    out[t.id] = value
+    return out
 
 
-def unknown_notebook_parameters(history: list[str]) -> tuple[list[str], list[str]]:
-    """(parameters papermill injected that the notebook does not declare, the declared ones).
+def injected_parameters(history: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what the notebook's own cells set before papermill's cell, what papermill's cell sets).
 
     ``history`` is the kernel's executed cells in order. Papermill injects a cell
-    starting with ``# Parameters`` right after the notebook's own parameters cell;
-    a name it sets that no earlier cell set is unknown to the notebook.
+    starting with ``# Parameters`` right after the notebook's parameters cell; a
+    name it sets that no earlier cell set is not a parameter of the notebook.
+    Both are empty when the notebook was not run by papermill.
     """
-    injected = [i for i, src in enumerate(history) if src.startswith("# Parameters\n")]
-    if not injected:
-        return [], []
-    declared = {n for src in history[:injected[-1]] for n in _assigned_names(src)}
-    return sorted(set(_assigned_names(history[injected[-1]])) - declared), sorted(declared)
+    cells = [i for i, src in enumerate(history) if src.startswith("# Parameters\n")]
+    if not cells:
+        return {}, {}
+    declared: dict[str, Any] = {}
+    for src in history[:cells[-1]]:
+        declared.update(_assignments(src))
+    return declared, _assignments(history[cells[-1]])
 
 
 def _kernel_history() -> list[str]:
@@ -785,11 +801,12 @@ def load_params(profile: str = "smoke", params_dir: str | Path | None = None,
     """
     params_dir = Path(params_dir) if params_dir else PARAMS_DIR
     path = params_dir / f"{profile}.yaml"
-    unknown, declared = unknown_notebook_parameters(_kernel_history())
+    declared, injected = injected_parameters(_kernel_history())
+    unknown = sorted(set(injected) - set(declared))
     if unknown:
         raise ParamError(f"papermill -p {', '.join(unknown)}: not a parameter of this notebook "
-                         f"(its parameters: {', '.join(declared)}); the run is stopped rather than "
-                         "run on the defaults")
+                         f"(its parameters: {', '.join(sorted(declared))}); the run is stopped rather "
+                         "than run on the defaults")
     if profile not in PROFILES:
         raise ParamError(f"profile {profile!r} unknown: choose one of {PROFILES}")
     file_raw = _read_profile(path)
@@ -806,7 +823,11 @@ def load_params(profile: str = "smoke", params_dir: str | Path | None = None,
         params = _build(StudyParams, _merge(study_raw, overrides))
     except _FieldError as e:  # the study's parameters were valid: an override is to blame
         raise _param_error(e, path, from_override=True) from None
-    params.adhoc = adhoc_name(to_dict(study), to_dict(params))
+    if injected:  # run by papermill: named by what was typed, including parameters of the notebook alone
+        changed = {k: v for k, v in injected.items() if k not in RUNNER_PARAMETERS and v != declared[k]}
+        params.adhoc = adhoc_name({k: declared[k] for k in changed}, changed)
+    else:
+        params.adhoc = adhoc_name(to_dict(study), to_dict(params))
     return params
 
 

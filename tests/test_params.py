@@ -10,7 +10,7 @@ import pytest
 
 from geli_lib.io import cache_dir
 from geli_lib.params import (PROFILES, REPO_ROOT, ParamError, SimulationParams, StudyParams, adhoc_name,
-                             field_docs, load_params, to_dict, unknown_notebook_parameters)
+                             field_docs, injected_parameters, load_params, to_dict)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -132,11 +132,13 @@ def test_adhoc_is_not_a_parameter(tmp_path: Path):
         load_params("smoke", params_dir=tmp_path)
 
 
-def test_unknown_notebook_parameters_read_from_the_injected_cell():
-    history = ["", 'profile = "smoke"\nlam = None\nseed = None', "# Parameters\nlamda = 0.3\nseed = 1\n",
-               "params = load_params(profile)"]
-    assert unknown_notebook_parameters(history) == (["lamda"], ["lam", "profile", "seed"])
-    assert unknown_notebook_parameters(history[:2] + history[3:]) == ([], [])
+def test_injected_parameters_read_from_papermills_cell():
+    history = ["", 'profile = "smoke"\nlam = None\nseed = None\nlams = [0.0, 0.5]',
+               '# Parameters\nlamda = 0.3\nseed = 1\nlams = [0.0, 0.5]\nx = f(1)\n', "params = load_params(profile)"]
+    declared, injected = injected_parameters(history)
+    assert declared == {"profile": "smoke", "lam": None, "seed": None, "lams": [0.0, 0.5]}
+    assert injected == {"lamda": 0.3, "seed": 1, "lams": [0.0, 0.5], "x": "f(1)"}
+    assert injected_parameters(history[:2] + history[3:]) == ({}, {})  # not run by papermill
 
 
 def _papermill(notebook: str, out: Path, env: dict[str, str], *params: str) -> subprocess.CompletedProcess:
@@ -176,7 +178,30 @@ def test_an_adhoc_papermill_run_never_touches_the_studys_results(tmp_path: Path)
                       "lam", "0.1", "seed", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert study.read_text() == "method,seed\nthe study's own rows,0\n"
-    adhoc = results / "smoke" / "adhoc" / "reward.lam=0.1_seeds=0"
+    adhoc = results / "smoke" / "adhoc" / "lam=0.1_seed=0"  # named by what was typed
     rows = pd.read_csv(adhoc / "tables" / "reward_functions" / "geli.csv")
     assert set(rows["seed"]) == {0}
     assert sorted(p.name for p in (results / "smoke").iterdir()) == ["adhoc", "tables"]
+
+
+def test_a_parameter_of_the_notebook_alone_also_gets_its_own_key(tmp_path: Path):
+    """Under papermill the key is named by the -p values that differ from the notebook's defaults,
+    also those that never reach load_params (06's `lams`); the runner's own three keep the study's key."""
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell('profile = "smoke"\ncorpus = "simulated"\ndata_path = ""\nlams = [0.0, 0.5]')
+    cell.metadata["tags"] = ["parameters"]
+    out = tmp_path / "key.txt"
+    nb.cells = [cell, nbformat.v4.new_code_cell(
+        f"from geli_lib.params import load_params\nfrom pathlib import Path\n"
+        f"Path({str(out)!r}).write_text(load_params(profile, corpus=corpus, data_path=data_path).results_key)")]
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    for params, key in (({"profile": "smoke", "corpus": "simulated", "data_path": ""}, "smoke"),
+                        ({"lams": [0.5]}, "smoke/adhoc/lams=0.5"),
+                        ({"lams": [0.0, 0.5]}, "smoke")):
+        pm.execute_notebook(str(tmp_path / "nb.ipynb"), str(tmp_path / "out.ipynb"), parameters=params,
+                            kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=False)
+        assert out.read_text() == key, params
