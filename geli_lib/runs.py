@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from geli_lib.io import content_key, file_key, write_json, write_text
+from geli_lib.io import cache_dir, content_key, file_key, write_json, write_text
 from geli_lib.params import (ADHOC_DIR, CORPORA, PARAMS_DIR, REPO_ROOT, StudyParams, load_params,
                              to_dict)
 
@@ -275,8 +275,8 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
     return time.perf_counter() - t0
 
 
-def _results_files(root: Path) -> dict[str, os.stat_result]:
-    """Every file a stage may write under ``root`` -> its stat, by relative path.
+def _stage_files(root: Path) -> dict[Path, os.stat_result]:
+    """Every file a stage may write under ``root`` -> its stat.
 
     Left out: the runner's own files, the executed notebooks (the runner renames
     them into place), the backup folder, and the results folders nested inside
@@ -288,7 +288,7 @@ def _results_files(root: Path) -> dict[str, os.stat_result]:
         rel = p.relative_to(root)
         if rel.parts[0] in skip_dirs or str(rel) in RUNNER_FILES or not p.is_file():
             continue
-        out[str(rel)] = p.stat()
+        out[p] = p.stat()
     return out
 
 
@@ -303,47 +303,63 @@ def _restore(root: Path, backup: Path) -> None:
     shutil.rmtree(backup)
 
 
-@contextlib.contextmanager
-def stage_rollback(root: Path) -> Iterator[dict[str, str]]:
-    """Run a stage as all or nothing over the files under ``root``.
-
-    Every file is hard-linked into ``root/.stage-backup`` first (atomic writes
-    replace a file by a new one, so the link keeps the old content). On any
-    exception the files the stage created are removed and the ones it replaced
-    are put back; on success the yielded dict is filled with the files it wrote
-    (relative path -> content key), and the links are dropped. A backup left by
-    a runner that was killed outright is restored at the next start.
-    """
+def _back_up(root: Path, files: list[Path]) -> None:
+    """Hard-link ``files`` (under ``root``) into ``root/.stage-backup``."""
     backup = root / BACKUP_DIR
     if backup.exists():
         print(f"{root}: restoring the files of a stage that was stopped mid-way", flush=True)
         _restore(root, backup)
-    before = _results_files(root)
-    backup.mkdir()
-    for rel in before:
-        (backup / rel).parent.mkdir(parents=True, exist_ok=True)
+    backup.mkdir(parents=True)
+    for f in files:
+        link = backup / f.relative_to(root)
+        link.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(root / rel, backup / rel)
+            os.link(f, link)
         except OSError:  # a file system without hard links: a copy does the same, slower
-            shutil.copy2(root / rel, backup / rel)
+            shutil.copy2(f, link)
+
+
+@contextlib.contextmanager
+def stage_rollback(roots: list[Path]) -> Iterator[dict[str, str]]:
+    """Run a stage as all or nothing over the files under ``roots``.
+
+    Every file is hard-linked into ``<root>/.stage-backup`` first (atomic writes
+    replace a file by a new one, so the link keeps the old content). On any
+    exception the files the stage created are removed and the ones it replaced
+    are put back; on success the yielded dict is filled with the files it wrote
+    (path relative to ``roots[0]`` -> content key), and the links are dropped.
+    A backup left by a runner that was killed outright is restored at the next start.
+    """
+    before = {root: _stage_files(root) for root in roots}
+    for root, files in before.items():
+        _back_up(root, list(files))
     written: dict[str, str] = {}
     try:
         yield written
     except BaseException:
-        for rel in set(_results_files(root)) - set(before):
-            (root / rel).unlink(missing_ok=True)
-        _restore(root, backup)
+        for root, files in before.items():
+            for f in set(_stage_files(root)) - set(files):
+                f.unlink(missing_ok=True)
+            _restore(root, root / BACKUP_DIR)
         raise
-    after = _results_files(root)
-    written.update({rel: file_key([root / rel]) for rel, st in after.items()
-                    if rel not in SHARED_FILES and (rel not in before or
-                                                    (st.st_ino, st.st_mtime_ns) !=
-                                                    (before[rel].st_ino, before[rel].st_mtime_ns))})
-    shutil.rmtree(backup)
+    for root, files in before.items():
+        for f, st in _stage_files(root).items():
+            rel = os.path.relpath(f, roots[0])
+            old = files.get(f)
+            if rel not in SHARED_FILES and (old is None or (st.st_ino, st.st_mtime_ns) !=
+                                            (old.st_ino, old.st_mtime_ns)):
+                written[rel] = file_key([f])
+        shutil.rmtree(root / BACKUP_DIR)
+
+
+def saved_reward_functions_dir(params: StudyParams) -> Path:
+    """Where notebooks 02-05 save the reward functions that 06 and 07 read (``experiments.reward_function_dir``):
+    outside the results folder, yet a stage's output all the same."""
+    return cache_dir(f"reward_functions/{params.profile}/{params.corpus}")
 
 
 def changed_outputs(root: Path, outputs: dict[str, str]) -> list[str]:
-    """The files of ``outputs`` (relative path -> content key) that differ now, or are gone."""
+    """The files of ``outputs`` (path relative to ``root`` -> content key) that differ now, or are gone."""
     return sorted(rel for rel, key in outputs.items() if file_key([root / rel]) != key)
 
 
@@ -402,7 +418,7 @@ def _run_stages(params: StudyParams, profile_file: Path, overrides: dict[str, An
         why = f" (its outputs changed since its last run: {', '.join(changed[:3])})" if changed else ""
         print(f"[{i}/{n}] {nb}: running{why} …", flush=True)
         try:
-            with stage_rollback(out) as written:
+            with stage_rollback([out, saved_reward_functions_dir(params)]) as written:
                 seconds = run_notebook(NOTEBOOK_DIR / f"{nb}.ipynb", out / "notebooks" / f"{nb}.ipynb",
                                        notebook_parameters(params), progress=progress)
         except StageInterrupted as e:

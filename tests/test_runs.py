@@ -49,9 +49,9 @@ def _files(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _runner(results: Path, *args: str) -> subprocess.Popen:
+def _runner(results: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m geli_lib run --profile smoke --no-book ARGS`` as a real subprocess."""
-    env = {**os.environ, "GELI_RESULTS": str(results), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "GELI_RESULTS": str(results), "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "geli_lib", "run", "--profile", "smoke", "--no-book", *args],
                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -113,7 +113,7 @@ time.sleep(120)
     script = f"""
 from pathlib import Path
 from geli_lib.runs import interruptible, run_notebook, stage_rollback
-with interruptible(), stage_rollback(Path({str(root)!r})):
+with interruptible(), stage_rollback([Path({str(root)!r})]):
     run_notebook(Path({str(src)!r}), Path({str(tmp_path / 'out' / 'slow.ipynb')!r}), {{}}, progress=False)
 """
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE,
@@ -148,6 +148,30 @@ def test_a_rewritten_output_makes_its_stage_run_again(tmp_path: Path):
     assert proc.returncode == 0, text
     assert "00_data: running (its outputs changed since its last run: tables/corpus_summary.csv)" in text
     assert table.read_bytes() == study
+
+
+@pytest.mark.slow
+def test_a_replaced_saved_reward_function_makes_its_stage_run_again(tmp_path: Path):
+    """02 saves its reward functions in the cache, where 06 and 07 read them: they are its outputs too."""
+    from geli_lib.io import cache_dir
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for entry in cache_dir().iterdir():  # reuse encoded features and models; saved functions of our own
+        if entry.name != "reward_functions":
+            (cache / entry.name).symlink_to(entry)
+    env = {"GELI_CACHE": str(cache)}
+    proc = _runner(tmp_path / "results", "--only", "00_data", "02_ge_baselines", env=env)
+    assert proc.wait(timeout=600) == 0, proc.communicate()[0]
+    heads = sorted((cache / "reward_functions" / "smoke" / "simulated").glob("*/seed0/head.pt"))
+    assert heads, "02 saved no reward function"
+    heads[0].write_bytes(b"replaced by an ad-hoc run")
+    proc = _runner(tmp_path / "results", "--only", "00_data", "02_ge_baselines", env=env)
+    text = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, text
+    assert "00_data: unchanged, skipped" in text
+    assert "02_ge_baselines: running (its outputs changed since its last run: " in text
+    assert heads[0].read_bytes() != b"replaced by an ad-hoc run"
 
 
 def test_book_needs_a_run(tmp_path: Path, monkeypatch):
