@@ -773,6 +773,35 @@ def injected_parameters(history: list[str]) -> tuple[dict[str, Any], dict[str, A
     return declared, _assignments(history[cells[-1]])
 
 
+def _field_types(cls: type | None = None) -> dict[str, set[Any]]:
+    """Every field name of :class:`StudyParams` and its sections -> the types it has there."""
+    out: dict[str, set[Any]] = {}
+    for name, tp in typing.get_type_hints(cls or StudyParams).items():
+        if dataclasses.is_dataclass(tp):
+            for k, v in _field_types(tp).items():
+                out.setdefault(k, set()).update(v)
+        else:
+            out.setdefault(name, set()).add(tp)
+    return out
+
+
+def check_injected_types(injected: dict[str, Any]) -> None:
+    """A ``-p`` value of a notebook parameter named like a study parameter must have its type.
+
+    ``-p seed 1.7`` would otherwise run as seed 1 in a notebook that does
+    ``int(seed)``; ``None`` (the notebook's "the profile's") is always allowed.
+    """
+    types = _field_types()
+    for name, value in injected.items():
+        kinds = types.get(name, set())
+        if name in RUNNER_PARAMETERS or value is None or len(kinds) != 1:
+            continue
+        try:
+            _coerce(value, next(iter(kinds)), name)
+        except _FieldError as e:
+            raise ParamError(f"papermill -p {e} (the study parameter {name} is of that type)") from None
+
+
 def _kernel_history() -> list[str]:
     """The cells executed so far when running inside an IPython kernel, else nothing."""
     try:
@@ -807,6 +836,7 @@ def load_params(profile: str = "smoke", params_dir: str | Path | None = None,
         raise ParamError(f"papermill -p {', '.join(unknown)}: not a parameter of this notebook "
                          f"(its parameters: {', '.join(sorted(declared))}); the run is stopped rather "
                          "than run on the defaults")
+    check_injected_types(injected)
     if profile not in PROFILES:
         raise ParamError(f"profile {profile!r} unknown: choose one of {PROFILES}")
     file_raw = _read_profile(path)

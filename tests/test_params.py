@@ -10,7 +10,7 @@ import pytest
 
 from geli_lib.io import cache_dir
 from geli_lib.params import (PROFILES, REPO_ROOT, ParamError, SimulationParams, StudyParams, adhoc_name,
-                             field_docs, injected_parameters, load_params, to_dict)
+                             check_injected_types, field_docs, injected_parameters, load_params, to_dict)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -149,18 +149,28 @@ def _papermill(notebook: str, out: Path, env: dict[str, str], *params: str) -> s
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("params, message", [
-    (("lamda", "0.3"), "papermill -p lamda: not a parameter of this notebook (its parameters: K, corpus"),
-    (("seed", "1.7"), "override seeds[0]: expected an integer, got 1.7 (given as a notebook parameter"),
-    (("seed", "abc"), "override seeds[0]: expected an integer, got 'abc' (given as a notebook parameter"),
-    (("lam", "1.5"), "override reward.lam: must be in [0, 1], got 1.5"),
+@pytest.mark.parametrize("notebook, params, message", [
+    ("03_rrd_va", ("lamda", "0.3"), "papermill -p lamda: not a parameter of this notebook (its parameters: K, corpus"),
+    ("03_rrd_va", ("seed", "1.7"), "papermill -p seed: expected an integer, got 1.7"),
+    ("03_rrd_va", ("seed", "abc"), "papermill -p seed: expected an integer, got 'abc'"),
+    ("05_llm_geli", ("seed", "1.7"), "papermill -p seed: expected an integer, got 1.7"),
+    ("03_rrd_va", ("K", "3.5"), "papermill -p K: expected an integer, got 3.5"),
+    ("03_rrd_va", ("lam", "1.5"), "override reward.lam: must be in [0, 1], got 1.5 (given as a notebook parameter"),
 ])
-def test_bad_papermill_parameters_stop_the_notebook(tmp_path: Path, params, message):
-    proc = _papermill("03_rrd_va", tmp_path / "out.ipynb", {"GELI_RESULTS": str(tmp_path / "results")}, *params)
+def test_bad_papermill_parameters_stop_the_notebook(tmp_path: Path, notebook, params, message):
+    proc = _papermill(notebook, tmp_path / "out.ipynb", {"GELI_RESULTS": str(tmp_path / "results")}, *params)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-3000:]
     assert "smoke.yaml:" not in proc.stderr  # the file is not blamed for a value it does not hold
     assert not (tmp_path / "results" / "smoke" / "tables").exists()
+
+
+def test_a_papermill_value_must_have_the_type_of_the_study_parameter_it_is_named_after():
+    check_injected_types({"seed": 2, "K": None, "lam": 1, "lams": [0.5], "profile": "cpu"})
+    with pytest.raises(ParamError, match=r"papermill -p seed: expected an integer, got 1\.7"):
+        check_injected_types({"seed": 1.7})
+    with pytest.raises(ParamError, match=r"papermill -p backend: expected a string, got 3"):
+        check_injected_types({"backend": 3})
 
 
 @pytest.mark.slow
