@@ -389,18 +389,19 @@ def _read_transcript(path: Path) -> Columns:
 
 
 def _check_swallowed_rows(path: Path, tab: pa.Table, n_columns: int) -> None:
-    """Refuse a text value that spans lines and holds a whole row of the file.
+    """Refuse a text value that spans lines and holds a whole row's worth of separators.
 
-    Values may span lines (quoted utterances), but a line inside a value with as
+    Utterances may span lines (quoted), but a value across a line break with as
     many commas as a row has means a stray ``"`` opened a quoted field that
-    swallowed rows: the rows after it would shift, and with them the speakers.
+    swallowed the end of one row and the start of the next: the rows after it
+    shift, and with them the speakers. Ids and speakers never span lines.
     """
     for col in ("turn_id", "speaker", "utterance"):
         values = _text(tab, col)
         multi = np.flatnonzero(np.char.find(values.astype(str), "\n") >= 0) if len(values) else []
         for i in multi:
             lines = values[i].split("\n")
-            if col != "utterance" or any(line.count(",") >= n_columns - 1 for line in lines):
+            if col != "utterance" or values[i].count(",") >= n_columns - 1:
                 raise DataError(f"{_where(path, int(i), col)}: the value spans {len(lines)} lines and "
                                 f"swallows what look like rows of the file (a stray '\"' opened a "
                                 f"quoted field): {values[i][:120]!r}")

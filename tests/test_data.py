@@ -312,12 +312,19 @@ def test_stray_quotes_that_swallow_rows_are_an_error(candor):
     speaker became the AI's, so the listener, the score and the turn count changed silently."""
     root, specs = candor
     path = _folder(root, specs) / "transcription" / "transcript_cliffhanger.csv"
-    lines = path.read_text().split("\n")
+    original = path.read_text()
+    lines = original.split("\n")
     lines[1] = '"' + lines[1]
     lines[2] = lines[2].replace(",", '",', 1)
     path.write_text("\n".join(lines))
     _raises(root, r"transcript_cliffhanger\.csv: row 1 \(line 2\), column 'turn_id': the value spans 2 "
                   r"lines and swallows what look like rows of the file \(a stray '\"' opened a quoted field\)")
+    # the same with the quotes inside two utterances: the end of one row and the start of the next swallowed
+    lines = original.split("\n")
+    lines[1] = lines[1].replace(",with ", ',"with ', 1)
+    lines[2] = lines[2].replace(",nice ", ',nice" ', 1)
+    path.write_text("\n".join(lines))
+    _raises(root, r"row 1 \(line 2\), column 'utterance': the value spans 2 lines and swallows")
     # an utterance that spans lines but holds no row is fine
     write_candor(root, 3)
     _rewrite(path, lambda d: d.loc.__setitem__((2, "utterance"), "so I said,\nwell, fine"))
