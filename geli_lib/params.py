@@ -134,7 +134,7 @@ class DataParams:
         _check(self.listener in ("first_speaker", "second_speaker"), "listener",
                "must be first_speaker or second_speaker", self.listener)
         _check(self.score_scale > 0, "score_scale", "must be > 0", self.score_scale)
-        _check(self.score_range[0] < self.score_range[1],
+        _check(len(self.score_range) == 2 and self.score_range[0] < self.score_range[1],
                "score_range", "must be [low, high] with low < high", self.score_range)
         _check(self.esconv_score in ("empathy", "relevance", "intensity_drop"), "esconv_score",
                "must be empathy, relevance or intensity_drop", self.esconv_score)

@@ -190,6 +190,7 @@ def interruptible() -> Iterator[None]:
 
 
 def _child_pids() -> set[int]:
+    """This process's direct children (the kernels papermill started are among them)."""
     import psutil
 
     return {p.pid for p in psutil.Process().children()}
@@ -211,6 +212,7 @@ def _stop_kernels(before: set[int], worker: threading.Thread) -> None:
 
 
 def _signal_groups(pids: set[int], sig: int) -> None:
+    """Send ``sig`` to the process group each of ``pids`` leads; gone ones are skipped."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
