@@ -841,7 +841,8 @@ def load_params(profile: str = "smoke", params_dir: str | Path | None = None,
         raise ParamError(f"profile {profile!r} unknown: choose one of {PROFILES}")
     file_raw = _read_profile(path)
     if "adhoc" in file_raw or "adhoc" in overrides:
-        raise ParamError(f"{path}: adhoc is set by load_params from the overrides, not a parameter")
+        where = str(path) if "adhoc" in file_raw else "override"
+        raise ParamError(f"{where}: adhoc is set by load_params from the overrides, not a parameter")
     file_raw.setdefault("profile", profile)
     # What the study itself runs: the file with the runner's own choices (corpus, data path).
     study_raw = _merge(file_raw, {k: overrides.get(k) for k in ("corpus", "data_path")})
