@@ -22,7 +22,7 @@ import pandas as pd
 from geli_lib import data as data_mod
 from geli_lib.evaluation import REWARD_TABLE_COLUMNS, evaluate_reward, reward_table_row
 from geli_lib.io import cache_dir, write_csv
-from geli_lib.params import StudyParams
+from geli_lib.params import ADHOC_DIR, StudyParams
 from geli_lib.reward_model import (TrainData, encode_pairs, family, make_train_data, predict,
                                    predict_pairs, sentiment_labels, train_reward_function,
                                    visual_affect_labels)
@@ -122,13 +122,17 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def reward_function_dir(profile: str, corpus: str, name: str, seed: int) -> Path:
+def reward_function_dir(profile: str, corpus: str, name: str, seed: int, adhoc: str = "") -> Path:
     """Where :func:`run_methods` saves the reward function ``name`` (a table row name) of one seed.
 
-    Checkpoints are large artefacts, so they live in the cache (DESIGN.md §7), one
-    folder per profile, corpus, method and seed; a re-run overwrites them.
+    Checkpoints are large artefacts, so they live in the cache, one folder per
+    profile, corpus, method and seed; a re-run overwrites them. An ad-hoc run
+    (:attr:`StudyParams.adhoc`, e.g. ``lam=0.1_seed=0``) saves under
+    ``adhoc/<its key>/`` instead, which :func:`saved_reward_functions` (what 07
+    and 08 read) never lists: it cannot replace the study's functions.
     """
-    return cache_dir(f"reward_functions/{profile}/{corpus}") / slug(name) / f"seed{seed}"
+    root = f"reward_functions/{profile}/{corpus}" + (f"/{ADHOC_DIR}/{adhoc}" if adhoc else "")
+    return cache_dir(root) / slug(name) / f"seed{seed}"
 
 
 def saved_reward_functions(profile: str, corpus: str, seed: int | None = None) -> dict[str, Path]:
@@ -175,7 +179,7 @@ def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], par
                                             device=params.device)
             if save:
                 trained.info["name"] = spec.name
-                trained.save(reward_function_dir(params.profile, params.corpus, spec.name, seed))
+                trained.save(reward_function_dir(params.profile, params.corpus, spec.name, seed, params.adhoc))
             # A fine-tuned encoder (gpu profile) must re-encode the texts; a frozen one reads the cache.
             pred = (predict_pairs(trained, test_pairs, device=params.device) if trained.finetuned
                     else predict(trained, data.features[test]))
@@ -192,7 +196,7 @@ def saved_info(params: StudyParams, name: str, seeds: list[int], key: str) -> li
     """``info[key]`` of the reward function ``name`` that :func:`run_methods` saved, one value per seed."""
     out = []
     for seed in seeds:
-        meta = reward_function_dir(params.profile, params.corpus, name, seed) / "reward.json"
+        meta = reward_function_dir(params.profile, params.corpus, name, seed, params.adhoc) / "reward.json"
         out.append(json.loads(meta.read_text())["info"].get(key))
     return out
 

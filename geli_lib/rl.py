@@ -38,7 +38,7 @@ top to bottom:
    discount (see :class:`geli_lib.params.RLParams`); it is used by the gpu profile.
 5. **Logging and checkpoints**: per update, the mean raw r̂, the KL (summed over
    the response, nats) and more go to ``tables/ppo_curves.csv`` and to
-   TensorBoard (``results/<profile>/tensorboard/<run>``). Every ``save_every``
+   TensorBoard (``results/<results key>/tensorboard/<run>``). Every ``save_every``
    updates the adapter is saved (``adapter-step<N>``) with the resume state
    (value model, optimiser, score moments, β, RNG, curves). A run that stops
    resumes from its last state; a finished run (``done.json``) is not redone
@@ -494,9 +494,10 @@ def curve_slope(evals: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: f
 # --------------------------------------------------------------------------- run folders, curves
 
 
-def run_dir(profile: str, corpus: str, name: str, seed: int, algorithm: str = "ppo") -> Path:
-    """Cache folder of one adaptation: adapters, resume state, ``done.json``."""
-    return cache_dir(f"rl/{profile}/{corpus}/{algorithm}") / slug(name) / f"seed{seed}"
+def run_dir(results_key: str, name: str, seed: int, algorithm: str = "ppo") -> Path:
+    """Cache folder of one adaptation: adapters, resume state, ``done.json``; keyed like the results
+    (:attr:`StudyParams.results_key`), so an ad-hoc or other-corpus run never replaces the study's."""
+    return cache_dir(f"rl/{results_key}/{algorithm}") / slug(name) / f"seed{seed}"
 
 
 #: RLParams fields that do not change a training run (which functions, generations, checkpoint spacing).
@@ -761,7 +762,7 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
     trained = load_trained_reward(reward_folder)
     reward = TextReward(trained, name, normalise=rl.score_norm, data=data, device=device)
     check_reward_for_rl(trained, name, reward.scorer)
-    run = Path(out_dir) if out_dir else run_dir(profile, corpus, name, seed, rl.algorithm)
+    run = Path(out_dir) if out_dir else run_dir(results_key or profile, name, seed, rl.algorithm)
     curve_ids = [] if curve is None else curve["context_id"].tolist()
     key = run_key(rl, reward_folder, train, seed, curve_ids, data)
     tables = results_dir(results_key or profile, "tables")
@@ -803,7 +804,7 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
     reward.step = start + 1
     curves: list[dict[str, Any]] = list(state["curves"]) if state else []
     evals: list[dict[str, Any]] = list(state.get("evals", [])) if state else []
-    tb_dir = results_dir(profile, f"tensorboard/{rl.algorithm}-{slug(name)}-seed{seed}")
+    tb_dir = results_dir(results_key or profile, f"tensorboard/{rl.algorithm}-{slug(name)}-seed{seed}")
     holder: dict[str, Any] = {}
     evaluate = _evaluator(holder, tok, curve, reward, rl, name, seed, corpus)
 

@@ -30,8 +30,12 @@ def reward_data(tmp_path_factory):
 
 def test_run_methods_saves_every_seed_and_lists_by_name(reward_data, tmp_path, monkeypatch):
     params, data = reward_data
+    params = dataclasses.replace(params, adhoc="")  # the study's own run (the fixture's overrides make it ad hoc)
     monkeypatch.setenv("GELI_CACHE", str(tmp_path))
     specs = [ex.MethodSpec("GE: RRD (K=4)", "rrd", {"K": 4}), ex.MethodSpec("Mean", "mean")]
+    ex.run_methods(data, specs[1:], [3], dataclasses.replace(params, adhoc="lam=0.1"))
+    assert ex.saved_reward_functions(params.profile, params.corpus) == {}  # an ad-hoc run is never the study's
+    assert ex.reward_function_dir(params.profile, params.corpus, "Mean", 3, "lam=0.1").joinpath("reward.json").is_file()
     rows, _ = ex.run_methods(data, specs, [3, 1], params)
     assert len(rows) == 4
     saved = ex.saved_reward_functions(params.profile, params.corpus)

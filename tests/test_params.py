@@ -192,6 +192,10 @@ def test_an_adhoc_papermill_run_never_touches_the_studys_results(tmp_path: Path)
     rows = pd.read_csv(adhoc / "tables" / "reward_functions" / "geli.csv")
     assert set(rows["seed"]) == {0}
     assert sorted(p.name for p in (results / "smoke").iterdir()) == ["adhoc", "tables"]
+    # its saved reward functions too: under the ad-hoc key, never listed as the study's (07 and 08 read those)
+    saved = cache / "reward_functions" / "smoke" / "simulated"
+    assert sorted(p.name for p in saved.iterdir()) == ["adhoc"]
+    assert (saved / "adhoc" / "lam=0.1_seed=0" / "geli-rrd-va" / "seed0" / "reward.json").is_file()
 
 
 def test_a_parameter_of_the_notebook_alone_also_gets_its_own_key(tmp_path: Path):
