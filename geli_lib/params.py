@@ -564,12 +564,17 @@ class StudyParams:
     """Set by :func:`load_params`, never in a profile: the parameters an override changed from the profile's file (other than ``corpus`` and ``data_path``), e.g. ``reward.lam=0.1``; empty for the study's own runs."""
 
     @property
+    def study_key(self) -> str:
+        """The study's own results for this profile and corpus: the profile for the default
+        (simulated) corpus, ``<profile>/<corpus>`` for any other. An ad-hoc run reads earlier
+        stages' tables from here (06 reads 02-05's) and writes under :attr:`results_key`."""
+        return self.profile if self.corpus == "simulated" else f"{self.profile}/{self.corpus}"
+
+    @property
     def results_key(self) -> str:
-        """Where this run's results go under the results root: the profile for the default
-        (simulated) corpus, ``<profile>/<corpus>`` for any other, so runs on different corpora
-        never overwrite each other; an ad-hoc run adds ``adhoc/<changed parameters>``."""
-        key = self.profile if self.corpus == "simulated" else f"{self.profile}/{self.corpus}"
-        return f"{key}/{ADHOC_DIR}/{self.adhoc}" if self.adhoc else key
+        """Where this run's results go under the results root: :attr:`study_key`, so runs on
+        different corpora never overwrite each other; an ad-hoc run adds ``adhoc/<changed parameters>``."""
+        return f"{self.study_key}/{ADHOC_DIR}/{self.adhoc}" if self.adhoc else self.study_key
 
     def validate(self) -> None:
         _check(self.profile in PROFILES, "profile", f"must be one of {PROFILES}", self.profile)

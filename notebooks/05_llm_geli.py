@@ -58,9 +58,10 @@ from geli_lib.evaluation import REWARD_TABLE_COLUMNS
 from geli_lib.params import load_params
 from geli_lib.runs import timed
 
-params = load_params(profile, corpus=corpus, data_path=data_path, llm={"backend": backend} if backend else None)
-results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
-seeds = params.seeds if seed is None else [int(seed)]
+params = load_params(profile, corpus=corpus, data_path=data_path, seeds=None if seed is None else [seed],
+                     llm={"backend": backend} if backend else None)
+results = params.results_key  # results/<profile>[/<corpus>][/adhoc/…]: never over another run's results
+seeds = params.seeds
 
 # %%
 with timed(results, "05: prepare reward data"):

@@ -44,7 +44,8 @@ from geli_lib.io import write_csv
 from geli_lib.runs import results_dir, timed
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
-results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
+results = params.results_key  # results/<profile>[/<corpus>][/adhoc/…]: never over another run's results
+study = params.study_key  # 02-05's tables: an ad-hoc 06 (e.g. -p lams …) reads the study's
 
 # %% [markdown]
 # ## Table 1 (mean ± sd over seeds)
@@ -62,7 +63,7 @@ results = params.results_key  # results/<profile>[/<corpus>]: other corpora neve
 # allows.
 
 # %%
-rows = experiments.collect_rows(results, ["ge", "li", "geli", "llm"])
+rows = experiments.collect_rows(study, ["ge", "li", "geli", "llm"])
 placebo = None
 if params.corpus == "simulated":
     with timed(results, "06: placebo face"):
@@ -84,7 +85,7 @@ display(Markdown("\n".join(f"- {line}" for line in experiments.readings(rows, pl
 # The per-turn rewards each method gives one held-out conversation it never saw.
 
 # %%
-pred_table = experiments.read_predictions(results, ["ge", "li", "geli", "llm"])
+pred_table = experiments.read_predictions(study, ["ge", "li", "geli", "llm"])
 first = sorted(pred_table["convo_id"].unique())[0]
 shown = [m for m in pred_table["method"].unique() if m.startswith(("GE: RRD (K=32)", "LI: Visual", "GELI", "LLM GELI", "Oracle"))]
 fig = figures.unroll(pred_table, first, shown)

@@ -117,8 +117,10 @@ def test_changed_parameters_get_their_own_results_key():
     assert load_params("smoke", corpus="esconv", data_path="x.json").results_key == "smoke/esconv"
     p = load_params("smoke", reward={"lam": 0.1}, seeds=[0])
     assert p.results_key == "smoke/adhoc/reward.lam=0.1_seeds=0"
+    assert p.study_key == "smoke"  # where an ad-hoc run reads earlier stages' tables (06 reads 02-05's)
     assert load_params("smoke", corpus="esconv", data_path="x.json",
                        reward={"K": 4}).results_key == "smoke/esconv/adhoc/reward.K=4"
+    assert load_params("smoke", corpus="esconv", data_path="x.json", reward={"K": 4}).study_key == "smoke/esconv"
 
 
 def test_adhoc_name_stays_one_safe_folder_name():
