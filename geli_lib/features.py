@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -444,45 +442,68 @@ def recording_key(video: Path, audio: Path | None, params: FeatureParams) -> str
     return content_key(FEATURES_VERSION, file_key([video]), file_key([audio]) if audio else None, settings)
 
 
-def process_recording(video: Path, audio: Path | None, out_csv: Path, params: FeatureParams) -> dict[str, Any]:
-    """Extract one recording into ``out_csv`` (+ a ``.json`` report beside it), unless already done.
+def extract_recording(video: str, audio: str | None, params: FeatureParams, done_key: str | None
+                      ) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+    """One recording's rows and report, computed where the task runs (this process or a Dask worker).
 
-    Returns the report, with ``status`` "done" or "skipped" (the outputs exist
-    and their key matches the inputs and parameters). Writes are atomic, so an
-    interrupted run never leaves a half file that a rerun would trust.
+    Nothing is written here: the caller writes, so a worker that dies mid-task
+    leaves no file behind, and workers need to read the recordings only. The
+    resume key is computed here, beside the inputs (it reads their bytes, which
+    parallelises with the work); when it equals ``done_key``, the key of the
+    finished outputs, the status is ``skipped`` and no rows come back. Any
+    exception comes back as a ``failed`` report: one bad file never stops the run.
     """
-    from geli_lib.io import write_csv, write_json
-
-    key = recording_key(video, audio, params)
-    report_path = out_csv.with_suffix(".json")
-    if out_csv.is_file() and report_path.is_file():
-        try:
-            old = json.loads(report_path.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("key") == key:
-            return {**old, "status": "skipped"}
-    rows, report = extract_listener_features(video, audio, user_id=video.stem, params=params)
-    report["key"] = key
-    write_csv(out_csv, rows, float_format="%.6g")
-    write_json(report_path, report)  # written last: its key marks the CSV as finished
-    return {**report, "status": "done"}
-
-
-def _worker(video: str, audio: str | None, out_csv: str, params: FeatureParams) -> dict[str, Any]:
-    """Pool task: one recording; any exception comes back as a ``failed`` report, never kills the run."""
     import cv2
     import torch
 
-    torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
+    torch.set_num_threads(1)  # one core per task: the tasks are the parallelism
     cv2.setNumThreads(1)
     try:
-        return process_recording(Path(video), Path(audio) if audio else None, Path(out_csv), params)
+        v, a = Path(video), Path(audio) if audio else None
+        key = recording_key(v, a, params)
+        if key == done_key:
+            return None, {"video": video, "key": key, "status": "skipped"}
+        rows, report = extract_listener_features(v, a, user_id=v.stem, params=params)
+        return rows, {**report, "key": key, "status": "done"}
     except Exception as e:  # noqa: BLE001 - reported per file; the other files go on
-        return {"video": video, "status": "failed", "error": f"{type(e).__name__}: {e}"}
+        return None, {"video": video, "status": "failed", "error": f"{type(e).__name__}: {e}"}
 
 
-def shared_outputs(tasks: list[tuple[str, str | None, str]]) -> dict[str, list[str]]:
+def finished_report(out_csv: Path) -> dict[str, Any]:
+    """The JSON report of a finished output (CSV and report both present), or {} when there is none to trust."""
+    report_path = out_csv.with_suffix(".json")
+    if not (out_csv.is_file() and report_path.is_file()):
+        return {}
+    try:
+        return json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_recording(out_csv: Path, rows: pd.DataFrame | None, report: dict[str, Any],
+                    old: dict[str, Any]) -> dict[str, Any]:
+    """Write one task's result from the client; returns the report for the run summary.
+
+    ``done``: the CSV, then the ``.json`` report (written last: its key marks the
+    CSV as finished), both atomically, so an interrupted run never leaves a half
+    file that a rerun would trust. ``skipped``: the finished report ``old``.
+    ``failed``: nothing is written.
+    """
+    from geli_lib.io import write_csv, write_json
+
+    if report["status"] == "skipped":
+        return {**old, "status": "skipped"}
+    if report["status"] == "done":
+        write_csv(out_csv, rows, float_format="%.6g")
+        write_json(out_csv.with_suffix(".json"), {k: v for k, v in report.items() if k != "status"})
+    return report
+
+
+#: One recording to extract: (video, audio or None, output CSV), paths as strings (they travel to workers).
+Task = tuple[str, str | None, str]
+
+
+def shared_outputs(tasks: list[Task]) -> dict[str, list[str]]:
     """Output CSVs that more than one (video, audio, output) task would write -> those videos.
 
     ``p1.mp4`` and ``p1.mkv`` in one folder are both participant ``p1``: which one is
@@ -511,8 +532,59 @@ def assemble_conversation(folder: Path) -> Path | None:
     return out
 
 
+def _run_serially(tasks: list[Task], params: FeatureParams, old: dict[str, dict[str, Any]],
+                  progress: bool) -> list[dict[str, Any]]:
+    """Every task in this process, one after another: the reference path (``--workers 1``)."""
+    from geli_lib.io import progress_bar
+
+    results = []
+    with progress_bar(len(tasks), "listener features", progress, unit="video") as bar:
+        for video, audio, out_csv in tasks:
+            rows, report = extract_recording(video, audio, params, old[out_csv].get("key"))
+            results.append(write_recording(Path(out_csv), rows, report, old[out_csv]))
+            bar.update(1)
+    return results
+
+
+def _run_on_dask(tasks: list[Task], params: FeatureParams, old: dict[str, dict[str, Any]],
+                 progress: bool, scheduler: str | None) -> list[dict[str, Any]]:
+    """Every task as a Dask task, on ``scheduler`` or a local cluster of ``params.workers`` processes.
+
+    Results are written by this process as they arrive, so a run stopped
+    half-way keeps every recording that finished. A recording whose worker
+    died is run again by Dask on another worker; one that killed
+    ``distributed.scheduler.allowed-failures`` workers is reported as failed.
+    """
+    from distributed import as_completed
+
+    from geli_lib.compute import dashboard_link, dask_client, start_progress_bar
+    from geli_lib.io import progress_enabled
+
+    results = []
+    with dask_client(scheduler, params.workers, option="--scheduler") as client:
+        futures = {client.submit(extract_recording, video, audio, params, old[out_csv].get("key")): (video, out_csv)
+                   for video, audio, out_csv in tasks}
+        bar = None
+        if progress_enabled(progress):
+            link = dashboard_link(client)
+            if link:
+                print(f"Dask dashboard: {link}", flush=True)
+            bar = start_progress_bar(client, list(futures))
+        for fut in as_completed(list(futures)):
+            video, out_csv = futures[fut]
+            try:
+                rows, report = fut.result()
+            except Exception as e:  # noqa: BLE001 - e.g. KilledWorker: report it, keep the rest
+                rows, report = None, {"video": video, "status": "failed", "error": f"{type(e).__name__}: {e}"}
+            results.append(write_recording(Path(out_csv), rows, report, old[out_csv]))
+            fut.release()  # the rows are on disk now: let the cluster forget them
+        if bar is not None:
+            bar.join(timeout=10)  # let it draw 100%; it ends by itself once the futures are done
+    return results
+
+
 def extract_folder(recordings: str | Path, out_dir: str | Path, params: FeatureParams | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, scheduler: str | None = None) -> dict[str, Any]:
     """Extract every recording under ``recordings`` into ``out_dir`` (same relative layout).
 
     ``<rel>/<name>.<video>`` (+ optional ``<name>.wav``) -> ``<rel>/<name>.csv``
@@ -520,19 +592,25 @@ def extract_folder(recordings: str | Path, out_dir: str | Path, params: FeatureP
     sub-folders (one per conversation, one video per participant) also get a
     combined ``audio_video_features.csv`` there, so the output folder plus
     each conversation's ``transcription/`` and ``survey.csv`` is a corpus
-    :func:`geli_lib.data.load_candor` reads. ``params.workers`` processes;
-    failed files are reported, the others kept (a worker process that dies,
-    e.g. in a decoder, fails the files still queued; every finished file is
-    already written atomically, so a rerun resumes). Returns the run report
-    (also written to ``out_dir/features_report.json``).
+    :func:`geli_lib.data.load_candor` reads.
+
+    Where it runs: with ``scheduler`` (``tcp://HOST:8786``) on that Dask
+    cluster, whose workers must see the recordings at the same paths; else
+    on a local Dask cluster of ``params.workers`` processes, or in this
+    process when ``params.workers`` is 1 or there is only one recording (a
+    cluster would only add its start-up). Every output is written by this
+    process, atomically; finished outputs whose key matches are skipped;
+    failed files are reported, the others kept. An unreachable scheduler is
+    an error before anything is written. Returns the run report (also
+    written to ``out_dir/features_report.json``).
     """
-    from geli_lib.io import progress_bar, write_json
+    from geli_lib.io import write_json
 
     params = params or FeatureParams()
     recordings, out_dir = Path(recordings), Path(out_dir)
     pairs = find_recordings(recordings)
-    tasks = [(str(v), str(a) if a else None, str(out_dir / v.relative_to(recordings).with_suffix(".csv")))
-             for v, a in pairs]
+    tasks: list[Task] = [(str(v), str(a) if a else None, str(out_dir / v.relative_to(recordings).with_suffix(".csv")))
+                         for v, a in pairs]
     clashes = shared_outputs(tasks)
     results: list[dict[str, Any]] = [
         {"video": t[0], "status": "failed",
@@ -541,23 +619,11 @@ def extract_folder(recordings: str | Path, out_dir: str | Path, params: FeatureP
                   "keep one of them"}
         for t in tasks if t[2] in clashes]
     tasks = [t for t in tasks if t[2] not in clashes]
-    bar = progress_bar(len(tasks), "listener features", progress, unit="video")
-    if params.workers == 1 or len(tasks) <= 1:
-        for task in tasks:
-            results.append(_worker(*task, params))
-            bar.update(1)
+    old = {t[2]: finished_report(Path(t[2])) for t in tasks}
+    if scheduler is None and (params.workers == 1 or len(tasks) <= 1):
+        results += _run_serially(tasks, params, old, progress)
     else:
-        # spawn, not fork: forking a process that already runs torch/OpenCV threads can deadlock
-        with ProcessPoolExecutor(max_workers=params.workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_worker, *task, params): task for task in tasks}
-            for fut in as_completed(futures):
-                try:
-                    results.append(fut.result())
-                except Exception as e:  # noqa: BLE001 - a dead worker process: report, keep the rest
-                    results.append({"video": futures[fut][0], "status": "failed",
-                                    "error": f"{type(e).__name__}: {e}"})
-                bar.update(1)
-    bar.close()
+        results += _run_on_dask(tasks, params, old, progress, scheduler)
     results.sort(key=lambda r: r["video"])
     convos = sorted({Path(t[2]).parent for t in tasks if Path(t[2]).parent != out_dir})
     assembled = [str(p) for p in (assemble_conversation(c) for c in convos) if p is not None]
@@ -572,14 +638,21 @@ def extract_folder(recordings: str | Path, out_dir: str | Path, params: FeatureP
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m geli_lib.features RECORDINGS_DIR OUT_DIR [--fps F] [--workers N] ...``; exit 1 if any file failed."""
+    """``python -m geli_lib.features RECORDINGS_DIR OUT_DIR [--fps F] [--workers N | --scheduler ADDRESS] ...``.
+
+    Exit 1 if any file failed, 2 on bad arguments or an unreachable scheduler (nothing written then).
+    """
     defaults = FeatureParams()
     ap = argparse.ArgumentParser(prog="python -m geli_lib.features",
                                  description="Listener features (CANDOR audio_video_features.csv) from recordings.")
     ap.add_argument("recordings", help="folder of listener videos (+ optional same-name .wav), any depth")
     ap.add_argument("out_dir", help="output folder (same relative layout; reruns skip finished files)")
     ap.add_argument("--fps", type=float, default=defaults.sample_fps, help="video frames analysed per second")
-    ap.add_argument("--workers", type=int, default=defaults.workers, help="worker processes")
+    ap.add_argument("--workers", type=int, default=defaults.workers,
+                    help="processes of the local Dask cluster (1: no cluster, this process only)")
+    ap.add_argument("--scheduler", metavar="tcp://HOST:8786", default=None,
+                    help="an existing Dask scheduler to run on instead of a local cluster (its workers must "
+                         "see RECORDINGS_DIR at the same path); --workers is then ignored")
     ap.add_argument("--detect-width", type=int, default=defaults.detect_width,
                     help="frame width (px) for face detection")
     ap.add_argument("--nod-window", type=float, default=defaults.nod_window, help="seconds per nod decision")
@@ -589,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
                            nod_window=args.nod_window)
     try:
         params.validate()
-        report = extract_folder(args.recordings, args.out_dir, params, progress=not args.no_progress)
+        report = extract_folder(args.recordings, args.out_dir, params, progress=not args.no_progress,
+                                scheduler=args.scheduler)
     except Exception as e:  # noqa: BLE001 - a clear one-line message for the command line
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -375,3 +382,169 @@ def test_two_videos_of_one_participant_fail_both_on_every_run(tmp_path, capsys):
         rep = json.loads((tmp_path / "out" / "features_report.json").read_text())
         assert rep["counts"] == {"done": 0, "skipped": 0, "failed": 2}
         assert not (tmp_path / "out" / "c1" / "p1.csv").exists()
+
+
+# --------------------------------------------------------------------------- a real Dask cluster on loopback
+
+#: Seconds a start-up, a run or a shutdown of the loopback cluster may take: generous, because the
+#: full suite runs beside other CPU-heavy work on 2 cores and each worker imports torch for its first task.
+CLUSTER_TIMEOUT_S = 300
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def loopback_cluster(logs: Path, n_workers: int = 2) -> Iterator[tuple[str, str, dict[str, subprocess.Popen]]]:
+    """A real ``dask scheduler`` and ``n_workers`` ``dask worker`` processes on 127.0.0.1.
+
+    Yields (scheduler address, dashboard URL, {worker name: process}). Workers run
+    without a nanny, one thread each, so killing a worker's process kills that worker
+    (a nanny would restart it). Every process is stopped at the end, whatever happened.
+    """
+    from distributed import Client
+
+    dask_cli = str(Path(sys.executable).with_name("dask"))
+    port, dash = _free_port(), _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen] = []
+    workers: dict[str, subprocess.Popen] = {}
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        with open(logs / f"{name}.log", "wb") as log:  # the child keeps its own handle
+            proc = subprocess.Popen([dask_cli, *args], stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    try:
+        start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", str(port),
+                            "--dashboard-address", f"127.0.0.1:{dash}"])
+        for i in range(n_workers):
+            workers[f"w{i}"] = start(f"w{i}", ["worker", address, "--name", f"w{i}", "--nthreads", "1",
+                                               "--no-nanny", "--host", "127.0.0.1", "--no-dashboard",
+                                               "--death-timeout", str(CLUSTER_TIMEOUT_S)])
+        with Client(address, timeout=CLUSTER_TIMEOUT_S) as client:
+            client.wait_for_workers(n_workers, timeout=CLUSTER_TIMEOUT_S)
+        yield address, f"http://127.0.0.1:{dash}/status", workers
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def several_recordings(tmp_path_factory):
+    """Six distinct small recordings in three conversation folders (two faces, four head motions,
+    voices of three pitches and one video without audio), and their serial extraction."""
+    root = tmp_path_factory.mktemp("several")
+    faces = sample_faces()
+    motions = (["still", "nod", "still", "still", "shake", "still", "still", "nod"],
+               ["nod", "still", "still", "shake", "still", "still", "nod", "still"])
+    for k in range(6):
+        folder = root / f"c{k // 2}"
+        write_face_clip(faces[("astronaut", "grace_hopper")[k % 2]], folder / f"p{k}.avi", motions[k % 2])
+        if k != 5:
+            write_tone(folder / f"p{k}.wav", 120.0 + 20.0 * (k % 3), 8.0, harmonics=6)
+    serial = tmp_path_factory.mktemp("serial")
+    report = FT.extract_folder(root, serial, FeatureParams(workers=1), progress=False)
+    assert report["counts"] == {"done": 6, "skipped": 0, "failed": 0}, report["failed"]
+    return root, serial
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    """Every file under ``out`` by relative path (the run report aside): CSV bytes, and reports without wall time."""
+    files = {}
+    for p in sorted(out.rglob("*")):
+        if p.is_file() and p.name != "features_report.json":
+            rel = str(p.relative_to(out))
+            if p.suffix == ".json":  # the report of one recording: all but its wall time must agree
+                rep = json.loads(p.read_text())
+                rep.pop("elapsed_s")
+                files[rel] = json.dumps(rep, sort_keys=True).encode()
+            else:
+                files[rel] = p.read_bytes()
+    return files
+
+
+@pytest.mark.slow
+def test_loopback_cluster_matches_serial_bytes_and_survives_a_killed_worker(several_recordings, tmp_path):
+    """A real scheduler + 2 workers: one worker is killed mid-run; its recording is run again on the other,
+    every recording is written once, and the outputs are byte for byte the serial ones."""
+    from distributed import Client
+
+    root, serial = several_recordings
+    out = tmp_path / "out"
+    with loopback_cluster(tmp_path / "logs") as (address, dashboard, workers), \
+            Client(address, timeout=CLUSTER_TIMEOUT_S) as watcher:
+        names = {addr: w["name"] for addr, w in watcher.scheduler_info()["workers"].items()}
+        run = subprocess.Popen([sys.executable, "-m", "geli_lib.features", str(root), str(out),
+                                "--scheduler", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "GELI_PROGRESS": "1"})
+        try:
+            deadline = time.monotonic() + CLUSTER_TIMEOUT_S
+            busy: list[str] = []
+            while not busy and time.monotonic() < deadline and run.poll() is None:
+                busy = [k for addr, keys in watcher.processing().items() if names.get(addr) == "w1" for k in keys]
+                time.sleep(0.05)
+            assert busy, "worker w1 never got a recording"
+            workers["w1"].kill()  # mid-task: its first recording also loads torch and the face models
+            stdout, stderr = run.communicate(timeout=CLUSTER_TIMEOUT_S)
+            # the scheduler's own record: the killed worker's recordings went back to processing, then finished
+            states = watcher.run_on_scheduler(
+                lambda keys, dask_scheduler: {k: [t.finish for t in dask_scheduler.story(k)] for k in keys}, busy)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    stdout, stderr = stdout.decode(), stderr.decode()
+    assert run.returncode == 0, stderr
+    for key, finishes in states.items():
+        assert finishes.count("processing") >= 2 and "memory" in finishes, (key, finishes)
+    assert "6 done, 0 skipped (already done), 0 failed" in stdout
+    assert f"Dask dashboard: {dashboard}" in stdout and "100% Completed" in stdout  # Dask's own progress bar
+    report = json.loads((out / "features_report.json").read_text())
+    assert report["counts"] == {"done": 6, "skipped": 0, "failed": 0}
+    got, want = _outputs(out), _outputs(serial)
+    assert sorted(got) == sorted(want)  # every recording written once, no temporary file left behind
+    for rel in want:
+        assert got[rel] == want[rel], rel
+
+
+def test_unreachable_scheduler_is_named_and_nothing_is_written(several_recordings, tmp_path, capsys):
+    import dask
+    import distributed  # noqa: F401 - loads Dask's distributed defaults, which leaving config.set() must keep
+
+    root, _ = several_recordings
+    out = tmp_path / "out"
+    closed = f"tcp://127.0.0.1:{_free_port()}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):  # refused until then
+        assert FT.main([str(root), str(out), "--scheduler", closed, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--scheduler {closed}: no Dask scheduler answered within 2s" in err
+    assert "distributed.comm.timeouts.connect" in err
+    assert FT.main([str(root), str(out), "--scheduler", "localhost:port", "--no-progress"]) == 2
+    assert "--scheduler localhost:port: not a Dask scheduler address, expected tcp://HOST:PORT" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_local_cluster_matches_serial_bytes_and_resumes(several_recordings, tmp_path):
+    """The default path (a local Dask cluster of --workers processes) writes the serial bytes and resumes by key."""
+    root, serial = several_recordings
+    out = tmp_path / "out"
+    params = FeatureParams(workers=2)
+    assert FT.extract_folder(root, out, params, progress=False)["counts"] == {"done": 6, "skipped": 0, "failed": 0}
+    got, want = _outputs(out), _outputs(serial)
+    assert sorted(got) == sorted(want) and all(got[rel] == want[rel] for rel in want)
+    (out / "c1" / "p2.json").unlink()  # an unfinished recording: only it is done again
+    assert FT.extract_folder(root, out, params, progress=False)["counts"] == {"done": 1, "skipped": 5, "failed": 0}
