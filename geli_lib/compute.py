@@ -10,9 +10,13 @@ dashboard in the browser.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from pathlib import Path
+from typing import Iterator, NamedTuple, Sequence
 
 import dask
 from distributed import Client, Future, LocalCluster, progress
@@ -82,3 +86,66 @@ def start_progress_bar(client: Client, futures: Sequence[Future]) -> threading.T
                               name="dask-progress", daemon=True)
     thread.start()
     return thread
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LoopbackCluster(NamedTuple):
+    """A scheduler and its workers started by :func:`loopback_cluster`."""
+
+    address: str
+    """The scheduler, ``tcp://127.0.0.1:PORT``: what ``--scheduler`` takes."""
+    dashboard: str
+    """The scheduler's dashboard URL."""
+    workers: dict[str, subprocess.Popen]
+    """Worker name (``w0``, ``w1``, ...) -> its process."""
+
+
+@contextmanager
+def loopback_cluster(logs: Path, n_workers: int = 2, timeout: float = 300.0) -> Iterator[LoopbackCluster]:
+    """A real ``dask scheduler`` and ``n_workers`` ``dask worker`` processes on 127.0.0.1, as on a real cluster.
+
+    What the tests and the benchmark run against: the same commands a user types
+    on several machines, here on one. Workers run without a nanny, one thread
+    each, so killing a worker's process kills that worker (a nanny would restart
+    it). Each process logs to ``logs/<name>.log``. The block starts once every
+    worker has joined (within ``timeout`` seconds); every process is stopped when
+    it ends, whatever happened.
+    """
+    dask_cli = str(Path(sys.executable).with_name("dask"))  # the `dask` command of this environment
+    port, dash = free_port(), free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        with open(logs / f"{name}.log", "wb") as log:  # the child keeps its own handle
+            proc = subprocess.Popen([dask_cli, *args], stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    try:
+        start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", str(port),
+                            "--dashboard-address", f"127.0.0.1:{dash}"])
+        workers = {f"w{i}": start(f"w{i}", ["worker", address, "--name", f"w{i}", "--nthreads", "1",
+                                            "--no-nanny", "--host", "127.0.0.1", "--no-dashboard",
+                                            # an orphaned worker stops by itself once the scheduler is gone
+                                            "--death-timeout", str(int(timeout))])
+                   for i in range(n_workers)}
+        with Client(address, timeout=timeout) as client:
+            client.wait_for_workers(n_workers, timeout=timeout)
+        yield LoopbackCluster(address, f"http://127.0.0.1:{dash}/status", workers)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from fixtures import write_candor, write_esconv
+from geli_lib.compute import free_port, loopback_cluster
 from geli_lib.data import load_candor, load_esconv
 from geli_lib.features import SUMMARY_COLUMNS, turn_listener_summary
 from geli_lib.params import DataParams
@@ -391,61 +389,10 @@ def test_two_videos_of_one_participant_fail_both_on_every_run(tmp_path, capsys):
 CLUSTER_TIMEOUT_S = 300
 
 
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def loopback_cluster(logs: Path, n_workers: int = 2) -> Iterator[tuple[str, str, dict[str, subprocess.Popen]]]:
-    """A real ``dask scheduler`` and ``n_workers`` ``dask worker`` processes on 127.0.0.1.
-
-    Yields (scheduler address, dashboard URL, {worker name: process}). Workers run
-    without a nanny, one thread each, so killing a worker's process kills that worker
-    (a nanny would restart it). Every process is stopped at the end, whatever happened.
-    """
-    from distributed import Client
-
-    dask_cli = str(Path(sys.executable).with_name("dask"))
-    port, dash = _free_port(), _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    logs.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen] = []
-    workers: dict[str, subprocess.Popen] = {}
-
-    def start(name: str, args: list[str]) -> subprocess.Popen:
-        with open(logs / f"{name}.log", "wb") as log:  # the child keeps its own handle
-            proc = subprocess.Popen([dask_cli, *args], stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        return proc
-
-    try:
-        start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", str(port),
-                            "--dashboard-address", f"127.0.0.1:{dash}"])
-        for i in range(n_workers):
-            workers[f"w{i}"] = start(f"w{i}", ["worker", address, "--name", f"w{i}", "--nthreads", "1",
-                                               "--no-nanny", "--host", "127.0.0.1", "--no-dashboard",
-                                               "--death-timeout", str(CLUSTER_TIMEOUT_S)])
-        with Client(address, timeout=CLUSTER_TIMEOUT_S) as client:
-            client.wait_for_workers(n_workers, timeout=CLUSTER_TIMEOUT_S)
-        yield address, f"http://127.0.0.1:{dash}/status", workers
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 @pytest.fixture(scope="module")
 def several_recordings(tmp_path_factory):
-    """Six distinct small recordings in three conversation folders (two faces, four head motions,
-    voices of three pitches and one video without audio), and their serial extraction."""
+    """Six distinct small recordings in three conversation folders (two faces, two sequences of nods
+    and shakes, voices of three pitches and one video without audio), and their serial extraction."""
     root = tmp_path_factory.mktemp("several")
     faces = sample_faces()
     motions = (["still", "nod", "still", "still", "shake", "still", "still", "nod"],
@@ -484,7 +431,7 @@ def test_loopback_cluster_matches_serial_bytes_and_survives_a_killed_worker(seve
 
     root, serial = several_recordings
     out = tmp_path / "out"
-    with loopback_cluster(tmp_path / "logs") as (address, dashboard, workers), \
+    with loopback_cluster(tmp_path / "logs", timeout=CLUSTER_TIMEOUT_S) as (address, dashboard, workers), \
             Client(address, timeout=CLUSTER_TIMEOUT_S) as watcher:
         names = {addr: w["name"] for addr, w in watcher.scheduler_info()["workers"].items()}
         run = subprocess.Popen([sys.executable, "-m", "geli_lib.features", str(root), str(out),
@@ -521,12 +468,11 @@ def test_loopback_cluster_matches_serial_bytes_and_survives_a_killed_worker(seve
 
 
 def test_unreachable_scheduler_is_named_and_nothing_is_written(several_recordings, tmp_path, capsys):
-    import dask
-    import distributed  # noqa: F401 - loads Dask's distributed defaults, which leaving config.set() must keep
+    import dask  # distributed is imported (geli_lib.compute): leaving config.set() keeps its defaults
 
     root, _ = several_recordings
     out = tmp_path / "out"
-    closed = f"tcp://127.0.0.1:{_free_port()}"
+    closed = f"tcp://127.0.0.1:{free_port()}"
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):  # refused until then
         assert FT.main([str(root), str(out), "--scheduler", closed, "--no-progress"]) == 2
     err = capsys.readouterr().err
