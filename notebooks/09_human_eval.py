@@ -54,10 +54,11 @@ from geli_lib.runs import results_dir, timed
 
 pd.set_option("display.max_colwidth", None)  # show whole responses and questions
 params = load_params(profile, corpus=corpus, data_path=data_path)
-results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
-gens = ge.read_generations(results_dir(results, "tables") / "generations.csv")
-root = results_dir(results, "human_eval")
-results_root = results_dir(results).parent
+results = params.results_key  # results/<profile>[/<corpus>][/adhoc/…]: the tables this run writes
+study = params.study_key  # the study's generations, kit and keys (an ad-hoc run, e.g. -p annotations_path, reads them)
+gens = ge.read_generations(results_dir(study, "tables") / "generations.csv")
+root = results_dir(study, "human_eval")
+results_root = results_dir(study).parent
 
 # %% [markdown]
 # ## The kit

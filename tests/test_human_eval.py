@@ -448,7 +448,10 @@ def test_notebooks_08_and_09_at_smoke_on_a_smollm2_fixture(tmp_path, monkeypatch
     run_notebook(NOTEBOOK_DIR / "09_human_eval.ipynb", tmp_path / "09b.ipynb",
                  {"profile": "smoke", "annotations_path": str(answers)}, progress=False)
     assert not _errors(tmp_path / "09b.ipynb")
-    stats = pd.read_csv(tables / "human_eval_simulated.csv").set_index(["model", "metric"])
+    # an ad-hoc run (-p annotations_path): the study's kit and key, its own table, the study's tables untouched
+    assert not (tables / "human_eval_simulated.csv").exists()
+    (table,) = (results_dir("smoke") / "adhoc").glob("annotations_path=*/tables/human_eval_simulated.csv")
+    stats = pd.read_csv(table).set_index(["model", "metric"])
     assert stats.loc[("ground truth", "Positivity"), "mean"] == 100.0
     assert stats.loc[("base", "Positivity"), "mean"] == 0.0
     assert stats.loc[("ground truth", "Positivity"), "p"] == pytest.approx(2 * 0.5 ** 4)  # 4 items, all for GT
