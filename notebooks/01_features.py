@@ -92,8 +92,9 @@ else:
 # ## Extract the per-second features
 #
 # `extract_folder` is what the command line runs: Dask tasks on a local cluster (one recording per
-# worker; `--scheduler` for an existing cluster), a progress bar, reruns skip finished files, a failed file is reported and the others kept. Each
-# recording gets a CSV in CANDOR's schema and a JSON report of what was missing.
+# worker; `--scheduler` for an existing cluster), a progress bar, reruns skip finished files, a
+# failed file is reported and the others kept. Each recording gets a CSV in CANDOR's schema and a
+# JSON report of what was missing.
 
 # %%
 out = results_dir(results, "features")
