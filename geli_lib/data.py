@@ -1,6 +1,6 @@
 """Loaders into the canonical :class:`~geli_lib.schema.Corpus`, splits and reward-model pairs.
 
-One function per source format (DESIGN.md §5):
+One function per source format (README, "Real data"):
 
 - :func:`load_candor`  CANDOR's folder-per-conversation layout (also what the
   simulator writes, plus its ``simulation_truth.csv``);
@@ -626,7 +626,7 @@ def candor_folders(root: str | Path) -> list[Path]:
 
 def load_candor(root: str | Path, params: DataParams, progress: bool = True, *,
                 workers: int = 2, name: str = "candor") -> Corpus:
-    """Load a CANDOR-layout corpus (DESIGN.md §5) into canonical form.
+    """Load a CANDOR-layout corpus into canonical form.
 
     Per conversation folder ``<root>/<uuid>/`` (sorted; the folder name is the
     ``convo_id``):
@@ -866,7 +866,7 @@ def _esconv_session(i: int, s: Any, path: Path, params: DataParams
 
 
 def load_esconv(path: str | Path, params: DataParams) -> Corpus:
-    """Load ESConv (a JSON list of sessions, DESIGN.md §5) into canonical form.
+    """Load ESConv (a JSON list of sessions) into canonical form.
 
     - Roles: seeker / usr / speaker are the User (whose survey is R_GE);
       supporter / sys / listener are the AI (see :data:`ESCONV_ROLES`). Any
@@ -933,7 +933,7 @@ def _read_records(path: Path) -> list[Any]:
 
 
 def load_soda(path: str | Path, params: DataParams) -> Corpus:
-    """Load SODA records (JSON list or JSONL, DESIGN.md §5) into canonical form.
+    """Load SODA records (JSON list or JSONL) into canonical form.
 
     Each record's ``dialogue`` (utterances) and ``speakers`` (names, same
     length) become turns; the first speaker is the User, the other the AI; a

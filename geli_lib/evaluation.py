@@ -1,4 +1,4 @@
-"""Reward-function metrics on held-out whole conversations (GELI Sec. 5, Tables 1 and 3; DESIGN.md §7).
+"""Reward-function metrics on held-out whole conversations (GELI Sec. 5, Tables 1 and 3).
 
 :func:`evaluate_reward` turns per-turn predictions r̂_t into one row of
 ``results/<profile>/tables/reward_functions.csv``:
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-#: The results-contract columns of ``tables/reward_functions.csv`` (DESIGN.md §7), in order.
+#: The results-contract columns of ``tables/reward_functions.csv`` (what 06, the book and PPO read), in order.
 REWARD_TABLE_COLUMNS: tuple[str, ...] = (
     "method", "family", "seed", "corpus", "lam", "K", "l_ge_mse", "l_ge_mae", "pos_mean",
     "nonpos_mean", "delta_li", "delta_li_within", "gt_pearson", "gt_spearman", "gt_spearman_within",

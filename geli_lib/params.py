@@ -49,7 +49,7 @@ class ParamError(ValueError):
 
 @dataclass
 class SimulationParams:
-    """Knobs of the simulated corpus (DESIGN.md §6)."""
+    """Knobs of the simulated corpus (:mod:`geli_lib.simulation` documents what each one plants)."""
 
     n_conversations: int = 20
     """Number of conversations to simulate."""
@@ -105,7 +105,7 @@ class SimulationParams:
 
 @dataclass
 class DataParams:
-    """How a corpus is read into canonical form (DESIGN.md §5; the authors' conventions)."""
+    """How a corpus is read into canonical form (README, "Real data"; the authors' conventions)."""
 
     segmentation: str = "cliffhanger"
     """CANDOR transcript: cliffhanger (the authors'), audiophile or backbiter."""
@@ -175,7 +175,7 @@ ENCODERS = ("minilm", "smollm2")
 
 @dataclass
 class RewardParams:
-    """Reward model r_θ(s_t, a_t) and its training (GELI Sec. 4-5, App. A, F; DESIGN.md §5).
+    """Reward model r_θ(s_t, a_t) and its training (GELI Sec. 4-5, App. A, F).
 
     By default the encoder is frozen and its features are cached per pair, so
     every method and seed trains only the head (see :mod:`geli_lib.reward_model`);
@@ -359,7 +359,7 @@ RL_ALGORITHMS = ("ppo", "rloo", "grpo")
 
 @dataclass
 class RLParams:
-    """RL adaptation of the policy against a learned r_θ (GELI Sec. 5.3, App. F; DESIGN.md §4).
+    """RL adaptation of the policy against a learned r_θ (GELI Sec. 5.3, App. F).
 
     Defaults are the paper's settings where they fit any machine; profiles shrink
     batch, steps and lengths. "gamma = 0.05" in GELI App. F is read as TRL's

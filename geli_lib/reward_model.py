@@ -1,6 +1,6 @@
 """The reward model r_θ(s_t, a_t) and the training of every reward function (GELI Sec. 4-5).
 
-r_θ is a frozen text encoder plus a small head (DESIGN.md §5). Because the
+r_θ is a frozen text encoder plus a small head (the authors' architecture). Because the
 encoder is frozen, each (history, response) pair is encoded **once** and its
 features are cached by content; every method and every seed then trains only
 the head on tensors, which is what makes a three-seed Table 1 cheap
@@ -502,7 +502,7 @@ def make_train_data(corpus: Any, pairs: pd.DataFrame, features: np.ndarray,
 
 
 class RewardHead(nn.Module):
-    """DESIGN.md §5: Linear(d,128) → Dropout(0.2) → ReLU → Linear(128,1) → Tanh, times ``scale``.
+    """The authors' head: Linear(d,128) → Dropout(0.2) → ReLU → Linear(128,1) → Tanh, times ``scale``.
 
     Maps features (..., d) to per-turn rewards (...) in [-scale, scale] on the
     0-100 score scale (see the module docstring for the choice of ``scale``).

@@ -401,7 +401,7 @@ class _ScoreBackbone(nn.Module):
 
 
 class RewardAdapter(nn.Module):
-    """r_θ in the ``*ForSequenceClassification`` shape TRL's PPOTrainer calls (DESIGN.md §4).
+    """r_θ in the ``*ForSequenceClassification`` shape TRL's PPOTrainer calls.
 
     TRL calls ``getattr(model, model.base_model_prefix)(input_ids=…,
     attention_mask=…)`` and reads ``model.score(out.hidden_states[-1])`` at the

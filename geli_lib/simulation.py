@@ -1,7 +1,7 @@
 """The simulated corpus: CANDOR-shaped video-call conversations with a planted turn-level truth.
 
 CANDOR cannot be shipped, so the study's default data come from this simulator.
-It writes the CANDOR file layout (DESIGN.md §5) so the real loader is exercised,
+It writes the CANDOR file layout (README, "Real data") so the real loader is exercised,
 plus one file real CANDOR lacks, ``simulation_truth.csv``: the true reward of every
 AI turn. That truth is what no paper could measure: how close a decomposition of
 the session score comes to each turn's real contribution.
@@ -85,7 +85,7 @@ the number of workers, and changing a signal knob (``face_noise``, ``smile_noise
 ``sentiment_coupling``, ...) leaves the dialogue's acts and its truth unchanged:
 paired comparisons across knobs are fair.
 
-Files per conversation ``<out_dir>/<convo_id>/`` (CANDOR layout, DESIGN.md §5):
+Files per conversation ``<out_dir>/<convo_id>/`` (CANDOR layout):
 ``transcription/transcript_{cliffhanger,audiophile,backbiter}.csv``, ``survey.csv``,
 ``audio_video_features.csv`` (both participants, sorted by user_id then second),
 ``metadata.json`` (participants in speaking order: the User first) and

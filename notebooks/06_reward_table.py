@@ -114,7 +114,8 @@ fig = figures.sweep(lam_rows, "lam", {"l_ge_mse": "L_GE MSE ↓", "delta_li_with
 figures.save_figure(fig, results, "06_lambda_sweep")
 
 # %%
-display(Markdown("\n".join(f"- {line}" for line in experiments.sweep_readings(lam_rows, "lam", experiments.both_criteria(rows)))))
+lam_readings = experiments.sweep_readings(lam_rows, experiments.both_criteria(rows))
+display(Markdown("\n".join(f"- {line}" for line in lam_readings)))
 
 # %% [markdown]
 # ## When does the listener's face help? (visual-affect noise sweep)

@@ -90,14 +90,16 @@ def test_readings_state_the_pattern_with_this_runs_numbers():
     assert "does not hold" in ex.readings(worse)[0]
 
 
-def test_sweep_readings_measure_against_the_sweeps_own_ends():
+def test_sweep_readings_judge_by_table_1s_bar():
     rows = pd.DataFrame([{"method": "GELI", "seed": s, "lam": lam, "l_ge_mse": mse, "delta_li_within": d}
                          for s in (0, 1)
                          for lam, mse, d in ((0.0, 900.0, 0.4), (0.1, 205.0, 0.3), (0.5, 200.0, 0.05),
                                              (1.0, 190.0, 0.0))])
-    (line,) = ex.sweep_readings(rows)
-    # both: L_GE ≤ 1.1 · 190 = 209 and Δ within ≥ 0.5 · 0.4 = 0.2 -> only λ = 0.1
+    (line,) = ex.sweep_readings(rows, (209.0, 0.2))
+    # both: L_GE ≤ 209 and Δ within ≥ 0.2 -> only λ = 0.1
     assert "at lam = **0.1**" in line and "L_GE MSE ≤ 209.0" in line
-    # Table 1's bar instead of the sweep's ends: L_GE ≤ 202 and Δ within ≥ 0.04 -> only λ = 0.5
-    (line,) = ex.sweep_readings(rows, criteria=(202.0, 0.04))
+    (line,) = ex.sweep_readings(rows, (202.0, 0.04))  # L_GE ≤ 202 and Δ within ≥ 0.04 -> only λ = 0.5
     assert "at lam = **0.5**" in line and "L_GE MSE ≤ 202.0" in line
+    (line,) = ex.sweep_readings(rows, (150.0, 0.04))
+    assert "at lam = **none**" in line
+    assert "no bar" in ex.sweep_readings(rows, None)[0]

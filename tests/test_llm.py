@@ -535,7 +535,7 @@ def test_missing_api_key_and_url_are_clear_errors(monkeypatch):
 
 @pytest.fixture(scope="module")
 def served_smollm2(tmp_path_factory):
-    """``transformers serve`` with the local SmolLM2 checkpoint on a free loopback port (DESIGN.md §3)."""
+    """``transformers serve`` with the local SmolLM2 checkpoint on a free loopback port (no model hub)."""
     from geli_lib.models import ModelsNotPrepared, smollm2_path
 
     try:

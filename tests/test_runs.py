@@ -236,7 +236,7 @@ def test_smoke_chain_writes_the_reward_table_and_figures(smoke_study):
 
 @pytest.mark.slow
 def test_smoke_chain_writes_curves_generations_and_auto_eval(smoke_study):
-    """The results contract (DESIGN.md §7) of notebooks 07-08."""
+    """The results contract of notebooks 07-08 (the tables and columns the book reads)."""
     import pandas as pd
 
     root, *_ = smoke_study
