@@ -24,7 +24,7 @@ from geli_lib.evaluation import REWARD_TABLE_COLUMNS, evaluate_reward, reward_ta
 from geli_lib.io import cache_dir, write_csv
 from geli_lib.params import ADHOC_DIR, StudyParams
 from geli_lib.reward_model import (TrainData, encode_pairs, family, make_train_data, predict,
-                                   predict_pairs, sentiment_labels, train_reward_function,
+                                   predict_pairs, sentiment_labels, train_cached,
                                    visual_affect_labels)
 from geli_lib.runs import results_dir
 from geli_lib.schema import Corpus
@@ -159,7 +159,8 @@ def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], par
     Returns the rows (:data:`REWARD_TABLE_COLUMNS` order) and, per spec name,
     the held-out predictions of its first seed (for unroll figures). Methods a
     corpus cannot support are skipped with a message: the oracle without a
-    planted truth, VA / GELI without video. With ``save`` every trained function
+    planted truth, VA / GELI without video. A training that ran before on the same
+    inputs is read from the cache (:func:`~geli_lib.reward_model.train_cached`). With ``save`` every trained function
     goes to :func:`reward_function_dir` (for PPO and cross-scoring).
     """
     test = data.test
@@ -175,8 +176,8 @@ def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], par
                   f"{'planted truth' if spec.method == 'oracle' else 'listener video'})")
             continue
         for seed in seeds:
-            trained = train_reward_function(spec.method, data.train, rp, seed=seed, progress=progress,
-                                            device=params.device)
+            trained = train_cached(spec.method, data.train, rp, seed=seed, progress=progress,
+                                   device=params.device)
             if save:
                 trained.info["name"] = spec.name
                 trained.save(reward_function_dir(params.profile, params.corpus, spec.name, seed, params.adhoc))

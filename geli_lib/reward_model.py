@@ -97,7 +97,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from geli_lib.io import atomic_write, cache_dir, file_key, progress_bar, write_json  # noqa: E402
+from geli_lib.io import atomic_write, cache_dir, content_key, file_key, progress_bar, write_json  # noqa: E402
 from geli_lib.params import GE_METHODS, REWARD_METHODS, RewardParams, to_dict  # noqa: E402
 
 #: Bump when the text of a pair or the pooling changes: it is part of the encoder id.
@@ -848,12 +848,19 @@ class EncoderFeatures:
         return self.turns(conv, sel)
 
 
+def _head_on_turns(head: RewardHead, X: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """r̂ (b, T_max) of the valid turns only (0 on padding, which no loss reads): about a third of a
+    padded batch is padding, and the head's forward and backward are most of a step."""
+    return torch.zeros(mask.shape, dtype=X.dtype).masked_scatter(mask, head(X[mask]))
+
+
 def _ge_loss(kind: str, head: RewardHead, train: TrainData, b: torch.Tensor, params: RewardParams,
              gen: torch.Generator, targets: torch.Tensor | None, feature_fn: FeatureFn,
-             X_b: torch.Tensor | None = None, T_bar: float | None = None) -> torch.Tensor:
+             r_b: torch.Tensor | None = None, T_bar: float | None = None) -> torch.Tensor:
     """L_GE of one batch of conversations ``b`` for GE method ``kind``, in the form ``T_bar`` says.
 
-    ``X_b``: the batch's features of every turn (fine-tuning), instead of ``train.X[b]``.
+    ``r_b``: r̂ of every turn of the batch when the step has it already (one forward pass serves
+    GELI's two terms); otherwise RRD scores ``feature_fn``'s sampled turns.
     """
     from geli_lib import losses
 
@@ -861,9 +868,9 @@ def _ge_loss(kind: str, head: RewardHead, train: TrainData, b: torch.Tensor, par
     if kind == "rrd":  # eq. 9; idx are ranks among valid turns = columns (left-aligned padding)
         replace = RRD_REPLACE[params.rrd_sampling]
         idx, valid = losses.sample_rrd_indices(train.lengths[b], params.K, replace, gen)
-        r_hat = head(feature_fn(b, idx, valid))
+        r_hat = r_b if r_b is not None else head(feature_fn(b, idx, valid))
         return losses.rrd_loss(r_hat, mask, R, idx, valid, T_bar, params.rrd_bias_correction, replace)
-    r_hat = head(train.X[b] if X_b is None else X_b)
+    r_hat = r_b if r_b is not None else _head_on_turns(head, train.X[b], mask)
     if kind == "sum":
         return losses.sum_decomposition_loss(r_hat, mask, R, T_bar)
     if kind == "ircr":
@@ -975,6 +982,52 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
                        start, val)
 
 
+def _labels_read(method: str, params: RewardParams) -> list[str]:
+    """The ``TrainData.li`` labels :func:`train_reward_function` reads for ``method`` (warm start included)."""
+    names = {"va": ["va"], "ls": ["ls"], "llm": [LLM_LABELS]}.get(method, [])
+    if method == "geli" and params.lam < 1:
+        names = [params.li_signal]
+    if params.warm_start:
+        names = names + _labels_read(params.warm_start, dataclasses.replace(params, warm_start=""))
+    return sorted(set(names))
+
+
+def training_key(method: str, train: TrainData, params: RewardParams, seed: int) -> str:
+    """Content key of one head training: method, parameters, seed, the training code, and the bytes of
+    exactly the tensors it reads (features, mask, lengths, scores; the planted truth for the oracle;
+    the LI labels of :func:`_labels_read`). Re-simulating the listener's face changes the VA labels
+    only, so RRD's key, hence its trained head, stays the same."""
+    from geli_lib import losses
+
+    h = hashlib.sha256()
+    tensors = [train.X, train.mask, train.lengths, train.R]
+    if method == "oracle":
+        tensors.append(train.truth)
+    tensors += [train.li[k] for k in _labels_read(method, params) if k in train.li]
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    code = file_key([Path(__file__), Path(losses.__file__)])
+    return content_key(method, to_dict(params), seed, list(train.convo_ids), h.hexdigest(), code,
+                       torch.__version__)
+
+
+def train_cached(method: str, train: TrainData, params: RewardParams, seed: int = 0,
+                 progress: bool = False, device: str = "cpu") -> TrainedReward:
+    """:func:`train_reward_function`, read back from ``cache_dir("trained")/<training_key>`` when the same
+    training ran before (a sweep point equal to a Table 1 row, RRD in the face-noise sweep).
+
+    A hit returns the saved head, bit for bit what re-training gives. Fine-tuned encoders (hundreds
+    of MB each) and the constant baselines (instant) are never cached.
+    """
+    if params.finetune_encoder or method in ("mean", "mode"):
+        return train_reward_function(method, train, params, seed, progress=progress, device=device)
+    folder = cache_dir("trained") / training_key(method, train, params, seed)
+    if (folder / "reward.json").is_file():
+        return TrainedReward.load(folder)
+    trained = train_reward_function(method, train, params, seed, progress=progress, device=device)
+    return TrainedReward.load(trained.save(folder))
+
+
 @torch.no_grad()
 def _val_l_ge(head: RewardHead, X: torch.Tensor, val: TrainData, T_bar: float | None) -> float:
     """L_GE (eq. 4, in the training form) of the head on the validation conversations."""
@@ -1045,6 +1098,7 @@ def _train_head(method: str, train: TrainData, params: RewardParams, seed: int, 
                        "lr": params.encoder_lr})
         info["finetuned"] = True
     opt = torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
+    every_turn = feature_fn is None  # cached features hold every turn: score them all, once per step
     feature_fn = enc_feats or feature_fn or cached_features(train)
     per_turn = oracle is not None or (li_targets is not None and lam < 1) or \
         (ge is not None and ge != "rrd" and lam > 0)
@@ -1075,16 +1129,17 @@ def _train_head(method: str, train: TrainData, params: RewardParams, seed: int, 
     for epoch in range(1, epochs + 1):
         tot = 0.0
         for b in torch.randperm(len(train), generator=gen).split(params.batch_conversations):
-            X_b, fn = train.X[b], feature_fn
-            if enc_feats is not None and per_turn:  # every valid turn once; RRD reads its samples from it
-                X_b = enc_feats.turns(b, train.mask[b])
-                fn = (lambda conv, idx, valid, _x=X_b: _x)
+            r_b = None
+            if enc_feats is not None and per_turn:  # every valid turn encoded once; RRD reads its samples
+                r_b = _head_on_turns(head, enc_feats.turns(b, train.mask[b]), train.mask[b])
+            elif enc_feats is None and (per_turn or every_turn):
+                r_b = _head_on_turns(head, train.X[b], train.mask[b])
             if oracle is not None:
-                loss = _masked_mse(head(X_b), train.mask[b], oracle[b])
+                loss = _masked_mse(r_b, train.mask[b], oracle[b])
             else:
-                l_ge = _ge_loss(ge, head, train, b, params, gen, ge_targets, fn, X_b, T_bar) \
+                l_ge = _ge_loss(ge, head, train, b, params, gen, ge_targets, feature_fn, r_b, T_bar) \
                     if ge is not None and lam > 0 else None
-                l_li = _masked_mse(head(X_b), train.mask[b], li_targets[b]) \
+                l_li = _masked_mse(r_b, train.mask[b], li_targets[b]) \
                     if li_targets is not None and lam < 1 else None
                 if l_ge is not None and l_li is not None:
                     loss = losses.geli_loss(l_ge, l_li, lam)
@@ -1123,5 +1178,5 @@ __all__ = [
     "EncoderFeatures", "EncoderMismatchError", "FeatureCache", "METHOD_FAMILY", "RewardHead", "RewardModelError",
     "TrainData", "TrainedReward", "auto_scale", "cached_features", "encode_pairs", "encoder_id",
     "family", "load_reward_function", "make_train_data", "pair_features", "pair_texts", "predict", "predict_pairs",
-    "sentiment_labels", "train_reward_function", "visual_affect_labels",
+    "sentiment_labels", "train_cached", "train_reward_function", "training_key", "visual_affect_labels",
 ]

@@ -283,6 +283,30 @@ def test_save_load_round_trip(tmp_path, synthetic):
         rm.TrainedReward.load(tmp_path / "nothing")
 
 
+def test_training_cache_keys_exactly_the_inputs_each_method_reads(cache_env, synthetic):
+    feats, _, _, train = synthetic
+    p = dataclasses.replace(FAST, epochs=5)
+    first = rm.train_cached("geli", train, p, seed=0)
+    again = rm.train_cached("geli", train, p, seed=0)
+    assert again.info["seconds"] == first.info["seconds"]  # read back, not re-trained
+    np.testing.assert_array_equal(rm.predict(again, feats), rm.predict(first, feats))
+    fresh = rm.train_reward_function("geli", train, p, seed=0)
+    np.testing.assert_allclose(rm.predict(fresh, feats), rm.predict(first, feats), atol=1e-6)
+    # Other faces (VA labels flipped): RRD does not read them, so its key and its head stay;
+    # VA's and GELI's keys change. A new score changes every key.
+    faces = dataclasses.replace(train, li={**train.li, "va": 1.0 - train.li["va"]})
+    scores = dataclasses.replace(train, R=train.R + 1.0)
+    for method, reads_faces in [("rrd", False), ("va", True), ("geli", True)]:
+        key = rm.training_key(method, train, p, 0)
+        assert (rm.training_key(method, faces, p, 0) != key) == reads_faces
+        assert rm.training_key(method, scores, p, 0) != key
+        assert rm.training_key(method, train, p, 1) != key
+    np.testing.assert_array_equal(rm.predict(rm.train_reward_function("rrd", faces, p, seed=0), feats),
+                                  rm.predict(rm.train_reward_function("rrd", train, p, seed=0), feats))
+    assert rm.training_key("geli", train, dataclasses.replace(p, lam=1.0), 0) == \
+        rm.training_key("geli", faces, dataclasses.replace(p, lam=1.0), 0)  # λ = 1: the GE term only
+
+
 def _chat_pairs() -> pd.DataFrame:
     """5 short hand-made conversations of 3 AI turns each (history, response, score, planted reward)."""
     lines = ["I love hiking, the mountains were beautiful.", "That sounds awful, I am sorry.",
