@@ -16,18 +16,24 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-book", action="store_true", help="skip the book build")
     run.add_argument("--corpus", help="simulated | candor | esconv | soda (overrides the profile)")
     run.add_argument("--data-path", help="real data for --corpus")
+    run.add_argument("--scheduler", help="where the reward-function grids run: serial (in the notebook, the default), "
+                     "local (a Dask cluster of --workers processes), tcp://HOST:PORT (an existing Dask scheduler) "
+                     "or slurm (the profile's compute.slurm jobs); overrides the profile's compute.scheduler")
+    run.add_argument("--workers", type=int, help="worker processes of --scheduler local (compute.workers)")
     book = sub.add_parser("book", help="build the book from a profile's executed notebooks")
     book.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu"])
     sub.add_parser("models", help="prepare the offline models once (SmolLM2 from its GGUF)")
     args = parser.parse_args(argv)
 
+    from geli_lib.compute import NoGPUWorkers, SchedulerUnreachable
     from geli_lib.params import ParamError
     from geli_lib.runs import StageError, StageInterrupted, build_book, run_study
 
     try:
         if args.command == "run":
             run_study(args.profile, force=args.force, only=args.only, book=not args.no_book,
-                      corpus=args.corpus, data_path=args.data_path)
+                      corpus=args.corpus, data_path=args.data_path,
+                      compute={"scheduler": args.scheduler, "workers": args.workers})
         elif args.command == "book":
             build_book(args.profile)
         elif args.command == "models":
@@ -37,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except StageInterrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 128 + e.signum  # the shell's convention for a run ended by a signal
-    except (ParamError, StageError) as e:
+    except (ParamError, StageError, SchedulerUnreachable, NoGPUWorkers) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,4 +1,4 @@
-"""Where parallel work runs: an embedded Dask ``LocalCluster``, or an existing Dask scheduler.
+"""Where parallel work runs: an embedded Dask ``LocalCluster``, an existing Dask scheduler, or SLURM jobs.
 
 One place decides it, so the same task code runs on this machine's cores and on
 many machines (``dask scheduler`` on one, ``dask worker tcp://HOST:8786`` on
@@ -6,24 +6,41 @@ each of the others). Dask, not a home-made pool, because it already does what a
 long extraction needs: a task whose worker dies is run again on another worker
 (up to ``distributed.scheduler.allowed-failures`` times), a progress bar, and a
 dashboard in the browser.
+
+The reward-function grid (:func:`run_grid`) follows the study's ``compute``
+parameters (:class:`geli_lib.params.ComputeParams`): ``serial`` runs the tasks
+in this process as before; ``local``, an address or ``slurm`` send them to Dask
+workers. Tasks return their results and this process writes them, since workers
+on other machines do not share its disk. With ``device: cuda`` every task asks
+for the worker resource ``GPU=1``, so a GPU runs one task at a time, and a
+scheduler whose workers offer no GPU is refused before anything is submitted.
 """
 
 from __future__ import annotations
 
+import atexit
 import socket
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
 
 import dask
 from distributed import Client, Future, LocalCluster, progress
 
+from geli_lib.params import SCHEDULERS, ComputeParams, SlurmParams
+
+T = TypeVar("T")
+
 
 class SchedulerUnreachable(ConnectionError):
     """No Dask scheduler answered at the address the user gave."""
+
+
+class NoGPUWorkers(RuntimeError):
+    """The device is cuda, but no worker of the scheduler offers the resource ``GPU``."""
 
 
 def connect(address: str, option: str = "scheduler") -> Client:
@@ -46,16 +63,18 @@ def connect(address: str, option: str = "scheduler") -> Client:
 
 
 @contextmanager
-def dask_client(scheduler: str | None, workers: int, option: str = "scheduler") -> Iterator[Client]:
+def dask_client(scheduler: str | None, workers: int, option: str = "scheduler",
+                resources: dict[str, float] | None = None) -> Iterator[Client]:
     """A Dask client for the duration of the block: on ``scheduler``, or on a local cluster of ``workers`` processes.
 
     The local cluster has one thread per worker process: each task keeps one
     core busy on its own, and processes (not threads) sidestep the GIL in the
-    Python parts of a task. It is shut down when the block ends; an existing
-    scheduler and its workers are left running, only the client disconnects.
+    Python parts of a task; each of its workers offers ``resources``. It is shut
+    down when the block ends; an existing scheduler and its workers are left
+    running, only the client disconnects.
     """
     if scheduler is None:
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True) as cluster, \
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, resources=resources) as cluster, \
                 Client(cluster) as client:
             yield client
         return
@@ -64,6 +83,150 @@ def dask_client(scheduler: str | None, workers: int, option: str = "scheduler") 
         yield client
     finally:
         client.close()
+
+
+def slurm_cluster(slurm: SlurmParams, device: str = "cpu") -> Any:
+    """A ``dask_jobqueue.SLURMCluster`` of ``compute.slurm``'s jobs, none submitted yet.
+
+    Its scheduler runs in this process (on the login node); each job is one Dask
+    worker of ``slurm.cores`` threads. With ``slurm.gpus`` the job asks SLURM for
+    the GPU and the worker offers the resource ``GPU=1``. Building it runs no
+    ``sbatch``: jobs are submitted when the cluster is scaled (:func:`grid_client`).
+    """
+    from dask_jobqueue import SLURMCluster
+
+    missing = slurm.missing()
+    if missing:  # load_params checks this too; a SlurmParams built by hand must fail as clearly
+        raise ValueError(f"compute.slurm.{missing[0]}: is required with scheduler: slurm")
+    gpu = slurm.gpus > 0
+    return SLURMCluster(queue=slurm.queue, cores=slurm.cores, processes=1, memory=slurm.memory,
+                        walltime=slurm.walltime, n_workers=0,
+                        job_extra_directives=[*slurm.directives, *([f"--gres=gpu:{slurm.gpus}"] if gpu else [])],
+                        worker_extra_args=["--resources", f"GPU={slurm.gpus}"] if gpu else [])
+
+
+#: The grid's clients of this process, by their settings: a notebook's several grids (a sweep's
+#: points) reuse one cluster, whose workers already imported torch. Closed at exit.
+_GRID_CLIENTS: dict[tuple[Any, ...], tuple[Client, ExitStack]] = {}
+
+
+def grid_client(compute: ComputeParams, device: str = "cpu") -> Client:
+    """The Dask client :func:`run_grid` submits to, started on first use and kept for the process.
+
+    ``local``: an embedded LocalCluster of ``compute.workers`` processes; an
+    address: that scheduler (:class:`SchedulerUnreachable` naming
+    ``compute.scheduler`` when none answers, :class:`NoGPUWorkers` when
+    ``device`` is cuda and no worker offers a GPU); ``slurm``: a
+    :func:`slurm_cluster` that submits up to ``compute.slurm.jobs`` jobs while
+    tasks wait and releases idle ones. :func:`close_grid_clients` shuts them down.
+    """
+    key = (compute.scheduler, compute.workers, repr(compute.slurm), device)
+    if key in _GRID_CLIENTS and _GRID_CLIENTS[key][0].status == "running":
+        return _GRID_CLIENTS[key][0]
+    stack = ExitStack()
+    try:
+        if compute.scheduler == "slurm":
+            cluster = stack.enter_context(slurm_cluster(compute.slurm, device))
+            cluster.adapt(minimum_jobs=0, maximum_jobs=compute.slurm.jobs)
+            client = stack.enter_context(Client(cluster))
+        else:
+            local = compute.scheduler == "local"
+            client = stack.enter_context(dask_client(None if local else compute.scheduler, compute.workers,
+                                                     "compute.scheduler",
+                                                     {"GPU": 1} if device == "cuda" else None))
+            if device == "cuda" and not local:
+                require_gpu_workers(client, "compute.scheduler")
+    except BaseException:
+        stack.close()
+        raise
+    _GRID_CLIENTS[key] = (client, stack)
+    return client
+
+
+def close_grid_clients() -> None:
+    """Close every client of :func:`grid_client` (and the clusters this process started)."""
+    while _GRID_CLIENTS:
+        _, stack = _GRID_CLIENTS.popitem()[1]
+        stack.close()
+
+
+atexit.register(close_grid_clients)
+
+
+def require_gpu_workers(client: Client, option: str = "compute.scheduler") -> None:
+    """:class:`NoGPUWorkers` naming ``option`` unless a worker of ``client``'s scheduler offers ``GPU``.
+
+    Checked before anything is submitted: a task that asks for a resource no
+    worker has would wait forever instead of failing.
+    """
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    if not any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values()):
+        address = client.scheduler.address
+        raise NoGPUWorkers(
+            f"{option} {address}: device is cuda, but none of its {len(workers)} workers offers a GPU; start "
+            f"each GPU worker with `dask worker {address} --resources GPU=1` (or set device: cpu)")
+
+
+def check_scheduler(compute: ComputeParams, device: str = "cpu", option: str = "compute.scheduler") -> None:
+    """Before a run writes anything: a scheduler address must answer and, with ``device`` cuda, offer a GPU.
+
+    :class:`SchedulerUnreachable` or :class:`NoGPUWorkers` naming ``option``;
+    ``serial``, ``local`` and ``slurm`` start their own workers, so there is nothing to ask yet.
+    """
+    if compute.scheduler in SCHEDULERS:
+        return
+    with dask_client(compute.scheduler, compute.workers, option) as client:
+        if device == "cuda":
+            require_gpu_workers(client, option)
+
+
+def task_threads(compute: ComputeParams) -> int:
+    """torch threads of a grid task on a worker: ``compute.threads``, or this process's count when 0."""
+    import torch
+
+    return compute.threads or torch.get_num_threads()
+
+
+def _in_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` with ``threads`` torch threads (where the task runs), put back afterwards.
+
+    Set in the task's own thread: torch's OpenMP pool size is per calling thread.
+    """
+    import torch
+
+    was = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(was)
+
+
+def run_grid(fn: Callable[..., T], shared: Any, calls: Sequence[tuple[Any, ...]], compute: ComputeParams,
+             device: str = "cpu", progress: bool = False) -> list[T]:
+    """``[fn(shared, *call) for call in calls]``, run where ``compute`` says; results in the order of ``calls``.
+
+    ``serial``: here, one after the other, as torch is set up in this process.
+    Otherwise one Dask task per call on :func:`grid_client`: ``shared`` (the
+    data every task reads) is sent to the workers once, each task runs with
+    :func:`task_threads` torch threads and, with ``device`` cuda, the resource
+    ``GPU=1``. A task's exception is raised here. ``fn`` must not write files
+    the caller reads: on another machine they would not be here.
+    """
+    if compute.scheduler == "serial" or not calls:
+        return [fn(shared, *call) for call in calls]
+    client = grid_client(compute, device)
+    threads = task_threads(compute)
+    resources = {"GPU": 1} if device == "cuda" else None
+    data = client.scatter(shared, hash=False)
+    futures = [client.submit(_in_threads, threads, fn, data, *call, resources=resources, pure=False)
+               for call in calls]
+    if progress:
+        start_progress_bar(client, futures)
+    try:
+        return client.gather(futures)
+    finally:
+        client.cancel([data, *futures])
 
 
 def dashboard_link(client: Client) -> str | None:

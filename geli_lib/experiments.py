@@ -22,9 +22,9 @@ import pandas as pd
 from geli_lib import data as data_mod
 from geli_lib.evaluation import REWARD_TABLE_COLUMNS, evaluate_reward, reward_table_row
 from geli_lib.io import cache_dir, write_csv
-from geli_lib.params import ADHOC_DIR, StudyParams
+from geli_lib.params import ADHOC_DIR, RewardParams, StudyParams
 from geli_lib.reward_model import (TrainData, encode_pairs, family, make_train_data, predict,
-                                   predict_pairs, sentiment_labels, train_cached,
+                                   predict_pairs, sentiment_labels, train_grid,
                                    visual_affect_labels)
 from geli_lib.runs import results_dir
 from geli_lib.schema import Corpus
@@ -161,13 +161,16 @@ def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], par
     corpus cannot support are skipped with a message: the oracle without a
     planted truth, VA / GELI without video. A training that ran before on the same
     inputs is read from the cache (:func:`~geli_lib.reward_model.train_cached`). With ``save`` every trained function
-    goes to :func:`reward_function_dir` (for PPO and cross-scoring).
+    goes to :func:`reward_function_dir` (for PPO and cross-scoring). The trainings run where
+    ``params.compute`` says (:func:`~geli_lib.reward_model.train_grid`): in this process, or as tasks
+    on a Dask cluster whose results come back here; either way this process writes every file,
+    and the rows are the same.
     """
     test = data.test
     test_pairs = data.pairs.iloc[test].reset_index(drop=True)
     has_truth = bool(np.isfinite(data.train.truth[data.train.mask].numpy()).any())
     has_va = bool(np.isfinite(data.labels["va"]).any())
-    rows, preds = [], {}
+    grid: list[tuple[MethodSpec, RewardParams, int]] = []
     for spec in specs:
         rp = dataclasses.replace(params.reward, **spec.overrides)
         needs_va = spec.method == "va" or (spec.method == "geli" and rp.li_signal == "va")
@@ -175,21 +178,24 @@ def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], par
             print(f"{spec.name}: skipped ({params.corpus} has no "
                   f"{'planted truth' if spec.method == 'oracle' else 'listener video'})")
             continue
-        for seed in seeds:
-            trained = train_cached(spec.method, data.train, rp, seed=seed, progress=progress,
-                                   device=params.device)
-            if save:
-                trained.info["name"] = spec.name
-                trained.save(reward_function_dir(params.profile, params.corpus, spec.name, seed, params.adhoc))
-            # A fine-tuned encoder (gpu profile) must re-encode the texts; a frozen one reads the cache.
-            pred = (predict_pairs(trained, test_pairs, device=params.device) if trained.finetuned
-                    else predict(trained, data.features[test]))
-            metrics = evaluate_reward(pred, test_pairs, data.labels["va"][test], data.corpus, trained.T_bar)
-            ge = spec.method in ("rrd", "geli") and (spec.method == "rrd" or rp.ge_method == "rrd")
-            rows.append(reward_table_row(spec.name, family(spec.method), seed, params.corpus,
-                                         rp.lam if spec.method == "geli" else None,
-                                         rp.K if ge else None, metrics))
-            preds.setdefault(spec.name, pred)
+        grid += [(spec, rp, seed) for seed in seeds]
+    # Every training first (on a cluster they run at once), then this process saves and evaluates.
+    trained_all = train_grid(data.train, [(spec.method, rp, seed) for spec, rp, seed in grid], params.compute,
+                             params.device, progress)
+    rows, preds = [], {}
+    for (spec, rp, seed), trained in zip(grid, trained_all):
+        if save:
+            trained.info["name"] = spec.name
+            trained.save(reward_function_dir(params.profile, params.corpus, spec.name, seed, params.adhoc))
+        # A fine-tuned encoder (gpu profile) must re-encode the texts; a frozen one reads the cache.
+        pred = (predict_pairs(trained, test_pairs, device=params.device) if trained.finetuned
+                else predict(trained, data.features[test]))
+        metrics = evaluate_reward(pred, test_pairs, data.labels["va"][test], data.corpus, trained.T_bar)
+        ge = spec.method in ("rrd", "geli") and (spec.method == "rrd" or rp.ge_method == "rrd")
+        rows.append(reward_table_row(spec.name, family(spec.method), seed, params.corpus,
+                                     rp.lam if spec.method == "geli" else None,
+                                     rp.K if ge else None, metrics))
+        preds.setdefault(spec.name, pred)
     return pd.DataFrame(rows, columns=list(REWARD_TABLE_COLUMNS)), preds
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -526,6 +527,88 @@ class FeatureParams:
         _check(self.workers >= 1, "workers", "must be >= 1", self.workers)
 
 
+#: ``compute.scheduler`` values other than an address (see :class:`ComputeParams`).
+SCHEDULERS = ("serial", "local", "slurm")
+#: Environment variables that set ``compute.scheduler`` / ``compute.workers`` for every
+#: :func:`load_params` of a process: how ``python -m geli_lib run --scheduler`` reaches the notebooks'
+#: kernels (where a cluster runs changes no result, so it is no notebook parameter).
+COMPUTE_ENV = {"scheduler": "GELI_SCHEDULER", "workers": "GELI_WORKERS"}
+
+
+@dataclass
+class SlurmParams:
+    """The SLURM jobs of ``compute.scheduler: slurm``: each job is one Dask worker (``dask_jobqueue.SLURMCluster``).
+
+    ``queue``, ``cores``, ``memory`` and ``walltime`` have no default: a wrong guess
+    would be rejected by the queue, or worse, accepted and killed mid-run.
+    """
+
+    queue: str = ""
+    """SLURM partition the jobs go to (``#SBATCH -p``); required."""
+    cores: int = 0
+    """CPU cores per job (``--cpus-per-task``); the worker runs that many tasks at once on a CPU job; required."""
+    memory: str = ""
+    """Memory per job, e.g. ``16GB`` (``--mem``; also the worker's memory limit); required."""
+    gpus: int = 0
+    """GPUs per job: 0, or 1 (``--gres=gpu:1`` and the worker resource ``GPU=1``). One worker uses one GPU:
+    for more GPUs ask for more jobs."""
+    walltime: str = ""
+    """Longest run of a job, ``HH:MM:SS`` or ``D-HH:MM:SS`` (``-t``); required."""
+    jobs: int = 1
+    """SLURM jobs (Dask workers) submitted when the grid starts; they end when it does."""
+    directives: list[str] = field(default_factory=list)
+    """Extra ``#SBATCH`` options of each job, e.g. ``["--account=myproject"]``."""
+
+    def validate(self) -> None:
+        _check(self.cores >= 0, "cores", "must be >= 0", self.cores)
+        _check(self.gpus in (0, 1), "gpus", "must be 0 or 1 (one GPU per worker; more jobs for more GPUs)",
+               self.gpus)
+        _check(self.jobs >= 1, "jobs", "must be >= 1", self.jobs)
+        _check(not self.memory or re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", self.memory) is not None, "memory",
+               "must be an amount such as 16GB", self.memory)
+        _check(not self.walltime or re.fullmatch(r"(\d+-)?\d{1,3}:\d{2}:\d{2}", self.walltime) is not None,
+               "walltime", "must be HH:MM:SS or D-HH:MM:SS", self.walltime)
+        _check(all(d.startswith("-") for d in self.directives), "directives",
+               "must be sbatch options starting with -", self.directives)
+
+    def missing(self) -> list[str]:
+        """The required fields left unset."""
+        return [name for name in ("queue", "cores", "memory", "walltime") if not getattr(self, name)]
+
+
+@dataclass
+class ComputeParams:
+    """Where the reward-function grid (methods × seeds) runs; see :mod:`geli_lib.compute`.
+
+    Where a task runs changes no result: a task trains with the same torch
+    threads as this process (``threads``), and this process writes everything.
+    So these settings never make a run ad hoc and never re-run a stage.
+    """
+
+    scheduler: str = "serial"
+    """``serial`` (in this process, one task after the other: the default), ``local`` (an embedded Dask
+    LocalCluster of ``workers`` processes), ``tcp://HOST:PORT`` (an existing ``dask scheduler``), or
+    ``slurm`` (SLURM jobs as Dask workers, see ``slurm``). Also ``$GELI_SCHEDULER`` / ``--scheduler``."""
+    workers: int = 2
+    """Worker processes of ``local`` (one task each at a time). Also ``$GELI_WORKERS`` / ``--workers``."""
+    threads: int = 0
+    """torch threads of a task on a worker; 0 = as many as this process uses, so a task gives bit for bit
+    what the serial path gives (matrix products sum in another order on another thread count).
+    1 is faster with several workers on one machine, at the price of last-bit differences."""
+    slurm: SlurmParams = field(default_factory=SlurmParams)
+    """The SLURM jobs of ``scheduler: slurm``."""
+
+    def validate(self) -> None:
+        _check(self.scheduler in SCHEDULERS or re.fullmatch(r"(tcp|tls)://[^\s/:]+:\d+", self.scheduler)
+               is not None, "scheduler", "must be serial, local, slurm or a scheduler address tcp://HOST:PORT",
+               self.scheduler)
+        _check(self.workers >= 1, "workers", "must be >= 1", self.workers)
+        _check(self.threads >= 0, "threads", "must be >= 0", self.threads)
+        if self.scheduler == "slurm":
+            for name in self.slurm.missing():
+                _check(False, f"slurm.{name}", "is required with scheduler: slurm", getattr(self.slurm, name))
+
+
 @dataclass
 class StudyParams:
     """One profile: everything a run of the notebook chain needs."""
@@ -560,6 +643,8 @@ class StudyParams:
     """Evaluation of generations: automatic scores and the human-evaluation kit."""
     features: FeatureParams = field(default_factory=FeatureParams)
     """Listener feature extraction from recordings (video, audio)."""
+    compute: ComputeParams = field(default_factory=ComputeParams)
+    """Where the reward-function grid runs: in this process, or on a Dask cluster."""
     adhoc: str = ""
     """Set by :func:`load_params`, never in a profile: the parameters an override changed from the profile's file (other than ``corpus`` and ``data_path``), e.g. ``reward.lam=0.1``; empty for the study's own runs."""
 
@@ -583,6 +668,12 @@ class StudyParams:
                f"is required for corpus {self.corpus!r}", self.data_path)
         _check(self.device in ("cpu", "cuda"), "device", "must be cpu or cuda", self.device)
         _check(len(self.seeds) >= 1, "seeds", "must list at least one seed", self.seeds)
+        c = self.compute
+        # Every worker of a local cluster would see the same cuda:0; one GPU runs one task at a time.
+        _check(not (self.device == "cuda" and c.scheduler == "local" and c.workers != 1), "compute.workers",
+               "must be 1 with device cuda and scheduler local (the workers share one GPU)", c.workers)
+        _check(not (self.device == "cuda" and c.scheduler == "slurm" and c.slurm.gpus == 0), "compute.slurm.gpus",
+               "must be 1 with device cuda (the jobs need a GPU)", c.slurm.gpus)
         for nb in self.notebooks:
             _check((REPO_ROOT / "notebooks" / f"{nb}.ipynb").exists(), "notebooks",
                    "names a notebook that does not exist", nb)
@@ -719,10 +810,11 @@ def adhoc_name(profile: dict[str, Any], run: dict[str, Any]) -> str:
     """The folder name of a run whose parameters (``run``, :func:`to_dict`) differ from the
     profile's: ``field=value`` of each difference, joined by ``_``; empty when none differ.
 
-    A long or unusual name is cut and given a hash, so it stays one safe folder name.
+    A long or unusual name is cut and given a hash, so it stays one safe folder name. The
+    ``compute`` section never counts: where the work runs changes no result.
     """
     a, b = _flatten(profile), _flatten(run)
-    diffs = [f"{k}={b[k]}" for k in sorted(b) if a.get(k) != b[k]]
+    diffs = [f"{k}={b[k]}" for k in sorted(b) if a.get(k) != b[k] and not k.startswith("compute.")]
     name = re.sub(r"[^A-Za-z0-9._=,+-]+", "", "_".join(diffs).replace(" ", ""))
     if len(name) > 80:
         from geli_lib.io import content_key
@@ -820,9 +912,27 @@ def _kernel_history() -> list[str]:
 def _param_error(e: _FieldError, path: Path, from_override: bool) -> ParamError:
     """The error naming where the bad value came from: the file, or an override of it."""
     if from_override:
-        return ParamError(f"override {e} (given as a notebook parameter, papermill -p or a "
-                          f"command-line option, not read from {path})")
+        return ParamError(f"override {e} (given as a notebook parameter, papermill -p, a command-line "
+                          f"option or ${' / $'.join(COMPUTE_ENV.values())}, not read from {path})")
     return ParamError(f"{path}: {e}")
+
+
+def compute_from_env() -> dict[str, Any]:
+    """``compute`` settings from :data:`COMPUTE_ENV` (unset or empty variables left out).
+
+    ``GELI_WORKERS`` must be an integer; anything else is a :class:`ParamError` naming it.
+    """
+    out: dict[str, Any] = {}
+    for name, var in COMPUTE_ENV.items():
+        value = os.environ.get(var, "")
+        if not value:
+            continue
+        if name == "workers":
+            if not value.strip().isdigit():
+                raise ParamError(f"${var}={value!r}: compute.workers must be a whole number")
+            value = int(value)
+        out[name] = value
+    return out
 
 
 def load_params(profile: str = "smoke", params_dir: str | Path | None = None,
@@ -832,6 +942,8 @@ def load_params(profile: str = "smoke", params_dir: str | Path | None = None,
     Keyword overrides replace top-level fields (``corpus="esconv"``) or, given
     as dicts, merge into sections (``simulation={"n_conversations": 5}``).
     ``None`` overrides are ignored, so notebooks can pass their parameters as-is.
+    ``$GELI_SCHEDULER`` and ``$GELI_WORKERS`` set ``compute`` under the overrides
+    (:func:`compute_from_env`).
     """
     params_dir = Path(params_dir) if params_dir else PARAMS_DIR
     path = params_dir / f"{profile}.yaml"
@@ -842,6 +954,7 @@ def load_params(profile: str = "smoke", params_dir: str | Path | None = None,
                          f"(its parameters: {', '.join(sorted(declared))}); the run is stopped rather "
                          "than run on the defaults")
     check_injected_types(injected)
+    overrides = _merge({"compute": compute_from_env()}, overrides)
     if profile not in PROFILES:
         raise ParamError(f"profile {profile!r} unknown: choose one of {PROFILES}")
     file_raw = _read_profile(path)

@@ -98,7 +98,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from geli_lib.io import atomic_write, cache_dir, content_key, file_key, progress_bar, write_json  # noqa: E402
-from geli_lib.params import GE_METHODS, REWARD_METHODS, RewardParams, to_dict  # noqa: E402
+from geli_lib.params import GE_METHODS, REWARD_METHODS, ComputeParams, RewardParams, to_dict  # noqa: E402
 
 #: Bump when the text of a pair or the pooling changes: it is part of the encoder id.
 TEXT_FORMAT_VERSION = 2
@@ -1011,21 +1011,59 @@ def training_key(method: str, train: TrainData, params: RewardParams, seed: int)
                        torch.__version__)
 
 
+def trained_folder(method: str, train: TrainData, params: RewardParams, seed: int) -> Path | None:
+    """Where :func:`train_cached` keeps this training (``cache_dir("trained")/<training_key>``), or None
+    for what is never cached: fine-tuned encoders (hundreds of MB each) and the constant baselines (instant)."""
+    if params.finetune_encoder or method in ("mean", "mode"):
+        return None
+    return cache_dir("trained") / training_key(method, train, params, seed)
+
+
+def _keep(trained: TrainedReward, folder: Path | None) -> TrainedReward:
+    """``trained`` saved to ``folder`` and read back (what a later cache hit returns), or as is without one."""
+    return trained if folder is None else TrainedReward.load(trained.save(folder))
+
+
 def train_cached(method: str, train: TrainData, params: RewardParams, seed: int = 0,
                  progress: bool = False, device: str = "cpu") -> TrainedReward:
-    """:func:`train_reward_function`, read back from ``cache_dir("trained")/<training_key>`` when the same
-    training ran before (a sweep point equal to a Table 1 row, RRD in the face-noise sweep).
+    """:func:`train_reward_function`, read back from :func:`trained_folder` when the same training
+    ran before (a sweep point equal to a Table 1 row, RRD in the face-noise sweep).
 
-    A hit returns the saved head, bit for bit what re-training gives. Fine-tuned encoders (hundreds
-    of MB each) and the constant baselines (instant) are never cached.
+    A hit returns the saved head, bit for bit what re-training gives.
     """
-    if params.finetune_encoder or method in ("mean", "mode"):
-        return train_reward_function(method, train, params, seed, progress=progress, device=device)
-    folder = cache_dir("trained") / training_key(method, train, params, seed)
-    if (folder / "reward.json").is_file():
+    folder = trained_folder(method, train, params, seed)
+    if folder is not None and (folder / "reward.json").is_file():
         return TrainedReward.load(folder)
-    trained = train_reward_function(method, train, params, seed, progress=progress, device=device)
-    return TrainedReward.load(trained.save(folder))
+    return _keep(train_reward_function(method, train, params, seed, progress=progress, device=device), folder)
+
+
+def _train_task(train: TrainData, method: str, params: RewardParams, seed: int, device: str) -> TrainedReward:
+    """One training of :func:`train_grid`, where the task runs; returned with everything on the CPU
+    (the caller's machine may have no GPU)."""
+    trained = train_reward_function(method, train, params, seed, device=device)
+    if trained.finetuned:
+        trained.text_encoder.to("cpu")
+    return trained
+
+
+def train_grid(train: TrainData, runs: Sequence[tuple[str, RewardParams, int]], compute: ComputeParams,
+               device: str = "cpu", progress: bool = False) -> list[TrainedReward]:
+    """:func:`train_cached` of each ``(method, params, seed)`` in ``runs``, the misses trained where
+    ``compute`` says, in the order of ``runs``.
+
+    Cache hits are read here; only the misses become tasks (:func:`geli_lib.compute.run_grid`).
+    Their results come back to this process, which writes the cache: a worker on
+    another machine has another disk. The serial path is :func:`train_cached` itself.
+    """
+    from geli_lib.compute import run_grid
+
+    if compute.scheduler == "serial":
+        return [train_cached(m, train, p, s, progress=progress, device=device) for m, p, s in runs]
+    folders = [trained_folder(m, train, p, s) for m, p, s in runs]
+    todo = [i for i, f in enumerate(folders) if f is None or not (f / "reward.json").is_file()]
+    fresh = dict(zip(todo, run_grid(_train_task, train, [(*runs[i], device) for i in todo], compute, device,
+                                    progress)))
+    return [_keep(fresh[i], f) if i in fresh else TrainedReward.load(f) for i, f in enumerate(folders)]
 
 
 @torch.no_grad()

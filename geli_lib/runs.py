@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from geli_lib.io import cache_dir, content_key, file_key, write_json, write_text
-from geli_lib.params import (ADHOC_DIR, CORPORA, PARAMS_DIR, REPO_ROOT, StudyParams, load_params,
-                             to_dict)
+from geli_lib.params import (ADHOC_DIR, COMPUTE_ENV, CORPORA, PARAMS_DIR, REPO_ROOT, StudyParams,
+                             load_params, to_dict)
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
@@ -219,8 +219,10 @@ def _signal_groups(pids: set[int], sig: int) -> None:
 
 
 def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
-                 progress: bool = True) -> float:
+                 progress: bool = True, env: dict[str, str] | None = None) -> float:
     """Execute the notebook ``source`` with papermill into ``output``; return seconds.
+
+    The kernel inherits this process's environment with ``env`` added.
 
     The executed copy is written next to ``output`` first and renamed on
     success; a failed run keeps it as ``<output>.failed.ipynb`` for reading.
@@ -236,7 +238,7 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
     t0 = time.perf_counter()
     # The kernel inherits these: no progress bars in saved notebooks (see io.progress_enabled),
     # including the Hugging Face libraries' weight-loading bars.
-    quiet = {"GELI_PROGRESS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    quiet = {"GELI_PROGRESS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})}
     was = {k: os.environ.get(k) for k in quiet}
     os.environ.update(quiet)
     error: list[BaseException] = []
@@ -367,18 +369,28 @@ def changed_outputs(root: Path, outputs: dict[str, str]) -> list[str]:
 
 def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None = None,
               book: bool = True, progress: bool = True, book_dir: Path = BOOK_DIR,
-              **overrides: Any) -> dict[str, Any]:
+              compute: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
     """Run the profile's notebook chain (skipping unchanged stages), write the manifest, build the book.
 
     ``overrides`` go to :func:`geli_lib.params.load_params` (e.g. ``corpus="esconv",
-    data_path=...``) and are passed on to every notebook.
+    data_path=...``) and are passed on to every notebook. ``compute`` (``scheduler``,
+    ``workers``: ``--scheduler``, ``--workers``) chooses where the notebooks' reward-function
+    grids run; it reaches their kernels as ``$GELI_SCHEDULER`` / ``$GELI_WORKERS`` and, changing
+    no result, re-runs no stage. A scheduler address is checked before any stage starts:
+    :class:`geli_lib.compute.SchedulerUnreachable` (or ``NoGPUWorkers``) naming ``--scheduler``,
+    and nothing written.
     """
+    from geli_lib.compute import check_scheduler
+
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    params = load_params(profile, **overrides)
+    compute = {k: v for k, v in (compute or {}).items() if v is not None}
+    params = load_params(profile, compute=compute, **overrides)
+    check_scheduler(params.compute, params.device, "--scheduler" if "scheduler" in compute else "compute.scheduler")
+    env = {COMPUTE_ENV[k]: str(v) for k, v in compute.items()}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with interruptible():
         try:
-            stages = _run_stages(params, PARAMS_DIR / f"{profile}.yaml", overrides, only, force, progress)
+            stages = _run_stages(params, PARAMS_DIR / f"{profile}.yaml", overrides, only, force, progress, env)
         except Interrupted as e:  # between stages: nothing was cut short
             raise StageInterrupted(f"run stopped by {signal.Signals(e.signum).name} between stages",
                                    e.signum) from None
@@ -393,7 +405,7 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
 
 
 def _run_stages(params: StudyParams, profile_file: Path, overrides: dict[str, Any], only: list[str] | None,
-                force: bool, progress: bool) -> dict[str, Any]:
+                force: bool, progress: bool, env: dict[str, str]) -> dict[str, Any]:
     """Run or skip each stage of the chain in order (see the module docstring); return the stages' records."""
     out = results_dir(params.results_key)
     state_path = out / "stages.json"
@@ -422,7 +434,7 @@ def _run_stages(params: StudyParams, profile_file: Path, overrides: dict[str, An
         try:
             with stage_rollback([out, saved_reward_functions_dir(params)]) as written:
                 seconds = run_notebook(NOTEBOOK_DIR / f"{nb}.ipynb", out / "notebooks" / f"{nb}.ipynb",
-                                       notebook_parameters(params), progress=progress)
+                                       notebook_parameters(params), progress=progress, env=env)
         except StageInterrupted as e:
             _forget_stage(state_path, state, nb)
             raise StageInterrupted(f"{e}: the stage is recorded as not done and the files it wrote "

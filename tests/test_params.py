@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from geli_lib.io import cache_dir
-from geli_lib.params import (PROFILES, REPO_ROOT, ParamError, SimulationParams, StudyParams, adhoc_name,
-                             check_injected_types, field_docs, injected_parameters, load_params, to_dict)
+from geli_lib.params import (PROFILES, REPO_ROOT, ComputeParams, ParamError, SimulationParams, SlurmParams,
+                             StudyParams, adhoc_name, check_injected_types, field_docs, injected_parameters,
+                             load_params, to_dict)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -65,7 +66,7 @@ def test_bad_files(tmp_path: Path):
 
 
 def test_every_field_has_a_docstring():
-    for cls in (StudyParams, SimulationParams):
+    for cls in (StudyParams, SimulationParams, ComputeParams, SlurmParams):
         docs = field_docs(cls)
         missing = [f for f in to_dict(cls()) if f not in docs]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
@@ -221,3 +222,46 @@ def test_a_parameter_of_the_notebook_alone_also_gets_its_own_key(tmp_path: Path)
         pm.execute_notebook(str(tmp_path / "nb.ipynb"), str(tmp_path / "out.ipynb"), parameters=params,
                             kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=False)
         assert out.read_text() == key, params
+
+
+SLURM_OK = "compute:\n  scheduler: slurm\n  slurm:\n    queue: gpu\n    cores: 4\n    memory: 16GB\n    walltime: '02:00:00'\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (SLURM_OK.replace("    walltime: '02:00:00'\n", ""), "compute.slurm.walltime: is required with scheduler: slurm"),
+    (SLURM_OK.replace("    queue: gpu\n", ""), "compute.slurm.queue: is required with scheduler: slurm"),
+    (SLURM_OK.replace("'02:00:00'", "2h"), "compute.slurm.walltime: must be HH:MM:SS or D-HH:MM:SS, got '2h'"),
+    (SLURM_OK.replace("16GB", "lots"), "compute.slurm.memory: must be an amount such as 16GB"),
+    (SLURM_OK + "    gpus: 2\n", "compute.slurm.gpus: must be 0 or 1"),
+    (SLURM_OK + "device: cuda\n", "compute.slurm.gpus: must be 1 with device cuda"),
+    ("compute:\n  scheduler: 127.0.0.1:8786\n", "compute.scheduler: must be serial, local, slurm or a scheduler "
+                                                "address tcp://HOST:PORT, got '127.0.0.1:8786'"),
+    ("device: cuda\ncompute:\n  scheduler: local\n", "compute.workers: must be 1 with device cuda and scheduler local"),
+])
+def test_bad_compute_sections_name_file_and_setting(tmp_path: Path, text, message):
+    (tmp_path / "smoke.yaml").write_text(text)
+    with pytest.raises(ParamError) as e:
+        load_params("smoke", params_dir=tmp_path)
+    assert str(tmp_path / "smoke.yaml") in str(e.value) and message in str(e.value)
+
+
+def test_compute_section_loads_and_makes_no_run_ad_hoc(tmp_path: Path, monkeypatch):
+    (tmp_path / "smoke.yaml").write_text(SLURM_OK + "    gpus: 1\n    jobs: 4\n    directives: [--account=geli]\n")
+    c = load_params("smoke", params_dir=tmp_path).compute
+    assert (c.scheduler, c.slurm.gpus, c.slurm.jobs, c.slurm.directives) == ("slurm", 1, 4, ["--account=geli"])
+    assert load_params("smoke").compute == ComputeParams()  # the default: serial, in the notebook's process
+    # where the grid runs changes no result: the study's own results key, whatever the choice
+    p = load_params("smoke", compute={"scheduler": "tcp://10.0.0.1:8786"})
+    assert (p.compute.scheduler, p.results_key) == ("tcp://10.0.0.1:8786", "smoke")
+    # what the runner's --scheduler / --workers become in the notebooks' kernels
+    monkeypatch.setenv("GELI_SCHEDULER", "local")
+    monkeypatch.setenv("GELI_WORKERS", "3")
+    p = load_params("smoke")
+    assert (p.compute.scheduler, p.compute.workers, p.adhoc) == ("local", 3, "")
+    assert load_params("smoke", compute={"workers": 1}).compute.workers == 1  # an explicit override wins
+    monkeypatch.setenv("GELI_WORKERS", "three")
+    with pytest.raises(ParamError, match=r"\$GELI_WORKERS='three': compute.workers must be a whole number"):
+        load_params("smoke")
+    monkeypatch.setenv("GELI_WORKERS", "0")
+    with pytest.raises(ParamError, match=r"override compute.workers: must be >= 1.*\$GELI_SCHEDULER / \$GELI_WORKERS"):
+        load_params("smoke")

@@ -37,10 +37,16 @@ def test_failing_notebook_is_named_and_kept(tmp_path: Path):
     assert (tmp_path / "out" / "bad.failed.ipynb").exists()
 
 
-def test_parameters_reach_the_notebook(tmp_path: Path):
-    src = _notebook(tmp_path / "ok.ipynb", "assert profile == 'cpu', profile")
-    seconds = run_notebook(src, tmp_path / "ok_out.ipynb", {"profile": "cpu"}, progress=False)
+def test_parameters_reach_the_notebook(tmp_path: Path, monkeypatch):
+    """The parameters, and the environment the runner adds (--scheduler becomes compute.scheduler there)."""
+    monkeypatch.delenv("GELI_SCHEDULER", raising=False)
+    src = _notebook(tmp_path / "ok.ipynb", "assert profile == 'cpu', profile\n"
+                                           "from geli_lib.params import load_params\n"
+                                           "assert load_params(profile).compute.scheduler == 'local'")
+    seconds = run_notebook(src, tmp_path / "ok_out.ipynb", {"profile": "cpu"}, progress=False,
+                           env={"GELI_SCHEDULER": "local"})
     assert seconds > 0 and (tmp_path / "ok_out.ipynb").exists()
+    assert "GELI_SCHEDULER" not in os.environ  # the runner's own environment is left as it was
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -305,3 +311,22 @@ def test_00_data_runs_on_real_formats_by_parameters_alone(corpus, tmp_path: Path
     # a corpus other than the default writes under its own key, never over the simulated study's results
     assert (tmp_path / "results" / "smoke" / corpus / "tables" / "corpus_summary.csv").is_file()
     assert not (tmp_path / "results" / "smoke" / "tables").exists()
+
+
+def test_unreachable_scheduler_stops_the_run_before_any_stage(tmp_path: Path, monkeypatch, capsys):
+    """``python -m geli_lib run --scheduler ADDRESS``: no scheduler there, an error naming --scheduler, nothing written."""
+    import dask  # distributed is imported (geli_lib.compute): leaving config.set() keeps its defaults
+
+    from geli_lib.__main__ import main
+    from geli_lib.compute import free_port
+
+    monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("GELI_CACHE", str(tmp_path / "cache"))
+    closed = f"tcp://127.0.0.1:{free_port()}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        assert main(["run", "--profile", "smoke", "--no-book", "--scheduler", closed]) == 1
+    assert f"error: --scheduler {closed}: no Dask scheduler answered within 2s" in capsys.readouterr().err
+    assert main(["run", "--profile", "smoke", "--no-book", "--scheduler", "somewhere"]) == 1
+    assert "error: override compute.scheduler: must be serial, local, slurm or a scheduler address" in \
+        capsys.readouterr().err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

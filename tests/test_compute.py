@@ -1,0 +1,145 @@
+"""The reward-function grid on Dask: a real scheduler and workers give the serial rows; bad settings are named."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fixtures import simulated_corpus
+from geli_lib import experiments as ex
+from geli_lib import reward_model as rm
+from geli_lib.compute import (NoGPUWorkers, SchedulerUnreachable, close_grid_clients, free_port,
+                              loopback_cluster, slurm_cluster)
+from geli_lib.data import build_pairs
+from geli_lib.params import ComputeParams, SlurmParams
+
+#: Seconds a start-up or a run of the loopback cluster may take: generous, because the suite runs
+#: beside other CPU-heavy work on 2 cores and each worker imports torch for its first task.
+CLUSTER_TIMEOUT_S = 300
+#: The grid of the issue: two methods (a GE and an LI one) × two seeds.
+SPECS = [ex.MethodSpec("GE: RRD", "rrd"), ex.MethodSpec("LI: Visual Affect", "va")]
+SEEDS = [0, 1]
+
+
+@pytest.fixture(scope="module")
+def reward_data(tmp_path_factory):
+    """The smoke profile's reward training on a tiny simulated corpus with random features (no encoder)."""
+    params, corpus = simulated_corpus(tmp_path_factory.mktemp("corpus"), simulation={"n_conversations": 6})
+    params = dataclasses.replace(params, adhoc="")
+    pairs = build_pairs(corpus, params.data)
+    ids = sorted(pairs["convo_id"].unique())
+    pairs["split"] = np.where(pairs["convo_id"].isin(ids[:4]), "reward_train", "reward_test")
+    feats = np.random.default_rng(0).normal(size=(len(pairs), 12)).astype(np.float32)
+    labels = {"va": rm.visual_affect_labels(corpus, pairs), "ls": rm.sentiment_labels(pairs)}
+    train = rm.make_train_data(corpus, pairs, feats, ids[:4], labels)
+    return params, ex.RewardData(corpus, pairs, feats, labels, train)
+
+
+@pytest.fixture(scope="module")
+def serial(reward_data, tmp_path_factory):
+    """The grid's rows and saved reward functions, run in this process (the default ``serial``)."""
+    params, data = reward_data
+    cache = tmp_path_factory.mktemp("serial-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GELI_CACHE", str(cache))
+        rows, _ = ex.run_methods(data, SPECS, SEEDS, params)
+    return rows, cache
+
+
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory):
+    """A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1; the grid's clients are
+    closed before they stop."""
+    with loopback_cluster(tmp_path_factory.mktemp("logs"), timeout=CLUSTER_TIMEOUT_S) as cluster:
+        try:
+            yield cluster
+        finally:
+            close_grid_clients()
+
+
+def _heads(cache: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Every saved reward function's head under ``cache`` (name/seed -> state dict)."""
+    return {str(p.parent.relative_to(cache)): torch.load(p, weights_only=True)
+            for p in sorted(cache.glob("reward_functions/**/head.pt"))}
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+@pytest.mark.slow
+def test_grid_on_a_loopback_cluster_gives_the_serial_rows_and_heads(reward_data, serial, loopback, tmp_path,
+                                                                    monkeypatch):
+    """Two methods × two seeds as tasks on a real scheduler + 2 workers, with an empty cache (every
+    training runs on a worker): the same table and, bit for bit, the same saved heads as the serial run."""
+    from distributed import Client, get_task_stream
+
+    params, data = reward_data
+    serial_rows, serial_cache = serial
+    monkeypatch.setenv("GELI_CACHE", str(tmp_path))
+    on_cluster = dataclasses.replace(params, compute=ComputeParams(scheduler=loopback.address))
+    with Client(loopback.address, timeout=CLUSTER_TIMEOUT_S) as watcher, get_task_stream(watcher) as stream:
+        rows, _ = ex.run_methods(data, SPECS, SEEDS, on_cluster)
+        workers = set(watcher.scheduler_info()["workers"])
+    ran = [t for t in stream.data if t["key"].startswith("_in_threads")]
+    assert len(ran) == len(SPECS) * len(SEEDS) and {t["worker"] for t in ran} <= workers
+    assert rows.equals(serial_rows), (rows, serial_rows)
+    got, want = _heads(tmp_path), _heads(serial_cache)
+    assert sorted(got) == sorted(want) and len(got) == len(SPECS) * len(SEEDS)
+    for name in want:  # written here, by the client, from what the workers returned
+        assert all(torch.equal(got[name][k], want[name][k]) for k in want[name]), name
+    # the cache the client wrote is what a later grid reads: nothing more is submitted
+    with Client(loopback.address, timeout=CLUSTER_TIMEOUT_S) as watcher, get_task_stream(watcher) as stream:
+        again, _ = ex.run_methods(data, SPECS, SEEDS, on_cluster, save=False)
+    assert again.equals(serial_rows) and not [t for t in stream.data if t["key"].startswith("_in_threads")]
+
+
+@pytest.mark.slow
+def test_cuda_on_a_scheduler_without_gpu_workers_is_refused_before_submitting(reward_data, loopback, tmp_path,
+                                                                              monkeypatch):
+    params, data = reward_data
+    monkeypatch.setenv("GELI_CACHE", str(tmp_path))
+    on_gpu = dataclasses.replace(params, device="cuda", compute=ComputeParams(scheduler=loopback.address))
+    with pytest.raises(NoGPUWorkers, match=rf"compute.scheduler {loopback.address}: device is cuda, but none of "
+                                           r"its 2 workers offers a GPU; .*--resources GPU=1"):
+        ex.run_methods(data, SPECS, SEEDS, on_gpu)
+    assert _files(tmp_path) == []
+
+
+def test_unreachable_scheduler_is_named_and_nothing_is_written(reward_data, tmp_path, monkeypatch):
+    import dask  # distributed is imported (geli_lib.compute): leaving config.set() keeps its defaults
+
+    params, data = reward_data
+    monkeypatch.setenv("GELI_CACHE", str(tmp_path))
+    closed = f"tcp://127.0.0.1:{free_port()}"
+    nowhere = dataclasses.replace(params, compute=ComputeParams(scheduler=closed))
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), \
+            pytest.raises(SchedulerUnreachable, match=f"compute.scheduler {closed}: no Dask scheduler answered"):
+        ex.run_methods(data, SPECS, SEEDS, nowhere)
+    assert _files(tmp_path) == []
+
+
+def test_slurm_job_script_asks_for_the_section_and_needs_no_sbatch():
+    """What each SLURM job runs, built on a machine without SLURM: constructing submits nothing."""
+    assert shutil.which("sbatch") is None  # this machine has no SLURM: nothing may have been submitted
+    slurm = SlurmParams(queue="gpu", cores=4, memory="16GB", gpus=1, walltime="02:00:00", jobs=3,
+                        directives=["--account=geli"])
+    with slurm_cluster(slurm, "cuda") as cluster:
+        script = cluster.job_script()
+        assert len(cluster.workers) == 0
+    for line in ("#SBATCH -p gpu", "#SBATCH --cpus-per-task=4", "#SBATCH -t 02:00:00", "#SBATCH --account=geli",
+                 "#SBATCH --gres=gpu:1"):
+        assert line in script.splitlines(), (line, script)
+    assert "#SBATCH --mem=15G" in script  # 16 GB in GiB, as dask-jobqueue writes it
+    worker = script.strip().splitlines()[-1]
+    assert "distributed.cli.dask_worker" in worker and "--resources GPU=1" in worker and "--nthreads 4" in worker
+    with slurm_cluster(dataclasses.replace(slurm, gpus=0), "cpu") as cluster:
+        cpu_script = cluster.job_script()
+    assert "--gres" not in cpu_script and "--resources" not in cpu_script
+    with pytest.raises(ValueError, match="compute.slurm.walltime: is required"):
+        slurm_cluster(dataclasses.replace(slurm, walltime=""))
