@@ -62,6 +62,7 @@ import os
 import random
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,7 @@ from torch import nn  # noqa: E402
 from geli_lib.experiments import slug  # noqa: E402
 from geli_lib.generation_eval import GENERATION_COLUMNS, PairScorer, reward_history  # noqa: E402
 from geli_lib.io import cache_dir, content_key, file_key, progress_enabled, write_csv, write_json  # noqa: E402
-from geli_lib.params import DataParams, RLParams, to_dict  # noqa: E402
+from geli_lib.params import ComputeParams, DataParams, RLParams, to_dict  # noqa: E402
 from geli_lib.reward_model import (EncoderMismatchError, RewardModelError, TrainedReward,  # noqa: E402
                                    encoder_id)
 
@@ -504,6 +505,13 @@ def run_dir(results_key: str, name: str, seed: int, algorithm: str = "ppo") -> P
 _NOT_TRAINING = ("reward_fns", "eval_contexts", "gen_tokens", "gen_do_sample", "save_every")
 
 
+def tensorboard_dir(results_key: str, algorithm: str, name: str, seed: int) -> Path:
+    """``results/<results_key>/tensorboard/<algorithm>-<name>-seed<seed>``: one adaptation's TensorBoard log."""
+    from geli_lib.runs import results_dir
+
+    return results_dir(results_key, f"tensorboard/{algorithm}-{slug(name)}-seed{seed}")
+
+
 def run_key(rl: RLParams, reward_folder: Path, train: pd.DataFrame, seed: int, curve_ids: Sequence[str] = (),
             data: DataParams | None = None) -> str:
     """What an adaptation's outputs are valid for: its training parameters, the reward function's files,
@@ -513,6 +521,78 @@ def run_key(rl: RLParams, reward_folder: Path, train: pd.DataFrame, seed: int, c
     d = data or DataParams()
     return content_key(fields, file_key(files), train["context_id"].tolist(), seed, list(curve_ids),
                        [d.history_turns, d.history_chars])
+
+
+def finished_run(run: Path, key: str) -> dict[str, Any] | None:
+    """``done.json`` of the adaptation in ``run`` when it finished with the inputs of ``key`` (its adapter
+    saved), else None."""
+    done_path = run / "done.json"
+    if not done_path.exists() or not (run / "adapter").is_dir():
+        return None
+    done = json.loads(done_path.read_text())
+    return done if done.get("key") == key else None
+
+
+def _folder_files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by its path relative to it (what a Dask task sends or returns)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _unpack(files: dict[str, bytes], folder: Path) -> Path:
+    """Write :func:`_folder_files`' files under ``folder``, in their (sorted) order."""
+    for rel, blob in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+    return folder
+
+
+def _adapt_task(train: pd.DataFrame, name: str, reward_files: dict[str, bytes], rl: RLParams, profile: str,
+                corpus: str, seed: int, device: str, curve: pd.DataFrame | None,
+                data: DataParams | None) -> dict[str, bytes]:
+    """One adaptation of :func:`adapt_on_cluster`, where the Dask task runs: from the reward function's files,
+    in a temporary folder that goes with the task. Returns the run's adapter, ``done.json`` and TensorBoard
+    log (``tensorboard/…``) for the client to write; nothing stays on the worker."""
+    with tempfile.TemporaryDirectory(prefix="geli-rl-") as tmp:
+        run = Path(tmp) / "run"
+        train_rl(name, _unpack(reward_files, Path(tmp) / "reward"), train, rl, profile, corpus, seed, device,
+                 out_dir=run, curve=curve, data=data, write_results=False)
+        return {rel: blob for rel, blob in _folder_files(run).items()
+                if rel == "done.json" or rel.split("/")[0] in ("adapter", "tensorboard")}
+
+
+def adapt_on_cluster(chosen: dict[str, Path], train: pd.DataFrame, rl: RLParams, profile: str, compute: ComputeParams,
+                     corpus: str = "simulated", seed: int = 0, device: str = "cpu",
+                     curve: pd.DataFrame | None = None, data: DataParams | None = None,
+                     results_key: str | None = None) -> list[str]:
+    """Run the adaptations of ``chosen`` (name -> reward-function folder) that have not finished as Dask tasks,
+    where ``compute`` says; return their names. ``serial``: nothing (:func:`train_rl` trains them here).
+
+    Each task gets the reward function's files and trains in a temporary folder of its
+    worker (:func:`_adapt_task`, the same :func:`train_rl`, with this process's torch
+    threads; with ``device`` cuda, on a worker offering ``GPU``). This process writes
+    what comes back into :func:`run_dir` and :func:`tensorboard_dir`, so :func:`train_rl`
+    with the same arguments then reads the finished run (and writes its table rows)
+    like any finished one. An interrupted task starts over: its resume state was on the worker.
+    """
+    from geli_lib.compute import run_grid
+
+    if compute.scheduler == "serial":
+        return []
+    key_of = results_key or profile
+    curve_ids = [] if curve is None else curve["context_id"].tolist()
+    todo = [n for n, folder in chosen.items()
+            if finished_run(run_dir(key_of, n, seed, rl.algorithm), run_key(rl, folder, train, seed, curve_ids, data))
+            is None]
+    calls = [(n, _folder_files(chosen[n]), rl, profile, corpus, seed, device, curve, data) for n in todo]
+    for name, files in zip(todo, run_grid(_adapt_task, train, calls, compute, device)):
+        run = run_dir(key_of, name, seed, rl.algorithm)
+        shutil.rmtree(run, ignore_errors=True)  # a partial run of this process: the worker's is complete
+        _unpack({rel.split("/", 1)[1]: b for rel, b in files.items() if rel.startswith("tensorboard/")},
+                tensorboard_dir(key_of, rl.algorithm, name, seed))
+        # adapter/ before done.json (sorted order): done.json, the completeness marker, last
+        _unpack({rel: b for rel, b in files.items() if not rel.startswith("tensorboard/")}, run)
+    return todo
 
 
 def merge_rows(path: Path, rows: pd.DataFrame, keys: list[str], columns: Sequence[str]) -> pd.DataFrame:
@@ -736,7 +816,8 @@ def curve_contexts(held_out: pd.DataFrame, rl: RLParams) -> pd.DataFrame:
 def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLParams, profile: str,
              corpus: str = "simulated", seed: int = 0, device: str = "cpu", callbacks: Sequence[Any] = (),
              out_dir: str | Path | None = None, curve: pd.DataFrame | None = None,
-             data: DataParams | None = None, results_key: str | None = None) -> RunInfo:
+             data: DataParams | None = None, results_key: str | None = None,
+             write_results: bool = True) -> RunInfo:
     """Adapt SmolLM2 + LoRA to the reward function saved in ``reward_folder`` (steps 2-6 of the module docstring).
 
     ``train`` holds the RL contexts (:func:`rl_contexts`); ``curve`` the fixed
@@ -750,7 +831,10 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
     and algorithm replaced) and returns a :class:`RunInfo`. A finished run with
     the same inputs is reused; an interrupted one resumes. ``callbacks`` are
     extra ``transformers.TrainerCallback`` objects; ``out_dir`` replaces the
-    cache folder of adapters and resume state (:func:`run_dir`).
+    cache folder of adapters and resume state (:func:`run_dir`). Without
+    ``write_results`` nothing goes to the results folder: the TensorBoard log
+    stays in ``out_dir/tensorboard`` and the tables are left to the caller (a
+    Dask task of :func:`train_rl_runs`, whose client writes them).
     """
     from geli_lib.models import load_policy, smollm2_path
     from geli_lib.runs import results_dir
@@ -765,20 +849,24 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
     run = Path(out_dir) if out_dir else run_dir(results_key or profile, name, seed, rl.algorithm)
     curve_ids = [] if curve is None else curve["context_id"].tolist()
     key = run_key(rl, reward_folder, train, seed, curve_ids, data)
-    tables = results_dir(results_key or profile, "tables")
-    curves_path, evals_path = tables / "ppo_curves.csv", tables / "rl_eval_curves.csv"
     run_keys = ["reward_fn", "seed", "corpus", "algorithm"]
+
+    def write_tables(frame: pd.DataFrame, ev: pd.DataFrame) -> None:
+        if not write_results:  # a Dask task: its client writes the tables
+            return
+        tables = results_dir(results_key or profile, "tables")
+        merge_rows(tables / "ppo_curves.csv", frame, run_keys, CURVE_COLUMNS)
+        if not ev.empty:
+            merge_rows(tables / "rl_eval_curves.csv", ev, run_keys, EVAL_COLUMNS)
+
     done_path = run / "done.json"
-    if done_path.exists():
-        done = json.loads(done_path.read_text())
-        if done.get("key") == key and (run / "adapter").is_dir():
-            check_adapter(run / "adapter", rl, smollm2_path())
-            curves, evals = pd.DataFrame(done["curves"]), pd.DataFrame(done.get("evals", []))
-            merge_rows(curves_path, curves, run_keys, CURVE_COLUMNS)
-            if not evals.empty:
-                merge_rows(evals_path, evals, run_keys, EVAL_COLUMNS)
-            return RunInfo(name, seed, run / "adapter", curves, done["seconds_per_step"], 0, True,
-                           _peak_rss_gb(), evals)
+    done = finished_run(run, key)
+    if done is not None:
+        check_adapter(run / "adapter", rl, smollm2_path())
+        curves, evals = pd.DataFrame(done["curves"]), pd.DataFrame(done.get("evals", []))
+        write_tables(curves, evals)
+        return RunInfo(name, seed, run / "adapter", curves, done["seconds_per_step"], 0, True,
+                       _peak_rss_gb(), evals)
     key_path = run / "key.json"
     if run.exists() and (not key_path.exists() or json.loads(key_path.read_text()).get("key") != key):
         shutil.rmtree(run)  # outputs of other inputs: start clean
@@ -804,7 +892,8 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
     reward.step = start + 1
     curves: list[dict[str, Any]] = list(state["curves"]) if state else []
     evals: list[dict[str, Any]] = list(state.get("evals", [])) if state else []
-    tb_dir = results_dir(results_key or profile, f"tensorboard/{rl.algorithm}-{slug(name)}-seed{seed}")
+    tb_dir = tensorboard_dir(results_key or profile, rl.algorithm, name, seed) if write_results \
+        else run / "tensorboard"
     holder: dict[str, Any] = {}
     evaluate = _evaluator(holder, tok, curve, reward, rl, name, seed, corpus)
 
@@ -813,9 +902,7 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
         frame, ev = pd.DataFrame(curves), pd.DataFrame(evals, columns=list(EVAL_COLUMNS))
         if trainer.accelerator.is_main_process:  # under `accelerate launch`, one writer
             model.save_pretrained(run / "adapter")
-            merge_rows(curves_path, frame, run_keys, CURVE_COLUMNS)
-            if not ev.empty:
-                merge_rows(evals_path, ev, run_keys, EVAL_COLUMNS)
+            write_tables(frame, ev)
             write_json(done_path, {"key": key, "curves": curves, "evals": evals, "seconds_per_step": seconds})
             shutil.rmtree(state_dir, ignore_errors=True)  # only for resuming (a trained value backbone: ~1.6 GB)
         return RunInfo(name, seed, run / "adapter", frame, seconds, first, False, _peak_rss_gb(), ev)
@@ -1085,9 +1172,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--algorithm", choices=["ppo", "rloo", "grpo"])
     ap.add_argument("--corpus")
     ap.add_argument("--data-path")
+    ap.add_argument("--scheduler", help="run the adaptations on a Dask cluster first: local, tcp://HOST:PORT or "
+                    "slurm (compute.scheduler; not with accelerate launch)")
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in {"steps": args.steps, "algorithm": args.algorithm}.items() if v is not None}
-    params = load_params(args.profile, corpus=args.corpus, data_path=args.data_path, rl=overrides)
+    params = load_params(args.profile, corpus=args.corpus, data_path=args.data_path, rl=overrides,
+                         compute={"scheduler": args.scheduler})
     seed = params.seed if args.seed is None else args.seed
     dialogues = data.load_corpus(params)
     split = data.split_conversations(dialogues.conversations, params.splits)
@@ -1096,6 +1186,11 @@ def main(argv: list[str] | None = None) -> int:
     chosen = select_reward_functions(experiments.saved_reward_functions(args.profile, params.corpus, seed),
                                      wanted, params.rl)
     curve = curve_contexts(held_out, params.rl)
+    if params.compute.scheduler != "serial" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RLError("compute.scheduler (--scheduler) and accelerate launch exclude each other: "
+                      "every process would submit the same runs")
+    adapt_on_cluster(chosen, train, params.rl, args.profile, params.compute, params.corpus, seed, params.device,
+                     curve=curve, data=params.data)
     runs = {n: train_rl(n, f, train, params.rl, args.profile, params.corpus, seed, params.device, curve=curve,
                         data=params.data)
             for n, f in chosen.items()}
@@ -1110,11 +1205,11 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "ASSISTANT_HEADER", "CURVE_COLUMNS", "GENERATION_COLUMNS", "RLError", "RewardAdapter", "RunInfo",
-    "RunningMoments", "SYSTEM_PROMPT", "TextReward", "chat_messages", "dialogue_contexts", "encode_prompt",
-    "generate", "generations", "load_adapted", "load_trained_reward", "merge_rows", "reward_history",
+    "RunningMoments", "SYSTEM_PROMPT", "TextReward", "adapt_on_cluster", "chat_messages", "dialogue_contexts", "encode_prompt",
+    "finished_run", "generate", "generations", "load_adapted", "load_trained_reward", "merge_rows", "reward_history",
     "rl_contexts", "run_dir", "sample_contexts", "select_reward_functions", "EVAL_COLUMNS", "check_adapter",
     "check_reward_for_rl", "curve_contexts", "curve_slope", "evaluate_policy", "rl_summary",
-    "split_prompt_response", "strip_role", "train_rl", "write_generations",
+    "split_prompt_response", "strip_role", "tensorboard_dir", "train_rl", "write_generations",
 ]
 
 

@@ -93,12 +93,17 @@ print(tok.decode(ids))
 # ## Adapt one policy per reward function
 #
 # Each run saves its adapter every `rl.save_every` updates and resumes from there if stopped; a
-# finished run with the same inputs is reused.
+# finished run with the same inputs is reused. With `compute.scheduler` set to a Dask cluster (README,
+# "More than one machine") the runs train there at once, and the loop below reads them back.
 
 # %%
 chosen = rl.select_reward_functions(experiments.saved_reward_functions(profile, corpus, seed), reward_fn,
                                     params.rl)
 curve = rl.curve_contexts(held_out, params.rl)
+if params.compute.scheduler != "serial":
+    with timed(results, f"07: {params.rl.algorithm} on the cluster"):
+        rl.adapt_on_cluster(chosen, train, params.rl, profile, params.compute, corpus, seed, params.device,
+                            curve=curve, data=params.data, results_key=results)
 runs = {}
 for name, folder in chosen.items():
     with timed(results, f"07: {params.rl.algorithm} {name}"):

@@ -393,3 +393,46 @@ def test_rl_reward_rises_on_a_toy_reward(world, tmp_path, monkeypatch):
     assert info.evals.loc[info.evals["step"] == 0, "kl"].abs().max() < 1e-4  # LoRA B = 0: the reference itself
     saved = pd.read_csv(tmp_path / "results" / "smoke" / "tables" / "rl_eval_curves.csv")
     assert len(saved) == len(info.evals)
+
+
+@pytest.mark.slow
+def test_adaptations_on_a_loopback_cluster_give_the_serial_adapter(world, tmp_path, monkeypatch):
+    """An adaptation as a Dask task on a real scheduler + worker (from the reward function's files, in the
+    worker's temporary folder): the client writes its run, which train_rl then reads back; the adapter and
+    the curve are the serial run's, and a finished run is not submitted again."""
+    from safetensors.torch import load_file
+
+    from geli_lib.compute import close_grid_clients, loopback_cluster
+    from geli_lib.io import cache_dir
+    from geli_lib.params import ComputeParams
+
+    cache = tmp_path / "cache"  # runs land here; the prepared models are the machine's
+    (cache).mkdir()
+    (cache / "models").symlink_to(cache_dir("models"))
+    monkeypatch.setenv("GELI_CACHE", str(cache))
+    monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("GELI_PROGRESS", "0")
+    rl = dataclasses.replace(load_params("smoke").rl, steps=2, batch_size=2, mini_batch_size=2, ppo_epochs=1,
+                             response_length=8, history_turns=2, max_prompt_tokens=128, save_every=1,
+                             train_value_backbone=False, eval_conversations=2, train_contexts=8, lr=1e-3)
+    train, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
+    serial = R.train_rl("GELI", world["folder"], train, rl, "serial", seed=0)
+    chosen = {"GELI": world["folder"]}
+    with loopback_cluster(tmp_path / "logs", n_workers=1, timeout=300) as cluster:
+        try:
+            compute = ComputeParams(scheduler=cluster.address)
+            assert R.adapt_on_cluster(chosen, train, rl, "cluster", compute, seed=0) == ["GELI"]
+            run = R.run_dir("cluster", "GELI", 0, "ppo")
+            assert (run / "done.json").is_file() and not (run / "state").exists()
+            assert list(R.tensorboard_dir("cluster", "ppo", "GELI", 0).rglob("events.out.tfevents.*"))
+            assert R.adapt_on_cluster(chosen, train, rl, "cluster", compute, seed=0) == []  # finished: read here
+        finally:
+            close_grid_clients()
+    info = R.train_rl("GELI", world["folder"], train, rl, "cluster", seed=0)  # reads the run the client wrote
+    assert info.reused and info.adapter == run / "adapter"
+    got, want = (load_file(a / "adapter_model.safetensors") for a in (info.adapter, serial.adapter))
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    cols = ["step", "reward_mean", "kl"]
+    pd.testing.assert_frame_equal(info.curves[cols], serial.curves[cols])
+    table = pd.read_csv(tmp_path / "results" / "cluster" / "tables" / "ppo_curves.csv")
+    assert table["step"].tolist() == [1, 2] and (table["reward_fn"] == "GELI").all()
