@@ -173,6 +173,31 @@ def sweep(rows: pd.DataFrame, x: str, metrics: dict[str, str], hue: str = "metho
     return fig
 
 
+def loss_curves(losses: dict[str, list[list[float]]]) -> plt.Figure:
+    """Training loss per epoch of each reward function (one line per seed), on a log scale.
+
+    ``losses``: method name -> one list of per-epoch losses per seed (``info["loss"]`` of the
+    trained functions, :func:`geli_lib.experiments.saved_info`). Each method's loss has its own
+    unit (eq. 2 mixes two), so each gets its own panel.
+    """
+    n = len(losses)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
+    for ax, (name, seeds) in zip(axes.flat, losses.items()):
+        for k, hist in enumerate(seeds):
+            ax.plot(np.arange(1, len(hist) + 1), hist, color=f"C{k}", lw=1, label=f"seed {k}")
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+    axes.flat[0].set_ylabel("training loss")
+    axes.flat[0].legend(frameon=False, fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
 def auto_eval_bars(rows: pd.DataFrame, metrics: dict[str, str] | None = None) -> plt.Figure:
     """Automatic scores of each model's generations, mean ± sd over seeds (``tables/auto_eval.csv``).
 

@@ -854,6 +854,27 @@ def _head_on_turns(head: RewardHead, X: torch.Tensor, mask: torch.Tensor) -> tor
     return torch.zeros(mask.shape, dtype=X.dtype).masked_scatter(mask, head(X[mask]))
 
 
+def step_loss(r_hat: torch.Tensor | None, mask: torch.Tensor, lam: float,
+              l_ge: Callable[[], torch.Tensor] | None, li_target: torch.Tensor | None) -> torch.Tensor:
+    """The loss of one training step on a batch of conversations: GELI eq. 2, every method a case of it.
+
+    ``r_hat`` (b, T_max): r_θ of the batch's turns; ``l_ge``: computes the batch's L_GE (eq. 9 for RRD,
+    eq. 4 for the exact sum, IRCR's or RUDDER's targets), called only when λ > 0; ``li_target``
+    (b, T_max): the per-turn proxy reward r_LI (eq. 6; NaN = no label), or the planted truth for the
+    oracle and the LLM's labels for LLM-GELI (eq. 5). λ = 1 is a GE method alone, λ = 0 an LI one.
+    """
+    from geli_lib import losses
+
+    l_global = l_ge() if l_ge is not None and lam > 0 else None  # sampled first: the RNG order of every run
+    l_local = _masked_mse(r_hat, mask, li_target) if li_target is not None and lam < 1 else None
+    if l_global is not None and l_local is not None:
+        return losses.geli_loss(l_global, l_local, lam)  # eq. 2: λ·L_GE + (1 − λ)·L_LI
+    if l_global is None and l_local is None:
+        raise RewardModelError(f"no loss term: λ = {lam}, GE term {'given' if l_ge else 'none'}, "
+                               f"LI targets {'given' if li_target is not None else 'none'}")
+    return l_global if l_global is not None else l_local
+
+
 def _ge_loss(kind: str, head: RewardHead, train: TrainData, b: torch.Tensor, params: RewardParams,
              gen: torch.Generator, targets: torch.Tensor | None, feature_fn: FeatureFn,
              r_b: torch.Tensor | None = None, T_bar: float | None = None) -> torch.Tensor:
@@ -1172,17 +1193,10 @@ def _train_head(method: str, train: TrainData, params: RewardParams, seed: int, 
                 r_b = _head_on_turns(head, enc_feats.turns(b, train.mask[b]), train.mask[b])
             elif enc_feats is None and (per_turn or every_turn):
                 r_b = _head_on_turns(head, train.X[b], train.mask[b])
-            if oracle is not None:
-                loss = _masked_mse(r_b, train.mask[b], oracle[b])
-            else:
-                l_ge = _ge_loss(ge, head, train, b, params, gen, ge_targets, feature_fn, r_b, T_bar) \
-                    if ge is not None and lam > 0 else None
-                l_li = _masked_mse(r_b, train.mask[b], li_targets[b]) \
-                    if li_targets is not None and lam < 1 else None
-                if l_ge is not None and l_li is not None:
-                    loss = losses.geli_loss(l_ge, l_li, lam)
-                else:
-                    loss = l_ge if l_ge is not None else l_li
+            target = oracle if oracle is not None else li_targets
+            l_ge = (lambda: _ge_loss(ge, head, train, b, params, gen, ge_targets, feature_fn, r_b, T_bar)) \
+                if ge is not None else None
+            loss = step_loss(r_b, train.mask[b], lam, l_ge, None if target is None else target[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -1216,5 +1230,5 @@ __all__ = [
     "EncoderFeatures", "EncoderMismatchError", "FeatureCache", "METHOD_FAMILY", "RewardHead", "RewardModelError",
     "TrainData", "TrainedReward", "auto_scale", "cached_features", "encode_pairs", "encoder_id",
     "family", "load_reward_function", "make_train_data", "pair_features", "pair_texts", "predict", "predict_pairs",
-    "sentiment_labels", "train_cached", "train_reward_function", "training_key", "visual_affect_labels",
+    "sentiment_labels", "step_loss", "train_cached", "train_reward_function", "training_key", "visual_affect_labels",
 ]

@@ -59,10 +59,13 @@ ge_method = None  # rrd, ircr, rudder or sum (reward.ge_method)
 li_signal = None  # va or ls (reward.li_signal)
 seed = None  # one seed instead of every seed of the profile
 
-# %%
-from IPython.display import display
+# %% tags=["hide-input"]
+import inspect
 
-from geli_lib import experiments, figures
+import torch
+from IPython.display import Code, display
+
+from geli_lib import experiments, figures, losses, reward_model
 from geli_lib.params import load_params
 from geli_lib.runs import timed
 
@@ -71,7 +74,71 @@ params = load_params(profile, corpus=corpus, data_path=data_path, seeds=None if 
 results = params.results_key  # results/<profile>[/<corpus>][/adhoc/…]: never over another run's results
 seeds = params.seeds
 
+# %% [markdown]
+# ## One GELI step, by hand
+#
+# Two conversations of 5 and 3 AI turns, the rewards $\hat r_t = r_\theta(s_t, a_t)$ the head gives
+# their turns at some step of training, and their session scores $R$. With $\bar T = 4$ the exact
+# decomposition loss (eq. 4, every turn) compares $R$ with $\frac{\bar T}{T}\sum_t \hat r_t$:
+
 # %%
+mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])  # two conversations: 5 and 3 AI turns
+r_hat = torch.tensor([[15., 20., 10., 25., 10.], [20., 10., 15., 0., 0.]])  # r_θ(s_t, a_t) at this step
+R = torch.tensor([65., 55.])  # their session scores
+T_bar, K = 4.0, 2  # the unit of r̂ (R ≈ (T̄/T)·Σ_t r̂_t), and RRD's sample size
+print("(T̄/T)·Σ_t r̂_t per conversation:", losses.session_estimate(r_hat, mask, T_bar).tolist())
+print("L_GE, eq. 4 (every turn):", losses.sum_decomposition_loss(r_hat, mask, R, T_bar).item())
+
+# %% [markdown]
+# RRD (eq. 9) reads only $K$ turns per conversation, drawn uniformly without replacement, and
+# scales their mean back up: $\hat S = \frac{\bar T}{K}\sum_{t \in I} \hat r_t$ is unbiased for
+# $\frac{\bar T}{T}\sum_t \hat r_t$.
+
+# %%
+gen = torch.Generator().manual_seed(0)
+idx, valid = losses.sample_rrd_indices(mask.sum(1), K, generator=gen)  # I ~ ρ_T: K distinct turns each
+S_hat = T_bar * r_hat.gather(1, idx).mean(1)  # (T̄/K)·Σ_{t∈I} r̂_t
+print("sampled turns:", idx.tolist(), " Ŝ:", S_hat.tolist())
+print("L_RRD by hand:", ((R - S_hat) ** 2).mean().item(),
+      " losses.rrd_loss:", losses.rrd_loss(r_hat, mask, R, idx, valid, T_bar).item())
+
+# %% [markdown]
+# Unbiased for the estimate is not unbiased for the loss. Over many draws the RRD loss is eq. 4
+# **plus** the variance of $\hat S$ (Ren et al., 2021), $\mathrm{Var}_I(\hat S) = \bar T^2 (1 - K/T)\, s^2_{\hat r} / K$,
+# with $s^2_{\hat r}$ the variance of a conversation's turn rewards: RRD also pushes the turns of a
+# conversation towards each other, whatever the listener shows. The bias-corrected RRD-L_RD
+# subtracts the sample-variance term and averages back to eq. 4.
+
+# %%
+draws = [losses.sample_rrd_indices(mask.sum(1), K, generator=gen) for _ in range(10000)]
+plain = torch.stack([losses.rrd_loss(r_hat, mask, R, i, v, T_bar) for i, v in draws]).mean()
+corrected = torch.stack([losses.rrd_loss(r_hat, mask, R, i, v, T_bar, bias_correction=True) for i, v in draws])
+T = mask.sum(1)
+var = T_bar ** 2 * (1 - K / T) * torch.stack([r_hat[b, :t].var() for b, t in enumerate(T.tolist())]) / K
+print(f"mean of 10,000 draws: L_RRD {plain:.1f} ≈ eq. 4 + mean Var_I(Ŝ) = "
+      f"{losses.sum_decomposition_loss(r_hat, mask, R, T_bar):.1f} + {var.mean():.1f}; "
+      f"bias-corrected {corrected.mean():.1f}")
+
+# %% [markdown]
+# The local term (eq. 6) regresses each turn on the listener's signal: $r_{LI} = \Gamma \cdot s$,
+# with $\Gamma = 1$ where the listener smiled (eq. 7) and $s$ the head's output scale (here 40); a
+# turn without a face window (NaN) is left out. Eq. 2 mixes the two losses, which live on different
+# scales: λ is not a share.
+
+# %%
+gamma = torch.tensor([[0., 1., 0., 1., float("nan")], [1., 0., 0., 0., 0.]])  # Γ of each turn (eq. 7)
+l_li = losses.li_loss(r_hat, mask, gamma * 40.0)  # eq. 6
+l_ge = losses.rrd_loss(r_hat, mask, R, idx, valid, T_bar)  # eq. 9, the draw above
+print(f"L_LI {l_li:.1f}, L_GE {l_ge:.1f}; eq. 2 at λ = 0.5: {losses.geli_loss(l_ge, l_li, 0.5):.1f}")
+
+# %% [markdown]
+# That is the whole training step. The library's, which every method of Table 1 goes through
+# (λ = 1 is a GE method alone, λ = 0 an LI one), is this function:
+
+# %%
+display(Code(inspect.getsource(reward_model.step_loss), language="python"))
+
+# %% tags=["hide-input"]
 with timed(results, "03: prepare reward data"):
     data = experiments.prepare_reward_data(params)
 
@@ -92,6 +159,17 @@ with timed(results, "03: train GELI"):
     rows, preds = experiments.run_methods(data, experiments.table1_specs(params, "geli"), seeds, params)
 experiments.write_rows(results, "geli", rows, data, preds)
 display(experiments.table1(rows))
+
+# %% [markdown]
+# ## Training curves
+#
+# The loss of eq. 2 per epoch (mean over the training conversations), one line per seed. The
+# authors' recipe shows only its fine-tuning epochs (its VA start is trained first).
+
+# %%
+curves = {name: experiments.saved_info(params, name, seeds, "loss") for name in preds}
+fig = figures.loss_curves(curves)
+figures.save_figure(fig, results, "03_loss_curves")
 
 # %% [markdown]
 # ## One held-out conversation, turn by turn

@@ -407,3 +407,24 @@ def test_labels_align_with_pairs(sim):
     assert (va[short.to_numpy()] == 0).all()  # authors: short turns get Γ = 0
     ls = rm.sentiment_labels(pd.DataFrame({"response": ["I love this, wonderful!", "This is awful."]}))
     assert list(ls) == [1.0, 0.0]
+
+
+def test_step_loss_is_eq_2_and_each_method_a_case_of_it():
+    from geli_lib import losses
+
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    r_hat = torch.tensor([[15., 20., 10., 25., 10.], [20., 10., 15., 0., 0.]])
+    R = torch.tensor([65., 55.])
+    target = torch.tensor([[0., 40., 0., 40., float("nan")], [40., 0., 0., 0., 0.]])
+    l_ge = lambda: losses.sum_decomposition_loss(r_hat, mask, R, 4.0)  # noqa: E731
+    # by hand: (T̄/T)·Σ r̂ = 64, 60 -> L_GE = (1 + 25) / 2 = 13; L_LI over the 7 labelled turns = 1675 / 7
+    assert rm.step_loss(r_hat, mask, 1.0, l_ge, target).item() == pytest.approx(13.0)
+    assert rm.step_loss(r_hat, mask, 0.0, l_ge, target).item() == pytest.approx(1675 / 7)
+    assert rm.step_loss(r_hat, mask, 0.5, l_ge, target).item() == pytest.approx(0.5 * 13 + 0.5 * 1675 / 7)
+
+    def never() -> torch.Tensor:
+        raise AssertionError("L_GE computed at λ = 0")
+
+    rm.step_loss(r_hat, mask, 0.0, never, target)  # λ = 0 never samples (RNG order of LI methods)
+    with pytest.raises(rm.RewardModelError, match="no loss term"):
+        rm.step_loss(r_hat, mask, 0.0, l_ge, None)
