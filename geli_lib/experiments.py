@@ -267,6 +267,12 @@ def table1(rows: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     return out
 
 
+def table1_best(rows: pd.DataFrame, metric: str, lowest: bool = True) -> pd.Series:
+    """The method with the best mean ``metric`` over seeds (a row of means, named by the method)."""
+    means = rows.groupby("method", sort=False).mean(numeric_only=True).dropna(subset=[metric])
+    return means.loc[means[metric].idxmin() if lowest else means[metric].idxmax()]
+
+
 def sweep(data: RewardData, params: StudyParams, field_name: str, values: list[Any],
           spec: MethodSpec | None = None) -> pd.DataFrame:
     """Re-train one method (default: GELI) for each value of a RewardParams field, over the seeds.

@@ -36,7 +36,7 @@ profile = "smoke"
 corpus = "simulated"
 data_path = ""
 
-# %%
+# %% tags=["hide-input"]
 from IPython.display import display
 
 from geli_lib import data, features, figures
@@ -46,6 +46,34 @@ from geli_lib.runs import results_dir, timed
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
 results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
+
+# %% [markdown]
+# ## The simulated corpus: what is planted
+#
+# The simulator (`geli_lib.simulation`) draws each conversation top to bottom, so the later
+# notebooks can be checked against a truth no real corpus has:
+#
+# 1. **The listener** has a mood $m \sim \mathcal N(\mu_m, \sigma_m)$ (logit units) that shifts every
+#    turn, and tastes for a few social acts.
+# 2. **The AI** has habits $\pi \sim \mathrm{Dirichlet}$ over social acts (empathy, humour, questions, ...)
+#    and a skill $\kappa \sim \mathrm{Beta}$: with probability $\kappa$ it picks the act that fits the
+#    context, otherwise one from its habits.
+# 3. **Each AI turn's true reward.** A latent quality
+#    $q_t = v(\text{act}_t) + \text{fit}_t + \text{taste}(\text{act}_t) + \varepsilon_t$,
+#    $\varepsilon_t \sim \mathcal N(0, \sigma_{turn})$, where the fit rewards e.g. empathy after bad news
+#    and punishes ignoring a question. The listener's pleasantness is $p_t = \sigma(m + q_t)$ and the
+#    true reward $r_t = 100\,p_t$.
+# 4. **The session score** is the mean of the AI turns' rewards plus noise, on CANDOR's 1-10 scale:
+#    $R = 10 \cdot \mathrm{clip}\big(\mathrm{round}((\tfrac1T \sum_t r_t + \eta)/10), 1, 10\big)$,
+#    $\eta \sim \mathcal N(0, \sigma_{score})$. A turn's reward never depends on the conversation's
+#    length $T$ (the fixed-$T$ mean form that 02-03 train in).
+# 5. **The listener's face**, per second, follows the turn heard `reaction_lag` seconds earlier: a
+#    reaction $s = 2p_t - 1$ adds $c \cdot s$ to the logit of happiness (`face_coupling` $c$) plus
+#    noise of SD `face_noise`; a softmax gives the eight emotion probabilities. Visual affect is
+#    therefore a noisy proxy of $r_t$, and 06 re-simulates the same conversations with $c = 0$
+#    (a face unrelated to the truth) as a placebo.
+# 6. **The AI's wording** carries a tone that agrees with $q_t$ only with probability
+#    `sentiment_coupling`: language sentiment is a weak proxy, as the papers found.
 
 # %% [markdown]
 # ## Loading

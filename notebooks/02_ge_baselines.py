@@ -39,10 +39,10 @@ profile = "smoke"
 corpus = "simulated"
 data_path = ""
 
-# %%
-from IPython.display import display
+# %% tags=["hide-input"]
+from IPython.display import Markdown, display
 
-from geli_lib import experiments
+from geli_lib import experiments, figures
 from geli_lib.params import load_params
 from geli_lib.runs import timed
 
@@ -65,7 +65,17 @@ print(f"{len(data.train)} training conversations, {data.pairs['split'].eq('rewar
 # %% [markdown]
 # ## Train and evaluate on held-out whole conversations
 #
-# One row per method and seed; metrics are defined in `geli_lib.evaluation`.
+# Two questions per reward function, on conversations it never saw (GELI Table 1):
+#
+# - do its turn rewards **add up** to the score? $\mathcal{L}_{GE}$, the squared (MSE) or absolute
+#   (MAE) error of $\frac{\bar T}{T}\sum_t \hat r_t$ against $R$;
+# - does it **agree with the listener**? eq. 8,
+#   $\Delta\hat r_{LI} = \mathbb{E}[\hat r \mid \Gamma = 1] - \mathbb{E}[\hat r \mid \Gamma = 0]$,
+#   the mean reward of the turns where the listener smiled minus that of the others ("within":
+#   the same on rewards demeaned per conversation, see 03).
+#
+# On the simulated corpus a third: Spearman's ρ with the planted turn rewards, pooled and within
+# conversations. GE methods never see a face, so their Δ should be near 0.
 
 # %%
 with timed(results, "02: train GE methods"):
@@ -73,3 +83,19 @@ with timed(results, "02: train GE methods"):
                                           params.seeds, params)
 experiments.write_rows(results, "ge", rows, data, preds)
 display(experiments.table1(rows))
+
+# %%
+best = experiments.table1_best(rows[rows["family"] != "baseline"], "l_ge_mse")
+mean = experiments.table1_best(rows[rows["method"] == "Mean"], "l_ge_mse")
+display(Markdown(f"Lowest held-out L_GE MSE of a learnt decomposition: **{best.name}** ({best.l_ge_mse:.1f}), "
+                 f"against {mean.l_ge_mse:.1f} for the constant Mean ({best.l_ge_mse / mean.l_ge_mse:.2f}×)."))
+
+# %% [markdown]
+# ## Training curves
+#
+# The training loss per epoch, one line per seed (each method's loss has its own unit).
+
+# %%
+curves = {name: experiments.saved_info(params, name, params.seeds, "loss") for name in preds
+          if name not in ("Mean", "Mode")}
+figures.save_figure(figures.loss_curves(curves), results, "02_loss_curves")

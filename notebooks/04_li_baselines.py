@@ -31,10 +31,10 @@ profile = "smoke"
 corpus = "simulated"
 data_path = ""
 
-# %%
-from IPython.display import display
+# %% tags=["hide-input"]
+from IPython.display import Markdown, display
 
-from geli_lib import experiments
+from geli_lib import experiments, figures
 from geli_lib.params import load_params
 from geli_lib.runs import timed
 
@@ -48,3 +48,17 @@ with timed(results, "04: train LI methods and oracle"):
     rows, preds = experiments.run_methods(data, experiments.table1_specs(params, "li"), params.seeds, params)
 experiments.write_rows(results, "li", rows, data, preds)
 display(experiments.table1(rows))
+
+# %%
+best = experiments.table1_best(rows, "delta_li_within", lowest=False)
+display(Markdown(f"Largest Δr̂_LI within conversations: **{best.name}** ({best.delta_li_within:.3f}); "
+                 f"its L_GE MSE is {best.l_ge_mse:.1f}."))
+
+# %% [markdown]
+# ## Training curves
+#
+# The LI loss (eq. 6) per epoch, one line per seed; the oracle's is the MSE to the planted truth.
+
+# %%
+curves = {name: experiments.saved_info(params, name, params.seeds, "loss") for name in preds}
+figures.save_figure(figures.loss_curves(curves), results, "04_loss_curves")

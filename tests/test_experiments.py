@@ -90,6 +90,14 @@ def test_readings_state_the_pattern_with_this_runs_numbers():
     assert "does not hold" in ex.readings(worse)[0]
 
 
+def test_table1_best_takes_the_mean_over_seeds():
+    rows = pd.concat([_rows({"A": ("GE", 100.0, 0.1, 0.0, 0.2, 0.1), "B": ("GE", 120.0, 0.3, 0.2, 0.2, 0.1)}),
+                      _rows({"A": ("GE", 160.0, 0.1, 0.0, 0.2, 0.1), "B": ("GE", 121.0, 0.3, 0.4, 0.2, 0.1)})])
+    best = ex.table1_best(rows, "l_ge_mse")  # A: (100 + 160) / 2 = 130 > B's 120.5
+    assert best.name == "B" and best.l_ge_mse == pytest.approx(120.5)
+    assert ex.table1_best(rows, "delta_li_within", lowest=False).delta_li_within == pytest.approx(0.3)
+
+
 def test_sweep_readings_judge_by_table_1s_bar():
     rows = pd.DataFrame([{"method": "GELI", "seed": s, "lam": lam, "l_ge_mse": mse, "delta_li_within": d}
                          for s in (0, 1)
