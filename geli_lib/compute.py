@@ -85,7 +85,7 @@ def dask_client(scheduler: str | None, workers: int, option: str = "scheduler",
         client.close()
 
 
-def slurm_cluster(slurm: SlurmParams, device: str = "cpu") -> Any:
+def slurm_cluster(slurm: SlurmParams) -> Any:
     """A ``dask_jobqueue.SLURMCluster`` of ``compute.slurm``'s jobs, none submitted yet.
 
     Its scheduler runs in this process (on the login node); each job is one Dask
@@ -126,7 +126,7 @@ def grid_client(compute: ComputeParams, device: str = "cpu") -> Client:
     stack = ExitStack()
     try:
         if compute.scheduler == "slurm":
-            cluster = stack.enter_context(slurm_cluster(compute.slurm, device))
+            cluster = stack.enter_context(slurm_cluster(compute.slurm))
             cluster.adapt(minimum_jobs=0, maximum_jobs=compute.slurm.jobs)
             client = stack.enter_context(Client(cluster))
         else:

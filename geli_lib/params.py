@@ -593,8 +593,9 @@ class ComputeParams:
     """Worker processes of ``local`` (one task each at a time). Also ``$GELI_WORKERS`` / ``--workers``."""
     threads: int = 0
     """torch threads of a task on a worker; 0 = as many as this process uses, so a task gives bit for bit
-    what the serial path gives (matrix products sum in another order on another thread count).
-    1 is faster with several workers on one machine, at the price of last-bit differences."""
+    what the serial path gives (matrix products may sum in another order on another thread count).
+    1 keeps several workers on one machine from oversubscribing its cores, at the price of possible
+    last-bit differences."""
     slurm: SlurmParams = field(default_factory=SlurmParams)
     """The SLURM jobs of ``scheduler: slurm``."""
 

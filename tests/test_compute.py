@@ -129,7 +129,7 @@ def test_slurm_job_script_asks_for_the_section_and_needs_no_sbatch():
     assert shutil.which("sbatch") is None  # this machine has no SLURM: nothing may have been submitted
     slurm = SlurmParams(queue="gpu", cores=4, memory="16GB", gpus=1, walltime="02:00:00", jobs=3,
                         directives=["--account=geli"])
-    with slurm_cluster(slurm, "cuda") as cluster:
+    with slurm_cluster(slurm) as cluster:
         script = cluster.job_script()
         assert len(cluster.workers) == 0
     for line in ("#SBATCH -p gpu", "#SBATCH --cpus-per-task=4", "#SBATCH -t 02:00:00", "#SBATCH --account=geli",
@@ -138,7 +138,7 @@ def test_slurm_job_script_asks_for_the_section_and_needs_no_sbatch():
     assert "#SBATCH --mem=15G" in script  # 16 GB in GiB, as dask-jobqueue writes it
     worker = script.strip().splitlines()[-1]
     assert "distributed.cli.dask_worker" in worker and "--resources GPU=1" in worker and "--nthreads 4" in worker
-    with slurm_cluster(dataclasses.replace(slurm, gpus=0), "cpu") as cluster:
+    with slurm_cluster(dataclasses.replace(slurm, gpus=0)) as cluster:
         cpu_script = cluster.job_script()
     assert "--gres" not in cpu_script and "--resources" not in cpu_script
     with pytest.raises(ValueError, match="compute.slurm.walltime: is required"):
