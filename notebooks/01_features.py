@@ -49,7 +49,7 @@ recordings_dir = ""  # empty: make the demonstration clips
 clip_seconds = 12
 descriptor_turns = 8
 
-# %%
+# %% tags=["hide-input"]
 import json
 
 import pandas as pd

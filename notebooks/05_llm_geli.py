@@ -49,7 +49,7 @@ data_path = ""
 backend = ""  # empty: the profile setting llm.backend (local, openai or reference)
 seed = None  # None: every seed of the profile
 
-# %%
+# %% tags=["hide-input"]
 import pandas as pd
 from IPython.display import display
 

@@ -34,7 +34,7 @@ data_path = ""
 lams = [0.0, 0.01, 0.03, 0.1, 0.25, 0.5, 1.0]
 face_noises = [0.5, 1.0, 2.0, 4.0]
 
-# %%
+# %% tags=["hide-input"]
 import pandas as pd
 from IPython.display import Markdown, display
 

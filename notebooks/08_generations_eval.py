@@ -43,7 +43,7 @@ corpus = "simulated"
 data_path = ""
 generations_path = ""  # empty: results/<profile>[/<corpus>]/tables/generations.csv (written by 07_ppo)
 
-# %%
+# %% tags=["hide-input"]
 import pandas as pd
 from IPython.display import display
 

@@ -40,7 +40,7 @@ data_path = ""
 annotations_path = ""  # a result CSV or a folder of them; empty: results/<profile>[/<corpus>]/human_eval/annotations
 missing = "error"  # "drop": leave out annotations with unanswered questions (counted)
 
-# %%
+# %% tags=["hide-input"]
 from pathlib import Path
 
 import pandas as pd
