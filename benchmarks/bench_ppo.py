@@ -58,8 +58,19 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        info = rl.train_rl(args.reward_fn, folder, train, rlp, args.profile, params.corpus, params.seed, device,
-                           out_dir=Path(tmp) / "run", curve=rl.curve_contexts(held_out, rlp), data=params.data)
+        info = rl.train_rl(
+            args.reward_fn,
+            folder,
+            train,
+            rlp,
+            args.profile,
+            params.corpus,
+            params.seed,
+            device,
+            out_dir=Path(tmp) / "run",
+            curve=rl.curve_contexts(held_out, rlp),
+            data=params.data,
+        )
         t_run = time.perf_counter() - t0
         t0 = time.perf_counter()
         rows = rl.generations(held_out, {args.reward_fn: info.adapter}, rlp, params.seed, device)
@@ -71,24 +82,36 @@ def main() -> None:
     overhead = t_run - secs.sum()  # model loading, trainer construction, evaluation points, saving
     t_point = overhead / max(n_eval, 1) if n_eval else 0.0  # an upper bound: loading counts in
     points = params.rl.steps // params.rl.eval_every + 1 + (params.rl.steps % params.rl.eval_every > 0)
-    projected = (n_fns * (params.rl.steps * steady + overhead + max(points - n_eval, 0) * t_point)
-                 + t_gen * (n_fns + 1) / 2)
-    mem = (f"peak CUDA memory {torch.cuda.max_memory_allocated() / 1024 ** 3:.2f} GiB" if device == "cuda"
-           else f"peak RSS {info.peak_rss_gb:.2f} GiB")
+    projected = (
+        n_fns * (params.rl.steps * steady + overhead + max(points - n_eval, 0) * t_point) + t_gen * (n_fns + 1) / 2
+    )
+    mem = (
+        f"peak CUDA memory {torch.cuda.max_memory_allocated() / 1024**3:.2f} GiB"
+        if device == "cuda"
+        else f"peak RSS {info.peak_rss_gb:.2f} GiB"
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"profile {args.profile} on {device} ({torch.get_num_threads()} torch threads, load average {load:.1f}): "
-          f"{rlp.algorithm.upper()}, batch {rlp.batch_size} responses"
-          f"{f' ({rlp.batch_size // rlp.group_size} prompts x {rlp.group_size})' if rlp.algorithm != 'ppo' else ''}, "
-          f"mini-batch {rlp.mini_batch_size}, {rlp.ppo_epochs} PPO epoch(s), {rlp.response_length} response "
-          f"tokens, prompts <= {rlp.max_prompt_tokens} tokens ({rlp.history_turns} turns), lr {rlp.lr:g}")
-    print(f"setup {t_setup:.1f} s; first update {secs[0]:.1f} s; steady {steady:.1f} s / update "
-          f"(updates: {', '.join(f'{s:.1f}' for s in secs)}); load/build/evaluate/save overhead {overhead:.1f} s "
-          f"({n_eval} evaluation points of {rlp.curve_contexts} contexts); {mem}")
+    print(
+        f"profile {args.profile} on {device} ({torch.get_num_threads()} torch threads, load average {load:.1f}): "
+        f"{rlp.algorithm.upper()}, batch {rlp.batch_size} responses"
+        f"{f' ({rlp.batch_size // rlp.group_size} prompts x {rlp.group_size})' if rlp.algorithm != 'ppo' else ''}, "
+        f"mini-batch {rlp.mini_batch_size}, {rlp.ppo_epochs} PPO epoch(s), {rlp.response_length} response "
+        f"tokens, prompts <= {rlp.max_prompt_tokens} tokens ({rlp.history_turns} turns), lr {rlp.lr:g}"
+    )
+    print(
+        f"setup {t_setup:.1f} s; first update {secs[0]:.1f} s; steady {steady:.1f} s / update "
+        f"(updates: {', '.join(f'{s:.1f}' for s in secs)}); load/build/evaluate/save overhead {overhead:.1f} s "
+        f"({n_eval} evaluation points of {rlp.curve_contexts} contexts); {mem}"
+    )
     print(f"generations: {len(rows)} rows ({len(held_out)} contexts × base, adapted, truth) in {t_gen:.1f} s")
-    print(f"projected RL stage of the {args.profile} profile (07 training + generations): {n_fns} reward functions "
-          f"× {params.rl.steps} updates + {points} evaluation points = {projected / 60:.1f} min")
-    print(f"reward r̂ per update: {', '.join(f'{r:.3f}' for r in info.curves['reward_mean'])}; "
-          f"KL: {', '.join(f'{k:.4f}' for k in info.curves['kl'])}")
+    print(
+        f"projected RL stage of the {args.profile} profile (07 training + generations): {n_fns} reward functions "
+        f"× {params.rl.steps} updates + {points} evaluation points = {projected / 60:.1f} min"
+    )
+    print(
+        f"reward r̂ per update: {', '.join(f'{r:.3f}' for r in info.curves['reward_mean'])}; "
+        f"KL: {', '.join(f'{k:.4f}' for k in info.curves['kl'])}"
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-book", action="store_true", help="skip the book build")
     run.add_argument("--corpus", help="simulated | candor | esconv | soda (overrides the profile)")
     run.add_argument("--data-path", help="real data for --corpus")
-    run.add_argument("--scheduler", help="where the reward-function grids run: serial (in the notebook, the default), "
-                     "local (a Dask cluster of --workers processes), tcp://HOST:PORT (an existing Dask scheduler) "
-                     "or slurm (the profile's compute.slurm jobs); overrides the profile's compute.scheduler")
+    run.add_argument(
+        "--scheduler",
+        help="where the reward-function grids run: serial (in the notebook, the default), "
+        "local (a Dask cluster of --workers processes), tcp://HOST:PORT (an existing Dask scheduler) "
+        "or slurm (the profile's compute.slurm jobs); overrides the profile's compute.scheduler",
+    )
     run.add_argument("--workers", type=int, help="worker processes of --scheduler local (compute.workers)")
     book = sub.add_parser("book", help="build the book from a profile's executed notebooks")
     book.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu"])
@@ -31,13 +34,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "run":
-            run_study(args.profile, force=args.force, only=args.only, book=not args.no_book,
-                      corpus=args.corpus, data_path=args.data_path,
-                      compute={"scheduler": args.scheduler, "workers": args.workers})
+            run_study(
+                args.profile,
+                force=args.force,
+                only=args.only,
+                book=not args.no_book,
+                corpus=args.corpus,
+                data_path=args.data_path,
+                compute={"scheduler": args.scheduler, "workers": args.workers},
+            )
         elif args.command == "book":
             build_book(args.profile)
         elif args.command == "models":
             from geli_lib.models import prepare_models
+
             for name, path in prepare_models().items():
                 print(f"{name}: {path}")
     except StageInterrupted as e:

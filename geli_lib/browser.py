@@ -124,9 +124,7 @@ def headless_chromium(page_load_timeout: float = 30.0) -> Iterator[Any]:
     from selenium.webdriver.chrome.service import Service
 
     if not chromium_available():
-        raise FileNotFoundError(
-            f"{CHROMIUM} or {CHROMEDRIVER} missing: apt-get install chromium chromium-driver"
-        )
+        raise FileNotFoundError(f"{CHROMIUM} or {CHROMEDRIVER} missing: apt-get install chromium chromium-driver")
     profile = tempfile.mkdtemp(prefix="geli-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -213,9 +211,17 @@ def check_html_pages(
         report["browser"] = driver.capabilities.get("browserVersion", "")
         for page in pages:
             url = base + page
-            info: dict[str, Any] = {"url": url, "title": None, "status": None, "ok": False,
-                                    "n_images": 0, "n_broken_images": 0, "broken_images": [],
-                                    "console_errors": [], "error": None}
+            info: dict[str, Any] = {
+                "url": url,
+                "title": None,
+                "status": None,
+                "ok": False,
+                "n_images": 0,
+                "n_broken_images": 0,
+                "broken_images": [],
+                "console_errors": [],
+                "error": None,
+            }
             seen = len(requests)
             try:
                 driver.get_log("browser")  # drop late entries of the previous page
@@ -230,8 +236,10 @@ def check_html_pages(
                 images = driver.execute_async_script(_IMAGES_JS, int(image_timeout_s * 1000))
                 broken = [i["src"] or i["url"] or "(no src)" for i in images if not i["decoded"]]
                 info.update(n_images=len(images), n_broken_images=len(broken), broken_images=broken)
-                info["counts"] = {name: _count_when_present(driver, sel, image_timeout_s)
-                                  for name, sel in (count_selectors or {}).items()}
+                info["counts"] = {
+                    name: _count_when_present(driver, sel, image_timeout_s)
+                    for name, sel in (count_selectors or {}).items()
+                }
                 # The browser asks every site for /favicon.ico on its own: not the page's fault.
                 info["console_errors"] = [
                     e.get("message", "")

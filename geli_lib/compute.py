@@ -53,18 +53,21 @@ def connect(address: str, option: str = "scheduler") -> Client:
     try:
         return Client(address)
     except ValueError as e:  # not an address at all: no point waiting
-        raise SchedulerUnreachable(f"{option} {address}: not a Dask scheduler address, expected "
-                                   f"tcp://HOST:PORT ({e})") from e
+        raise SchedulerUnreachable(
+            f"{option} {address}: not a Dask scheduler address, expected tcp://HOST:PORT ({e})"
+        ) from e
     except (OSError, TimeoutError) as e:  # refused until the timeout, or no answer at all
         raise SchedulerUnreachable(
             f"{option} {address}: no Dask scheduler answered within {timeout} "
             f"(distributed.comm.timeouts.connect): start one with `dask scheduler` or fix the address "
-            f"[{type(e).__name__}: {e}]") from e
+            f"[{type(e).__name__}: {e}]"
+        ) from e
 
 
 @contextmanager
-def dask_client(scheduler: str | None, workers: int, option: str = "scheduler",
-                resources: dict[str, float] | None = None) -> Iterator[Client]:
+def dask_client(
+    scheduler: str | None, workers: int, option: str = "scheduler", resources: dict[str, float] | None = None
+) -> Iterator[Client]:
     """A Dask client for the duration of the block: on ``scheduler``, or on a local cluster of ``workers`` processes.
 
     The local cluster has one thread per worker process: each task keeps one
@@ -74,8 +77,10 @@ def dask_client(scheduler: str | None, workers: int, option: str = "scheduler",
     running, only the client disconnects.
     """
     if scheduler is None:
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, resources=resources) as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, resources=resources) as cluster,
+            Client(cluster) as client,
+        ):
             yield client
         return
     client = connect(scheduler, option)
@@ -99,10 +104,16 @@ def slurm_cluster(slurm: SlurmParams) -> Any:
     if missing:  # load_params checks this too; a SlurmParams built by hand must fail as clearly
         raise ValueError(f"compute.slurm.{missing[0]}: is required with scheduler: slurm")
     gpu = slurm.gpus > 0
-    return SLURMCluster(queue=slurm.queue, cores=slurm.cores, processes=1, memory=slurm.memory,
-                        walltime=slurm.walltime, n_workers=0,
-                        job_extra_directives=[*slurm.directives, *([f"--gres=gpu:{slurm.gpus}"] if gpu else [])],
-                        worker_extra_args=["--resources", f"GPU={slurm.gpus}"] if gpu else [])
+    return SLURMCluster(
+        queue=slurm.queue,
+        cores=slurm.cores,
+        processes=1,
+        memory=slurm.memory,
+        walltime=slurm.walltime,
+        n_workers=0,
+        job_extra_directives=[*slurm.directives, *([f"--gres=gpu:{slurm.gpus}"] if gpu else [])],
+        worker_extra_args=["--resources", f"GPU={slurm.gpus}"] if gpu else [],
+    )
 
 
 #: The grid's clients of this process, by their settings: a notebook's several grids (a sweep's
@@ -131,9 +142,14 @@ def grid_client(compute: ComputeParams, device: str = "cpu") -> Client:
             client = stack.enter_context(Client(cluster))
         else:
             local = compute.scheduler == "local"
-            client = stack.enter_context(dask_client(None if local else compute.scheduler, compute.workers,
-                                                     "compute.scheduler",
-                                                     {"GPU": 1} if device == "cuda" else None))
+            client = stack.enter_context(
+                dask_client(
+                    None if local else compute.scheduler,
+                    compute.workers,
+                    "compute.scheduler",
+                    {"GPU": 1} if device == "cuda" else None,
+                )
+            )
             if device == "cuda" and not local:
                 require_gpu_workers(client, "compute.scheduler")
     except BaseException:
@@ -164,7 +180,8 @@ def require_gpu_workers(client: Client, option: str = "compute.scheduler") -> No
         address = client.scheduler.address
         raise NoGPUWorkers(
             f"{option} {address}: device is cuda, but none of its {len(workers)} workers offers a GPU; start "
-            f"each GPU worker with `dask worker {address} --resources GPU=1` (or set device: cpu)")
+            f"each GPU worker with `dask worker {address} --resources GPU=1` (or set device: cpu)"
+        )
 
 
 def check_scheduler(compute: ComputeParams, device: str = "cpu", option: str = "compute.scheduler") -> None:
@@ -202,8 +219,14 @@ def _in_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
         torch.set_num_threads(was)
 
 
-def run_grid(fn: Callable[..., T], shared: Any, calls: Sequence[tuple[Any, ...]], compute: ComputeParams,
-             device: str = "cpu", progress: bool = False) -> list[T]:
+def run_grid(
+    fn: Callable[..., T],
+    shared: Any,
+    calls: Sequence[tuple[Any, ...]],
+    compute: ComputeParams,
+    device: str = "cpu",
+    progress: bool = False,
+) -> list[T]:
     """``[fn(shared, *call) for call in calls]``, run where ``compute`` says; results in the order of ``calls``.
 
     ``serial``: here, one after the other, as torch is set up in this process.
@@ -219,8 +242,7 @@ def run_grid(fn: Callable[..., T], shared: Any, calls: Sequence[tuple[Any, ...]]
     threads = task_threads(compute)
     resources = {"GPU": 1} if device == "cuda" else None
     data = client.scatter(shared, hash=False)
-    futures = [client.submit(_in_threads, threads, fn, data, *call, resources=resources, pure=False)
-               for call in calls]
+    futures = [client.submit(_in_threads, threads, fn, data, *call, resources=resources, pure=False) for call in calls]
     if progress:
         start_progress_bar(client, futures)
     try:
@@ -244,9 +266,13 @@ def start_progress_bar(client: Client, futures: Sequence[Future]) -> threading.T
     lets the caller write each result as it arrives, so an interrupted run keeps
     what finished. The thread ends when the futures finish or the client closes.
     """
-    thread = threading.Thread(target=progress, args=(list(futures),),
-                              kwargs={"notebook": False, "scheduler": client.scheduler.address},
-                              name="dask-progress", daemon=True)
+    thread = threading.Thread(
+        target=progress,
+        args=(list(futures),),
+        kwargs={"notebook": False, "scheduler": client.scheduler.address},
+        name="dask-progress",
+        daemon=True,
+    )
     thread.start()
     return thread
 
@@ -293,13 +319,31 @@ def loopback_cluster(logs: Path, n_workers: int = 2, timeout: float = 300.0) -> 
         return proc
 
     try:
-        start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", str(port),
-                            "--dashboard-address", f"127.0.0.1:{dash}"])
-        workers = {f"w{i}": start(f"w{i}", ["worker", address, "--name", f"w{i}", "--nthreads", "1",
-                                            "--no-nanny", "--host", "127.0.0.1", "--no-dashboard",
-                                            # an orphaned worker stops by itself once the scheduler is gone
-                                            "--death-timeout", str(int(timeout))])
-                   for i in range(n_workers)}
+        start(
+            "scheduler",
+            ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", f"127.0.0.1:{dash}"],
+        )
+        workers = {
+            f"w{i}": start(
+                f"w{i}",
+                [
+                    "worker",
+                    address,
+                    "--name",
+                    f"w{i}",
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--host",
+                    "127.0.0.1",
+                    "--no-dashboard",
+                    # an orphaned worker stops by itself once the scheduler is gone
+                    "--death-timeout",
+                    str(int(timeout)),
+                ],
+            )
+            for i in range(n_workers)
+        }
         with Client(address, timeout=timeout) as client:
             client.wait_for_workers(n_workers, timeout=timeout)
         yield LoopbackCluster(address, f"http://127.0.0.1:{dash}/status", workers)

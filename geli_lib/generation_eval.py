@@ -54,20 +54,30 @@ if TYPE_CHECKING:
 
 #: The generations contract (issue 6 writes it, notebooks 08/09 read it).
 GENERATION_COLUMNS: tuple[str, ...] = (
-    "corpus", "seed", "context_id", "convo_id", "turn_idx", "history", "model", "response")
+    "corpus",
+    "seed",
+    "context_id",
+    "convo_id",
+    "turn_idx",
+    "history",
+    "model",
+    "response",
+)
 #: Columns of ``tables/auto_eval.csv``.
 AUTO_EVAL_COLUMNS: tuple[str, ...] = ("corpus", "seed", "model", "metric", "value", "n")
 #: Prefix of the cross-scoring metrics.
 REWARD_PREFIX = "reward: "
 #: Function words left out of :func:`context_overlap` (a small English list: the proxy needs topic words).
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a about above after again all am an and any are as at be because been being both but by can could
 did do does doing don't for from had has have having he her here hers him his how i i'm if in into is
 it it's its just me more most my no nor not now of off oh ok okay on once only or other our ours out
 over own really same she so some such than that that's the their them then there these they this those
 to too um uh very was we were what when where which while who why will with would yeah yes you you're
 your yours
-""".split())
+""".split()
+)
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -85,10 +95,15 @@ def read_generations(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise GenerationsError(f"{path}: no generations yet; run notebook 07_ppo of this profile first "
-                               "(it writes tables/generations.csv)")
-    gens = pd.read_csv(path, dtype={"context_id": str, "convo_id": str, "model": str, "corpus": str},
-                       keep_default_na=False, na_values={"seed": [""], "turn_idx": [""]})
+        raise GenerationsError(
+            f"{path}: no generations yet; run notebook 07_ppo of this profile first (it writes tables/generations.csv)"
+        )
+    gens = pd.read_csv(
+        path,
+        dtype={"context_id": str, "convo_id": str, "model": str, "corpus": str},
+        keep_default_na=False,
+        na_values={"seed": [""], "turn_idx": [""]},
+    )
     missing = [c for c in GENERATION_COLUMNS if c not in gens]
     if missing:
         raise GenerationsError(f"{path}: missing column(s) {missing}; expected {list(GENERATION_COLUMNS)}")
@@ -102,9 +117,11 @@ def read_generations(path: str | Path) -> pd.DataFrame:
     dup = gens.duplicated(["corpus", "seed", "context_id", "model"], keep=False)
     if dup.any():
         r = gens[dup].iloc[0]
-        raise GenerationsError(f"{path}: rows {[int(i) + 2 for i in gens.index[dup][:4]]}: duplicate "
-                               f"(corpus, seed, context_id, model) = ({r['corpus']}, {r['seed']}, "
-                               f"{r['context_id']}, {r['model']}); expected one row each")
+        raise GenerationsError(
+            f"{path}: rows {[int(i) + 2 for i in gens.index[dup][:4]]}: duplicate "
+            f"(corpus, seed, context_id, model) = ({r['corpus']}, {r['seed']}, "
+            f"{r['context_id']}, {r['model']}); expected one row each"
+        )
     gens["history"] = gens["history"].astype(str)
     gens["response"] = gens["response"].astype(str)
     return gens[list(GENERATION_COLUMNS)]
@@ -121,13 +138,18 @@ def reward_history(history: str, data: DataParams | None = None) -> str:
     lines = [" " + " ".join(line.split()) for line in str(history).splitlines() if line.strip()]
     if data is None:
         return "".join(lines)
-    return "".join(lines[-data.history_turns:])[-data.history_chars:]
+    return "".join(lines[-data.history_turns :])[-data.history_chars :]
 
 
 def reward_pairs(gens: pd.DataFrame, data: DataParams) -> pd.DataFrame:
     """The generations as reward-model pairs (``history``, ``response``) for ``predict_pairs``."""
-    return pd.DataFrame({"history": [reward_history(h, data) for h in gens["history"]],
-                         "response": gens["response"].astype(str).to_numpy()}, index=gens.index)
+    return pd.DataFrame(
+        {
+            "history": [reward_history(h, data) for h in gens["history"]],
+            "response": gens["response"].astype(str).to_numpy(),
+        },
+        index=gens.index,
+    )
 
 
 #: Frozen text encoders loaded by :class:`PairScorer`, by (name, device): never trained, so shared.
@@ -149,8 +171,9 @@ class PairScorer:
     does not depend on where it is called from.
     """
 
-    def __init__(self, trained: TrainedReward, data: DataParams | None = None, device: str = "cpu",
-                 batch_size: int = 64):
+    def __init__(
+        self, trained: TrainedReward, data: DataParams | None = None, device: str = "cpu", batch_size: int = 64
+    ):
         from geli_lib.reward_model import _load_encoder
 
         self.trained, self.data = trained, data or DataParams()
@@ -182,10 +205,16 @@ class PairScorer:
         if not len(responses):
             return np.zeros(0)
         with torch.no_grad():
-            feats = pair_features([reward_history(h, self.data) for h in histories],
-                                  [RESPONSE_PREFIX + str(r) for r in responses], self.tok, self.encoder,
-                                  self.trained.encoder_name, self.trained.params.max_tokens, self.device,
-                                  self.batch_size)
+            feats = pair_features(
+                [reward_history(h, self.data) for h in histories],
+                [RESPONSE_PREFIX + str(r) for r in responses],
+                self.tok,
+                self.encoder,
+                self.trained.encoder_name,
+                self.trained.params.max_tokens,
+                self.device,
+                self.batch_size,
+            )
             out = self.trained.head(torch.from_numpy(feats).to(self.device))
         return out.float().cpu().numpy().astype(np.float64).reshape(-1)
 
@@ -200,7 +229,7 @@ def words(text: str) -> list[str]:
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
     """The word n-grams of ``tokens`` in order."""
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def distinct_n(responses: Sequence[str], n: int) -> float:
@@ -227,12 +256,15 @@ def context_overlap(history: str, response: str) -> float:
 def response_scores(gens: pd.DataFrame, params: EvalParams) -> pd.DataFrame:
     """Per-response scores: length, VADER compound, context overlap, repetition (same index as ``gens``)."""
     resp = gens["response"].astype(str)
-    return pd.DataFrame({
-        "length": [len(words(r)) for r in resp],
-        "vader_compound": vader_compound(resp.tolist()),
-        "context_overlap": [context_overlap(h, r) for h, r in zip(gens["history"], resp)],
-        "repetition": [repetition(r, params.repetition_n) for r in resp],
-    }, index=gens.index)
+    return pd.DataFrame(
+        {
+            "length": [len(words(r)) for r in resp],
+            "vader_compound": vader_compound(resp.tolist()),
+            "context_overlap": [context_overlap(h, r) for h, r in zip(gens["history"], resp)],
+            "repetition": [repetition(r, params.repetition_n) for r in resp],
+        },
+        index=gens.index,
+    )
 
 
 def same_as_base(gens: pd.DataFrame, base: str) -> pd.Series:
@@ -247,8 +279,9 @@ def same_as_base(gens: pd.DataFrame, base: str) -> pd.Series:
     return pd.Series(np.where(pd.isna(theirs), np.nan, same), index=gens.index)
 
 
-def cross_scores(gens: pd.DataFrame, reward_functions: Mapping[str, str | Path], data: DataParams,
-                 device: str = "cpu") -> pd.DataFrame:
+def cross_scores(
+    gens: pd.DataFrame, reward_functions: Mapping[str, str | Path], data: DataParams, device: str = "cpu"
+) -> pd.DataFrame:
     """r̂ of every response under every (non-constant) reward function: one ``reward: <name>`` column each.
 
     ``reward_functions``: name -> saved folder (``experiments.saved_reward_functions``).
@@ -266,21 +299,30 @@ def cross_scores(gens: pd.DataFrame, reward_functions: Mapping[str, str | Path],
     return out
 
 
-def per_response(gens: pd.DataFrame, params: EvalParams, data: DataParams,
-                 reward_functions: Mapping[str, str | Path] | None = None, device: str = "cpu") -> pd.DataFrame:
+def per_response(
+    gens: pd.DataFrame,
+    params: EvalParams,
+    data: DataParams,
+    reward_functions: Mapping[str, str | Path] | None = None,
+    device: str = "cpu",
+) -> pd.DataFrame:
     """Every per-response score (text scores, ``reward: <name>`` columns, positivity, same-as-base, empty),
     same index as ``gens``: the input of :func:`auto_eval` and :func:`cross_reward_table`."""
-    per = pd.concat([response_scores(gens, params),
-                     cross_scores(gens, reward_functions or {}, data, device)], axis=1)
+    per = pd.concat([response_scores(gens, params), cross_scores(gens, reward_functions or {}, data, device)], axis=1)
     per["vader_positive"] = (per["vader_compound"] >= 0.05).astype(float)
     per["same_as_base"] = same_as_base(gens, params.base_model)
     per["empty"] = (gens["response"].astype(str).str.strip() == "").astype(float)
     return per
 
 
-def auto_eval(gens: pd.DataFrame, params: EvalParams, data: DataParams,
-              reward_functions: Mapping[str, str | Path] | None = None,
-              device: str = "cpu", per: pd.DataFrame | None = None) -> pd.DataFrame:
+def auto_eval(
+    gens: pd.DataFrame,
+    params: EvalParams,
+    data: DataParams,
+    reward_functions: Mapping[str, str | Path] | None = None,
+    device: str = "cpu",
+    per: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """``tables/auto_eval.csv``: one row per (corpus, seed, model, metric) with the value and its n.
 
     ``per``: the scores of :func:`per_response` when already computed (else computed here).
@@ -304,8 +346,9 @@ def auto_eval_table(rows: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """Models × metrics, ``mean ± sd`` over seeds (sd with ddof 1; 0 for a single seed), per corpus."""
     g = rows.groupby(["corpus", "model", "metric"], sort=False)["value"]
     stats = g.agg(["mean", "std"]).fillna({"std": 0.0})
-    cells = stats.apply(lambda s: "–" if math.isnan(s["mean"]) else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}",
-                        axis=1)
+    cells = stats.apply(
+        lambda s: "–" if math.isnan(s["mean"]) else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}", axis=1
+    )
     table = cells.unstack("metric")
     order = list(dict.fromkeys(rows["metric"]))
     return table[[m for m in order if m in table.columns]]
@@ -331,8 +374,9 @@ def paired_p(a: Sequence[float], b: Sequence[float], permutations: int = 20000, 
     return sign_flip_test(d, permutations, seed) if len(d) else math.nan
 
 
-def vs_base(gens: pd.DataFrame, per: pd.DataFrame, metric: str, base: str = "base",
-            permutations: int = 20000) -> pd.DataFrame:
+def vs_base(
+    gens: pd.DataFrame, per: pd.DataFrame, metric: str, base: str = "base", permutations: int = 20000
+) -> pd.DataFrame:
     """Per (corpus, model): ``metric`` mean ± sd over seeds, and the paired test against ``base``.
 
     Columns: ``corpus, model, mean, sd`` (of the per-seed means; 0 with one seed),
@@ -351,37 +395,49 @@ def vs_base(gens: pd.DataFrame, per: pd.DataFrame, metric: str, base: str = "bas
         a = w[model].to_numpy() if paired else np.zeros(0)
         b = w[base].to_numpy() if paired else np.zeros(0)
         ok = np.isfinite(a) & np.isfinite(b)
-        rows.append({"corpus": corpus, "model": model, "mean": float(seed_means.mean()),
-                     "sd": float(seed_means.std(ddof=1)) if len(seed_means) > 1 else 0.0,
-                     "sd_contexts": float(g["value"].std(ddof=1)) if g["value"].notna().sum() > 1 else 0.0,
-                     "n_seeds": int(seed_means.notna().sum()), "n": int(ok.sum()),
-                     "diff": float((a[ok] - b[ok]).mean()) if ok.any() else math.nan,
-                     "p": paired_p(a[ok], b[ok], permutations) if paired else math.nan,
-                     "test": PAIRED_TEST if paired else ""})
-    return pd.DataFrame(rows, columns=["corpus", "model", "mean", "sd", "sd_contexts", "n_seeds", "n",
-                                       "diff", "p", "test"])
+        rows.append(
+            {
+                "corpus": corpus,
+                "model": model,
+                "mean": float(seed_means.mean()),
+                "sd": float(seed_means.std(ddof=1)) if len(seed_means) > 1 else 0.0,
+                "sd_contexts": float(g["value"].std(ddof=1)) if g["value"].notna().sum() > 1 else 0.0,
+                "n_seeds": int(seed_means.notna().sum()),
+                "n": int(ok.sum()),
+                "diff": float((a[ok] - b[ok]).mean()) if ok.any() else math.nan,
+                "p": paired_p(a[ok], b[ok], permutations) if paired else math.nan,
+                "test": PAIRED_TEST if paired else "",
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["corpus", "model", "mean", "sd", "sd_contexts", "n_seeds", "n", "diff", "p", "test"]
+    )
 
 
-def cross_reward_stats(gens: pd.DataFrame, per: pd.DataFrame, base: str = "base",
-                       permutations: int = 20000) -> pd.DataFrame:
+def cross_reward_stats(
+    gens: pd.DataFrame, per: pd.DataFrame, base: str = "base", permutations: int = 20000
+) -> pd.DataFrame:
     """:func:`vs_base` for every ``reward: <name>`` column of ``per``, with a ``reward_fn`` column (long form)."""
     cols = [c for c in per.columns if c.startswith(REWARD_PREFIX)]
-    parts = [vs_base(gens, per, c, base, permutations).assign(reward_fn=c[len(REWARD_PREFIX):]) for c in cols]
+    parts = [vs_base(gens, per, c, base, permutations).assign(reward_fn=c[len(REWARD_PREFIX) :]) for c in cols]
     if not parts:
-        return pd.DataFrame(columns=["corpus", "model", "reward_fn", "mean", "sd", "sd_contexts", "n_seeds",
-                                     "n", "diff", "p", "test"])
+        return pd.DataFrame(
+            columns=["corpus", "model", "reward_fn", "mean", "sd", "sd_contexts", "n_seeds", "n", "diff", "p", "test"]
+        )
     out = pd.concat(parts, ignore_index=True)
-    return out[["corpus", "model", "reward_fn"] + [c for c in out.columns if c not in ("corpus", "model",
-                                                                                       "reward_fn")]]
+    return out[["corpus", "model", "reward_fn"] + [c for c in out.columns if c not in ("corpus", "model", "reward_fn")]]
 
 
 def cross_reward_table(stats: pd.DataFrame, digits: int = 2, order: Sequence[str] | None = None) -> pd.DataFrame:
     """Models (rows) × reward functions (columns): ``mean ± sd`` over seeds, ``*`` p < 0.05 and ``**``
     p < 0.01 vs base (:data:`PAIRED_TEST`), per corpus. ``order``: models first in this order."""
-    cells = stats.apply(lambda r: "–" if math.isnan(r["mean"]) else
-                        f"{r['mean']:.{digits}f} ± {r['sd']:.{digits}f}{stars(r['p'])}", axis=1)
-    table = stats.assign(cell=cells).pivot_table(index=["corpus", "model"], columns="reward_fn", values="cell",
-                                                 aggfunc="first")
+    cells = stats.apply(
+        lambda r: "–" if math.isnan(r["mean"]) else f"{r['mean']:.{digits}f} ± {r['sd']:.{digits}f}{stars(r['p'])}",
+        axis=1,
+    )
+    table = stats.assign(cell=cells).pivot_table(
+        index=["corpus", "model"], columns="reward_fn", values="cell", aggfunc="first"
+    )
     table = table[list(dict.fromkeys(stats["reward_fn"]))]
     models = list(dict.fromkeys([*(order or []), *stats["model"]]))
     idx = [(c, m) for c in dict.fromkeys(stats["corpus"]) for m in models if (c, m) in table.index]

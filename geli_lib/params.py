@@ -90,15 +90,23 @@ class SimulationParams:
     """Random seed; the same seed and knobs give byte-identical files."""
 
     def validate(self) -> None:
-        _check(1 <= self.n_conversations <= 100_000, "n_conversations", "must be in [1, 100000]",
-               self.n_conversations)
+        _check(1 <= self.n_conversations <= 100_000, "n_conversations", "must be in [1, 100000]", self.n_conversations)
         _check(self.min_turns >= 4, "min_turns", "must be >= 4", self.min_turns)
         _check(self.mean_turns >= self.min_turns, "mean_turns", "must be >= min_turns", self.mean_turns)
-        for name in ("turns_sd", "score_noise", "listener_mood_sd", "turn_noise", "face_noise",
-                     "face_coupling", "smile_noise", "gaze_noise", "prosody_noise", "reaction_lag"):
+        for name in (
+            "turns_sd",
+            "score_noise",
+            "listener_mood_sd",
+            "turn_noise",
+            "face_noise",
+            "face_coupling",
+            "smile_noise",
+            "gaze_noise",
+            "prosody_noise",
+            "reaction_lag",
+        ):
             _check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
-        _check(-5 <= self.listener_mood_mean <= 5, "listener_mood_mean", "must be in [-5, 5]",
-               self.listener_mood_mean)
+        _check(-5 <= self.listener_mood_mean <= 5, "listener_mood_mean", "must be in [-5, 5]", self.listener_mood_mean)
         for name in ("nod_rate", "frame_dropout", "sentiment_coupling"):
             v = getattr(self, name)
             _check(0 <= v <= 1, name, "must be in [0, 1]", v)
@@ -130,19 +138,39 @@ class DataParams:
     """``skip`` (counted and reported) or ``error`` for empty / one-speaker / unscored conversations."""
 
     def validate(self) -> None:
-        _check(self.segmentation in ("cliffhanger", "audiophile", "backbiter"), "segmentation",
-               "must be cliffhanger, audiophile or backbiter", self.segmentation)
-        _check(self.listener in ("first_speaker", "second_speaker"), "listener",
-               "must be first_speaker or second_speaker", self.listener)
+        _check(
+            self.segmentation in ("cliffhanger", "audiophile", "backbiter"),
+            "segmentation",
+            "must be cliffhanger, audiophile or backbiter",
+            self.segmentation,
+        )
+        _check(
+            self.listener in ("first_speaker", "second_speaker"),
+            "listener",
+            "must be first_speaker or second_speaker",
+            self.listener,
+        )
         _check(self.score_scale > 0, "score_scale", "must be > 0", self.score_scale)
-        _check(len(self.score_range) == 2 and self.score_range[0] < self.score_range[1],
-               "score_range", "must be [low, high] with low < high", self.score_range)
-        _check(self.esconv_score in ("empathy", "relevance", "intensity_drop"), "esconv_score",
-               "must be empathy, relevance or intensity_drop", self.esconv_score)
+        _check(
+            len(self.score_range) == 2 and self.score_range[0] < self.score_range[1],
+            "score_range",
+            "must be [low, high] with low < high",
+            self.score_range,
+        )
+        _check(
+            self.esconv_score in ("empathy", "relevance", "intensity_drop"),
+            "esconv_score",
+            "must be empathy, relevance or intensity_drop",
+            self.esconv_score,
+        )
         _check(self.history_turns >= 1, "history_turns", "must be >= 1", self.history_turns)
         _check(self.history_chars >= 1, "history_chars", "must be >= 1", self.history_chars)
-        _check(self.bad_conversations in ("skip", "error"), "bad_conversations",
-               "must be skip or error", self.bad_conversations)
+        _check(
+            self.bad_conversations in ("skip", "error"),
+            "bad_conversations",
+            "must be skip or error",
+            self.bad_conversations,
+        )
 
 
 @dataclass
@@ -184,7 +212,8 @@ class RewardParams:
     """
 
     encoder: str = "minilm"
-    """Text encoder: ``minilm`` (all-MiniLM-L6-v2, d=384, mean-pooled and L2-normalised) or ``smollm2`` (SmolLM2-135M backbone, mean-pooled last hidden state, d=576)."""
+    """Text encoder: ``minilm`` (all-MiniLM-L6-v2, d=384, mean-pooled and L2-normalised) or ``smollm2`` (SmolLM2-135M
+    backbone, mean-pooled last hidden state, d=576)."""
     max_tokens: int = 256
     """Encoder input length; longer texts keep their END (left-truncation: the response and the most recent history)."""
     encode_batch_size: int = 64
@@ -194,9 +223,12 @@ class RewardParams:
     dropout: float = 0.2
     """Dropout of the head (authors: 0.2)."""
     output_scale: float = 0.0
-    """Per-turn reward bound: r̂ = output_scale · tanh(head(x)), on the 0-100 score scale. 0 = auto: ``auto_scale_margin`` × the largest per-turn share R/T among the training conversations (oracle: also ≥ margin × the largest |true reward|)."""
+    """Per-turn reward bound: r̂ = output_scale · tanh(head(x)), on the 0-100 score scale. 0 = auto:
+    ``auto_scale_margin`` × the largest per-turn share R/T among the training conversations (oracle: also ≥ margin ×
+    the largest |true reward|)."""
     auto_scale_margin: float = 1.25
-    """Margin of the automatic ``output_scale`` over the largest training share R/T (1.25 keeps every share at tanh ≤ 0.8)."""
+    """Margin of the automatic ``output_scale`` over the largest training share R/T (1.25 keeps every share at tanh ≤
+    0.8)."""
     lr: float = 1e-3
     """AdamW learning rate of the head (authors: 5e-6 for a fine-tuned BART; a frozen encoder's head needs more)."""
     weight_decay: float = 0.01
@@ -214,19 +246,27 @@ class RewardParams:
     K: int = 32
     """RRD sample size |I| per conversation (Table 1: 32 and 160)."""
     rrd_sampling: str = "ren"
-    """How RRD draws its K indices: ``ren`` (Ren et al. / App. A: K distinct turns, with replacement only when K > T), ``with_replacement`` (the authors' code) or ``without_replacement`` (a conversation shorter than K contributes each turn once: its exact sum)."""
+    """How RRD draws its K indices: ``ren`` (Ren et al. / App. A: K distinct turns, with replacement only when K > T),
+    ``with_replacement`` (the authors' code) or ``without_replacement`` (a conversation shorter than K contributes
+    each turn once: its exact sum)."""
     rrd_bias_correction: bool = False
     """Ren et al.'s bias-corrected RRD: subtract the Monte-Carlo variance term from the loss."""
     ge_form: str = "mean"
-    """How per-turn rewards add up to the session score, in training (L_GE, RRD, IRCR) and evaluation: ``mean`` = the authors' fixed-T mean form R ≈ (T̄/T)·Σ_t r̂_t, under which a turn's reward does not depend on the conversation's length (a per-turn model r_θ(s_t, a_t) never sees T), or ``sum`` = eq. 3 as written, R ≈ Σ_t r̂_t."""
+    """How per-turn rewards add up to the session score, in training (L_GE, RRD, IRCR) and evaluation: ``mean`` = the
+    authors' fixed-T mean form R ≈ (T̄/T)·Σ_t r̂_t, under which a turn's reward does not depend on the
+    conversation's length (a per-turn model r_θ(s_t, a_t) never sees T), or ``sum`` = eq. 3 as written, R ≈ Σ_t
+    r̂_t."""
     T_bar: float = 0.0
-    """T̄ of the ``mean`` form, the unit of r̂ (a turn's share of the score in a T̄-turn conversation; authors: 160). 0 = auto: the mean number of AI turns of the training conversations, so r̂ sits on the familiar R/T scale."""
+    """T̄ of the ``mean`` form, the unit of r̂ (a turn's share of the score in a T̄-turn conversation; authors: 160). 0
+    = auto: the mean number of AI turns of the training conversations, so r̂ sits on the familiar R/T scale."""
     warm_start: str = ""
-    """Train this method's head first (e.g. ``va``) and continue from it with this method for ``finetune_epochs`` epochs (the GELI authors' recipe: a VA head, then GELI); empty = from scratch."""
+    """Train this method's head first (e.g. ``va``) and continue from it with this method for ``finetune_epochs``
+    epochs (the GELI authors' recipe: a VA head, then GELI); empty = from scratch."""
     finetune_epochs: int = 10
     """Epochs of the continued training after ``warm_start``."""
     select_best: bool = False
-    """Keep the epoch whose head has the lowest L_GE on validation conversations (``val_fraction`` of the training conversations, held out from training) instead of the last epoch (the authors' checkpoint choice)."""
+    """Keep the epoch whose head has the lowest L_GE on validation conversations (``val_fraction`` of the training
+    conversations, held out from training) instead of the last epoch (the authors' checkpoint choice)."""
     val_fraction: float = 0.15
     """Share of the training conversations held out for ``select_best``."""
     li_positive: float = 1.0
@@ -242,7 +282,8 @@ class RewardParams:
     rudder_aux_weight: float = 0.5
     """Weight of RUDDER's auxiliary loss (every turn's prediction regressed on the final score)."""
     finetune_encoder: bool = False
-    """Fine-tune the text encoder jointly with the head (the authors fine-tuned BART). Costly: every step re-encodes its turns through the encoder with gradients; meant for the gpu profile."""
+    """Fine-tune the text encoder jointly with the head (the authors fine-tuned BART). Costly: every step re-encodes
+    its turns through the encoder with gradients; meant for the gpu profile."""
     encoder_lr: float = 2e-5
     """AdamW learning rate of the encoder's parameters when ``finetune_encoder`` (the head keeps ``lr``)."""
 
@@ -257,19 +298,26 @@ class RewardParams:
         _check(self.lr > 0, "lr", "must be > 0", self.lr)
         _check(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
         _check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
-        _check(self.batch_conversations >= 1, "batch_conversations", "must be >= 1",
-               self.batch_conversations)
+        _check(self.batch_conversations >= 1, "batch_conversations", "must be >= 1", self.batch_conversations)
         _check(self.ge_method in GE_METHODS, "ge_method", f"must be one of {GE_METHODS}", self.ge_method)
         _check(self.li_signal in LI_SIGNALS, "li_signal", f"must be one of {LI_SIGNALS}", self.li_signal)
         _check(0 <= self.lam <= 1, "lam", "must be in [0, 1]", self.lam)
         _check(self.K >= 1, "K", "must be >= 1", self.K)
-        _check(self.rrd_sampling in ("ren", "with_replacement", "without_replacement"), "rrd_sampling",
-               "must be ren, with_replacement or without_replacement", self.rrd_sampling)
+        _check(
+            self.rrd_sampling in ("ren", "with_replacement", "without_replacement"),
+            "rrd_sampling",
+            "must be ren, with_replacement or without_replacement",
+            self.rrd_sampling,
+        )
         _check(self.rudder_aux_weight >= 0, "rudder_aux_weight", "must be >= 0", self.rudder_aux_weight)
         _check(self.ge_form in GE_FORMS, "ge_form", f"must be one of {GE_FORMS}", self.ge_form)
         _check(self.T_bar >= 0 and math.isfinite(self.T_bar), "T_bar", "must be >= 0 (0 = auto)", self.T_bar)
-        _check(self.warm_start in ("",) + tuple(m for m in REWARD_METHODS if m not in ("mean", "mode", "llm")),
-               "warm_start", "must be empty or a trainable method (e.g. va)", self.warm_start)
+        _check(
+            self.warm_start in ("",) + tuple(m for m in REWARD_METHODS if m not in ("mean", "mode", "llm")),
+            "warm_start",
+            "must be empty or a trainable method (e.g. va)",
+            self.warm_start,
+        )
         _check(self.finetune_epochs >= 0, "finetune_epochs", "must be >= 0", self.finetune_epochs)
         _check(0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)", self.val_fraction)
         _check(0 < self.li_positive <= 1, "li_positive", "must be in (0, 1]", self.li_positive)
@@ -292,7 +340,8 @@ class LLMParams:
     """
 
     backend: str = "local"
-    """Decomposer: ``local`` (SmolLM2-135M-Instruct, offline), ``openai`` (any OpenAI-compatible endpoint) or ``reference`` (listener-affect split; not an LLM)."""
+    """Decomposer: ``local`` (SmolLM2-135M-Instruct, offline), ``openai`` (any OpenAI-compatible endpoint) or
+    ``reference`` (listener-affect split; not an LLM)."""
     base_url: str = ""
     """OpenAI-compatible endpoint, e.g. ``http://127.0.0.1:8000/v1``; empty = ``$GELI_LLM_BASE_URL``."""
     model: str = ""
@@ -308,15 +357,20 @@ class LLMParams:
     max_new_tokens: int = 1024
     """Cap on the answer length of one request."""
     chunk_chars: int = 6000
-    """Longest transcript (characters) of one request; longer conversations are split into chunks, each given its share of the score."""
+    """Longest transcript (characters) of one request; longer conversations are split into chunks, each given its share
+    of the score."""
     max_utterance_chars: int = 1000
     """An utterance longer than this is cut (marked […]) in the prompt."""
     score_range: tuple[float, float] = (0.0, 100.0)
     """Declared range of the session score R_GE (0-100 scale); a score outside is a bad-input error."""
     rescale: str = "shift"
-    """Enforce eq. 4 on each chunk's labels: ``shift`` (add the same amount to each annotated turn, so the chunk's labels sum to its share whatever the sign of the answer's sum), ``scale`` (multiply) or ``none`` (record the deviation only). The answer's own deviation is recorded either way."""
+    """Enforce eq. 4 on each chunk's labels: ``shift`` (add the same amount to each annotated turn, so the chunk's
+    labels sum to its share whatever the sign of the answer's sum), ``scale`` (multiply) or ``none`` (record the
+    deviation only). The answer's own deviation is recorded either way."""
     constrained: bool = True
-    """``local`` backend: constrain decoding (lm-format-enforcer) to a JSON object whose keys are exactly the chunk's ids, in order, and whose values are bounded numbers, so every answer parses and annotates every turn; ``false`` = the old free decoding after a ``{"<first id>":`` prefill."""
+    """``local`` backend: constrain decoding (lm-format-enforcer) to a JSON object whose keys are exactly the chunk's
+    ids, in order, and whose values are bounded numbers, so every answer parses and annotates every turn; ``false``
+    = the old free decoding after a ``{"<first id>":`` prefill."""
     output_retries: int = 2
     """Re-samples (new seed) of an unparsable answer before the chunk is recorded as failed."""
     retries: int = 3
@@ -332,7 +386,8 @@ class LLMParams:
     consistency_conversations: int = 10
     """Conversations sampled twice for the consistency check (App. J: 10)."""
     threads: int = 1
-    """torch threads of the local model while it generates (0 = torch's default). 1 because a second busy process on 2 cores slowed 2-thread decoding ~6x (40 tokens: 45 s vs 7 s)."""
+    """torch threads of the local model while it generates (0 = torch's default). 1 because a second busy process on 2
+    cores slowed 2-thread decoding ~6x (40 tokens: 45 s vs 7 s)."""
     seed: int = 0
     """Seed of the first sample; sample s, re-sample a uses seed + 1000·s + a."""
 
@@ -345,8 +400,12 @@ class LLMParams:
             _check(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
         _check(self.chunk_chars >= 200, "chunk_chars", "must be >= 200", self.chunk_chars)
         _check(self.max_utterance_chars >= 20, "max_utterance_chars", "must be >= 20", self.max_utterance_chars)
-        _check(len(self.score_range) == 2 and self.score_range[0] < self.score_range[1], "score_range",
-               "must be [low, high] with low < high", self.score_range)
+        _check(
+            len(self.score_range) == 2 and self.score_range[0] < self.score_range[1],
+            "score_range",
+            "must be [low, high] with low < high",
+            self.score_range,
+        )
         _check(self.rescale in ("none", "scale", "shift"), "rescale", "must be none, scale or shift", self.rescale)
         for name in ("output_retries", "retries", "max_conversations", "consistency_conversations", "threads"):
             _check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
@@ -373,8 +432,9 @@ class RLParams:
 
     algorithm: str = "ppo"
     """ppo (``trl.experimental.ppo``, the papers'), rloo or grpo (same TRL release, same reward as a callable)."""
-    reward_fns: list[str] = field(default_factory=lambda: [
-        "GELI: RRD + VA", "GE: RRD (K=32)", "LI: Visual Affect", "LI: Language Sentiment"])
+    reward_fns: list[str] = field(
+        default_factory=lambda: ["GELI: RRD + VA", "GE: RRD (K=32)", "LI: Visual Affect", "LI: Language Sentiment"]
+    )
     """Reward functions (reward-table row names) adapted when the notebook asks for ``all`` (GELI Figs. 7-10)."""
     steps: int = 200
     """PPO updates (one rollout batch each); paper: 200."""
@@ -405,7 +465,8 @@ class RLParams:
     kl_horizon: float = 10000.0
     """Horizon of the adaptive controller, in episodes (TRL 0.x default 10000)."""
     score_norm: bool = True
-    """Normalise r_θ's scores by their running mean and SD before PPO (paper: use_score_norm = true); for rloo / grpo: standardise the advantages (RLOO ``normalize_advantages``, GRPO ``scale_rewards="group"``)."""
+    """Normalise r_θ's scores by their running mean and SD before PPO (paper: use_score_norm = true); for rloo / grpo:
+    standardise the advantages (RLOO ``normalize_advantages``, GRPO ``scale_rewards="group"``)."""
     response_length: int = 48
     """Most new tokens per response during RL (paper: 32-128)."""
     temperature: float = 0.7
@@ -421,7 +482,8 @@ class RLParams:
     lora_dropout: float = 0.05
     """LoRA dropout (paper: 0.05; TRL switches dropout off in PPO, so it is inert there)."""
     group_size: int = 4
-    """Completions per prompt for rloo / grpo (must divide ``batch_size``, which there counts completions: batch_size / group_size prompts per update)."""
+    """Completions per prompt for rloo / grpo (must divide ``batch_size``, which there counts completions: batch_size /
+    group_size prompts per update)."""
     train_contexts: int = 0
     """RL prompts drawn from the rl split (0 = every AI turn of its training conversations)."""
     eval_conversations: int = 4
@@ -429,7 +491,8 @@ class RLParams:
     eval_contexts: int = 8
     """Held-out contexts per corpus in generations.csv: the paired test of adapted vs base runs over them."""
     curve_contexts: int = 8
-    """Fixed held-out contexts (the first of the held-out set) the evaluation curve scores, greedy, every ``eval_every`` updates."""
+    """Fixed held-out contexts (the first of the held-out set) the evaluation curve scores, greedy, every
+    ``eval_every`` updates."""
     eval_every: int = 10
     """Updates between two points of the evaluation curve (plus one before the first update)."""
     gen_tokens: int = 64
@@ -439,7 +502,8 @@ class RLParams:
     save_every: int = 10
     """Save the adapter (and the resume state) every this many updates."""
     train_value_backbone: bool = True
-    """Train the value model's whole SmolLM2 backbone (TRL's default); false trains only its scalar head on frozen features, which halves a CPU update and keeps checkpoints small."""
+    """Train the value model's whole SmolLM2 backbone (TRL's default); false trains only its scalar head on frozen
+    features, which halves a CPU update and keeps checkpoints small."""
     bf16: bool = False
     """bf16 autocast in TRL (gpu; ~15% faster on CPU too but off there for exactness)."""
     gradient_checkpointing: bool = False
@@ -447,16 +511,36 @@ class RLParams:
 
     def validate(self) -> None:
         _check(self.algorithm in RL_ALGORITHMS, "algorithm", f"must be one of {RL_ALGORITHMS}", self.algorithm)
-        _check(len(self.reward_fns) >= 1, "reward_fns", "must name at least one reward function",
-               self.reward_fns)
-        for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs", "response_length",
-                     "history_turns", "lora_r", "lora_alpha", "group_size", "eval_contexts",
-                     "gen_tokens", "save_every", "curve_contexts", "eval_every"):
+        _check(len(self.reward_fns) >= 1, "reward_fns", "must name at least one reward function", self.reward_fns)
+        for name in (
+            "steps",
+            "batch_size",
+            "mini_batch_size",
+            "ppo_epochs",
+            "response_length",
+            "history_turns",
+            "lora_r",
+            "lora_alpha",
+            "group_size",
+            "eval_contexts",
+            "gen_tokens",
+            "save_every",
+            "curve_contexts",
+            "eval_every",
+        ):
             _check(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
-        _check(self.batch_size % self.mini_batch_size == 0, "mini_batch_size", "must divide batch_size",
-               self.mini_batch_size)
-        _check(self.algorithm == "ppo" or self.batch_size % self.group_size == 0, "group_size",
-               "must divide batch_size for rloo / grpo", self.group_size)
+        _check(
+            self.batch_size % self.mini_batch_size == 0,
+            "mini_batch_size",
+            "must divide batch_size",
+            self.mini_batch_size,
+        )
+        _check(
+            self.algorithm == "ppo" or self.batch_size % self.group_size == 0,
+            "group_size",
+            "must divide batch_size for rloo / grpo",
+            self.group_size,
+        )
         for name in ("lr", "temperature", "kl_target", "kl_horizon"):
             _check(getattr(self, name) > 0, name, "must be > 0", getattr(self, name))
         for name in ("cliprange", "cliprange_value", "vf_coef", "kl_coef"):
@@ -464,8 +548,12 @@ class RLParams:
         for name in ("gamma", "gae_lambda"):
             _check(0 <= getattr(self, name) <= 1, name, "must be in [0, 1]", getattr(self, name))
         _check(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)", self.lora_dropout)
-        _check(self.max_prompt_tokens >= 96, "max_prompt_tokens", "must be >= 96 (the prompt's own template)",
-               self.max_prompt_tokens)
+        _check(
+            self.max_prompt_tokens >= 96,
+            "max_prompt_tokens",
+            "must be >= 96 (the prompt's own template)",
+            self.max_prompt_tokens,
+        )
         _check(self.train_contexts >= 0, "train_contexts", "must be >= 0", self.train_contexts)
         _check(self.eval_conversations >= 1, "eval_conversations", "must be >= 1", self.eval_conversations)
 
@@ -494,12 +582,17 @@ class EvalParams:
     """Monte-Carlo sign flips of the paired permutation test when exact enumeration is too large."""
 
     def validate(self) -> None:
-        _check(len(self.distinct_n) >= 1 and all(n >= 1 for n in self.distinct_n), "distinct_n",
-               "must list n >= 1", self.distinct_n)
+        _check(
+            len(self.distinct_n) >= 1 and all(n >= 1 for n in self.distinct_n),
+            "distinct_n",
+            "must list n >= 1",
+            self.distinct_n,
+        )
         _check(self.repetition_n >= 1, "repetition_n", "must be >= 1", self.repetition_n)
         _check(self.human_items >= 1, "human_items", "must be >= 1", self.human_items)
-        _check(self.human_spread in ("seed", "annotator"), "human_spread", "must be seed or annotator",
-               self.human_spread)
+        _check(
+            self.human_spread in ("seed", "annotator"), "human_spread", "must be seed or annotator", self.human_spread
+        )
         _check(self.permutations >= 100, "permutations", "must be >= 100", self.permutations)
         _check(bool(self.base_model), "base_model", "must name a model", self.base_model)
 
@@ -522,8 +615,12 @@ class FeatureParams:
     def validate(self) -> None:
         _check(0 < self.sample_fps <= 60, "sample_fps", "must be in (0, 60]", self.sample_fps)
         _check(self.detect_width >= 64, "detect_width", "must be >= 64", self.detect_width)
-        _check(self.nod_window >= 3 / self.sample_fps, "nod_window",
-               "must hold at least 3 sampled frames (>= 3 / sample_fps)", self.nod_window)
+        _check(
+            self.nod_window >= 3 / self.sample_fps,
+            "nod_window",
+            "must hold at least 3 sampled frames (>= 3 / sample_fps)",
+            self.nod_window,
+        )
         _check(self.workers >= 1, "workers", "must be >= 1", self.workers)
 
 
@@ -561,15 +658,26 @@ class SlurmParams:
 
     def validate(self) -> None:
         _check(self.cores >= 0, "cores", "must be >= 0", self.cores)
-        _check(self.gpus in (0, 1), "gpus", "must be 0 or 1 (one GPU per worker; more jobs for more GPUs)",
-               self.gpus)
+        _check(self.gpus in (0, 1), "gpus", "must be 0 or 1 (one GPU per worker; more jobs for more GPUs)", self.gpus)
         _check(self.jobs >= 1, "jobs", "must be >= 1", self.jobs)
-        _check(not self.memory or re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", self.memory) is not None, "memory",
-               "must be an amount such as 16GB", self.memory)
-        _check(not self.walltime or re.fullmatch(r"(\d+-)?\d{1,3}:\d{2}:\d{2}", self.walltime) is not None,
-               "walltime", "must be HH:MM:SS or D-HH:MM:SS", self.walltime)
-        _check(all(d.startswith("-") for d in self.directives), "directives",
-               "must be sbatch options starting with -", self.directives)
+        _check(
+            not self.memory or re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", self.memory) is not None,
+            "memory",
+            "must be an amount such as 16GB",
+            self.memory,
+        )
+        _check(
+            not self.walltime or re.fullmatch(r"(\d+-)?\d{1,3}:\d{2}:\d{2}", self.walltime) is not None,
+            "walltime",
+            "must be HH:MM:SS or D-HH:MM:SS",
+            self.walltime,
+        )
+        _check(
+            all(d.startswith("-") for d in self.directives),
+            "directives",
+            "must be sbatch options starting with -",
+            self.directives,
+        )
 
     def missing(self) -> list[str]:
         """The required fields left unset."""
@@ -600,9 +708,12 @@ class ComputeParams:
     """The SLURM jobs of ``scheduler: slurm``."""
 
     def validate(self) -> None:
-        _check(self.scheduler in SCHEDULERS or re.fullmatch(r"(tcp|tls)://[^\s/:]+:\d+", self.scheduler)
-               is not None, "scheduler", "must be serial, local, slurm or a scheduler address tcp://HOST:PORT",
-               self.scheduler)
+        _check(
+            self.scheduler in SCHEDULERS or re.fullmatch(r"(tcp|tls)://[^\s/:]+:\d+", self.scheduler) is not None,
+            "scheduler",
+            "must be serial, local, slurm or a scheduler address tcp://HOST:PORT",
+            self.scheduler,
+        )
         _check(self.workers >= 1, "workers", "must be >= 1", self.workers)
         _check(self.threads >= 0, "threads", "must be >= 0", self.threads)
         if self.scheduler == "slurm":
@@ -647,7 +758,8 @@ class StudyParams:
     compute: ComputeParams = field(default_factory=ComputeParams)
     """Where the reward-function grid runs: in this process, or on a Dask cluster."""
     adhoc: str = ""
-    """Set by :func:`load_params`, never in a profile: the parameters an override changed from the profile's file (other than ``corpus`` and ``data_path``), e.g. ``reward.lam=0.1``; empty for the study's own runs."""
+    """Set by :func:`load_params`, never in a profile: the parameters an override changed from the profile's file
+    (other than ``corpus`` and ``data_path``), e.g. ``reward.lam=0.1``; empty for the study's own runs."""
 
     @property
     def study_key(self) -> str:
@@ -665,19 +777,35 @@ class StudyParams:
     def validate(self) -> None:
         _check(self.profile in PROFILES, "profile", f"must be one of {PROFILES}", self.profile)
         _check(self.corpus in CORPORA, "corpus", f"must be one of {CORPORA}", self.corpus)
-        _check(self.corpus == "simulated" or bool(self.data_path), "data_path",
-               f"is required for corpus {self.corpus!r}", self.data_path)
+        _check(
+            self.corpus == "simulated" or bool(self.data_path),
+            "data_path",
+            f"is required for corpus {self.corpus!r}",
+            self.data_path,
+        )
         _check(self.device in ("cpu", "cuda"), "device", "must be cpu or cuda", self.device)
         _check(len(self.seeds) >= 1, "seeds", "must list at least one seed", self.seeds)
         c = self.compute
         # Every worker of a local cluster would see the same cuda:0; one GPU runs one task at a time.
-        _check(not (self.device == "cuda" and c.scheduler == "local" and c.workers != 1), "compute.workers",
-               "must be 1 with device cuda and scheduler local (the workers share one GPU)", c.workers)
-        _check(not (self.device == "cuda" and c.scheduler == "slurm" and c.slurm.gpus == 0), "compute.slurm.gpus",
-               "must be 1 with device cuda (the jobs need a GPU)", c.slurm.gpus)
+        _check(
+            not (self.device == "cuda" and c.scheduler == "local" and c.workers != 1),
+            "compute.workers",
+            "must be 1 with device cuda and scheduler local (the workers share one GPU)",
+            c.workers,
+        )
+        _check(
+            not (self.device == "cuda" and c.scheduler == "slurm" and c.slurm.gpus == 0),
+            "compute.slurm.gpus",
+            "must be 1 with device cuda (the jobs need a GPU)",
+            c.slurm.gpus,
+        )
         for nb in self.notebooks:
-            _check((REPO_ROOT / "notebooks" / f"{nb}.ipynb").exists(), "notebooks",
-                   "names a notebook that does not exist", nb)
+            _check(
+                (REPO_ROOT / "notebooks" / f"{nb}.ipynb").exists(),
+                "notebooks",
+                "names a notebook that does not exist",
+                nb,
+            )
 
 
 class _FieldError(Exception):
@@ -694,7 +822,7 @@ def _check(ok: bool, field_name: str, rule: str, value: Any) -> None:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert a YAML value to the annotated type, or raise naming ``where``."""
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _FieldError(where, f"expected a mapping, got {value!r}")
         return _build(tp, value, where + ".")
@@ -704,8 +832,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if origin is tuple and len(value) != len(args):
             raise _FieldError(where, f"expected a list of {len(args)} values, got {list(value)!r}")
-        items = [_coerce(v, args[0] if origin is list else args[i], f"{where}[{i}]")
-                 for i, v in enumerate(value)]
+        items = [_coerce(v, args[0] if origin is list else args[i], f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if tp is bool:
         if not isinstance(value, bool):
@@ -767,9 +894,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} given twice (lines {seen[key]} and "
+                    None,
+                    None,
+                    f"key {key!r} given twice (lines {seen[key]} and "
                     f"{key_node.start_mark.line + 1}); the first would be silently dropped",
-                    key_node.start_mark)
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
@@ -781,16 +911,19 @@ def _read_profile(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        line = e.object[:e.start].count(b"\n") + 1
-        raise ParamError(f"{path}: not UTF-8 text (line {line}, byte {e.start}: "
-                         f"{e.object[e.start:e.start + 1]!r}); save the file as UTF-8") from None
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ParamError(
+            f"{path}: not UTF-8 text (line {line}, byte {e.start}: "
+            f"{e.object[e.start : e.start + 1]!r}); save the file as UTF-8"
+        ) from None
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise ParamError(f"{path}: not valid YAML: {e}") from None
     if raw is None:
-        raise ParamError(f"{path}: empty parameter file (a profile must set its parameters; "
-                         "copy params/smoke.yaml to start)")
+        raise ParamError(
+            f"{path}: empty parameter file (a profile must set its parameters; copy params/smoke.yaml to start)"
+        )
     if not isinstance(raw, dict):
         raise ParamError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     return raw
@@ -866,7 +999,7 @@ def injected_parameters(history: list[str]) -> tuple[dict[str, Any], dict[str, A
     if not cells:
         return {}, {}
     declared: dict[str, Any] = {}
-    for src in history[:cells[-1]]:
+    for src in history[: cells[-1]]:
         declared.update(_assignments(src))
     return declared, _assignments(history[cells[-1]])
 
@@ -875,7 +1008,7 @@ def _field_types(cls: type | None = None) -> dict[str, set[Any]]:
     """Every field name of :class:`StudyParams` and its sections -> the types it has there."""
     out: dict[str, set[Any]] = {}
     for name, tp in typing.get_type_hints(cls or StudyParams).items():
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             for k, v in _field_types(tp).items():
                 out.setdefault(k, set()).update(v)
         else:
@@ -913,8 +1046,10 @@ def _kernel_history() -> list[str]:
 def _param_error(e: _FieldError, path: Path, from_override: bool) -> ParamError:
     """The error naming where the bad value came from: the file, or an override of it."""
     if from_override:
-        return ParamError(f"override {e} (given as a notebook parameter, papermill -p, a command-line "
-                          f"option or ${' / $'.join(COMPUTE_ENV.values())}, not read from {path})")
+        return ParamError(
+            f"override {e} (given as a notebook parameter, papermill -p, a command-line "
+            f"option or ${' / $'.join(COMPUTE_ENV.values())}, not read from {path})"
+        )
     return ParamError(f"{path}: {e}")
 
 
@@ -931,13 +1066,13 @@ def compute_from_env() -> dict[str, Any]:
         if name == "workers":
             if not value.strip().isdigit():
                 raise ParamError(f"${var}={value!r}: compute.workers must be a whole number")
-            value = int(value)
+            out[name] = int(value)
+            continue
         out[name] = value
     return out
 
 
-def load_params(profile: str = "smoke", params_dir: str | Path | None = None,
-                **overrides: Any) -> StudyParams:
+def load_params(profile: str = "smoke", params_dir: str | Path | None = None, **overrides: Any) -> StudyParams:
     """Load ``params/<profile>.yaml`` into validated :class:`StudyParams`.
 
     Keyword overrides replace top-level fields (``corpus="esconv"``) or, given
@@ -951,9 +1086,11 @@ def load_params(profile: str = "smoke", params_dir: str | Path | None = None,
     declared, injected = injected_parameters(_kernel_history())
     unknown = sorted(set(injected) - set(declared))
     if unknown:
-        raise ParamError(f"papermill -p {', '.join(unknown)}: not a parameter of this notebook "
-                         f"(its parameters: {', '.join(sorted(declared))}); the run is stopped rather "
-                         "than run on the defaults")
+        raise ParamError(
+            f"papermill -p {', '.join(unknown)}: not a parameter of this notebook "
+            f"(its parameters: {', '.join(sorted(declared))}); the run is stopped rather "
+            "than run on the defaults"
+        )
     check_injected_types(injected)
     overrides = _merge({"compute": compute_from_env()}, overrides)
     if profile not in PROFILES:
@@ -995,7 +1132,10 @@ def field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and \
-                isinstance(getattr(nxt, "value", None), ast.Constant):
-            docs[node.target.id] = str(nxt.value.value)  # type: ignore[attr-defined]
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(getattr(nxt, "value", None), ast.Constant)
+        ):
+            docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr, attr-defined]
     return docs

@@ -130,21 +130,30 @@ def prosody_per_second(sound, n_seconds: int | None = None) -> pd.DataFrame:
     jitter = np.full(n, np.nan)
     for s in range(min(n, int(np.ceil(duration)))):
         jitter[s] = call(points, "Get jitter (local)", float(s), float(min(s + 1, duration)), 0.0001, 0.02, 1.3)
-    out = pd.DataFrame({
-        "f0_mean": _per_second(pitch.xs(), f0, n),
-        # dB are averaged as energies (Praat's "energy" averaging): a silent frame at -300 dB
-        # must not drag a loud second's mean to minus hundreds
-        "intensity_mean": 10 * np.log10(_per_second(intensity.xs(), 10 ** (intensity.values[0] / 10), n)),
-        "jitter": jitter,
-        "log_energy": np.where(present, np.log(np.maximum(energy, 1e-10)), np.nan),
-        "voiced": _per_second(pitch.xs(), voiced, n),
-    })
+    out = pd.DataFrame(
+        {
+            "f0_mean": _per_second(pitch.xs(), f0, n),
+            # dB are averaged as energies (Praat's "energy" averaging): a silent frame at -300 dB
+            # must not drag a loud second's mean to minus hundreds
+            "intensity_mean": 10 * np.log10(_per_second(intensity.xs(), 10 ** (intensity.values[0] / 10), n)),
+            "jitter": jitter,
+            "log_energy": np.where(present, np.log(np.maximum(energy, 1e-10)), np.nan),
+            "voiced": _per_second(pitch.xs(), voiced, n),
+        }
+    )
     assert tuple(out.columns[: len(PROSODY)]) == PROSODY  # the schema's names, in order
     return out
 
 
-def write_tone(path: str | Path, f0: float | tuple[float, float], seconds: float, rate: int = 16000,
-               harmonics: int = 1, syllables_per_s: float = 0.0, amplitude: float = 0.3) -> Path:
+def write_tone(
+    path: str | Path,
+    f0: float | tuple[float, float],
+    seconds: float,
+    rate: int = 16000,
+    harmonics: int = 1,
+    syllables_per_s: float = 0.0,
+    amplitude: float = 0.3,
+) -> Path:
     """Write a 16-bit mono wav of a tone of known pitch (a test signal with a known answer).
 
     ``f0`` is constant or a (start, end) glide in Hz (linear in time);

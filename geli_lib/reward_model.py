@@ -70,7 +70,8 @@ because r_θ must score one (s_t, a_t) pair at RL time); LI ``va`` and ``ls``
 only); ``llm`` (LLM-GELI eq. 5: MSE on an LLM's per-turn labels, passed as
 ``li_labels[LLM_LABELS]``; only failed chunks are masked, see :mod:`geli_lib.llm`).
 Any trainable method can continue from another's head (``warm_start``, the
-authors' VA-then-GELI recipe) and keep its best validation epoch (``select_best``). Losses come from :mod:`geli_lib.losses`.
+authors' VA-then-GELI recipe) and keep its best validation epoch (``select_best``). Losses come from
+:mod:`geli_lib.losses`.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -110,8 +111,17 @@ CHUNK_PAIRS = 1024
 MAX_CHUNKS = 32
 
 METHOD_FAMILY: dict[str, str] = {
-    "mean": "baseline", "mode": "baseline", "sum": "GE", "ircr": "GE", "rudder": "GE",
-    "rrd": "GE", "va": "LI", "ls": "LI", "geli": "GELI", "oracle": "oracle", "llm": "LLM",
+    "mean": "baseline",
+    "mode": "baseline",
+    "sum": "GE",
+    "ircr": "GE",
+    "rudder": "GE",
+    "rrd": "GE",
+    "va": "LI",
+    "ls": "LI",
+    "geli": "GELI",
+    "oracle": "oracle",
+    "llm": "LLM",
 }
 #: The ``TrainData.li`` key of LLM-GELI's per-turn labels (:func:`geli_lib.llm.labels_for_pairs`).
 LLM_LABELS = "llm"
@@ -198,28 +208,38 @@ def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor, encoder: str) -> t
     return emb
 
 
-def _embed_tensor(texts: Sequence[str], tok: Any, model: Any, encoder: str, max_tokens: int,
-                  device: str) -> torch.Tensor:
+def _embed_tensor(
+    texts: Sequence[str], tok: Any, model: Any, encoder: str, max_tokens: int, device: str
+) -> torch.Tensor:
     """Embeddings (n, d) of one batch of texts on ``device``, with gradients when enabled."""
-    enc = tok(list(texts), truncation=True, max_length=max_tokens, padding=True,
-              return_tensors="pt").to(device)
+    enc = tok(list(texts), truncation=True, max_length=max_tokens, padding=True, return_tensors="pt").to(device)
     out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
     return _pool(out.last_hidden_state, enc["attention_mask"], encoder)
 
 
 @torch.no_grad()
-def _embed(texts: Sequence[str], tok: Any, model: Any, encoder: str, max_tokens: int,
-           device: str) -> np.ndarray:
+def _embed(texts: Sequence[str], tok: Any, model: Any, encoder: str, max_tokens: int, device: str) -> np.ndarray:
     """Mean-pooled (and for MiniLM L2-normalised) embeddings of one batch of texts, as numpy."""
     return _embed_tensor(texts, tok, model, encoder, max_tokens, device).cpu().numpy().astype(np.float32)
 
 
-def pair_features(hist: Sequence[str], resp: Sequence[str], tok: Any, model: Any, encoder: str,
-                  max_tokens: int, device: str, batch_size: int = 64) -> np.ndarray:
+def pair_features(
+    hist: Sequence[str],
+    resp: Sequence[str],
+    tok: Any,
+    model: Any,
+    encoder: str,
+    max_tokens: int,
+    device: str,
+    batch_size: int = 64,
+) -> np.ndarray:
     """[enc(history) | enc(response)] (N, 2d) of each pair, encoded now (no cache): texts a
     fine-tuned encoder must re-read, or responses that are new at every PPO step."""
-    parts = [_embed(t[i:i + batch_size], tok, model, encoder, max_tokens, device)
-             for t in (hist, resp) for i in range(0, len(t), batch_size)]
+    parts = [
+        _embed(t[i : i + batch_size], tok, model, encoder, max_tokens, device)
+        for t in (hist, resp)
+        for i in range(0, len(t), batch_size)
+    ]
     n_h = -(-len(hist) // batch_size)
     return np.hstack([np.concatenate(parts[:n_h]), np.concatenate(parts[n_h:])])
 
@@ -245,7 +265,8 @@ class FeatureCache:
             if got != enc_id:
                 raise EncoderMismatchError(
                     f"{self.folder}: feature cache built with encoder {got!r}, not {enc_id!r}; "
-                    "use the default cache folder (one per encoder) or delete this one")
+                    "use the default cache folder (one per encoder) or delete this one"
+                )
         else:
             write_json(meta, {"encoder_id": enc_id})
         self.rows: dict[str, int] = {}
@@ -263,8 +284,8 @@ class FeatureCache:
                 got = str(z["encoder_id"])
                 if got != self.enc_id:
                     raise EncoderMismatchError(
-                        f"{path}: chunk encoded with {got!r}, but this cache is for {self.enc_id!r}; "
-                        "delete the chunk")
+                        f"{path}: chunk encoded with {got!r}, but this cache is for {self.enc_id!r}; delete the chunk"
+                    )
                 keys.append(z["keys"])
                 embs.append(z["emb"])
         if keys:
@@ -284,8 +305,9 @@ class FeatureCache:
         n = len(self.chunks())
         name = f"chunk-{time.time_ns():020d}-{n:05d}.npz"
         with atomic_write(self.folder / name) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, keys=np.asarray(keys, dtype="<U40"), emb=emb.astype(np.float32),
-                     encoder_id=np.asarray(self.enc_id))
+            np.savez(
+                fh, keys=np.asarray(keys, dtype="<U40"), emb=emb.astype(np.float32), encoder_id=np.asarray(self.enc_id)
+            )
         base = len(self.emb)
         self.emb = emb.astype(np.float32) if base == 0 else np.concatenate([self.emb, emb])
         for i, k in enumerate(keys):
@@ -299,15 +321,20 @@ class FeatureCache:
         keys = sorted(self.rows, key=self.rows.__getitem__)
         name = f"chunk-{time.time_ns():020d}-merged.npz"
         with atomic_write(self.folder / name) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, keys=np.asarray(keys, dtype="<U40"), emb=self.lookup(keys),
-                     encoder_id=np.asarray(self.enc_id))
+            np.savez(fh, keys=np.asarray(keys, dtype="<U40"), emb=self.lookup(keys), encoder_id=np.asarray(self.enc_id))
         for p in old:
             p.unlink(missing_ok=True)
 
 
-def encode_pairs(pairs: pd.DataFrame, encoder: str = "minilm", batch_size: int = 64,
-                 device: str = "cpu", progress: bool = True, max_tokens: int = 256,
-                 cache: str | Path | None = None) -> np.ndarray:
+def encode_pairs(
+    pairs: pd.DataFrame,
+    encoder: str = "minilm",
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = True,
+    max_tokens: int = 256,
+    cache: str | Path | None = None,
+) -> np.ndarray:
     """Features (N, 2d) float32 of the pairs: [embedding(history), embedding(response)].
 
     Both texts go through :func:`encode_texts`, so they are encoded once and
@@ -315,12 +342,18 @@ def encode_pairs(pairs: pd.DataFrame, encoder: str = "minilm", batch_size: int =
     """
     hist, resp = pair_texts(pairs)
     emb = encode_texts(hist + resp, encoder, batch_size, device, progress, max_tokens, cache)
-    return np.hstack([emb[:len(hist)], emb[len(hist):]])
+    return np.hstack([emb[: len(hist)], emb[len(hist) :]])
 
 
-def encode_texts(texts: list[str], encoder: str = "minilm", batch_size: int = 64,
-                 device: str = "cpu", progress: bool = True, max_tokens: int = 256,
-                 cache: str | Path | None = None) -> np.ndarray:
+def encode_texts(
+    texts: list[str],
+    encoder: str = "minilm",
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = True,
+    max_tokens: int = 256,
+    cache: str | Path | None = None,
+) -> np.ndarray:
     """Embeddings (N, d) float32 of texts, each encoded once and cached by content.
 
     The cache is ``cache_dir('features')/<encoder_id>/`` (or ``cache``), a key
@@ -340,10 +373,10 @@ def encode_texts(texts: list[str], encoder: str = "minilm", batch_size: int = 64
         bar = progress_bar(len(todo), f"encoding ({encoder})", progress, unit="pair")
         try:
             for c0 in range(0, len(todo), CHUNK_PAIRS):
-                ck = todo[c0:c0 + CHUNK_PAIRS]
+                ck = todo[c0 : c0 + CHUNK_PAIRS]
                 parts = []
                 for b0 in range(0, len(ck), batch_size):
-                    bk = ck[b0:b0 + batch_size]
+                    bk = ck[b0 : b0 + batch_size]
                     parts.append(_embed([by_key[k] for k in bk], tok, model, encoder, max_tokens, device))
                     bar.update(len(bk))
                 store.add(ck, np.concatenate(parts))
@@ -351,9 +384,11 @@ def encode_texts(texts: list[str], encoder: str = "minilm", batch_size: int = 64
             bar.close()
         dt = time.perf_counter() - t0
         if progress:
-            print(f"encoded {len(todo)} texts with {encoder} in {dt:.1f} s "
-                  f"({len(todo) / max(dt, 1e-9):.0f} texts/s); {len(keys) - len(todo)} from cache",
-                  flush=True)
+            print(
+                f"encoded {len(todo)} texts with {encoder} in {dt:.1f} s "
+                f"({len(todo) / max(dt, 1e-9):.0f} texts/s); {len(keys) - len(todo)} from cache",
+                flush=True,
+            )
         store.compact()
     elif progress:
         print(f"features: all {len(keys)} texts from cache ({store.folder.name})", flush=True)
@@ -423,14 +458,25 @@ class TrainData:
         """The conversations at positions ``idx`` (pair rows and texts keep their meaning)."""
         i = idx.tolist()
         return dataclasses.replace(
-            self, convo_ids=[self.convo_ids[k] for k in i], X=self.X[idx], mask=self.mask[idx],
-            lengths=self.lengths[idx], R=self.R[idx], truth=self.truth[idx],
-            li={k: v[idx] for k, v in self.li.items()}, rows=self.rows[idx])
+            self,
+            convo_ids=[self.convo_ids[k] for k in i],
+            X=self.X[idx],
+            mask=self.mask[idx],
+            lengths=self.lengths[idx],
+            R=self.R[idx],
+            truth=self.truth[idx],
+            li={k: v[idx] for k, v in self.li.items()},
+            rows=self.rows[idx],
+        )
 
 
-def make_train_data(corpus: Any, pairs: pd.DataFrame, features: np.ndarray,
-                    convo_ids: Sequence[str] | None = None,
-                    li_labels: Mapping[str, Any] | np.ndarray | None = None) -> TrainData:
+def make_train_data(
+    corpus: Any,
+    pairs: pd.DataFrame,
+    features: np.ndarray,
+    convo_ids: Sequence[str] | None = None,
+    li_labels: Mapping[str, Any] | np.ndarray | None = None,
+) -> TrainData:
     """Group the pairs of ``convo_ids`` (default: all) into padded conversation tensors.
 
     ``features`` are aligned with ``pairs`` rows (:func:`encode_pairs`).
@@ -456,8 +502,11 @@ def make_train_data(corpus: Any, pairs: pd.DataFrame, features: np.ndarray,
         labels["ls"] = sentiment_labels(pairs)
 
     p = pairs.reset_index(drop=True)
-    wanted = list(dict.fromkeys(map(str, convo_ids))) if convo_ids is not None else \
-        sorted(pd.unique(p["convo_id"].astype(str)))
+    wanted = (
+        list(dict.fromkeys(map(str, convo_ids)))
+        if convo_ids is not None
+        else sorted(pd.unique(p["convo_id"].astype(str)))
+    )
     groups = {str(c): g.sort_values("turn_idx").index.to_numpy() for c, g in p.groupby("convo_id", sort=False)}
     skipped: dict[str, list[str]] = {}
     keep: list[str] = []
@@ -470,11 +519,11 @@ def make_train_data(corpus: Any, pairs: pd.DataFrame, features: np.ndarray,
         else:
             keep.append(c)
     if skipped:
-        print("make_train_data: left out " + ", ".join(f"{len(v)} ({k})" for k, v in skipped.items()),
-              file=sys.stderr)
+        print("make_train_data: left out " + ", ".join(f"{len(v)} ({k})" for k, v in skipped.items()), file=sys.stderr)
     if not keep:
-        raise RewardModelError(f"no trainable conversation among {len(wanted)} (skipped: "
-                               f"{ {k: len(v) for k, v in skipped.items()} })")
+        raise RewardModelError(
+            f"no trainable conversation among {len(wanted)} (skipped: { {k: len(v) for k, v in skipped.items()} })"
+        )
     lengths = np.array([len(groups[c]) for c in keep])
     C, T = len(keep), int(lengths.max())
     rows = np.full((C, T), -1, dtype=np.int64)
@@ -489,13 +538,17 @@ def make_train_data(corpus: Any, pairs: pd.DataFrame, features: np.ndarray,
     X = np.where(mask[..., None], features[safe], 0.0).astype(np.float32)
     texts = list(zip(*pair_texts(p)))
     return TrainData(
-        convo_ids=keep, X=torch.from_numpy(X), mask=torch.from_numpy(mask),
-        lengths=torch.from_numpy(lengths), R=torch.tensor(p["score"].to_numpy(float)[rows[:, 0]],
-                                                          dtype=torch.float32),
-        truth=padded(p["true_reward"].to_numpy(float)) if "true_reward" in p else
-        torch.full((C, T), float("nan")),
-        li={k: padded(v) for k, v in labels.items()}, rows=torch.from_numpy(rows),
-        texts=texts, skipped=skipped)
+        convo_ids=keep,
+        X=torch.from_numpy(X),
+        mask=torch.from_numpy(mask),
+        lengths=torch.from_numpy(lengths),
+        R=torch.tensor(p["score"].to_numpy(float)[rows[:, 0]], dtype=torch.float32),
+        truth=padded(p["true_reward"].to_numpy(float)) if "true_reward" in p else torch.full((C, T), float("nan")),
+        li={k: padded(v) for k, v in labels.items()},
+        rows=torch.from_numpy(rows),
+        texts=texts,
+        skipped=skipped,
+    )
 
 
 # --------------------------------------------------------------------------- head
@@ -510,15 +563,14 @@ class RewardHead(nn.Module):
 
     def __init__(self, d: int, hidden: int = 128, dropout: float = 0.2, scale: float = 1.0):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d, hidden), nn.Dropout(dropout), nn.ReLU(),
-                                 nn.Linear(hidden, 1), nn.Tanh())
+        self.net = nn.Sequential(nn.Linear(d, hidden), nn.Dropout(dropout), nn.ReLU(), nn.Linear(hidden, 1), nn.Tanh())
         self.register_buffer("scale", torch.tensor(float(scale)))
 
     def init_output(self, value: float) -> None:
         """Start every prediction near ``value`` (the output bias is set to atanh(value/scale))."""
         with torch.no_grad():
-            v = max(min(value / float(self.scale), 0.95), -0.95)
-            self.net[3].bias.fill_(math.atanh(v))
+            v = max(min(value / float(self.scale), 0.95), -0.95)  # type: ignore[arg-type]
+            self.net[3].bias.fill_(math.atanh(v))  # type: ignore[operator]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * self.net(x).squeeze(-1)
@@ -574,10 +626,20 @@ class TrainedReward:
         if self.finetuned:
             self.text_encoder.save_pretrained(folder / "encoder")
             self.tokenizer.save_pretrained(folder / "encoder")
-        meta = {"method": self.method, "family": self.family, "params": to_dict(self.params),
-                "encoder_id": self.encoder_id, "d": self.d, "scale": self.scale, "seed": self.seed,
-                "constant": self.constant, "info": self.info, "has_head": self.head is not None,
-                "finetuned": self.finetuned, "T_bar": self.T_bar}
+        meta = {
+            "method": self.method,
+            "family": self.family,
+            "params": to_dict(self.params),
+            "encoder_id": self.encoder_id,
+            "d": self.d,
+            "scale": self.scale,
+            "seed": self.seed,
+            "constant": self.constant,
+            "info": self.info,
+            "has_head": self.head is not None,
+            "finetuned": self.finetuned,
+            "T_bar": self.T_bar,
+        }
         write_json(folder / "reward.json", meta)  # written last: the completeness marker
         return folder
 
@@ -592,14 +654,18 @@ class TrainedReward:
         if expect_encoder is not None and meta["encoder_id"] != expect_encoder:
             raise EncoderMismatchError(
                 f"{folder}: reward function trained on features of {meta['encoder_id']!r}, "
-                f"but the features given are {expect_encoder!r}; re-encode with its encoder")
+                f"but the features given are {expect_encoder!r}; re-encode with its encoder"
+            )
         known = {f.name for f in dataclasses.fields(RewardParams)}
-        params = RewardParams(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in meta["params"].items() if k in known})
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items() if k in known
+        }
+        params = RewardParams(**fields)
         head = None
         if meta["has_head"] and not (folder / "head.pt").is_file():
-            raise RewardModelError(f"{folder}: head.pt missing (an interrupted save?); "
-                                   "re-run the notebook that trains it")
+            raise RewardModelError(
+                f"{folder}: head.pt missing (an interrupted save?); re-run the notebook that trains it"
+            )
         if meta["has_head"]:
             head = RewardHead(meta["d"], params.hidden, params.dropout, meta["scale"])
             head.load_state_dict(torch.load(folder / "head.pt", map_location="cpu", weights_only=True))
@@ -617,13 +683,23 @@ class TrainedReward:
                 tok.pad_token = tok.eos_token
             model = AutoModel.from_pretrained(enc_dir, local_files_only=True, dtype=torch.float32)
             model.eval()
-        return cls(method=meta["method"], params=params, encoder_id=meta["encoder_id"], d=meta["d"],
-                   scale=meta["scale"], seed=meta["seed"], head=head, constant=meta["constant"],
-                   info=meta.get("info", {}), text_encoder=model, tokenizer=tok, T_bar=meta.get("T_bar"))
+        return cls(
+            method=meta["method"],
+            params=params,
+            encoder_id=meta["encoder_id"],
+            d=meta["d"],
+            scale=meta["scale"],
+            seed=meta["seed"],
+            head=head,
+            constant=meta["constant"],
+            info=meta.get("info", {}),
+            text_encoder=model,
+            tokenizer=tok,
+            T_bar=meta.get("T_bar"),
+        )
 
 
-def load_reward_function(folder: str | Path, encoder: str | None = None,
-                         max_tokens: int = 256) -> TrainedReward:
+def load_reward_function(folder: str | Path, encoder: str | None = None, max_tokens: int = 256) -> TrainedReward:
     """Load a saved reward function, checking it against ``encoder`` (name) when given."""
     return TrainedReward.load(folder, encoder_id(encoder, max_tokens) if encoder else None)
 
@@ -637,22 +713,31 @@ def predict(trained: TrainedReward, features: np.ndarray, batch_size: int = 8192
     if trained.finetuned:
         raise RewardModelError(
             f"reward function {trained.method!r} fine-tuned its encoder: cached features do not fit it; "
-            "score the pairs' texts with predict_pairs(trained, pairs)")
+            "score the pairs' texts with predict_pairs(trained, pairs)"
+        )
     if features.ndim != 2 or features.shape[1] != trained.d:
         raise EncoderMismatchError(
             f"features of shape {features.shape} do not fit a head trained on d={trained.d} "
-            f"features ({trained.encoder_id})")
+            f"features ({trained.encoder_id})"
+        )
     assert trained.head is not None
     trained.head.eval()
-    out = [trained.head(torch.from_numpy(features[i:i + batch_size])).numpy()
-           for i in range(0, len(features), batch_size)]
+    out = [
+        trained.head(torch.from_numpy(features[i : i + batch_size])).numpy()
+        for i in range(0, len(features), batch_size)
+    ]
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
 @torch.no_grad()
-def predict_pairs(trained: TrainedReward, pairs: pd.DataFrame, batch_size: int = 64,
-                  device: str = "cpu", progress: bool = False,
-                  cache: str | Path | None = None) -> np.ndarray:
+def predict_pairs(
+    trained: TrainedReward,
+    pairs: pd.DataFrame,
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = False,
+    cache: str | Path | None = None,
+) -> np.ndarray:
     """Per-pair r̂ (N,) of the pairs' texts (:func:`pair_texts`).
 
     A fine-tuned reward function encodes them with its own encoder (on
@@ -672,8 +757,9 @@ def predict_pairs(trained: TrainedReward, pairs: pd.DataFrame, batch_size: int =
     was_training = model.training
     model.to(device).eval()
     try:
-        feats = pair_features(hist, resp, tok, model, trained.encoder_name, trained.params.max_tokens,
-                              device, batch_size)
+        feats = pair_features(
+            hist, resp, tok, model, trained.encoder_name, trained.params.max_tokens, device, batch_size
+        )
     finally:
         model.train(was_training)
     assert trained.head is not None
@@ -708,8 +794,9 @@ def turn_unit(lengths: torch.Tensor, T_bar: float | None) -> torch.Tensor:
     return T if T_bar is None else torch.full_like(T, float(T_bar))
 
 
-def auto_scale(train: TrainData, params: RewardParams, method: str,
-               targets: torch.Tensor | None = None, T_bar: float | None = None) -> float:
+def auto_scale(
+    train: TrainData, params: RewardParams, method: str, targets: torch.Tensor | None = None, T_bar: float | None = None
+) -> float:
     """The head's output scale: ``params.output_scale``, or the automatic rule of the module docstring.
 
     The share is R / :func:`turn_unit`. Methods that regress the head on
@@ -737,7 +824,8 @@ def _li_targets(train: TrainData, signal: str, scale: float, params: RewardParam
     if not torch.isfinite(g[train.mask]).any():
         raise RewardModelError(
             f"every {signal!r} label of the training conversations is NaN (no face window / no timing): "
-            f"an LI method cannot train on this corpus")
+            f"an LI method cannot train on this corpus"
+        )
     return g * (params.li_positive * scale)
 
 
@@ -745,12 +833,16 @@ def _llm_targets(train: TrainData, T_bar: float | None) -> torch.Tensor:
     """LLM-GELI's r_LI (eq. 5): the LLM's labels (which sum to R over a conversation, Sec. 4.1's
     prompt) in the unit of r̂, labels · T_b / :func:`turn_unit` (NaN = a failed chunk)."""
     if LLM_LABELS not in train.li:
-        raise RewardModelError(f"no {LLM_LABELS!r} labels in the training data: decompose with geli_lib.llm "
-                               f"and pass li_labels={{{LLM_LABELS!r}: llm.labels_for_pairs(pairs, labels)}}")
+        raise RewardModelError(
+            f"no {LLM_LABELS!r} labels in the training data: decompose with geli_lib.llm "
+            f"and pass li_labels={{{LLM_LABELS!r}: llm.labels_for_pairs(pairs, labels)}}"
+        )
     g = train.li[LLM_LABELS]
     if not torch.isfinite(g[train.mask]).any():
-        raise RewardModelError("every LLM label of the training conversations is missing (no annotation or "
-                               "failed chunks): nothing to distil")
+        raise RewardModelError(
+            "every LLM label of the training conversations is missing (no annotation or "
+            "failed chunks): nothing to distil"
+        )
     return g * train.lengths.to(g.dtype)[:, None] / turn_unit(train.lengths, T_bar)
 
 
@@ -777,7 +869,7 @@ def _clip_to_range(targets: torch.Tensor, mask: torch.Tensor, scale: float) -> t
     hi = -lo
     for _ in range(60):
         mid = (lo + hi) / 2
-        low = (torch.where(ok, (x + mid[:, None]).clamp(-scale, scale), 0.0).sum(1) < goal)
+        low = torch.where(ok, (x + mid[:, None]).clamp(-scale, scale), 0.0).sum(1) < goal
         lo, hi = torch.where(low, mid, lo), torch.where(low, hi, mid)
     moved = (x + ((lo + hi) / 2)[:, None]).clamp(-scale, scale).to(targets.dtype)
     return torch.where(ok, moved, targets), share
@@ -802,8 +894,10 @@ FeatureFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def cached_features(train: TrainData) -> FeatureFn:
     """The batch's features read from the cached tensor (all turns present)."""
+
     def fn(conv: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return train.X[conv]
+
     return fn
 
 
@@ -818,16 +912,21 @@ class EncoderFeatures:
     the K sampled turns are encoded.
     """
 
-    def __init__(self, train: TrainData, tok: Any, model: Any, encoder: str, max_tokens: int,
-                 device: str, batch_size: int):
+    def __init__(
+        self, train: TrainData, tok: Any, model: Any, encoder: str, max_tokens: int, device: str, batch_size: int
+    ):
         if not train.texts:
             raise RewardModelError("fine-tuning the encoder needs the pairs' texts (TrainData.texts is empty)")
         self.train, self.tok, self.model = train, tok, model
         self.encoder, self.max_tokens, self.device, self.batch_size = encoder, max_tokens, device, batch_size
 
     def _encode(self, texts: list[str]) -> torch.Tensor:
-        parts = [_embed_tensor(texts[i:i + self.batch_size], self.tok, self.model, self.encoder,
-                               self.max_tokens, self.device) for i in range(0, len(texts), self.batch_size)]
+        parts = [
+            _embed_tensor(
+                texts[i : i + self.batch_size], self.tok, self.model, self.encoder, self.max_tokens, self.device
+            )
+            for i in range(0, len(texts), self.batch_size)
+        ]
         return torch.cat(parts).to("cpu")
 
     def turns(self, b: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
@@ -837,7 +936,7 @@ class EncoderFeatures:
         hist = [self.train.texts[r][0] for r in rows]
         resp = [self.train.texts[r][1] for r in rows]
         emb = self._encode(hist + resp)
-        feats = torch.cat([emb[:len(rows)], emb[len(rows):]], dim=1)
+        feats = torch.cat([emb[: len(rows)], emb[len(rows) :]], dim=1)
         out = torch.zeros(len(b), sel.shape[1], feats.shape[1], dtype=feats.dtype)
         return out.index_put((bi, ti), feats)  # out of place: gradients reach the encoder
 
@@ -854,8 +953,13 @@ def _head_on_turns(head: RewardHead, X: torch.Tensor, mask: torch.Tensor) -> tor
     return torch.zeros(mask.shape, dtype=X.dtype).masked_scatter(mask, head(X[mask]))
 
 
-def step_loss(r_hat: torch.Tensor | None, mask: torch.Tensor, lam: float,
-              l_ge: Callable[[], torch.Tensor] | None, li_target: torch.Tensor | None) -> torch.Tensor:
+def step_loss(
+    r_hat: torch.Tensor | None,
+    mask: torch.Tensor,
+    lam: float,
+    l_ge: Callable[[], torch.Tensor] | None,
+    li_target: torch.Tensor | None,
+) -> torch.Tensor:
     """The loss of one training step on a batch of conversations: GELI eq. 2, every method a case of it.
 
     ``r_hat`` (b, T_max): r_θ of the batch's turns; ``l_ge``: computes the batch's L_GE (eq. 9 for RRD,
@@ -866,18 +970,31 @@ def step_loss(r_hat: torch.Tensor | None, mask: torch.Tensor, lam: float,
     from geli_lib import losses
 
     l_global = l_ge() if l_ge is not None and lam > 0 else None  # sampled first: the RNG order of every run
-    l_local = _masked_mse(r_hat, mask, li_target) if li_target is not None and lam < 1 else None
-    if l_global is not None and l_local is not None:
-        return losses.geli_loss(l_global, l_local, lam)  # eq. 2: λ·L_GE + (1 − λ)·L_LI
-    if l_global is None and l_local is None:
-        raise RewardModelError(f"no loss term: λ = {lam}, GE term {'given' if l_ge else 'none'}, "
-                               f"LI targets {'given' if li_target is not None else 'none'}")
-    return l_global if l_global is not None else l_local
+    l_local = _masked_mse(r_hat, mask, li_target) if r_hat is not None and li_target is not None and lam < 1 else None
+    if l_local is None:
+        if l_global is None:
+            raise RewardModelError(
+                f"no loss term: λ = {lam}, GE term {'given' if l_ge else 'none'}, "
+                f"LI targets {'given' if li_target is not None else 'none'}"
+            )
+        return l_global
+    if l_global is None:
+        return l_local
+    return losses.geli_loss(l_global, l_local, lam)  # eq. 2: λ·L_GE + (1 − λ)·L_LI
 
 
-def _ge_loss(kind: str, head: RewardHead, train: TrainData, b: torch.Tensor, params: RewardParams,
-             gen: torch.Generator, targets: torch.Tensor | None, feature_fn: FeatureFn,
-             r_b: torch.Tensor | None = None, T_bar: float | None = None) -> torch.Tensor:
+def _ge_loss(
+    kind: str,
+    head: RewardHead,
+    train: TrainData,
+    b: torch.Tensor,
+    params: RewardParams,
+    gen: torch.Generator,
+    targets: torch.Tensor | None,
+    feature_fn: FeatureFn,
+    r_b: torch.Tensor | None = None,
+    T_bar: float | None = None,
+) -> torch.Tensor:
     """L_GE of one batch of conversations ``b`` for GE method ``kind``, in the form ``T_bar`` says.
 
     ``r_b``: r̂ of every turn of the batch when the step has it already (one forward pass serves
@@ -903,8 +1020,9 @@ def _ge_loss(kind: str, head: RewardHead, train: TrainData, b: torch.Tensor, par
     raise RewardModelError(f"unknown GE method {kind!r}")
 
 
-def _rudder_targets(train: TrainData, params: RewardParams, seed: int,
-                    T_bar: float | None) -> tuple[torch.Tensor, list[float]]:
+def _rudder_targets(
+    train: TrainData, params: RewardParams, seed: int, T_bar: float | None
+) -> tuple[torch.Tensor, list[float]]:
     """RUDDER: fit the LSTM return predictor, return its redistributed rewards (C, T_max) in the
     unit of r̂ (they sum to the final prediction ≈ R, so · T_b / :func:`turn_unit`) and its losses."""
     from geli_lib import losses
@@ -947,15 +1065,24 @@ def split_train_data(train: TrainData, fraction: float, seed: int) -> tuple[Trai
     """(fit, validation): a ``fraction`` of the conversations (at least one) held out, drawn by ``seed``."""
     n_val = max(1, round(fraction * len(train)))
     if n_val >= len(train):
-        raise RewardModelError(f"cannot hold out {fraction:.0%} of {len(train)} training conversations "
-                               "for validation and keep any to train on")
+        raise RewardModelError(
+            f"cannot hold out {fraction:.0%} of {len(train)} training conversations "
+            "for validation and keep any to train on"
+        )
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 104729))
     return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values)
 
 
-def train_reward_function(method: str, train: TrainData, params: RewardParams, seed: int = 0,
-                          encoder: str | None = None, feature_fn: FeatureFn | None = None,
-                          progress: bool = False, device: str = "cpu") -> TrainedReward:
+def train_reward_function(
+    method: str,
+    train: TrainData,
+    params: RewardParams,
+    seed: int = 0,
+    encoder: str | None = None,
+    feature_fn: FeatureFn | None = None,
+    progress: bool = False,
+    device: str = "cpu",
+) -> TrainedReward:
     """Train reward function ``method`` (one of :data:`METHOD_FAMILY`) on cached features.
 
     Deterministic per ``seed`` (torch.manual_seed for the head's init and
@@ -988,10 +1115,17 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
     enc_id = encoder_id(enc_name, params.max_tokens)
     T_bar = resolve_T_bar(train, params)
     if method in ("mean", "mode"):
-        return TrainedReward(method=method, params=params, encoder_id=enc_id, d=train.d,
-                             scale=auto_scale(train, params, method, T_bar=T_bar), seed=seed,
-                             constant=_constant(method, train, T_bar), T_bar=T_bar,
-                             info={"n_conversations": len(train)})
+        return TrainedReward(
+            method=method,
+            params=params,
+            encoder_id=enc_id,
+            d=train.d,
+            scale=auto_scale(train, params, method, T_bar=T_bar),
+            seed=seed,
+            constant=_constant(method, train, T_bar),
+            T_bar=T_bar,
+            info={"n_conversations": len(train)},
+        )
     val = None
     if params.select_best:
         train, val = split_train_data(train, params.val_fraction, seed)
@@ -999,8 +1133,7 @@ def train_reward_function(method: str, train: TrainData, params: RewardParams, s
     if params.warm_start:  # same conversations, same T̄; the start itself is not selected on validation
         pinned = dataclasses.replace(params, warm_start="", select_best=False, T_bar=T_bar or params.T_bar)
         start = train_reward_function(params.warm_start, train, pinned, seed, encoder, feature_fn, progress, device)
-    return _train_head(method, train, params, seed, enc_name, enc_id, T_bar, feature_fn, progress, device,
-                       start, val)
+    return _train_head(method, train, params, seed, enc_name, enc_id, T_bar, feature_fn, progress, device, start, val)
 
 
 def _labels_read(method: str, params: RewardParams) -> list[str]:
@@ -1028,8 +1161,7 @@ def training_key(method: str, train: TrainData, params: RewardParams, seed: int)
     for t in tensors:
         h.update(t.contiguous().numpy().tobytes())
     code = file_key([Path(__file__), Path(losses.__file__)])
-    return content_key(method, to_dict(params), seed, list(train.convo_ids), h.hexdigest(), code,
-                       torch.__version__)
+    return content_key(method, to_dict(params), seed, list(train.convo_ids), h.hexdigest(), code, torch.__version__)
 
 
 def trained_folder(method: str, train: TrainData, params: RewardParams, seed: int) -> Path | None:
@@ -1045,8 +1177,9 @@ def _keep(trained: TrainedReward, folder: Path | None) -> TrainedReward:
     return trained if folder is None else TrainedReward.load(trained.save(folder))
 
 
-def train_cached(method: str, train: TrainData, params: RewardParams, seed: int = 0,
-                 progress: bool = False, device: str = "cpu") -> TrainedReward:
+def train_cached(
+    method: str, train: TrainData, params: RewardParams, seed: int = 0, progress: bool = False, device: str = "cpu"
+) -> TrainedReward:
     """:func:`train_reward_function`, read back from :func:`trained_folder` when the same training
     ran before (a sweep point equal to a Table 1 row, RRD in the face-noise sweep).
 
@@ -1067,8 +1200,13 @@ def _train_task(train: TrainData, method: str, params: RewardParams, seed: int, 
     return trained
 
 
-def train_grid(train: TrainData, runs: Sequence[tuple[str, RewardParams, int]], compute: ComputeParams,
-               device: str = "cpu", progress: bool = False) -> list[TrainedReward]:
+def train_grid(
+    train: TrainData,
+    runs: Sequence[tuple[str, RewardParams, int]],
+    compute: ComputeParams,
+    device: str = "cpu",
+    progress: bool = False,
+) -> list[TrainedReward]:
     """:func:`train_cached` of each ``(method, params, seed)`` in ``runs``, the misses trained where
     ``compute`` says, in the order of ``runs``.
 
@@ -1082,9 +1220,9 @@ def train_grid(train: TrainData, runs: Sequence[tuple[str, RewardParams, int]], 
         return [train_cached(m, train, p, s, progress=progress, device=device) for m, p, s in runs]
     folders = [trained_folder(m, train, p, s) for m, p, s in runs]
     todo = [i for i, f in enumerate(folders) if f is None or not (f / "reward.json").is_file()]
-    fresh = dict(zip(todo, run_grid(_train_task, train, [(*runs[i], device) for i in todo], compute, device,
-                                    progress)))
-    return [_keep(fresh[i], f) if i in fresh else TrainedReward.load(f) for i, f in enumerate(folders)]
+    fresh = dict(zip(todo, run_grid(_train_task, train, [(*runs[i], device) for i in todo], compute, device, progress)))
+    # a run not in ``fresh`` was a cache hit, so it has a folder
+    return [_keep(fresh[i], f) if i in fresh else TrainedReward.load(cast(Path, f)) for i, f in enumerate(folders)]
 
 
 @torch.no_grad()
@@ -1098,9 +1236,20 @@ def _val_l_ge(head: RewardHead, X: torch.Tensor, val: TrainData, T_bar: float | 
     return float(((val.R - est) ** 2).mean())
 
 
-def _train_head(method: str, train: TrainData, params: RewardParams, seed: int, enc_name: str, enc_id: str,
-                T_bar: float | None, feature_fn: FeatureFn | None, progress: bool, device: str,
-                start: TrainedReward | None, val: TrainData | None) -> TrainedReward:
+def _train_head(
+    method: str,
+    train: TrainData,
+    params: RewardParams,
+    seed: int,
+    enc_name: str,
+    enc_id: str,
+    T_bar: float | None,
+    feature_fn: FeatureFn | None,
+    progress: bool,
+    device: str,
+    start: TrainedReward | None,
+    val: TrainData | None,
+) -> TrainedReward:
     """The training loop of :func:`train_reward_function` (from scratch, or continuing ``start``)."""
     from geli_lib import losses
 
@@ -1117,11 +1266,15 @@ def _train_head(method: str, train: TrainData, params: RewardParams, seed: int, 
     oracle = None
     if method == "oracle":  # the planted truth is on the score scale (R = mean_t truth_t)
         if not torch.isfinite(train.truth[train.mask]).any():
-            raise RewardModelError("oracle needs the planted per-turn reward (simulated corpus only): "
-                                   "every true_reward is NaN")
+            raise RewardModelError(
+                "oracle needs the planted per-turn reward (simulated corpus only): every true_reward is NaN"
+            )
         oracle = train.truth / turn_unit(train.lengths, T_bar)
-    scale = start.scale if start is not None else \
-        auto_scale(train, params, method, ge_targets if method == "rudder" else oracle, T_bar)
+    scale = (
+        start.scale
+        if start is not None
+        else auto_scale(train, params, method, ge_targets if method == "rudder" else oracle, T_bar)
+    )
     if method == "llm":  # eq. 5 of LLM-GELI is the oracle's per-turn MSE with the LLM's labels as targets
         oracle, info["labels_clipped"] = _clip_to_range(_llm_targets(train, T_bar), train.mask, scale)
     if li is not None and (lam < 1 or method in ("va", "ls")):
@@ -1140,27 +1293,30 @@ def _train_head(method: str, train: TrainData, params: RewardParams, seed: int, 
     groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr": params.lr}]
     if params.finetune_encoder:
         if feature_fn is not None:
-            raise RewardModelError("feature_fn and finetune_encoder exclude each other: fine-tuning "
-                                   "computes the features itself (pass finetune_encoder=False)")
-        tok, model = (start.tokenizer, start.text_encoder) if start is not None and start.finetuned \
+            raise RewardModelError(
+                "feature_fn and finetune_encoder exclude each other: fine-tuning "
+                "computes the features itself (pass finetune_encoder=False)"
+            )
+        tok, model = (
+            (start.tokenizer, start.text_encoder)
+            if start is not None and start.finetuned
             else _load_encoder(enc_name, device)
+        )
         model.train()
         # Every step encodes a batch's turns with gradients: recompute activations in the
         # backward pass instead of holding them (memory, not speed, limits fine-tuning).
         model.activation_checkpointing_enable()
-        enc_feats = EncoderFeatures(train, tok, model, enc_name, params.max_tokens, device,
-                                    params.encode_batch_size)
+        enc_feats = EncoderFeatures(train, tok, model, enc_name, params.max_tokens, device, params.encode_batch_size)
         if val is not None:
-            val_feats = EncoderFeatures(val, tok, model, enc_name, params.max_tokens, device,
-                                        params.encode_batch_size)
-        groups.append({"params": [q for q in model.parameters() if q.requires_grad],
-                       "lr": params.encoder_lr})
+            val_feats = EncoderFeatures(val, tok, model, enc_name, params.max_tokens, device, params.encode_batch_size)
+        groups.append({"params": [q for q in model.parameters() if q.requires_grad], "lr": params.encoder_lr})
         info["finetuned"] = True
     opt = torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
     every_turn = feature_fn is None  # cached features hold every turn: score them all, once per step
     feature_fn = enc_feats or feature_fn or cached_features(train)
-    per_turn = oracle is not None or (li_targets is not None and lam < 1) or \
-        (ge is not None and ge != "rrd" and lam > 0)
+    per_turn = (
+        oracle is not None or (li_targets is not None and lam < 1) or (ge is not None and ge != "rrd" and lam > 0)
+    )
 
     def val_loss() -> float:
         assert val is not None
@@ -1194,8 +1350,11 @@ def _train_head(method: str, train: TrainData, params: RewardParams, seed: int, 
             elif enc_feats is None and (per_turn or every_turn):
                 r_b = _head_on_turns(head, train.X[b], train.mask[b])
             target = oracle if oracle is not None else li_targets
-            l_ge = (lambda: _ge_loss(ge, head, train, b, params, gen, ge_targets, feature_fn, r_b, T_bar)) \
-                if ge is not None else None
+            l_ge = (
+                (lambda: _ge_loss(ge, head, train, b, params, gen, ge_targets, feature_fn, r_b, T_bar))
+                if ge is not None
+                else None
+            )
             loss = step_loss(r_b, train.mask[b], lam, l_ge, None if target is None else target[b])
             opt.zero_grad()
             loss.backward()
@@ -1212,13 +1371,24 @@ def _train_head(method: str, train: TrainData, params: RewardParams, seed: int, 
         head.load_state_dict(best[2]["head"])
         if model is not None:
             model.load_state_dict(best[2]["encoder"])
-        info.update(best_epoch=best[1], val_l_ge=val_hist, n_validation=len(val))
+        info.update(best_epoch=best[1], val_l_ge=val_hist, n_validation=len(val) if val is not None else 0)
     head.eval()
     if model is not None:
         model.eval()
     info.update(loss=hist, seconds=time.perf_counter() - t0)
-    return TrainedReward(method=method, params=params, encoder_id=enc_id, d=train.d, scale=scale, seed=seed,
-                         head=head, info=info, text_encoder=model, tokenizer=tok, T_bar=T_bar)
+    return TrainedReward(
+        method=method,
+        params=params,
+        encoder_id=enc_id,
+        d=train.d,
+        scale=scale,
+        seed=seed,
+        head=head,
+        info=info,
+        text_encoder=model,
+        tokenizer=tok,
+        T_bar=T_bar,
+    )
 
 
 def family(method: str) -> str:
@@ -1227,8 +1397,29 @@ def family(method: str) -> str:
 
 
 __all__ = [
-    "EncoderFeatures", "EncoderMismatchError", "FeatureCache", "METHOD_FAMILY", "RewardHead", "RewardModelError",
-    "TrainData", "TrainedReward", "auto_scale", "cached_features", "encode_pairs", "encoder_id",
-    "family", "load_reward_function", "make_train_data", "pair_features", "pair_texts", "predict", "predict_pairs",
-    "sentiment_labels", "step_loss", "train_cached", "train_reward_function", "training_key", "visual_affect_labels",
+    "EncoderFeatures",
+    "EncoderMismatchError",
+    "FeatureCache",
+    "METHOD_FAMILY",
+    "RewardHead",
+    "RewardModelError",
+    "TrainData",
+    "TrainedReward",
+    "auto_scale",
+    "cached_features",
+    "encode_pairs",
+    "encoder_id",
+    "family",
+    "load_reward_function",
+    "make_train_data",
+    "pair_features",
+    "pair_texts",
+    "predict",
+    "predict_pairs",
+    "sentiment_labels",
+    "step_loss",
+    "train_cached",
+    "train_reward_function",
+    "training_key",
+    "visual_affect_labels",
 ]

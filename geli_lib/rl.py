@@ -86,21 +86,40 @@ from geli_lib.experiments import slug  # noqa: E402
 from geli_lib.generation_eval import GENERATION_COLUMNS, PairScorer, reward_history  # noqa: E402
 from geli_lib.io import cache_dir, content_key, file_key, progress_enabled, write_csv, write_json  # noqa: E402
 from geli_lib.params import ComputeParams, DataParams, RLParams, to_dict  # noqa: E402
-from geli_lib.reward_model import (EncoderMismatchError, RewardModelError, TrainedReward,  # noqa: E402
-                                   encoder_id)
+from geli_lib.reward_model import (
+    EncoderMismatchError,
+    RewardModelError,
+    TrainedReward,  # noqa: E402
+    encoder_id,
+)
 
 #: GELI Fig. 3 (and LLM-GELI): the policy's system prompt.
-SYSTEM_PROMPT = ("You are AI. You are having a casual social conversation with a User. AI is polite, kind, "
-                 "obedient, honest, and does not swear. You are given the dialogue history, generate the "
-                 "response to the User in under 100 words.")
+SYSTEM_PROMPT = (
+    "You are AI. You are having a casual social conversation with a User. AI is polite, kind, "
+    "obedient, honest, and does not swear. You are given the dialogue history, generate the "
+    "response to the User in under 100 words."
+)
 #: The chat template's opening of the assistant turn: where the prompt ends and the response starts.
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
 _ROLE_RE = re.compile(r"^\s*AI\s*:\s*")
 _USER_RE = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.DOTALL)
 #: LoRA targets: every attention and MLP projection of the Llama-style SmolLM2.
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-CURVE_COLUMNS = ("reward_fn", "seed", "step", "reward_mean", "kl", "corpus", "algorithm", "reward_sd",
-                 "score_norm_mean", "kl_coef", "entropy", "response_words", "seconds")
+CURVE_COLUMNS = (
+    "reward_fn",
+    "seed",
+    "step",
+    "reward_mean",
+    "kl",
+    "corpus",
+    "algorithm",
+    "reward_sd",
+    "score_norm_mean",
+    "kl_coef",
+    "entropy",
+    "response_words",
+    "seconds",
+)
 
 
 class RLError(RuntimeError):
@@ -115,8 +134,7 @@ def _clean(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def dialogue_contexts(corpus: Any, convo_ids: Sequence[str] | None = None,
-                      history_turns: int = 10) -> pd.DataFrame:
+def dialogue_contexts(corpus: Any, convo_ids: Sequence[str] | None = None, history_turns: int = 10) -> pd.DataFrame:
     """One row per AI turn with at least one turn before it: the policy's context and the real reply.
 
     Columns: ``corpus, convo_id, turn_idx, context_id`` (``"<convo_id>:<turn_idx>"``),
@@ -133,10 +151,16 @@ def dialogue_contexts(corpus: Any, convo_ids: Sequence[str] | None = None,
         lines = [("AI: " if a else "User: ") + _clean(u) for a, u in zip(g["is_ai"], g["utterance"])]
         for i, (ai, idx, utt) in enumerate(zip(g["is_ai"], g["turn_idx"], g["utterance"])):
             if ai and i > 0:
-                rows.append({"corpus": str(names.get(cid, "")), "convo_id": str(cid), "turn_idx": int(idx),
-                             "context_id": f"{cid}:{int(idx)}",
-                             "history": "\n".join(lines[max(0, i - history_turns):i]),
-                             "response": _clean(utt)})
+                rows.append(
+                    {
+                        "corpus": str(names.get(cid, "")),
+                        "convo_id": str(cid),
+                        "turn_idx": int(idx),
+                        "context_id": f"{cid}:{int(idx)}",
+                        "history": "\n".join(lines[max(0, i - history_turns) : i]),
+                        "response": _clean(utt),
+                    }
+                )
     return pd.DataFrame(rows, columns=["corpus", "convo_id", "turn_idx", "context_id", "history", "response"])
 
 
@@ -149,8 +173,10 @@ def rl_contexts(corpus: Any, split: pd.Series, rl: RLParams, seed: int) -> tuple
     """
     ids = sorted(split[split == "rl"].index.astype(str))
     if len(ids) < rl.eval_conversations + 1:
-        raise RLError(f"the rl split has {len(ids)} conversations; need eval_conversations "
-                      f"({rl.eval_conversations}) + 1 at least (raise splits.rl or lower rl.eval_conversations)")
+        raise RLError(
+            f"the rl split has {len(ids)} conversations; need eval_conversations "
+            f"({rl.eval_conversations}) + 1 at least (raise splits.rl or lower rl.eval_conversations)"
+        )
     rng = np.random.default_rng(seed)
     held = set(rng.choice(ids, rl.eval_conversations, replace=False).tolist())
     train = dialogue_contexts(corpus, [c for c in ids if c not in held], rl.history_turns)
@@ -166,8 +192,13 @@ def sample_contexts(contexts: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
         return contexts.reset_index(drop=True)
     shuffled = contexts.sample(frac=1.0, random_state=seed)
     shuffled = shuffled.assign(_k=shuffled.groupby("convo_id").cumcount())
-    return shuffled.sort_values("_k", kind="stable").head(n).drop(columns="_k") \
-        .sort_values(["convo_id", "turn_idx"]).reset_index(drop=True)
+    return (
+        shuffled.sort_values("_k", kind="stable")
+        .head(n)
+        .drop(columns="_k")
+        .sort_values(["convo_id", "turn_idx"])
+        .reset_index(drop=True)
+    )
 
 
 def chat_messages(history: str) -> list[dict[str, str]]:
@@ -191,8 +222,10 @@ def encode_prompt(tok: Any, history: str, max_prompt_tokens: int) -> tuple[list[
         return ids, history
     budget = max_prompt_tokens - len(_prompt_ids(tok, ""))
     if budget < 1:
-        raise RLError(f"max_prompt_tokens={max_prompt_tokens} leaves no room for the history "
-                      f"(the template alone takes {max_prompt_tokens - budget} tokens)")
+        raise RLError(
+            f"max_prompt_tokens={max_prompt_tokens} leaves no room for the history "
+            f"(the template alone takes {max_prompt_tokens - budget} tokens)"
+        )
     hist_ids = tok(history, add_special_tokens=False)["input_ids"]
     while budget > 0:  # decode / re-encode can merge tokens differently: shrink until it fits
         cut = tok.decode(hist_ids[-budget:])
@@ -217,8 +250,7 @@ def split_prompt_response(text: str, eos: str) -> tuple[str, str]:
     """
     head, sep, tail = text.partition(ASSISTANT_HEADER)
     if not sep:
-        raise RLError(f"no assistant header {ASSISTANT_HEADER!r} in the sequence given to the reward: "
-                      f"{text[:120]!r}…")
+        raise RLError(f"no assistant header {ASSISTANT_HEADER!r} in the sequence given to the reward: {text[:120]!r}…")
     m = _USER_RE.search(head)
     history = m.group(1) if m else ""
     return history, strip_role(tail.split(eos, 1)[0])
@@ -243,7 +275,7 @@ class RunningMoments:
             return
         x_mean, x_var = float(x.mean()), float(x.var(unbiased=False))
         delta, tot = x_mean - self.mean, self.count + n
-        m2 = self.var * self.count + x_var * n + delta ** 2 * self.count * n / tot
+        m2 = self.var * self.count + x_var * n + delta**2 * self.count * n / tot
         self.mean += delta * n / tot
         self.var = m2 / tot
         self.std = float(np.sqrt(self.var * tot / max(tot - 1, 1e-12)))
@@ -270,32 +302,41 @@ def load_trained_reward(folder: str | Path) -> TrainedReward:
     if not trained.finetuned and trained.constant is None:
         want = encoder_id(trained.encoder_name, trained.params.max_tokens)
         if trained.encoder_id != want:
-            raise RLError(f"{folder}: built for encoder {trained.encoder_id!r}, but the installed encoder is "
-                          f"{want!r}; retrain it") from EncoderMismatchError(trained.encoder_id)
+            raise RLError(
+                f"{folder}: built for encoder {trained.encoder_id!r}, but the installed encoder is {want!r}; retrain it"
+            ) from EncoderMismatchError(trained.encoder_id)
     return trained
 
 
 #: Probe pairs that any non-constant reward function scores differently (see :func:`check_reward_for_rl`).
-_PROBE = (("User: I just got back from a trip to Peru.", "That sounds amazing! What was your favourite part?"),
-          ("User: My cat is sick.\nAI: Oh no.\nUser: Yeah, it has been rough.", "ok"),
-          ("User: What do you do for fun?", "I like hiking and reading. What about you?"),
-          ("User: hi", ""))
+_PROBE = (
+    ("User: I just got back from a trip to Peru.", "That sounds amazing! What was your favourite part?"),
+    ("User: My cat is sick.\nAI: Oh no.\nUser: Yeah, it has been rough.", "ok"),
+    ("User: What do you do for fun?", "I like hiking and reading. What about you?"),
+    ("User: hi", ""),
+)
 
 
 def check_reward_for_rl(trained: TrainedReward, name: str, scorer: PairScorer) -> None:
     """Refuse a reward function RL cannot climb: constant (Mean, Mode, or a head that scores everything
     alike) or non-finite on probe pairs. Raises :class:`RLError` naming it and why."""
     if trained.constant is not None:
-        raise RLError(f"reward function {name!r} ({trained.method}) is constant: every response scores "
-                      f"{trained.constant:.4g}, so RL has nothing to climb; choose a learned one "
-                      "(rl.reward_fns: GELI, GE, LI rows of the reward table)")
+        raise RLError(
+            f"reward function {name!r} ({trained.method}) is constant: every response scores "
+            f"{trained.constant:.4g}, so RL has nothing to climb; choose a learned one "
+            "(rl.reward_fns: GELI, GE, LI rows of the reward table)"
+        )
     scores = scorer([h for h, _ in _PROBE], [r for _, r in _PROBE])
     if not np.isfinite(scores).all():
-        raise RLError(f"reward function {name!r} ({trained.method}) returns non-finite scores "
-                      f"({scores.tolist()}) on probe pairs: its head is broken; retrain it")
+        raise RLError(
+            f"reward function {name!r} ({trained.method}) returns non-finite scores "
+            f"({scores.tolist()}) on probe pairs: its head is broken; retrain it"
+        )
     if float(np.ptp(scores)) < 1e-6:
-        raise RLError(f"reward function {name!r} ({trained.method}) scores every probe pair alike "
-                      f"({scores[0]:.4g}): its predictions are constant, so RL has nothing to climb")
+        raise RLError(
+            f"reward function {name!r} ({trained.method}) scores every probe pair alike "
+            f"({scores[0]:.4g}): its predictions are constant, so RL has nothing to climb"
+        )
 
 
 def check_adapter(folder: str | Path, rl: RLParams, base: str | Path) -> None:
@@ -307,13 +348,17 @@ def check_adapter(folder: str | Path, rl: RLParams, base: str | Path) -> None:
     cfg = json.loads(cfg_path.read_text())
     got_base = str(cfg.get("base_model_name_or_path") or "")
     if Path(got_base).name != Path(str(base)).name:
-        raise RLError(f"{folder}: adapter saved for base model {got_base!r}, not {str(base)!r}; "
-                      "delete the folder (or pass another out_dir) to train afresh")
+        raise RLError(
+            f"{folder}: adapter saved for base model {got_base!r}, not {str(base)!r}; "
+            "delete the folder (or pass another out_dir) to train afresh"
+        )
     for key, want in (("r", rl.lora_r), ("lora_alpha", rl.lora_alpha)):
         if int(cfg.get(key, -1)) != int(want):
-            raise RLError(f"{folder}: adapter saved with LoRA {key}={cfg.get(key)}, but rl.lora_"
-                          f"{'r' if key == 'r' else 'alpha'} is {want}; delete the folder (or pass another "
-                          "out_dir) to train afresh")
+            raise RLError(
+                f"{folder}: adapter saved with LoRA {key}={cfg.get(key)}, but rl.lora_"
+                f"{'r' if key == 'r' else 'alpha'} is {want}; delete the folder (or pass another "
+                "out_dir) to train afresh"
+            )
 
 
 class TextReward(nn.Module):
@@ -328,8 +373,15 @@ class TextReward(nn.Module):
     in errors.
     """
 
-    def __init__(self, trained: TrainedReward, name: str = "", normalise: bool = True, batch_size: int = 64,
-                 data: DataParams | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        trained: TrainedReward,
+        name: str = "",
+        normalise: bool = True,
+        batch_size: int = 64,
+        data: DataParams | None = None,
+        device: str = "cpu",
+    ):
         super().__init__()
         self.trained, self.name = trained, name or trained.method
         self.normalise, self.batch_size = normalise, batch_size
@@ -346,8 +398,10 @@ class TextReward(nn.Module):
         bad = ~torch.isfinite(out)
         if bad.any():
             i = int(bad.nonzero()[0])
-            raise RLError(f"update {self.step}: reward function {self.name!r} returned a non-finite reward for "
-                          f"{int(bad.sum())} of {len(out)} responses (first: {responses[i]!r})")
+            raise RLError(
+                f"update {self.step}: reward function {self.name!r} returned a non-finite reward for "
+                f"{int(bad.sum())} of {len(out)} responses (first: {responses[i]!r})"
+            )
         return out
 
     def forward(self, histories: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
@@ -367,8 +421,9 @@ class TextReward(nn.Module):
         self.log, self.words = [], []
         return float(r.mean()), float(r.std()) if len(r) > 1 else 0.0, float(np.mean(words)) if words else np.nan
 
-    def reward_func(self, prompts: list[Any], completions: list[Any], history: list[str] | None = None,
-                    **_: Any) -> list[float]:
+    def reward_func(
+        self, prompts: list[Any], completions: list[Any], history: list[str] | None = None, **_: Any
+    ) -> list[float]:
         """The same r_θ as a TRL reward callable (RLOO / GRPO): raw r̂ per completion.
 
         ``history`` comes from the dataset column of the same name; conversational
@@ -376,8 +431,7 @@ class TextReward(nn.Module):
         """
         texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
         if history is None:
-            history = [_USER_RE.search(str(p)).group(1) if isinstance(p, str) else p[-1]["content"]
-                       for p in prompts]
+            history = [_USER_RE.search(str(p)).group(1) if isinstance(p, str) else p[-1]["content"] for p in prompts]
         texts = [strip_role(t) for t in texts]
         r = self.raw([str(h) for h in history], texts)
         self.log.append(r)
@@ -393,8 +447,10 @@ class _ScoreBackbone(nn.Module):
         self.reward, self.tok = reward, tok
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> SimpleNamespace:
-        texts = [self.tok.decode(ids[m.bool()].tolist(), skip_special_tokens=False)
-                 for ids, m in zip(input_ids, attention_mask)]
+        texts = [
+            self.tok.decode(ids[m.bool()].tolist(), skip_special_tokens=False)
+            for ids, m in zip(input_ids, attention_mask)
+        ]
         pairs = [split_prompt_response(t, self.tok.eos_token) for t in texts]
         score = self.reward([h for h, _ in pairs], [r for _, r in pairs]).to(input_ids.device)
         hidden = score.view(-1, 1, 1).expand(input_ids.shape[0], input_ids.shape[1], 1)
@@ -420,13 +476,19 @@ class RewardAdapter(nn.Module):
 # --------------------------------------------------------------------------- the evaluation curve
 
 #: Columns of ``tables/rl_eval_curves.csv``: one row per (run, evaluation step, held-out context).
-EVAL_COLUMNS = ("reward_fn", "seed", "corpus", "algorithm", "step", "context_id", "reward", "kl", "words",
-                "response")
+EVAL_COLUMNS = ("reward_fn", "seed", "corpus", "algorithm", "step", "context_id", "reward", "kl", "words", "response")
 
 
 @torch.no_grad()
-def evaluate_policy(model: Any, tok: Any, prompts: Sequence[Sequence[int]], histories: Sequence[str],
-                    reward: TextReward, max_new_tokens: int, batch_size: int = 16) -> pd.DataFrame:
+def evaluate_policy(
+    model: Any,
+    tok: Any,
+    prompts: Sequence[Sequence[int]],
+    histories: Sequence[str],
+    reward: TextReward,
+    max_new_tokens: int,
+    batch_size: int = 16,
+) -> pd.DataFrame:
     """Greedy responses of a LoRA policy to fixed prompts, their r̂ and their KL to the reference.
 
     ``kl``: Σ over the response's tokens (up to and including EOS) of the exact
@@ -441,35 +503,46 @@ def evaluate_policy(model: Any, tok: Any, prompts: Sequence[Sequence[int]], hist
     rows: list[dict[str, Any]] = []
     try:
         for i in range(0, len(prompts), batch_size):
-            batch = tok.pad({"input_ids": [list(p) for p in prompts[i:i + batch_size]]}, return_tensors="pt")
+            batch = tok.pad({"input_ids": [list(p) for p in prompts[i : i + batch_size]]}, return_tensors="pt")
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            seq = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, top_k=None, top_p=None,
-                                 temperature=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            seq = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                top_k=None,
+                top_p=None,
+                temperature=None,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
             n_prompt = batch["input_ids"].shape[1]
             resp = seq[:, n_prompt:]
             eos = (resp == tok.eos_token_id).long()
             keep = (eos.cumsum(1) - eos) == 0  # tokens up to and including the first EOS
             attn = torch.cat([batch["attention_mask"], keep.long()], 1)
             pos = (attn.cumsum(-1) - 1).clamp(min=0)
-            lp = model(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, n_prompt - 1:-1]
+            lp = model(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, n_prompt - 1 : -1]
             if hasattr(model, "disable_adapter"):
                 with model.disable_adapter():
-                    lq = model(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, n_prompt - 1:-1]
+                    lq = model(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, n_prompt - 1 : -1]
                 lp, lq = lp.float().log_softmax(-1), lq.float().log_softmax(-1)
                 kl = ((lp.exp() * (lp - lq)).sum(-1) * keep).sum(1).cpu().numpy()
             else:
                 kl = np.full(len(seq), np.nan)
             texts = [strip_role(t) for t in tok.batch_decode(resp, skip_special_tokens=True)]
-            r = reward.raw(list(histories[i:i + batch_size]), texts).numpy()
-            rows += [{"reward": float(a), "kl": float(b), "words": len(t.split()), "response": t}
-                     for a, b, t in zip(r, kl, texts)]
+            r = reward.raw(list(histories[i : i + batch_size]), texts).numpy()
+            rows += [
+                {"reward": float(a), "kl": float(b), "words": len(t.split()), "response": t}
+                for a, b, t in zip(r, kl, texts)
+            ]
     finally:
         model.train(was_training)
     return pd.DataFrame(rows, columns=["reward", "kl", "words", "response"])
 
 
-def curve_slope(evals: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-                ) -> tuple[float, float, float]:
+def curve_slope(
+    evals: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """Least-squares slope of the mean evaluation reward over steps (r̂ per update), with a bootstrap CI.
 
     ``evals``: rows of one run (``step``, ``context_id``, ``reward``). The
@@ -482,7 +555,7 @@ def curve_slope(evals: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: f
     if len(steps) < 2:
         return math.nan, math.nan, math.nan
     x = steps - steps.mean()
-    w = x / (x ** 2).sum()  # slope = Σ w_k · mean_reward(step_k)
+    w = x / (x**2).sum()  # slope = Σ w_k · mean_reward(step_k)
     y = wide.to_numpy(dtype=float)
     per_context = np.nansum(y * w, axis=1)  # each context's own slope; the mean of them is the slope of the mean
     slope = float(per_context.mean())
@@ -512,15 +585,22 @@ def tensorboard_dir(results_key: str, algorithm: str, name: str, seed: int) -> P
     return results_dir(results_key, f"tensorboard/{algorithm}-{slug(name)}-seed{seed}")
 
 
-def run_key(rl: RLParams, reward_folder: Path, train: pd.DataFrame, seed: int, curve_ids: Sequence[str] = (),
-            data: DataParams | None = None) -> str:
+def run_key(
+    rl: RLParams,
+    reward_folder: Path,
+    train: pd.DataFrame,
+    seed: int,
+    curve_ids: Sequence[str] = (),
+    data: DataParams | None = None,
+) -> str:
     """What an adaptation's outputs are valid for: its training parameters, the reward function's files,
     its prompts, the evaluation contexts and r_θ's history cut."""
     files = [p for p in sorted(reward_folder.rglob("*")) if p.is_file()]
     fields = {k: v for k, v in to_dict(rl).items() if k not in _NOT_TRAINING}
     d = data or DataParams()
-    return content_key(fields, file_key(files), train["context_id"].tolist(), seed, list(curve_ids),
-                       [d.history_turns, d.history_chars])
+    return content_key(
+        fields, file_key(files), train["context_id"].tolist(), seed, list(curve_ids), [d.history_turns, d.history_chars]
+    )
 
 
 def finished_run(run: Path, key: str) -> dict[str, Any] | None:
@@ -547,24 +627,57 @@ def _unpack(files: dict[str, bytes], folder: Path) -> Path:
     return folder
 
 
-def _adapt_task(train: pd.DataFrame, name: str, reward_files: dict[str, bytes], rl: RLParams, profile: str,
-                corpus: str, seed: int, device: str, curve: pd.DataFrame | None,
-                data: DataParams | None) -> dict[str, bytes]:
+def _adapt_task(
+    train: pd.DataFrame,
+    name: str,
+    reward_files: dict[str, bytes],
+    rl: RLParams,
+    profile: str,
+    corpus: str,
+    seed: int,
+    device: str,
+    curve: pd.DataFrame | None,
+    data: DataParams | None,
+) -> dict[str, bytes]:
     """One adaptation of :func:`adapt_on_cluster`, where the Dask task runs: from the reward function's files,
     in a temporary folder that goes with the task. Returns the run's adapter, ``done.json`` and TensorBoard
     log (``tensorboard/…``) for the client to write; nothing stays on the worker."""
     with tempfile.TemporaryDirectory(prefix="geli-rl-") as tmp:
         run = Path(tmp) / "run"
-        train_rl(name, _unpack(reward_files, Path(tmp) / "reward"), train, rl, profile, corpus, seed, device,
-                 out_dir=run, curve=curve, data=data, write_results=False)
-        return {rel: blob for rel, blob in _folder_files(run).items()
-                if rel == "done.json" or rel.split("/")[0] in ("adapter", "tensorboard")}
+        train_rl(
+            name,
+            _unpack(reward_files, Path(tmp) / "reward"),
+            train,
+            rl,
+            profile,
+            corpus,
+            seed,
+            device,
+            out_dir=run,
+            curve=curve,
+            data=data,
+            write_results=False,
+        )
+        return {
+            rel: blob
+            for rel, blob in _folder_files(run).items()
+            if rel == "done.json" or rel.split("/")[0] in ("adapter", "tensorboard")
+        }
 
 
-def adapt_on_cluster(chosen: dict[str, Path], train: pd.DataFrame, rl: RLParams, profile: str, compute: ComputeParams,
-                     corpus: str = "simulated", seed: int = 0, device: str = "cpu",
-                     curve: pd.DataFrame | None = None, data: DataParams | None = None,
-                     results_key: str | None = None) -> list[str]:
+def adapt_on_cluster(
+    chosen: dict[str, Path],
+    train: pd.DataFrame,
+    rl: RLParams,
+    profile: str,
+    compute: ComputeParams,
+    corpus: str = "simulated",
+    seed: int = 0,
+    device: str = "cpu",
+    curve: pd.DataFrame | None = None,
+    data: DataParams | None = None,
+    results_key: str | None = None,
+) -> list[str]:
     """Run the adaptations of ``chosen`` (name -> reward-function folder) that have not finished as Dask tasks,
     where ``compute`` says; return their names. ``serial``: nothing (:func:`train_rl` trains them here).
 
@@ -581,15 +694,20 @@ def adapt_on_cluster(chosen: dict[str, Path], train: pd.DataFrame, rl: RLParams,
         return []
     key_of = results_key or profile
     curve_ids = [] if curve is None else curve["context_id"].tolist()
-    todo = [n for n, folder in chosen.items()
-            if finished_run(run_dir(key_of, n, seed, rl.algorithm), run_key(rl, folder, train, seed, curve_ids, data))
-            is None]
+    todo = [
+        n
+        for n, folder in chosen.items()
+        if finished_run(run_dir(key_of, n, seed, rl.algorithm), run_key(rl, folder, train, seed, curve_ids, data))
+        is None
+    ]
     calls = [(n, _folder_files(chosen[n]), rl, profile, corpus, seed, device, curve, data) for n in todo]
     for name, files in zip(todo, run_grid(_adapt_task, train, calls, compute, device)):
         run = run_dir(key_of, name, seed, rl.algorithm)
         shutil.rmtree(run, ignore_errors=True)  # a partial run of this process: the worker's is complete
-        _unpack({rel.split("/", 1)[1]: b for rel, b in files.items() if rel.startswith("tensorboard/")},
-                tensorboard_dir(key_of, rl.algorithm, name, seed))
+        _unpack(
+            {rel.split("/", 1)[1]: b for rel, b in files.items() if rel.startswith("tensorboard/")},
+            tensorboard_dir(key_of, rl.algorithm, name, seed),
+        )
         # adapter/ before done.json (sorted order): done.json, the completeness marker, last
         _unpack({rel: b for rel, b in files.items() if not rel.startswith("tensorboard/")}, run)
     return todo
@@ -617,8 +735,14 @@ def merge_rows(path: Path, rows: pd.DataFrame, keys: list[str], columns: Sequenc
 def _lora_config(rl: RLParams) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(r=rl.lora_r, lora_alpha=rl.lora_alpha, lora_dropout=rl.lora_dropout,
-                      target_modules=LORA_TARGETS, bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=rl.lora_r,
+        lora_alpha=rl.lora_alpha,
+        lora_dropout=rl.lora_dropout,
+        target_modules=LORA_TARGETS,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 @contextlib.contextmanager
@@ -651,8 +775,9 @@ def _value_model(path: Path, pad_id: int, device: str, train_backbone: bool) -> 
     """SmolLM2 with a fresh scalar ``.score`` head: PPO's value model (backbone frozen unless ``train_backbone``)."""
     from transformers import AutoModelForSequenceClassification
 
-    value = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, local_files_only=True,
-                                                               dtype=torch.float32)
+    value = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, local_files_only=True, dtype=torch.float32
+    )
     value.config.pad_token_id = pad_id
     if not train_backbone:
         getattr(value, value.base_model_prefix).requires_grad_(False)
@@ -693,7 +818,7 @@ class RunInfo:
 def _peak_rss_gb() -> float:
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
 
 
 def _tensorboard(tb_dir: Path) -> Any:
@@ -704,9 +829,19 @@ def _tensorboard(tb_dir: Path) -> Any:
     return TensorBoardCallback(SummaryWriter(log_dir=str(tb_dir)))
 
 
-def _monitor(name: str, seed: int, corpus: str, rl: RLParams, reward: TextReward, start: int,
-             curves: list[dict[str, Any]], evals: list[dict[str, Any]], save: Any, evaluate: Any,
-             holder: dict[str, Any]) -> Any:
+def _monitor(
+    name: str,
+    seed: int,
+    corpus: str,
+    rl: RLParams,
+    reward: TextReward,
+    start: int,
+    curves: list[dict[str, Any]],
+    evals: list[dict[str, Any]],
+    save: Any,
+    evaluate: Any,
+    holder: dict[str, Any],
+) -> Any:
     """The callback that logs each update, adapts the KL weight, evaluates on the fixed contexts every
     ``eval_every`` updates (and before the first), and saves every ``save_every`` updates."""
     from transformers import TrainerCallback
@@ -740,13 +875,23 @@ def _monitor(name: str, seed: int, corpus: str, rl: RLParams, reward: TextReward
             now = time.perf_counter()
             beta_holder = args if rl.algorithm == "ppo" else holder.get("trainer")
             attr = "kl_coef" if rl.algorithm == "ppo" else "beta"
-            curves.append({"reward_fn": name, "seed": seed, "step": step, "reward_mean": mean, "kl": kl,
-                           "corpus": corpus, "algorithm": rl.algorithm, "reward_sd": sd,
-                           "score_norm_mean": logs.get("objective/scores", np.nan),
-                           "kl_coef": float(getattr(beta_holder, attr, np.nan)),
-                           "entropy": logs.get("objective/entropy", logs.get("entropy", np.nan)),
-                           "response_words": words,
-                           "seconds": round(now - self.t0, 3)})
+            curves.append(
+                {
+                    "reward_fn": name,
+                    "seed": seed,
+                    "step": step,
+                    "reward_mean": mean,
+                    "kl": kl,
+                    "corpus": corpus,
+                    "algorithm": rl.algorithm,
+                    "reward_sd": sd,
+                    "score_norm_mean": logs.get("objective/scores", np.nan),
+                    "kl_coef": float(getattr(beta_holder, attr, np.nan)),
+                    "entropy": logs.get("objective/entropy", logs.get("entropy", np.nan)),
+                    "response_words": words,
+                    "seconds": round(now - self.t0, 3),
+                }
+            )
             self.t0 = now
             if rl.adaptive_kl and beta_holder is not None:  # Ziegler et al. 2019 / TRL 0.x AdaptiveKLController
                 err = float(np.clip(kl / rl.kl_target - 1, -0.2, 0.2))
@@ -763,25 +908,54 @@ def _monitor(name: str, seed: int, corpus: str, rl: RLParams, reward: TextReward
     return Monitor()
 
 
-def _ppo_config(rl: RLParams, out: Path, seed: int, updates: int, kl_coef: float,
-                device: str) -> Any:
+def _ppo_config(rl: RLParams, out: Path, seed: int, updates: int, kl_coef: float, device: str) -> Any:
     from trl.experimental.ppo import PPOConfig
 
     return PPOConfig(
-        output_dir=str(out / "trl"), seed=seed, learning_rate=rl.lr, lr_scheduler_type="constant",
-        per_device_train_batch_size=rl.batch_size, gradient_accumulation_steps=1,
-        num_mini_batches=rl.batch_size // rl.mini_batch_size, total_episodes=updates * rl.batch_size,
-        local_rollout_forward_batch_size=rl.batch_size, num_ppo_epochs=rl.ppo_epochs,
-        response_length=rl.response_length, temperature=rl.temperature, stop_token="eos",
-        cliprange=rl.cliprange, cliprange_value=rl.cliprange_value, vf_coef=rl.vf_coef, gamma=rl.gamma,
-        lam=rl.gae_lambda, kl_coef=kl_coef, kl_estimator="k1", whiten_rewards=False,
-        missing_eos_penalty=None, num_sample_generations=0, bf16=rl.bf16,
-        gradient_checkpointing=rl.gradient_checkpointing, save_strategy="no", logging_steps=1,
-        report_to=[], disable_tqdm=not progress_enabled(), use_cpu=device == "cpu", dataloader_num_workers=0)
+        output_dir=str(out / "trl"),
+        seed=seed,
+        learning_rate=rl.lr,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=rl.batch_size,
+        gradient_accumulation_steps=1,
+        num_mini_batches=rl.batch_size // rl.mini_batch_size,
+        total_episodes=updates * rl.batch_size,
+        local_rollout_forward_batch_size=rl.batch_size,
+        num_ppo_epochs=rl.ppo_epochs,
+        response_length=rl.response_length,
+        temperature=rl.temperature,
+        stop_token="eos",
+        cliprange=rl.cliprange,
+        cliprange_value=rl.cliprange_value,
+        vf_coef=rl.vf_coef,
+        gamma=rl.gamma,
+        lam=rl.gae_lambda,
+        kl_coef=kl_coef,
+        kl_estimator="k1",
+        whiten_rewards=False,
+        missing_eos_penalty=None,
+        num_sample_generations=0,
+        bf16=rl.bf16,
+        gradient_checkpointing=rl.gradient_checkpointing,
+        save_strategy="no",
+        logging_steps=1,
+        report_to=[],
+        disable_tqdm=not progress_enabled(),
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+    )
 
 
-def _evaluator(holder: dict[str, Any], tok: Any, curve: pd.DataFrame | None, reward: TextReward, rl: RLParams,
-               name: str, seed: int, corpus: str) -> Any:
+def _evaluator(
+    holder: dict[str, Any],
+    tok: Any,
+    curve: pd.DataFrame | None,
+    reward: TextReward,
+    rl: RLParams,
+    name: str,
+    seed: int,
+    corpus: str,
+) -> Any:
     """``evaluate(step) -> rows`` of :data:`EVAL_COLUMNS` on the fixed held-out contexts (None without any)."""
     if curve is None or curve.empty:
         return None
@@ -813,11 +987,22 @@ def curve_contexts(held_out: pd.DataFrame, rl: RLParams) -> pd.DataFrame:
 
 
 @_quiet()
-def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLParams, profile: str,
-             corpus: str = "simulated", seed: int = 0, device: str = "cpu", callbacks: Sequence[Any] = (),
-             out_dir: str | Path | None = None, curve: pd.DataFrame | None = None,
-             data: DataParams | None = None, results_key: str | None = None,
-             write_results: bool = True) -> RunInfo:
+def train_rl(
+    name: str,
+    reward_folder: str | Path,
+    train: pd.DataFrame,
+    rl: RLParams,
+    profile: str,
+    corpus: str = "simulated",
+    seed: int = 0,
+    device: str = "cpu",
+    callbacks: Sequence[Any] = (),
+    out_dir: str | Path | None = None,
+    curve: pd.DataFrame | None = None,
+    data: DataParams | None = None,
+    results_key: str | None = None,
+    write_results: bool = True,
+) -> RunInfo:
     """Adapt SmolLM2 + LoRA to the reward function saved in ``reward_folder`` (steps 2-6 of the module docstring).
 
     ``train`` holds the RL contexts (:func:`rl_contexts`); ``curve`` the fixed
@@ -865,8 +1050,7 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
         check_adapter(run / "adapter", rl, smollm2_path())
         curves, evals = pd.DataFrame(done["curves"]), pd.DataFrame(done.get("evals", []))
         write_tables(curves, evals)
-        return RunInfo(name, seed, run / "adapter", curves, done["seconds_per_step"], 0, True,
-                       _peak_rss_gb(), evals)
+        return RunInfo(name, seed, run / "adapter", curves, done["seconds_per_step"], 0, True, _peak_rss_gb(), evals)
     key_path = run / "key.json"
     if run.exists() and (not key_path.exists() or json.loads(key_path.read_text()).get("key") != key):
         shutil.rmtree(run)  # outputs of other inputs: start clean
@@ -892,8 +1076,7 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
     reward.step = start + 1
     curves: list[dict[str, Any]] = list(state["curves"]) if state else []
     evals: list[dict[str, Any]] = list(state.get("evals", [])) if state else []
-    tb_dir = tensorboard_dir(results_key or profile, rl.algorithm, name, seed) if write_results \
-        else run / "tensorboard"
+    tb_dir = tensorboard_dir(results_key or profile, rl.algorithm, name, seed) if write_results else run / "tensorboard"
     holder: dict[str, Any] = {}
     evaluate = _evaluator(holder, tok, curve, reward, rl, name, seed, corpus)
 
@@ -908,8 +1091,25 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
         return RunInfo(name, seed, run / "adapter", frame, seconds, first, False, _peak_rss_gb(), ev)
 
     if rl.algorithm != "ppo":
-        return _train_group(name, reward, policy, tok, train, rl, corpus, seed, device, run, tb_dir, callbacks,
-                            curves, evals, evaluate, holder, finish)
+        return _train_group(
+            name,
+            reward,
+            policy,
+            tok,
+            train,
+            rl,
+            corpus,
+            seed,
+            device,
+            run,
+            tb_dir,
+            callbacks,
+            curves,
+            evals,
+            evaluate,
+            holder,
+            finish,
+        )
 
     from datasets import Dataset
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -932,11 +1132,20 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
         tmp = run / ".state.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        torch.save({"value": _trainable(value), "optimizer": trainer.optimizer.state_dict(),
-                    "adapter": get_peft_model_state_dict(trainer.policy_model),
-                    "moments": dataclasses.asdict(reward.moments), "rng": _rng_state()}, tmp / "tensors.pt")
-        write_json(tmp / "state.json", {"key": key, "step": step, "kl_coef": float(args.kl_coef),
-                                        "curves": curves, "evals": evals})
+        torch.save(
+            {
+                "value": _trainable(value),
+                "optimizer": trainer.optimizer.state_dict(),
+                "adapter": get_peft_model_state_dict(trainer.policy_model),
+                "moments": dataclasses.asdict(reward.moments),
+                "rng": _rng_state(),
+            },
+            tmp / "tensors.pt",
+        )
+        write_json(
+            tmp / "state.json",
+            {"key": key, "step": step, "kl_coef": float(args.kl_coef), "curves": curves, "evals": evals},
+        )
         old = run / ".state.old"
         shutil.rmtree(old, ignore_errors=True)
         if state_dir.exists():
@@ -944,10 +1153,17 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
         os.replace(tmp, state_dir)  # the new state is complete before the old one goes
         shutil.rmtree(old, ignore_errors=True)
 
-    trainer = PPOTrainer(args=config, processing_class=tok, model=policy, ref_model=None,
-                         reward_model=adapter_reward, train_dataset=dataset, value_model=value,
-                         eval_dataset=dataset.select(range(min(len(dataset), rl.batch_size))),
-                         peft_config=_lora_config(rl))
+    trainer = PPOTrainer(
+        args=config,
+        processing_class=tok,
+        model=policy,
+        ref_model=None,
+        reward_model=adapter_reward,
+        train_dataset=dataset,
+        value_model=value,
+        eval_dataset=dataset.select(range(min(len(dataset), rl.batch_size))),
+        peft_config=_lora_config(rl),
+    )
     holder["trainer"] = trainer
     trainer.remove_callback(PrinterCallback)  # our curves replace its per-step dict dumps
     trainer.add_callback(_monitor(name, seed, corpus, rl, reward, start, curves, evals, save, evaluate, holder))
@@ -970,10 +1186,25 @@ def train_rl(name: str, reward_folder: str | Path, train: pd.DataFrame, rl: RLPa
     return finish(trainer, trainer.policy_model, t_train, start)
 
 
-def _train_group(name: str, reward: TextReward, policy: Any, tok: Any, train: pd.DataFrame, rl: RLParams,
-                 corpus: str, seed: int, device: str, run: Path, tb_dir: Path, callbacks: Sequence[Any],
-                 curves: list[dict[str, Any]], evals: list[dict[str, Any]], evaluate: Any,
-                 holder: dict[str, Any], finish: Any) -> RunInfo:
+def _train_group(
+    name: str,
+    reward: TextReward,
+    policy: Any,
+    tok: Any,
+    train: pd.DataFrame,
+    rl: RLParams,
+    corpus: str,
+    seed: int,
+    device: str,
+    run: Path,
+    tb_dir: Path,
+    callbacks: Sequence[Any],
+    curves: list[dict[str, Any]],
+    evals: list[dict[str, Any]],
+    evaluate: Any,
+    holder: dict[str, Any],
+    finish: Any,
+) -> RunInfo:
     """RLOO or GRPO (``rl.algorithm``) with r_θ as a plain reward callable; TRL's own checkpoints and resume.
 
     ``rl.batch_size`` counts completions: ``batch_size / group_size`` prompts per
@@ -999,15 +1230,36 @@ def _train_group(name: str, reward: TextReward, policy: Any, tok: Any, train: pd
             curves += [c for c in saved["curves"] if c["step"] <= start]
             evals += [e for e in saved["evals"] if e["step"] <= start]
     config = Config(
-        output_dir=str(run / "trl"), seed=seed, learning_rate=rl.lr, lr_scheduler_type="constant",
-        per_device_train_batch_size=rl.batch_size, gradient_accumulation_steps=1, max_steps=rl.steps,
-        num_generations=rl.group_size, max_completion_length=rl.response_length, temperature=rl.temperature,
-        beta=float(curves[-1]["kl_coef"]) if curves else rl.kl_coef, logging_steps=1, save_strategy="steps",
-        save_steps=rl.save_every, report_to=[], disable_tqdm=not progress_enabled(), bf16=rl.bf16,
-        gradient_checkpointing=rl.gradient_checkpointing, use_cpu=device == "cpu",
-        log_completions=False, **_score_norm_option(rl))
-    trainer = Trainer(model=policy, reward_funcs=reward.reward_func, args=config, train_dataset=dataset,
-                      processing_class=tok, peft_config=_lora_config(rl))
+        output_dir=str(run / "trl"),
+        seed=seed,
+        learning_rate=rl.lr,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=rl.batch_size,
+        gradient_accumulation_steps=1,
+        max_steps=rl.steps,
+        num_generations=rl.group_size,
+        max_completion_length=rl.response_length,
+        temperature=rl.temperature,
+        beta=float(curves[-1]["kl_coef"]) if curves else rl.kl_coef,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=rl.save_every,
+        report_to=[],
+        disable_tqdm=not progress_enabled(),
+        bf16=rl.bf16,
+        gradient_checkpointing=rl.gradient_checkpointing,
+        use_cpu=device == "cpu",
+        log_completions=False,
+        **_score_norm_option(rl),
+    )
+    trainer = Trainer(
+        model=policy,
+        reward_funcs=reward.reward_func,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=_lora_config(rl),
+    )
     holder["trainer"] = trainer
 
     def save(step: int, args: Any) -> None:
@@ -1029,21 +1281,33 @@ def _train_group(name: str, reward: TextReward, policy: Any, tok: Any, train: pd
 
 
 @torch.no_grad()
-def generate(model: Any, tok: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
-             seed: int = 0, batch_size: int = 8) -> list[str]:
+def generate(
+    model: Any,
+    tok: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    do_sample: bool = False,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[str]:
     """Responses of ``model`` to token-id prompts (left-padded batches), decoded without special tokens."""
     model.eval()
     out: list[str] = []
     torch.manual_seed(seed)
     for i in range(0, len(prompts), batch_size):
-        batch = tok.pad({"input_ids": [list(p) for p in prompts[i:i + batch_size]]}, return_tensors="pt")
+        batch = tok.pad({"input_ids": [list(p) for p in prompts[i : i + batch_size]]}, return_tensors="pt")
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        kw = {"do_sample": True, "top_k": 0, "top_p": 1.0} if do_sample else {"do_sample": False, "top_k": None,
-                                                                              "top_p": None, "temperature": None}
-        seq = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                             eos_token_id=tok.eos_token_id, **kw)
-        out += [strip_role(t) for t in tok.batch_decode(seq[:, batch["input_ids"].shape[1]:],
-                                                        skip_special_tokens=True)]
+        kw = (
+            {"do_sample": True, "top_k": 0, "top_p": 1.0}
+            if do_sample
+            else {"do_sample": False, "top_k": None, "top_p": None, "temperature": None}
+        )
+        seq = model.generate(
+            **batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kw
+        )
+        out += [
+            strip_role(t) for t in tok.batch_decode(seq[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        ]
     return out
 
 
@@ -1066,8 +1330,9 @@ def load_adapted(adapter: str | Path, device: str = "cpu", rl: RLParams | None =
 
 
 @_quiet()
-def generations(contexts: pd.DataFrame, adapters: dict[str, Path], rl: RLParams, seed: int = 0,
-                device: str = "cpu") -> pd.DataFrame:
+def generations(
+    contexts: pd.DataFrame, adapters: dict[str, Path], rl: RLParams, seed: int = 0, device: str = "cpu"
+) -> pd.DataFrame:
     """Side-by-side responses (GELI App. H): ``base``, every adapted model, and the ``ground truth``.
 
     ``contexts``: rows of :func:`dialogue_contexts` (any corpus). One row per
@@ -1082,8 +1347,7 @@ def generations(contexts: pd.DataFrame, adapters: dict[str, Path], rl: RLParams,
     models: dict[str, list[str]] = {"ground truth": contexts["response"].astype(str).tolist()}
     models["base"] = generate(base, tok, prompts, rl.gen_tokens, rl.gen_do_sample, seed)
     for name, folder in adapters.items():
-        models[name] = generate(load_adapted(folder, device, rl), tok, prompts, rl.gen_tokens, rl.gen_do_sample,
-                                seed)
+        models[name] = generate(load_adapted(folder, device, rl), tok, prompts, rl.gen_tokens, rl.gen_do_sample, seed)
     meta = contexts[["corpus", "context_id", "convo_id", "turn_idx"]].assign(seed=seed, history=shown)
     rows = [meta.assign(model=m, response=r) for m, r in models.items()]
     return pd.concat(rows, ignore_index=True)[list(GENERATION_COLUMNS)]
@@ -1093,8 +1357,12 @@ def write_generations(profile: str, rows: pd.DataFrame) -> pd.DataFrame:
     """Merge ``rows`` into ``results/<profile>/tables/generations.csv`` (same corpus, seed, context, model replaced)."""
     from geli_lib.runs import results_dir
 
-    return merge_rows(results_dir(profile, "tables") / "generations.csv", rows,
-                      ["corpus", "seed", "context_id", "model"], GENERATION_COLUMNS)
+    return merge_rows(
+        results_dir(profile, "tables") / "generations.csv",
+        rows,
+        ["corpus", "seed", "context_id", "model"],
+        GENERATION_COLUMNS,
+    )
 
 
 def rl_summary(stats: pd.DataFrame, runs: dict[str, RunInfo], base: str = "base") -> pd.DataFrame:
@@ -1117,21 +1385,26 @@ def rl_summary(stats: pd.DataFrame, runs: dict[str, RunInfo], base: str = "base"
         last = ev[ev["step"] == ev["step"].max()] if not ev.empty else ev
         o = own.iloc[0] if len(own) else None
         b = ref.iloc[0] if len(ref) else None
-        rows.append({
-            "reward function": name,
-            "algorithm": str(info.curves["algorithm"].iloc[0]) if len(info.curves) else "",
-            "updates": int(info.curves["step"].max()) if len(info.curves) else 0,
-            "base r̂": b["mean"] if b is not None else math.nan,
-            "base sd": b["sd_contexts"] if b is not None else math.nan,
-            "adapted r̂": o["mean"] if o is not None else math.nan,
-            "adapted sd": o["sd_contexts"] if o is not None else math.nan,
-            "gain": o["diff"] if o is not None else math.nan,
-            "p": o["p"] if o is not None else math.nan,
-            "test": o["test"] if o is not None else "",
-            "n contexts": int(o["n"]) if o is not None else 0,
-            "KL (nats)": float(last["kl"].mean()) if len(last) else math.nan,
-            "slope (r̂/update)": slope, "slope 95% CI low": lo, "slope 95% CI high": hi,
-            "s / update": info.seconds_per_step})
+        rows.append(
+            {
+                "reward function": name,
+                "algorithm": str(info.curves["algorithm"].iloc[0]) if len(info.curves) else "",
+                "updates": int(info.curves["step"].max()) if len(info.curves) else 0,
+                "base r̂": b["mean"] if b is not None else math.nan,
+                "base sd": b["sd_contexts"] if b is not None else math.nan,
+                "adapted r̂": o["mean"] if o is not None else math.nan,
+                "adapted sd": o["sd_contexts"] if o is not None else math.nan,
+                "gain": o["diff"] if o is not None else math.nan,
+                "p": o["p"] if o is not None else math.nan,
+                "test": o["test"] if o is not None else "",
+                "n contexts": int(o["n"]) if o is not None else 0,
+                "KL (nats)": float(last["kl"].mean()) if len(last) else math.nan,
+                "slope (r̂/update)": slope,
+                "slope 95% CI low": lo,
+                "slope 95% CI high": hi,
+                "s / update": info.seconds_per_step,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -1148,8 +1421,10 @@ def select_reward_functions(available: dict[str, Path], wanted: str | Sequence[s
         print(f"skipped (not trained on this corpus): {missing}")
         names = [n for n in names if n in available]
     elif missing:
-        raise RLError(f"reward function(s) {missing} not saved; available: {sorted(available)} "
-                      "(run notebooks 02-04 of this profile and corpus first)")
+        raise RLError(
+            f"reward function(s) {missing} not saved; available: {sorted(available)} "
+            "(run notebooks 02-04 of this profile and corpus first)"
+        )
     return {n: available[n] for n in names}
 
 
@@ -1172,44 +1447,97 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--algorithm", choices=["ppo", "rloo", "grpo"])
     ap.add_argument("--corpus")
     ap.add_argument("--data-path")
-    ap.add_argument("--scheduler", help="run the adaptations on a Dask cluster first: local, tcp://HOST:PORT or "
-                    "slurm (compute.scheduler; not with accelerate launch)")
+    ap.add_argument(
+        "--scheduler",
+        help="run the adaptations on a Dask cluster first: local, tcp://HOST:PORT or "
+        "slurm (compute.scheduler; not with accelerate launch)",
+    )
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in {"steps": args.steps, "algorithm": args.algorithm}.items() if v is not None}
-    params = load_params(args.profile, corpus=args.corpus, data_path=args.data_path, rl=overrides,
-                         compute={"scheduler": args.scheduler})
+    params = load_params(
+        args.profile, corpus=args.corpus, data_path=args.data_path, rl=overrides, compute={"scheduler": args.scheduler}
+    )
     seed = params.seed if args.seed is None else args.seed
     dialogues = data.load_corpus(params)
     split = data.split_conversations(dialogues.conversations, params.splits)
     train, held_out = rl_contexts(dialogues, split, params.rl, seed)
     wanted = "all" if args.reward_fn == ["all"] else args.reward_fn
-    chosen = select_reward_functions(experiments.saved_reward_functions(args.profile, params.corpus, seed),
-                                     wanted, params.rl)
+    chosen = select_reward_functions(
+        experiments.saved_reward_functions(args.profile, params.corpus, seed), wanted, params.rl
+    )
     curve = curve_contexts(held_out, params.rl)
     if params.compute.scheduler != "serial" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise RLError("compute.scheduler (--scheduler) and accelerate launch exclude each other: "
-                      "every process would submit the same runs")
-    adapt_on_cluster(chosen, train, params.rl, args.profile, params.compute, params.corpus, seed, params.device,
-                     curve=curve, data=params.data)
-    runs = {n: train_rl(n, f, train, params.rl, args.profile, params.corpus, seed, params.device, curve=curve,
-                        data=params.data)
-            for n, f in chosen.items()}
+        raise RLError(
+            "compute.scheduler (--scheduler) and accelerate launch exclude each other: "
+            "every process would submit the same runs"
+        )
+    adapt_on_cluster(
+        chosen,
+        train,
+        params.rl,
+        args.profile,
+        params.compute,
+        params.corpus,
+        seed,
+        params.device,
+        curve=curve,
+        data=params.data,
+    )
+    runs = {
+        n: train_rl(
+            n, f, train, params.rl, args.profile, params.corpus, seed, params.device, curve=curve, data=params.data
+        )
+        for n, f in chosen.items()
+    }
     for n, r in runs.items():
-        print(f"{n}: {len(r.curves)} updates, {r.seconds_per_step:.1f} s/update, r̂ "
-              f"{r.curves['reward_mean'].iloc[0]:.3f} -> {r.curves['reward_mean'].iloc[-1]:.3f}")
+        print(
+            f"{n}: {len(r.curves)} updates, {r.seconds_per_step:.1f} s/update, r̂ "
+            f"{r.curves['reward_mean'].iloc[0]:.3f} -> {r.curves['reward_mean'].iloc[-1]:.3f}"
+        )
     if int(os.environ.get("RANK", "0")) == 0:
-        write_generations(args.profile, generations(held_out, {n: r.adapter for n, r in runs.items()},
-                                                    params.rl, seed, params.device))
+        write_generations(
+            args.profile, generations(held_out, {n: r.adapter for n, r in runs.items()}, params.rl, seed, params.device)
+        )
     return 0
 
 
 __all__ = [
-    "ASSISTANT_HEADER", "CURVE_COLUMNS", "GENERATION_COLUMNS", "RLError", "RewardAdapter", "RunInfo",
-    "RunningMoments", "SYSTEM_PROMPT", "TextReward", "adapt_on_cluster", "chat_messages", "dialogue_contexts", "encode_prompt",
-    "finished_run", "generate", "generations", "load_adapted", "load_trained_reward", "merge_rows", "reward_history",
-    "rl_contexts", "run_dir", "sample_contexts", "select_reward_functions", "EVAL_COLUMNS", "check_adapter",
-    "check_reward_for_rl", "curve_contexts", "curve_slope", "evaluate_policy", "rl_summary",
-    "split_prompt_response", "strip_role", "tensorboard_dir", "train_rl", "write_generations",
+    "ASSISTANT_HEADER",
+    "CURVE_COLUMNS",
+    "GENERATION_COLUMNS",
+    "RLError",
+    "RewardAdapter",
+    "RunInfo",
+    "RunningMoments",
+    "SYSTEM_PROMPT",
+    "TextReward",
+    "adapt_on_cluster",
+    "chat_messages",
+    "dialogue_contexts",
+    "encode_prompt",
+    "finished_run",
+    "generate",
+    "generations",
+    "load_adapted",
+    "load_trained_reward",
+    "merge_rows",
+    "reward_history",
+    "rl_contexts",
+    "run_dir",
+    "sample_contexts",
+    "select_reward_functions",
+    "EVAL_COLUMNS",
+    "check_adapter",
+    "check_reward_for_rl",
+    "curve_contexts",
+    "curve_slope",
+    "evaluate_policy",
+    "rl_summary",
+    "split_prompt_response",
+    "strip_role",
+    "tensorboard_dir",
+    "train_rl",
+    "write_generations",
 ]
 
 

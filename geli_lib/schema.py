@@ -37,7 +37,14 @@ import pandas as pd
 
 #: AffectNet's 8 classes, the order of CANDOR's ``prob_face_*`` columns.
 EMOTIONS: tuple[str, ...] = (
-    "anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise",
+    "anger",
+    "contempt",
+    "disgust",
+    "fear",
+    "happiness",
+    "neutral",
+    "sadness",
+    "surprise",
 )
 FACE_COLUMNS: tuple[str, ...] = tuple(f"prob_face_{e}" for e in EMOTIONS)
 #: Prosodic columns the simulator writes (and the feature extractor will).
@@ -45,19 +52,41 @@ PROSODY: tuple[str, ...] = ("f0_mean", "intensity_mean", "jitter", "log_energy")
 CORPORA: tuple[str, ...] = ("simulated", "candor", "esconv", "soda")
 
 CONVERSATION_COLUMNS: dict[str, str] = {
-    "convo_id": "str", "corpus": "str", "listener_id": "str", "ai_id": "str",
-    "score": "float64", "score_raw": "float64", "n_turns": "int64",
-    "n_ai_turns": "int64", "duration": "float64", "has_truth": "bool",
+    "convo_id": "str",
+    "corpus": "str",
+    "listener_id": "str",
+    "ai_id": "str",
+    "score": "float64",
+    "score_raw": "float64",
+    "n_turns": "int64",
+    "n_ai_turns": "int64",
+    "duration": "float64",
+    "has_truth": "bool",
 }
 TURN_COLUMNS: dict[str, str] = {
-    "convo_id": "str", "turn_idx": "int64", "turn_id": "str", "speaker_id": "str",
-    "role": "str", "is_ai": "bool", "start": "float64", "stop": "float64",
-    "utterance": "str", "n_words": "int64", "act": "str",
-    "true_reward": "float64", "local_feedback": "float64",
+    "convo_id": "str",
+    "turn_idx": "int64",
+    "turn_id": "str",
+    "speaker_id": "str",
+    "role": "str",
+    "is_ai": "bool",
+    "start": "float64",
+    "stop": "float64",
+    "utterance": "str",
+    "n_words": "int64",
+    "act": "str",
+    "true_reward": "float64",
+    "local_feedback": "float64",
 }
 FRAME_COLUMNS: dict[str, str] = {
-    "convo_id": "str", "user_id": "str", "t": "float64", "is_speaking": "float64",
-    "gaze_on": "float64", "smile": "float64", "nod_yes": "float64", "nod_no": "float64",
+    "convo_id": "str",
+    "user_id": "str",
+    "t": "float64",
+    "is_speaking": "float64",
+    "gaze_on": "float64",
+    "smile": "float64",
+    "nod_yes": "float64",
+    "nod_no": "float64",
     **{c: "float64" for c in FACE_COLUMNS},
 }
 

@@ -131,26 +131,57 @@ MARKER = "_COMPLETE.json"
 
 #: The AI's social acts.
 ACTS: tuple[str, ...] = (
-    "backchannel", "generic_question", "topical_question", "self_disclosure", "empathy",
-    "humour", "agreement", "elaboration", "dismissive", "off_topic", "repetition",
+    "backchannel",
+    "generic_question",
+    "topical_question",
+    "self_disclosure",
+    "empathy",
+    "humour",
+    "agreement",
+    "elaboration",
+    "dismissive",
+    "off_topic",
+    "repetition",
 )
 #: Context-free value of each act (logit units): what it is worth on average.
 ACT_VALUE: dict[str, float] = {
-    "backchannel": 0.0, "generic_question": 0.1, "topical_question": 0.6,
-    "self_disclosure": 0.4, "empathy": 0.3, "humour": 0.4, "agreement": 0.3,
-    "elaboration": 0.5, "dismissive": -1.5, "off_topic": -1.0, "repetition": -1.2,
+    "backchannel": 0.0,
+    "generic_question": 0.1,
+    "topical_question": 0.6,
+    "self_disclosure": 0.4,
+    "empathy": 0.3,
+    "humour": 0.4,
+    "agreement": 0.3,
+    "elaboration": 0.5,
+    "dismissive": -1.5,
+    "off_topic": -1.0,
+    "repetition": -1.2,
 }
 #: Mean of the persona's habit Dirichlet (sums to 1).
 HABIT_PRIOR: dict[str, float] = {
-    "backchannel": 0.13, "generic_question": 0.10, "topical_question": 0.12,
-    "self_disclosure": 0.11, "empathy": 0.07, "humour": 0.08, "agreement": 0.10,
-    "elaboration": 0.09, "dismissive": 0.08, "off_topic": 0.07, "repetition": 0.05,
+    "backchannel": 0.13,
+    "generic_question": 0.10,
+    "topical_question": 0.12,
+    "self_disclosure": 0.11,
+    "empathy": 0.07,
+    "humour": 0.08,
+    "agreement": 0.10,
+    "elaboration": 0.09,
+    "dismissive": 0.08,
+    "off_topic": 0.07,
+    "repetition": 0.05,
 }
 HABIT_CONCENTRATION = 4.0  # < 1 per act (α ≈ 0.2-0.5): habits differ a lot between AIs
 SKILL_A, SKILL_B = 0.7, 0.7  # skill ~ Beta: from careless to attentive
 SKILL_TEMPERATURE = 0.35  # how sharply a skilled choice prefers the best-fitting act
-TASTE_ACTS: tuple[str, ...] = ("humour", "self_disclosure", "generic_question",
-                               "topical_question", "backchannel", "empathy")
+TASTE_ACTS: tuple[str, ...] = (
+    "humour",
+    "self_disclosure",
+    "generic_question",
+    "topical_question",
+    "backchannel",
+    "empathy",
+)
 TASTE_SD = 0.4
 #: User turn kinds ("acts" of the User in the truth file).
 USER_KINDS: tuple[str, ...] = ("greeting", "story", "statement", "answer", "question", "reaction")
@@ -160,8 +191,7 @@ BAD_ACTS = ("dismissive", "off_topic", "repetition")
 
 
 @lru_cache(maxsize=None)
-def context_fit(act: str, user_kind: str, valence: int, long_turn: bool,
-                last_ai: tuple[str, ...]) -> float:
+def context_fit(act: str, user_kind: str, valence: int, long_turn: bool, last_ai: tuple[str, ...]) -> float:
     """Context-fit component of an AI act's quality (logit units).
 
     ``user_kind``, ``valence`` (-1 bad news, 0, +1 good news) and ``long_turn``
@@ -171,21 +201,21 @@ def context_fit(act: str, user_kind: str, valence: int, long_turn: bool,
     asked = user_kind in ("question", "greeting")
     fit = 0.0
     if act == "backchannel":
-        fit += 0.4 if long_turn else -0.3     # "mhm" rewards a story, not a one-liner
-        fit -= 0.5 if asked else 0.0          # and does not answer a question
+        fit += 0.4 if long_turn else -0.3  # "mhm" rewards a story, not a one-liner
+        fit -= 0.5 if asked else 0.0  # and does not answer a question
     elif act == "generic_question":
-        fit += -0.4 if asked else 0.1         # ignoring their question
-        fit -= 0.4 if valence < 0 else 0.0    # changing the subject after bad news
+        fit += -0.4 if asked else 0.1  # ignoring their question
+        fit -= 0.4 if valence < 0 else 0.0  # changing the subject after bad news
     elif act == "topical_question":
-        fit += -0.3 if asked else 0.5         # following their topic
+        fit += -0.3 if asked else 0.5  # following their topic
     elif act == "self_disclosure":
-        fit += 0.6 if asked else 0.1          # answering what they asked
-        fit -= 0.6 if valence < 0 else 0.0    # making their bad news about yourself
+        fit += 0.6 if asked else 0.1  # answering what they asked
+        fit -= 0.6 if valence < 0 else 0.0  # making their bad news about yourself
         fit -= 0.3 if last_ai[-1:] == ("self_disclosure",) else 0.0  # hogging the floor
     elif act == "empathy":
         fit += {-1: 1.2, 0: -0.4, 1: -0.8}[valence]  # sympathy fits bad news only
     elif act == "humour":
-        fit += {-1: -1.4, 0: 0.2, 1: 0.6}[valence]   # jokes fit a relaxed mood, not grief
+        fit += {-1: -1.4, 0: 0.2, 1: 0.6}[valence]  # jokes fit a relaxed mood, not grief
     elif act == "agreement":
         fit += -0.2 if asked else (0.3 if user_kind in ("story", "statement") else 0.0)
     elif act == "elaboration":
@@ -194,20 +224,18 @@ def context_fit(act: str, user_kind: str, valence: int, long_turn: bool,
         fit -= 0.6 if valence < 0 else 0.0
         fit -= 0.3 if asked else 0.0
     elif act == "off_topic":
-        fit -= 0.5 if long_turn else 0.2      # worse after they opened up at length
+        fit -= 0.5 if long_turn else 0.2  # worse after they opened up at length
     elif act == "repetition":
         fit -= 0.3 if "repetition" in last_ai else 0.0
     if act in QUESTION_ACTS and sum(a in QUESTION_ACTS for a in last_ai) == 2:
-        fit -= 0.4                            # a third question in a row is an interrogation
+        fit -= 0.4  # a third question in a row is an interrogation
     return fit
 
 
 @lru_cache(maxsize=None)
-def _skilled_cdf(user_kind: str, valence: int, long_turn: bool,
-                 last_ai: tuple[str, ...]) -> tuple[float, ...]:
+def _skilled_cdf(user_kind: str, valence: int, long_turn: bool, last_ai: tuple[str, ...]) -> tuple[float, ...]:
     """Cumulative probabilities of a skilled act choice: softmax of value + fit."""
-    utility = np.array([ACT_VALUE[a] + context_fit(a, user_kind, valence, long_turn, last_ai)
-                        for a in ACTS])
+    utility = np.array([ACT_VALUE[a] + context_fit(a, user_kind, valence, long_turn, last_ai) for a in ACTS])
     w = np.exp((utility - utility.max()) / SKILL_TEMPERATURE)
     return tuple(np.cumsum(w / w.sum()).tolist())
 
@@ -216,11 +244,13 @@ def _skilled_cdf(user_kind: str, valence: int, long_turn: bool,
 # Words: topics and templates                                                  #
 # --------------------------------------------------------------------------- #
 
-def _topic(nouns: str, activities: str, names: str, good: str, bad: str, neutral: str
-           ) -> dict[str, tuple[str, ...]]:
+
+def _topic(nouns: str, activities: str, names: str, good: str, bad: str, neutral: str) -> dict[str, tuple[str, ...]]:
     """One topic's vocabulary; each argument is a ``|``-separated list."""
-    return {k: tuple(v.split("|")) for k, v in dict(
-        noun=nouns, activity=activities, name=names, good=good, bad=bad, neutral=neutral).items()}
+    return {
+        k: tuple(v.split("|"))
+        for k, v in dict(noun=nouns, activity=activities, name=names, good=good, bad=bad, neutral=neutral).items()
+    }
 
 
 #: Topics: nouns, activities (gerund phrases), named places and things, and
@@ -232,259 +262,383 @@ TOPICS: dict[str, dict[str, tuple[str, ...]]] = {
         "Lisbon|Japan|Iceland|the Grand Canyon|Mexico City|Thailand|Barcelona",
         "we finally got to see the northern lights|I found this tiny cafe nobody knew about|"
         "we got upgraded to a room with a view",
-        "our flight got cancelled twice|I lost my passport at the airport|"
-        "it rained every single day we were there",
-        "we took a train up the coast|I booked a trip for the spring|we spent a week visiting friends"),
+        "our flight got cancelled twice|I lost my passport at the airport|it rained every single day we were there",
+        "we took a train up the coast|I booked a trip for the spring|we spent a week visiting friends",
+    ),
     "cooking": _topic(
         "sourdough|cast iron pan|recipe|spice rack|dinner party|lasagna|slow cooker",
         "baking bread|meal prepping|trying new recipes|cooking Thai food",
         "Trader Joe's|the farmers market|Julia Child|Gordon Ramsay",
-        "my bread actually rose this time|everybody asked for the recipe|"
-        "I nailed my grandma's dumplings",
+        "my bread actually rose this time|everybody asked for the recipe|I nailed my grandma's dumplings",
         "I burned the whole dinner|the oven died on Thanksgiving|I cut my finger pretty badly",
-        "I made a big pot of chili|we tried a new pasta recipe|I reorganized the whole kitchen"),
+        "I made a big pot of chili|we tried a new pasta recipe|I reorganized the whole kitchen",
+    ),
     "pets": _topic(
         "puppy|cat|dog park|vet|leash|fish tank|litter box",
         "walking the dog|training our puppy|fostering kittens",
         "Biscuit|Luna|the humane society|Petco",
         "we adopted a rescue dog|our cat finally learned her name|the puppy slept through the night",
         "our dog got really sick|the cat ran away for two days|we had to put our old dog down",
-        "we took the dog to the vet for a checkup|I bought a new cat tree|we walked the dog by the river"),
+        "we took the dog to the vet for a checkup|I bought a new cat tree|we walked the dog by the river",
+    ),
     "work": _topic(
         "boss|deadline|meeting|office|promotion|commute|spreadsheet",
         "working from home|managing a team|job hunting",
         "Zoom|Slack|Amazon|the downtown office",
         "I got the promotion|my project finally launched|my boss gave me a shout out in front of everyone",
         "I got laid off|I had to work all weekend|my manager took credit for my work",
-        "we moved to a new office|I started a new project|we had our quarterly review"),
+        "we moved to a new office|I started a new project|we had our quarterly review",
+    ),
     "music": _topic(
         "guitar|concert|playlist|vinyl|band|piano|festival",
         "playing guitar|going to concerts|learning piano|singing in a choir",
         "Taylor Swift|Radiohead|Coachella|Spotify|the Beatles",
         "I got front row tickets|our band played its first gig|I finally learned that song",
         "the concert got cancelled|I broke a string in the middle of a song|someone stole my guitar",
-        "I made a new playlist|I went to a jazz night|I started taking piano lessons"),
+        "I made a new playlist|I went to a jazz night|I started taking piano lessons",
+    ),
     "sports": _topic(
         "game|team|marathon|gym|soccer ball|playoffs|coach",
         "running|playing pickup basketball|watching football|lifting weights",
         "the Lakers|the World Cup|the Yankees|the Super Bowl",
         "I ran my first half marathon|our team won the league|I hit a personal record",
         "I tore a ligament|we lost in overtime|I got cut from the team",
-        "I joined a rec league|we watched the game at a bar|I switched gyms"),
+        "I joined a rec league|we watched the game at a bar|I switched gyms",
+    ),
     "movies": _topic(
         "movie|sequel|theater|documentary|trailer|popcorn",
         "watching horror movies|binge watching shows|going to the cinema",
         "Netflix|Dune|Pixar|the Marvel movies|Christopher Nolan",
         "I saw the best movie of the year|we had a movie marathon|the sequel was actually better",
-        "the ending was a total letdown|somebody spoiled the whole plot|"
-        "the theater lost power halfway through",
-        "we watched a documentary about whales|I rewatched an old favorite|we went to a matinee"),
+        "the ending was a total letdown|somebody spoiled the whole plot|the theater lost power halfway through",
+        "we watched a documentary about whales|I rewatched an old favorite|we went to a matinee",
+    ),
     "family": _topic(
         "parents|sister|brother|cousins|grandma|reunion|kids",
         "visiting my parents|spending time with the kids|planning the family reunion",
         "Thanksgiving|Christmas|my hometown|grandma's house",
         "my sister had a baby|we had the whole family together|my dad finally retired",
-        "my grandma ended up in the hospital|my parents are getting divorced|"
-        "we had a huge fight at dinner",
-        "my cousins came to visit|we called my parents on Sunday|my brother helped me paint"),
+        "my grandma ended up in the hospital|my parents are getting divorced|we had a huge fight at dinner",
+        "my cousins came to visit|we called my parents on Sunday|my brother helped me paint",
+    ),
     "moving house": _topic(
         "apartment|boxes|landlord|neighborhood|lease|moving truck",
         "packing boxes|apartment hunting|painting the walls",
         "Craigslist|Zillow|Chicago|Denver|Austin",
-        "we found a place with a huge yard|the neighbors turned out really friendly|"
-        "the move went super smoothly",
+        "we found a place with a huge yard|the neighbors turned out really friendly|the move went super smoothly",
         "the movers broke half our stuff|the landlord kept our deposit|the new place has mold",
-        "we signed a new lease|I packed up the kitchen|we looked at a few apartments"),
+        "we signed a new lease|I packed up the kitchen|we looked at a few apartments",
+    ),
     "school": _topic(
         "exam|professor|thesis|class|campus|homework|semester",
         "studying for finals|taking night classes|writing my thesis",
         "Stanford|community college|the library|chemistry class",
         "I aced my exam|I got into grad school|I finally defended my thesis",
         "I failed my midterm|I missed the application deadline|my advisor hated my draft",
-        "I signed up for a statistics class|I spent the day in the library|we had a group project"),
+        "I signed up for a statistics class|I spent the day in the library|we had a group project",
+    ),
     "weather": _topic(
         "snowstorm|heat wave|rain|thunderstorm|forecast|sunshine",
         "shoveling snow|sitting out on the porch|chasing storms",
         "Seattle|Florida|Minnesota|the Midwest",
-        "we finally got a sunny weekend|it snowed just in time for the holidays|"
-        "the fall colors were incredible",
+        "we finally got a sunny weekend|it snowed just in time for the holidays|the fall colors were incredible",
         "the storm knocked out our power|our basement flooded|the heat was unbearable all week",
-        "it was cloudy all week|we got a bit of rain|the temperature dropped overnight"),
+        "it was cloudy all week|we got a bit of rain|the temperature dropped overnight",
+    ),
     "hobbies": _topic(
         "puzzle|garden|knitting needles|board game|camera|paint set",
         "gardening|knitting|doing jigsaw puzzles|painting watercolors|photography",
         "Etsy|Catan|the craft store|Instagram",
         "my tomatoes finally came in|I sold my first painting|we beat the board game on hard mode",
         "the squirrels ate my whole garden|I ruined the painting|my camera fell in the lake",
-        "I started a new puzzle|I planted some herbs|I bought a cheap film camera"),
+        "I started a new puzzle|I planted some herbs|I bought a cheap film camera",
+    ),
     "books": _topic(
         "novel|book club|library card|bookstore|audiobook|author",
         "reading fantasy|listening to audiobooks|writing short stories",
         "Stephen King|Harry Potter|Goodreads|Brandon Sanderson",
         "I finished a thousand page book|my book club loved my pick|I met the author at a signing",
         "I lost the book halfway through|the ending made me so angry|my manuscript got rejected again",
-        "I picked up a mystery novel|I joined a book club|I went to a used bookstore"),
+        "I picked up a mystery novel|I joined a book club|I went to a used bookstore",
+    ),
     "health": _topic(
         "doctor|workout|diet|sleep schedule|yoga class|checkup",
         "doing yoga|eating healthier|meditating|getting more sleep",
         "Peloton|the clinic|Weight Watchers|Headspace",
         "my blood pressure is finally normal|I lost twenty pounds|I've been sleeping way better",
         "I got really sick last week|I threw my back out|the doctor found something on my scan",
-        "I had my annual checkup|I started walking in the mornings|I cut back on coffee"),
+        "I had my annual checkup|I started walking in the mornings|I cut back on coffee",
+    ),
     "tech": _topic(
         "laptop|phone|app|video game|computer|smart watch|router",
         "building computers|coding side projects|playing video games",
         "Apple|Python|the Switch|Linux|Android",
         "I built my own computer|my app got its first users|I finally fixed the wifi",
         "my laptop crashed and I lost everything|I cracked my phone screen|my account got hacked",
-        "I updated my phone|I set up a new monitor|I tried a new note taking app"),
+        "I updated my phone|I set up a new monitor|I tried a new note taking app",
+    ),
     "restaurants": _topic(
         "restaurant|taco truck|brunch|coffee shop|pizza place|menu",
         "trying new restaurants|hunting for good tacos|going out for brunch",
         "Chipotle|Starbucks|the pizza place downtown|In-N-Out",
         "we found an amazing ramen place|the chef sent out free dessert|I finally got a reservation",
         "I got food poisoning|they messed up our order twice|my favorite place closed down",
-        "we tried a new diner|I grabbed coffee with a friend|we ordered takeout"),
+        "we tried a new diner|I grabbed coffee with a friend|we ordered takeout",
+    ),
     "cars": _topic(
         "car|engine|traffic|mechanic|driving test|truck",
         "fixing up an old car|driving cross country|learning stick shift",
         "Toyota|Tesla|the highway|Route 66",
         "I passed my driving test|I bought my first car|we drove the whole coast",
         "my car broke down on the highway|I got a speeding ticket|someone hit my parked car",
-        "I took the car in for an oil change|we rented a van|I drove to see my aunt"),
+        "I took the car in for an oil change|we rented a van|I drove to see my aunt",
+    ),
     "outdoors": _topic(
         "trail|tent|campfire|lake|mountain|kayak",
         "hiking|camping|kayaking|rock climbing",
         "Yosemite|the Appalachian Trail|Lake Tahoe|the Rockies",
-        "we made it to the summit|we saw a bear from a safe distance|"
-        "the sunrise over the lake was unreal",
+        "we made it to the summit|we saw a bear from a safe distance|the sunrise over the lake was unreal",
         "we got lost on the trail|the tent leaked all night|I sprained my ankle on the hike",
-        "we went for a short hike|I bought a new tent|we spent the afternoon by the lake"),
+        "we went for a short hike|I bought a new tent|we spent the afternoon by the lake",
+    ),
     "money": _topic(
         "budget|rent|savings|stock market|credit card|paycheck",
         "saving for a house|budgeting|investing",
         "Robinhood|the bank|Venmo|Wall Street",
         "we paid off our student loans|we saved enough for a down payment|I got a raise",
         "my rent went up again|I lost money in crypto|I got a surprise medical bill",
-        "I made a spreadsheet for our budget|I opened a savings account|I did my taxes"),
+        "I made a spreadsheet for our budget|I opened a savings account|I did my taxes",
+    ),
     "dating": _topic(
         "date|boyfriend|girlfriend|wedding|anniversary|dating app",
         "online dating|planning a wedding|going on dates",
         "Tinder|Hinge|Valentine's Day|Paris",
         "I got engaged|we celebrated our anniversary|I met someone really great",
         "I got dumped|my date never showed up|we broke up after five years",
-        "I went on a coffee date|we planned a weekend away|I helped a friend with her wedding"),
+        "I went on a coffee date|we planned a weekend away|I helped a friend with her wedding",
+    ),
     "volunteering": _topic(
         "food bank|shelter|community garden|fundraiser|neighbors",
         "volunteering|organizing a fundraiser|coaching little league",
         "the Red Cross|Habitat for Humanity|the local church",
-        "we raised ten thousand dollars|the kids won their first game|"
-        "the shelter found homes for every dog",
+        "we raised ten thousand dollars|the kids won their first game|the shelter found homes for every dog",
         "the fundraiser flopped|nobody showed up to help|the program lost its funding",
-        "I helped at the food bank|we cleaned up the park|I signed up to tutor kids"),
+        "I helped at the food bank|we cleaned up the park|I signed up to tutor kids",
+    ),
     "holidays": _topic(
         "holiday|gifts|party|decorations|costume|fireworks",
         "decorating the house|shopping for gifts|hosting parties",
         "Halloween|New Year's|the Fourth of July|Christmas",
         "I found the perfect gift|our party was a huge hit|the fireworks were amazing",
         "I forgot to buy gifts|the party got shut down|we spent the holiday stuck at the airport",
-        "we put up the decorations|I wrapped presents all night|we had a quiet dinner"),
+        "we put up the decorations|I wrapped presents all night|we had a quiet dinner",
+    ),
     "the pandemic": _topic(
         "lockdown|mask|vaccine|quarantine|zoom call",
         "working remotely|baking during lockdown|social distancing",
         "the CDC|Zoom|2020",
         "I finally got vaccinated|we reunited with my parents|lockdown gave me time to learn guitar",
         "I got covid|I was stuck alone for months|my business almost went under",
-        "we did a lot of zoom calls|I worked from my kitchen table|we stayed home mostly"),
+        "we did a lot of zoom calls|I worked from my kitchen table|we stayed home mostly",
+    ),
     "languages": _topic(
         "Spanish class|vocabulary|accent|flashcards|tutor",
         "learning Spanish|practicing French|studying Japanese",
         "Duolingo|Madrid|Quebec|Tokyo",
-        "I had a whole conversation in Spanish|I hit a five hundred day streak|"
-        "my tutor said my accent improved",
+        "I had a whole conversation in Spanish|I hit a five hundred day streak|my tutor said my accent improved",
         "I completely froze up|I forgot everything after a month|people kept switching to English",
-        "I started a French app|I watched a show in Spanish|I bought some flashcards"),
+        "I started a French app|I watched a show in Spanish|I bought some flashcards",
+    ),
 }
 TOPIC_NAMES: tuple[str, ...] = tuple(TOPICS)
 
-TIMEREFS = ("last weekend", "yesterday", "a couple of years ago", "this morning",
-            "over the holidays", "last summer", "back in college", "a few weeks ago",
-            "on Friday", "last month")
-OPENERS = ("", "", "", "", "um, ", "so ", "you know, ", "oh, ", "well, ", "yeah, ",
-           "I mean, ", "hmm, ", "okay so ", "honestly, ")
-CODA = {1: ("it was honestly the best part of my year.", "I was so happy.",
-            "I still can't believe it.", "it made my whole week.", "it was such a good feeling."),
-        -1: ("it was pretty rough.", "I'm still kind of upset about it.",
-             "honestly it was a nightmare.", "I didn't sleep for days.", "it's been really hard."),
-        0: ("so that was my week.", "nothing too exciting.", "it was fine.", "anyway.", "")}
+TIMEREFS = (
+    "last weekend",
+    "yesterday",
+    "a couple of years ago",
+    "this morning",
+    "over the holidays",
+    "last summer",
+    "back in college",
+    "a few weeks ago",
+    "on Friday",
+    "last month",
+)
+OPENERS = (
+    "",
+    "",
+    "",
+    "",
+    "um, ",
+    "so ",
+    "you know, ",
+    "oh, ",
+    "well, ",
+    "yeah, ",
+    "I mean, ",
+    "hmm, ",
+    "okay so ",
+    "honestly, ",
+)
+CODA = {
+    1: (
+        "it was honestly the best part of my year.",
+        "I was so happy.",
+        "I still can't believe it.",
+        "it made my whole week.",
+        "it was such a good feeling.",
+    ),
+    -1: (
+        "it was pretty rough.",
+        "I'm still kind of upset about it.",
+        "honestly it was a nightmare.",
+        "I didn't sleep for days.",
+        "it's been really hard.",
+    ),
+    0: ("so that was my week.", "nothing too exciting.", "it was fine.", "anyway.", ""),
+}
 USER_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "greeting": ("hi, how's it going?", "hey! can you hear me okay?", "hello? oh hi, how are you?",
-                 "hi there, how's your day going?", "hey, nice to meet you. how are you?"),
+    "greeting": (
+        "hi, how's it going?",
+        "hey! can you hear me okay?",
+        "hello? oh hi, how are you?",
+        "hi there, how's your day going?",
+        "hey, nice to meet you. how are you?",
+    ),
     "story": ("{timeref} {event}.",),
-    "detail": ("it reminded me of {name}, weirdly.", "it was right after I started {activity}.",
-               "the {noun} thing was a big part of it.", "my friend was there too.",
-               "it all happened so fast.", "I had been {activity} for a while before that."),
-    "statement": ("I've been {activity} a lot lately.", "I'm really into {activity} these days.",
-                  "honestly {name} is my favorite.", "for me it's all about the {noun}.",
-                  "I think about {activity} way too much.", "I've always wanted to try {activity}."),
-    "answer": ("oh, probably {activity}.", "I'd say {name}, for sure.", "mostly {activity}, I guess.",
-               "good question, I think the {noun}.", "not much, just {activity}.",
-               "I'd have to say {name}."),
-    "question": ("what about you, do you like {activity}?", "what do you think of {name}?",
-                 "what's your take on the whole {noun} thing?", "what do you do for fun?", "how about you?",
-                 "have you tried {activity}?"),
+    "detail": (
+        "it reminded me of {name}, weirdly.",
+        "it was right after I started {activity}.",
+        "the {noun} thing was a big part of it.",
+        "my friend was there too.",
+        "it all happened so fast.",
+        "I had been {activity} for a while before that.",
+    ),
+    "statement": (
+        "I've been {activity} a lot lately.",
+        "I'm really into {activity} these days.",
+        "honestly {name} is my favorite.",
+        "for me it's all about the {noun}.",
+        "I think about {activity} way too much.",
+        "I've always wanted to try {activity}.",
+    ),
+    "answer": (
+        "oh, probably {activity}.",
+        "I'd say {name}, for sure.",
+        "mostly {activity}, I guess.",
+        "good question, I think the {noun}.",
+        "not much, just {activity}.",
+        "I'd have to say {name}.",
+    ),
+    "question": (
+        "what about you, do you like {activity}?",
+        "what do you think of {name}?",
+        "what's your take on the whole {noun} thing?",
+        "what do you do for fun?",
+        "how about you?",
+        "have you tried {activity}?",
+    ),
     "reaction": ("oh. okay.", "um, sure.", "right.", "haha, okay.", "uh, yeah.", "hm.", "oh, I see."),
 }
 AI_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "backchannel": ("yeah.", "mhm.", "right.", "oh wow.", "totally.", "uh huh.", "I see.",
-                    "oh nice.", "hmm, yeah.", "oh really?", "no way.", "gotcha."),
-    "generic_question": ("so what do you do for fun?", "how has your week been?",
-                         "what else is new with you?", "where are you from originally?",
-                         "what are you up to this weekend?", "do you have any plans for the summer?",
-                         "what do you do for work?", "so how's everything going?",
-                         "what's been the highlight of your week?"),
-    "topical_question": ("how long have you been {activity}?",
-                         "what's your favorite thing about {activity}?",
-                         "how do you feel about {name}?", "what got you into {activity}?",
-                         "how did the whole {noun} thing go?", "is {name} as good as people say?",
-                         "do you think you'll keep {activity}?", "what was the {noun} part like?"),
-    "self_disclosure": ("I actually spent a year {activity}, and I still think about {name}.",
-                        "my brother is really into {activity}, he talks about it all the time.",
-                        "I've never really gotten into {name}, but it's on my list.",
-                        "I got really into the {noun} thing last year.",
-                        "I had a whole {name} phase a long time ago.",
-                        "I used to be really into {activity} back in college."),
-    "empathy": ("oh no, I'm sorry to hear that.", "that sounds really hard.",
-                "that must have been so stressful.", "I can imagine how frustrating that was.",
-                "that's a lot to deal with, I'm sorry.",
-                "oh man, that sounds rough. how are you holding up?", "I'm sorry, that's really tough."),
-    "humour": ("ha, sounds like the {noun} won that round.",
-               "well, at least the {noun} didn't file a complaint.",
-               "I'd blame the {noun}, personally.",
-               "ha, {activity} is basically a personality trait at this point.",
-               "classic {name}, honestly.", "so you're basically a professional at {activity} now, haha."),
-    "agreement": ("yeah, I totally agree.", "exactly, {activity} is like that.",
-                  "oh for sure, {name} is the best.", "yeah, that makes a lot of sense.",
-                  "same here, honestly.", "right, the {noun} part really makes the difference."),
-    "elaboration": ("I think {activity} is one of those things that takes a while to click.",
-                    "from what I've heard, {name} is really worth it.",
-                    "the thing with {activity} is you have to keep at it.",
-                    "I read that the {noun} side of it matters a lot, which makes sense.",
-                    "yeah, {activity} can be a really good way to unwind after work."),
-    "dismissive": ("okay.", "sure, whatever.", "hm, I guess.", "if you say so.",
-                   "not really my thing.", "cool, anyway.",
-                   "yeah, no, I don't really care about {activity}.", "that's kind of boring, honestly."),
-    "off_topic": ("anyway, have you ever tried {activity}?",
-                  "random, but I've been thinking about {name} a lot.",
-                  "so, totally unrelated, but do you like {name}?",
-                  "oh, that reminds me, I need to look into {activity}.",
-                  "by the way, what do you think about the {noun} thing?"),
+    "backchannel": (
+        "yeah.",
+        "mhm.",
+        "right.",
+        "oh wow.",
+        "totally.",
+        "uh huh.",
+        "I see.",
+        "oh nice.",
+        "hmm, yeah.",
+        "oh really?",
+        "no way.",
+        "gotcha.",
+    ),
+    "generic_question": (
+        "so what do you do for fun?",
+        "how has your week been?",
+        "what else is new with you?",
+        "where are you from originally?",
+        "what are you up to this weekend?",
+        "do you have any plans for the summer?",
+        "what do you do for work?",
+        "so how's everything going?",
+        "what's been the highlight of your week?",
+    ),
+    "topical_question": (
+        "how long have you been {activity}?",
+        "what's your favorite thing about {activity}?",
+        "how do you feel about {name}?",
+        "what got you into {activity}?",
+        "how did the whole {noun} thing go?",
+        "is {name} as good as people say?",
+        "do you think you'll keep {activity}?",
+        "what was the {noun} part like?",
+    ),
+    "self_disclosure": (
+        "I actually spent a year {activity}, and I still think about {name}.",
+        "my brother is really into {activity}, he talks about it all the time.",
+        "I've never really gotten into {name}, but it's on my list.",
+        "I got really into the {noun} thing last year.",
+        "I had a whole {name} phase a long time ago.",
+        "I used to be really into {activity} back in college.",
+    ),
+    "empathy": (
+        "oh no, I'm sorry to hear that.",
+        "that sounds really hard.",
+        "that must have been so stressful.",
+        "I can imagine how frustrating that was.",
+        "that's a lot to deal with, I'm sorry.",
+        "oh man, that sounds rough. how are you holding up?",
+        "I'm sorry, that's really tough.",
+    ),
+    "humour": (
+        "ha, sounds like the {noun} won that round.",
+        "well, at least the {noun} didn't file a complaint.",
+        "I'd blame the {noun}, personally.",
+        "ha, {activity} is basically a personality trait at this point.",
+        "classic {name}, honestly.",
+        "so you're basically a professional at {activity} now, haha.",
+    ),
+    "agreement": (
+        "yeah, I totally agree.",
+        "exactly, {activity} is like that.",
+        "oh for sure, {name} is the best.",
+        "yeah, that makes a lot of sense.",
+        "same here, honestly.",
+        "right, the {noun} part really makes the difference.",
+    ),
+    "elaboration": (
+        "I think {activity} is one of those things that takes a while to click.",
+        "from what I've heard, {name} is really worth it.",
+        "the thing with {activity} is you have to keep at it.",
+        "I read that the {noun} side of it matters a lot, which makes sense.",
+        "yeah, {activity} can be a really good way to unwind after work.",
+    ),
+    "dismissive": (
+        "okay.",
+        "sure, whatever.",
+        "hm, I guess.",
+        "if you say so.",
+        "not really my thing.",
+        "cool, anyway.",
+        "yeah, no, I don't really care about {activity}.",
+        "that's kind of boring, honestly.",
+    ),
+    "off_topic": (
+        "anyway, have you ever tried {activity}?",
+        "random, but I've been thinking about {name} a lot.",
+        "so, totally unrelated, but do you like {name}?",
+        "oh, that reminds me, I need to look into {activity}.",
+        "by the way, what do you think about the {noun} thing?",
+    ),
 }
 #: Tone phrases: the main carrier of an AI utterance's wording sentiment.
-TONE = {1: ("that's great.", "I love that.", "how wonderful.", "awesome.", "that's so nice.",
-            "amazing.", "great."),
-        -1: ("ugh.", "that's awful.", "that sucks.", "honestly that's terrible.", "I hate that.",
-             "what a pain.", "yikes.")}
+TONE = {
+    1: ("that's great.", "I love that.", "how wonderful.", "awesome.", "that's so nice.", "amazing.", "great."),
+    -1: ("ugh.", "that's awful.", "that sucks.", "honestly that's terrible.", "I hate that.", "what a pain.", "yikes."),
+}
 TONE_RATE = 0.6  # share of AI turns that carry a tone phrase
 TONE_GOOD_Q = 0.35  # a turn counts as "good" for wording when q_t exceeds this
 BACKCHANNEL_WORDS = ("mhm", "yeah", "right", "uh huh", "okay", "wow", "yeah yeah")
@@ -506,6 +660,7 @@ WORDS_PER_SECOND = (2.1, 2.9)
 # --------------------------------------------------------------------------- #
 # Small helpers                                                                #
 # --------------------------------------------------------------------------- #
+
 
 class _Dice:
     """Uniform draws for the Python-level text loop, pre-drawn in blocks from one generator."""
@@ -546,19 +701,21 @@ def _hex_id(rng: np.random.Generator, n_hex: int) -> str:
 def _smooth_noise(rng: np.random.Generator, n: int, k: int, sd: float) -> np.ndarray:
     """(n, k) Gaussian noise with SD ``sd``, smoothed over time by a short AR(1)-like kernel."""
     w = NOISE_RHO ** np.arange(NOISE_TAPS)
-    w /= np.sqrt((w ** 2).sum())
+    w /= np.sqrt((w**2).sum())
     eps = rng.standard_normal((n + NOISE_TAPS - 1, k))
     out = np.zeros((n, k))
     for j, wj in enumerate(w):
-        out += wj * eps[NOISE_TAPS - 1 - j: NOISE_TAPS - 1 - j + n]
+        out += wj * eps[NOISE_TAPS - 1 - j : NOISE_TAPS - 1 - j + n]
     return sd * out
 
 
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
 _OPENER_PREFIX = re.compile(r"^(Um|So|You know|Oh|Well|Yeah|I mean|Hmm|Okay so|Honestly),? ")
-_HAS_OPENER = re.compile(r"(so|oh|yeah|well|ha|haha|hm|hmm|um|uh|okay|anyway|random|exactly|right|same|"
-                         r"cool|sure|honestly|good question|not|I mean|mhm|totally|gotcha|no way)\b",
-                         re.IGNORECASE)
+_HAS_OPENER = re.compile(
+    r"(so|oh|yeah|well|ha|haha|hm|hmm|um|uh|okay|anyway|random|exactly|right|same|"
+    r"cool|sure|honestly|good question|not|I mean|mhm|totally|gotcha|no way)\b",
+    re.IGNORECASE,
+)
 
 
 def split_sentences(utterance: str) -> list[str]:
@@ -570,18 +727,19 @@ def split_sentences(utterance: str) -> list[str]:
 # One conversation                                                             #
 # --------------------------------------------------------------------------- #
 
+
 @dataclass
 class Dialogue:
     """The turns of one conversation with their planted truth (before timing)."""
 
-    roles: list[str] = field(default_factory=list)       # "User" | "AI"
-    acts: list[str] = field(default_factory=list)        # AI act or User kind
+    roles: list[str] = field(default_factory=list)  # "User" | "AI"
+    acts: list[str] = field(default_factory=list)  # AI act or User kind
     topics: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
-    valence: list[float] = field(default_factory=list)   # User turns: -1/0/1; AI: NaN
-    tone: list[float] = field(default_factory=list)      # AI turns: -1/0/1 wording polarity; User: NaN
-    fit: list[float] = field(default_factory=list)       # AI turns: context fit; User: NaN
-    quality: list[float] = field(default_factory=list)   # AI turns: latent q_t; User: NaN
+    valence: list[float] = field(default_factory=list)  # User turns: -1/0/1; AI: NaN
+    tone: list[float] = field(default_factory=list)  # AI turns: -1/0/1 wording polarity; User: NaN
+    fit: list[float] = field(default_factory=list)  # AI turns: context fit; User: NaN
+    quality: list[float] = field(default_factory=list)  # AI turns: latent q_t; User: NaN
 
 
 @dataclass
@@ -612,8 +770,9 @@ def draw_listener(params: SimulationParams, rng: np.random.Generator) -> Listene
 
 def draw_persona(rng: np.random.Generator) -> Persona:
     habits = rng.dirichlet(HABIT_CONCENTRATION * np.array([HABIT_PRIOR[a] for a in ACTS]))
-    return Persona(tuple(np.cumsum(habits).tolist()), dict(zip(ACTS, habits.tolist())),
-                   float(rng.beta(SKILL_A, SKILL_B)))
+    return Persona(
+        tuple(np.cumsum(habits).tolist()), dict(zip(ACTS, habits.tolist())), float(rng.beta(SKILL_A, SKILL_B))
+    )
 
 
 def _user_kind(prev_ai_act: str | None, dice: _Dice) -> str:
@@ -626,8 +785,20 @@ def _user_kind(prev_ai_act: str | None, dice: _Dice) -> str:
         return dice.pick(("reaction", "reaction", "statement", "question"))
     if prev_ai_act == "empathy":
         return dice.pick(("story", "statement"))
-    return dice.pick(("story", "story", "story", "statement", "statement", "statement",
-                      "statement", "question", "question", "reaction"))
+    return dice.pick(
+        (
+            "story",
+            "story",
+            "story",
+            "statement",
+            "statement",
+            "statement",
+            "statement",
+            "question",
+            "question",
+            "reaction",
+        )
+    )
 
 
 def _user_valence(kind: str, prev_valence: float, mood_dev: float, dice: _Dice) -> int:
@@ -649,8 +820,9 @@ def _with_opener(text: str, dice: _Dice) -> str:
 
 
 def _fill(template: str, vocab: dict[str, tuple[str, ...]], dice: _Dice) -> str:
-    return template.format(noun=dice.pick(vocab["noun"]), activity=dice.pick(vocab["activity"]),
-                           name=dice.pick(vocab["name"]))
+    return template.format(
+        noun=dice.pick(vocab["noun"]), activity=dice.pick(vocab["activity"]), name=dice.pick(vocab["name"])
+    )
 
 
 def _event(valence: int, vocab: dict[str, tuple[str, ...]], dice: _Dice) -> str:
@@ -701,8 +873,9 @@ def ai_utterance(act: str, topic: str, tone: int, earlier: list[str], dice: _Dic
     return " ".join(_capitalise(s) for s in split_sentences(text))
 
 
-def simulate_dialogue(params: SimulationParams, n_turns: int, listener: Listener,
-                      persona: Persona, rng: np.random.Generator) -> Dialogue:
+def simulate_dialogue(
+    params: SimulationParams, n_turns: int, listener: Listener, persona: Persona, rng: np.random.Generator
+) -> Dialogue:
     """Alternate User and AI turns; pick acts, words and the planted quality of AI turns."""
     dice = _Dice(rng)
     turn_z = rng.standard_normal(n_turns)  # per-turn noise, drawn up front
@@ -723,13 +896,17 @@ def simulate_dialogue(params: SimulationParams, n_turns: int, listener: Listener
             text = user_utterance(kind, valence, topic, dice)
             long_turn = text.count(" ") + 1 >= LONG_TURN_WORDS
             prev_valence = valence
-            d.roles.append("User"); d.acts.append(kind); d.topics.append(topic)
-            d.texts.append(text); d.valence.append(float(valence))
-            d.tone.append(math.nan); d.fit.append(math.nan); d.quality.append(math.nan)
+            d.roles.append("User")
+            d.acts.append(kind)
+            d.topics.append(topic)
+            d.texts.append(text)
+            d.valence.append(float(valence))
+            d.tone.append(math.nan)
+            d.fit.append(math.nan)
+            d.quality.append(math.nan)
             continue
         # ---- the AI: with probability `skill` it reads the context, else it follows habit
-        cdf = _skilled_cdf(kind, valence, long_turn, last_ai) if dice.chance(persona.skill) \
-            else persona.habit_cdf
+        cdf = _skilled_cdf(kind, valence, long_turn, last_ai) if dice.chance(persona.skill) else persona.habit_cdf
         act = ACTS[dice.draw_cdf(cdf)]
         if act == "repetition" and not ai_texts:
             act = "generic_question"  # nothing to repeat yet
@@ -738,19 +915,27 @@ def simulate_dialogue(params: SimulationParams, n_turns: int, listener: Listener
         # Wording polarity: agrees with the turn's quality with probability
         # sentiment_coupling, else a coin flip (three draws always, to keep the dice in step).
         has_tone, agree, coin = dice.u() < TONE_RATE, dice.chance(params.sentiment_coupling), dice.u()
-        tone = ((1 if q > TONE_GOOD_Q else -1) if agree else (1 if coin < 0.5 else -1)) \
-            if has_tone and act != "repetition" else 0  # a repeated line keeps its old wording
+        tone = (
+            ((1 if q > TONE_GOOD_Q else -1) if agree else (1 if coin < 0.5 else -1))
+            if has_tone and act != "repetition"
+            else 0
+        )  # a repeated line keeps its old wording
         ai_topic = dice.pick([t for t in TOPIC_NAMES if t != topic]) if act == "off_topic" else topic
         text = ai_utterance(act, ai_topic, tone, ai_texts, dice)
         ai_texts.append(text)
-        d.roles.append("AI"); d.acts.append(act); d.topics.append(ai_topic); d.texts.append(text)
-        d.valence.append(math.nan); d.tone.append(float(tone)); d.fit.append(fit); d.quality.append(q)
+        d.roles.append("AI")
+        d.acts.append(act)
+        d.topics.append(ai_topic)
+        d.texts.append(text)
+        d.valence.append(math.nan)
+        d.tone.append(float(tone))
+        d.fit.append(fit)
+        d.quality.append(q)
         prev_ai, last_ai = act, (last_ai + (act,))[-2:]
     return d
 
 
-def turn_times(n_words: np.ndarray, roles_ai: np.ndarray, rng: np.random.Generator
-               ) -> tuple[np.ndarray, np.ndarray]:
+def turn_times(n_words: np.ndarray, roles_ai: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Start and stop (s, 3 decimals) from word counts: ~2.5 words/s, jitter, short gaps."""
     rate = rng.uniform(*WORDS_PER_SECOND, size=2)[roles_ai.astype(int)]
     dur = n_words / rate * np.exp(rng.normal(0, 0.15, len(n_words))) + 0.3
@@ -766,8 +951,10 @@ def turn_times(n_words: np.ndarray, roles_ai: np.ndarray, rng: np.random.Generat
 # Per-second signals                                                           #
 # --------------------------------------------------------------------------- #
 
-def _face_probs(s: np.ndarray, coupling: float, expressiveness: float, noise_sd: float,
-                rng: np.random.Generator) -> np.ndarray:
+
+def _face_probs(
+    s: np.ndarray, coupling: float, expressiveness: float, noise_sd: float, rng: np.random.Generator
+) -> np.ndarray:
     """(n, 8) emotion probabilities: softmax(base + coupling·s·pull + noise)."""
     logits = FACE_BASE + coupling * s[:, None] * FACE_PULL
     logits[:, EMOTIONS.index("happiness")] += expressiveness
@@ -777,9 +964,15 @@ def _face_probs(s: np.ndarray, coupling: float, expressiveness: float, noise_sd:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def participant_signals(s: np.ndarray, speaking: np.ndarray, expressiveness: float,
-                        f0_base: float, params: SimulationParams, rng: np.random.Generator,
-                        coupling: float) -> dict[str, np.ndarray]:
+def participant_signals(
+    s: np.ndarray,
+    speaking: np.ndarray,
+    expressiveness: float,
+    f0_base: float,
+    params: SimulationParams,
+    rng: np.random.Generator,
+    coupling: float,
+) -> dict[str, np.ndarray]:
     """One participant's per-second columns, driven by the reaction level ``s`` ∈ [-1, 1].
 
     ``coupling`` scales how much the face follows ``s`` (face_coupling for the
@@ -789,8 +982,7 @@ def participant_signals(s: np.ndarray, speaking: np.ndarray, expressiveness: flo
     spk = speaking.astype(float)
     probs = _face_probs(s, coupling, expressiveness, params.face_noise, rng)
     probs[rng.random(n) < params.frame_dropout] = np.nan  # no face found this second
-    smile_p = _sigmoid(-1.1 + 1.5 * s + expressiveness + 0.4 * spk
-                       + _smooth_noise(rng, n, 1, params.smile_noise)[:, 0])
+    smile_p = _sigmoid(-1.1 + 1.5 * s + expressiveness + 0.4 * spk + _smooth_noise(rng, n, 1, params.smile_noise)[:, 0])
     gaze_p = _sigmoid(1.6 + 0.8 * s - 0.7 * spk + _smooth_noise(rng, n, 1, params.gaze_noise)[:, 0])
     listening = 1.0 - spk
     nod_yes_p = np.clip(params.nod_rate * (listening * (1 + 0.8 * s) + spk * 0.3), 0, 1)
@@ -814,15 +1006,15 @@ def participant_signals(s: np.ndarray, speaking: np.ndarray, expressiveness: flo
     return cols
 
 
-def reaction_levels(t: np.ndarray, start: np.ndarray, turn_level: np.ndarray, lag: float,
-                    rest_level: float) -> np.ndarray:
+def reaction_levels(
+    t: np.ndarray, start: np.ndarray, turn_level: np.ndarray, lag: float, rest_level: float
+) -> np.ndarray:
     """s at each second: the level of the latest turn started ``lag`` s before (rest before any)."""
     j = np.searchsorted(start, t - lag, side="right") - 1
     return np.where(j >= 0, turn_level[np.maximum(j, 0)], rest_level)
 
 
-def speaking_mask(t: np.ndarray, start: np.ndarray, stop: np.ndarray, mine: np.ndarray
-                  ) -> np.ndarray:
+def speaking_mask(t: np.ndarray, start: np.ndarray, stop: np.ndarray, mine: np.ndarray) -> np.ndarray:
     """1 where second t falls inside one of this participant's turns."""
     j = np.searchsorted(start, t, side="right") - 1
     jj = np.maximum(j, 0)
@@ -840,8 +1032,9 @@ def _timedelta_strings(n: int) -> pa.Array:
     """``"0 days HH:MM:SS"`` for seconds 0..n-1 (pandas' str(Timedelta) form), cached."""
     if not _TIMEDELTA_CACHE or len(_TIMEDELTA_CACHE[0]) < n:
         m = max(n, 4 * 3600)
-        _TIMEDELTA_CACHE[:] = [pa.array([f"{k // 86400} days {k % 86400 // 3600:02d}:"
-                                         f"{k % 3600 // 60:02d}:{k % 60:02d}" for k in range(m)])]
+        _TIMEDELTA_CACHE[:] = [
+            pa.array([f"{k // 86400} days {k % 86400 // 3600:02d}:{k % 3600 // 60:02d}:{k % 60:02d}" for k in range(m)])
+        ]
     return _TIMEDELTA_CACHE[0].slice(0, n)
 
 
@@ -862,19 +1055,22 @@ def csv_bytes(columns: dict[str, Any], quote_strings: bool = True) -> bytes:
     """
     table = pa.table({k: _arrow(v) for k, v in columns.items()})
     sink = pa.BufferOutputStream()
-    pacsv.write_csv(table, sink, pacsv.WriteOptions(
-        include_header=False, quoting_style="needed" if quote_strings else "none"))
+    pacsv.write_csv(
+        table, sink, pacsv.WriteOptions(include_header=False, quoting_style="needed" if quote_strings else "none")
+    )
     return (",".join(columns) + "\n").encode() + sink.getvalue().to_pybytes()
 
 
-def _transcript_columns(speaker: Sequence[str], start: np.ndarray, stop: np.ndarray,
-                        texts: Sequence[str]) -> dict[str, Any]:
+def _transcript_columns(
+    speaker: Sequence[str], start: np.ndarray, stop: np.ndarray, texts: Sequence[str]
+) -> dict[str, Any]:
     """The cliffhanger-style columns shared by the three segmentations."""
     interval = np.round(start - np.append(np.nan, stop[:-1]), 3)
     return {
         "turn_id": np.arange(len(texts), dtype=np.int64),
         "speaker": list(speaker),
-        "start": start, "stop": stop,
+        "start": start,
+        "stop": stop,
         "utterance": list(texts),
         "interval": interval,
         "delta": np.round(stop - start, 3),
@@ -885,8 +1081,9 @@ def _transcript_columns(speaker: Sequence[str], start: np.ndarray, stop: np.ndar
     }
 
 
-def audiophile_rows(speaker: Sequence[str], start: np.ndarray, stop: np.ndarray,
-                    texts: Sequence[str]) -> dict[str, Any]:
+def audiophile_rows(
+    speaker: Sequence[str], start: np.ndarray, stop: np.ndarray, texts: Sequence[str]
+) -> dict[str, Any]:
     """Split each turn into one row per sentence, times proportional to word counts."""
     spk, st, sp, tx = [], [], [], []
     for who, a, b, text in zip(speaker, start.tolist(), stop.tolist(), texts):
@@ -894,15 +1091,23 @@ def audiophile_rows(speaker: Sequence[str], start: np.ndarray, stop: np.ndarray,
         words = [len(s.split()) for s in sentences]
         bounds = [a + (b - a) * c / sum(words) for c in accumulate(words, initial=0)]
         for k, s in enumerate(sentences):
-            spk.append(who); tx.append(s); st.append(bounds[k]); sp.append(bounds[k + 1])
+            spk.append(who)
+            tx.append(s)
+            st.append(bounds[k])
+            sp.append(bounds[k + 1])
     st_a, sp_a = np.round(np.array(st), 3), np.round(np.array(sp), 3)
     sp_a = np.minimum(sp_a, np.append(st_a[1:], np.inf))
     return _transcript_columns(spk, st_a, sp_a, tx)
 
 
-def backchannel_columns(speaker_ids: tuple[str, str], roles_ai: np.ndarray, start: np.ndarray,
-                        stop: np.ndarray, pleasantness: np.ndarray, rng: np.random.Generator
-                        ) -> dict[str, Any]:
+def backchannel_columns(
+    speaker_ids: tuple[str, str],
+    roles_ai: np.ndarray,
+    start: np.ndarray,
+    stop: np.ndarray,
+    pleasantness: np.ndarray,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     """Short listener backchannels during long turns (extra to the cliffhanger turns).
 
     The User says "mhm" more often during pleasant AI turns (a mild, honest cue).
@@ -931,14 +1136,21 @@ def backchannel_columns(speaker_ids: tuple[str, str], roles_ai: np.ndarray, star
 def _survey_items(score: int, rng: np.random.Generator) -> dict[str, Any]:
     """Survey items correlated with overall_affect, plus demographics."""
     noisy = lambda sd: int(np.clip(round(score + rng.normal(0, sd)), 1, 10))  # noqa: E731
-    return {"overall_affect": score, "end_affect": noisy(1.2), "how_enjoyable": noisy(1.0),
-            "i_like_you": noisy(1.4), "conversationalist": noisy(1.6),
-            "age": int(rng.integers(18, 71)), "sex": "female" if rng.random() < 0.55 else "male"}
+    return {
+        "overall_affect": score,
+        "end_affect": noisy(1.2),
+        "how_enjoyable": noisy(1.0),
+        "i_like_you": noisy(1.4),
+        "conversationalist": noisy(1.6),
+        "age": int(rng.integers(18, 71)),
+        "sex": "female" if rng.random() < 0.55 else "male",
+    }
 
 
 # --------------------------------------------------------------------------- #
 # One conversation end to end                                                  #
 # --------------------------------------------------------------------------- #
+
 
 def _streams(params: SimulationParams, index: int) -> dict[str, np.random.Generator]:
     """Independent generators per stage, keyed by (seed, index, stage)."""
@@ -952,8 +1164,9 @@ def simulate_conversation(params: SimulationParams, index: int) -> tuple[str, di
     Pure: no file is written. ``metadata.json`` is returned as a dict.
     """
     rng = _streams(params, index)
-    convo_id = str(uuid.UUID(int=int(rng["ids"].integers(0, 2**63)) << 64
-                             | int(rng["ids"].integers(0, 2**63)), version=4))
+    convo_id = str(
+        uuid.UUID(int=int(rng["ids"].integers(0, 2**63)) << 64 | int(rng["ids"].integers(0, 2**63)), version=4)
+    )
     user_id, ai_id = _hex_id(rng["ids"], 24), _hex_id(rng["ids"], 24)
 
     listener, persona = draw_listener(params, rng["people"]), draw_persona(rng["people"])
@@ -976,44 +1189,74 @@ def simulate_conversation(params: SimulationParams, index: int) -> tuple[str, di
     files: dict[str, Any] = {}
     cliff = _transcript_columns(speakers, start, stop, texts)
     files["transcription/transcript_cliffhanger.csv"] = csv_bytes(cliff)
-    files["transcription/transcript_audiophile.csv"] = csv_bytes(
-        audiophile_rows(speakers, start, stop, texts))
+    files["transcription/transcript_audiophile.csv"] = csv_bytes(audiophile_rows(speakers, start, stop, texts))
     files["transcription/transcript_backbiter.csv"] = csv_bytes(
-        {**cliff, **backchannel_columns((user_id, ai_id), is_ai, start, stop, p, rng["timing"])})
+        {**cliff, **backchannel_columns((user_id, ai_id), is_ai, start, stop, p, rng["timing"])}
+    )
 
     files["audio_video_features.csv"] = _frames_csv(
-        params, listener, start, stop, is_ai, p, np.array(d.valence), user_id, ai_id, rng["signals"])
+        params, listener, start, stop, is_ai, p, np.array(d.valence), user_id, ai_id, rng["signals"]
+    )
 
     srv = rng["survey"]
     ai_score = int(np.clip(round(srv.normal(7.4, 1.8)), 1, 10))
-    rows = [{"user_id": user_id, "convo_id": convo_id, **_survey_items(score, srv)},
-            {"user_id": ai_id, "convo_id": convo_id, **_survey_items(ai_score, srv)}]
+    rows = [
+        {"user_id": user_id, "convo_id": convo_id, **_survey_items(score, srv)},
+        {"user_id": ai_id, "convo_id": convo_id, **_survey_items(ai_score, srv)},
+    ]
     if srv.random() < 0.5:  # real survey rows come in no particular order
         rows.reverse()
     files["survey.csv"] = csv_bytes({k: [r[k] for r in rows] for k in rows[0]})
 
-    files["simulation_truth.csv"] = csv_bytes({
-        "turn_id": np.arange(n_turns, dtype=np.int64), "speaker": speakers, "role": d.roles,
-        "start": start, "stop": stop, "act": d.acts, "topic": d.topics,
-        "true_reward": np.round(true_reward, 6), "fit": np.round(np.array(d.fit), 4),
-        "pleasantness": np.round(p, 6), "valence": np.array(d.valence), "tone": np.array(d.tone),
-    })
+    files["simulation_truth.csv"] = csv_bytes(
+        {
+            "turn_id": np.arange(n_turns, dtype=np.int64),
+            "speaker": speakers,
+            "role": d.roles,
+            "start": start,
+            "stop": stop,
+            "act": d.acts,
+            "topic": d.topics,
+            "true_reward": np.round(true_reward, 6),
+            "fit": np.round(np.array(d.fit), 4),
+            "pleasantness": np.round(p, 6),
+            "valence": np.array(d.valence),
+            "tone": np.array(d.tone),
+        }
+    )
     files["metadata.json"] = {
-        "convo_id": convo_id, "participants": [user_id, ai_id],
-        "duration": float(stop[-1]), "topics": list(dict.fromkeys(d.topics)),
-        "simulated": True, "seed": params.seed, "index": index,
+        "convo_id": convo_id,
+        "participants": [user_id, ai_id],
+        "duration": float(stop[-1]),
+        "topics": list(dict.fromkeys(d.topics)),
+        "simulated": True,
+        "seed": params.seed,
+        "index": index,
         "simulator_version": SIMULATOR_VERSION,
-        "truth": {"listener_mood": round(listener.mood, 6), "ai_skill": round(persona.skill, 6),
-                  "ai_habits": {a: round(v, 6) for a, v in persona.habits.items()},
-                  "listener_taste": {a: round(v, 6) for a, v in listener.taste.items()},
-                  "mean_true_reward": round(total, 6), "overall_affect": score},
+        "truth": {
+            "listener_mood": round(listener.mood, 6),
+            "ai_skill": round(persona.skill, 6),
+            "ai_habits": {a: round(v, 6) for a, v in persona.habits.items()},
+            "listener_taste": {a: round(v, 6) for a, v in listener.taste.items()},
+            "mean_true_reward": round(total, 6),
+            "overall_affect": score,
+        },
     }
     return convo_id, files
 
 
-def _frames_csv(params: SimulationParams, listener: Listener, start: np.ndarray, stop: np.ndarray,
-                is_ai: np.ndarray, p: np.ndarray, valence: np.ndarray, user_id: str, ai_id: str,
-                rng: np.random.Generator) -> bytes:
+def _frames_csv(
+    params: SimulationParams,
+    listener: Listener,
+    start: np.ndarray,
+    stop: np.ndarray,
+    is_ai: np.ndarray,
+    p: np.ndarray,
+    valence: np.ndarray,
+    user_id: str,
+    ai_id: str,
+    rng: np.random.Generator,
+) -> bytes:
     """audio_video_features.csv: one row per second per participant, sorted by user_id then time."""
     n_sec = int(math.floor(stop[-1])) + 1
     t = np.arange(n_sec, dtype=float)
@@ -1027,11 +1270,18 @@ def _frames_csv(params: SimulationParams, listener: Listener, start: np.ndarray,
     s_ai = 2 * _sigmoid(ai_mood + _smooth_noise(rng, n_sec, 1, 0.8)[:, 0]) - 1
     f0 = rng.uniform(110, 220, size=2)
     blocks = {
-        user_id: participant_signals(s_user, speaking_mask(t, start, stop, ~is_ai),
-                                     listener.expressiveness, f0[0], params, rng,
-                                     params.face_coupling),
-        ai_id: participant_signals(s_ai, speaking_mask(t, start, stop, is_ai),
-                                   rng.normal(0, EXPRESSIVENESS_SD), f0[1], params, rng, 2.0),
+        user_id: participant_signals(
+            s_user,
+            speaking_mask(t, start, stop, ~is_ai),
+            listener.expressiveness,
+            f0[0],
+            params,
+            rng,
+            params.face_coupling,
+        ),
+        ai_id: participant_signals(
+            s_ai, speaking_mask(t, start, stop, is_ai), rng.normal(0, EXPRESSIVENESS_SD), f0[1], params, rng, 2.0
+        ),
     }
     order = sorted(blocks)
     td = _timedelta_strings(n_sec)
@@ -1047,6 +1297,7 @@ def _frames_csv(params: SimulationParams, listener: Listener, start: np.ndarray,
 # --------------------------------------------------------------------------- #
 # The corpus                                                                   #
 # --------------------------------------------------------------------------- #
+
 
 def write_conversation(out_dir: Path, convo_id: str, files: dict[str, Any]) -> None:
     """Write one conversation's files atomically into ``out_dir/<convo_id>/``."""
@@ -1097,8 +1348,7 @@ def _remove_stale(out_dir: Path, keep: set[str]) -> None:
                 shutil.rmtree(child)
 
 
-def simulate_corpus(params: SimulationParams, out_dir: str | Path, workers: int = 2,
-                    progress: bool = True) -> Path:
+def simulate_corpus(params: SimulationParams, out_dir: str | Path, workers: int = 2, progress: bool = True) -> Path:
     """Write ``params.n_conversations`` simulated conversations in CANDOR layout under ``out_dir``.
 
     Deterministic: the same knobs give byte-identical files whatever ``workers``.

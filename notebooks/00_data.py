@@ -40,8 +40,8 @@ data_path = ""
 from IPython.display import display
 
 from geli_lib import data, features, figures
-from geli_lib.params import load_params
 from geli_lib.io import write_csv
+from geli_lib.params import load_params
 from geli_lib.runs import results_dir, timed
 
 params = load_params(profile, corpus=corpus, data_path=data_path)

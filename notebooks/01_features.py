@@ -84,8 +84,9 @@ else:
     motions = ["still", "still", "nod", "nod", "still", "still", "shake", "shake"]
     motions += ["still"] * (clip_seconds - len(motions))
     face.write_face_clip(photos["astronaut"], recordings / "demo" / "astronaut.avi", motions)
-    prosody.write_tone(recordings / "demo" / "astronaut.wav", (140.0, 220.0), clip_seconds,
-                       harmonics=8, syllables_per_s=1.5)
+    prosody.write_tone(
+        recordings / "demo" / "astronaut.wav", (140.0, 220.0), clip_seconds, harmonics=8, syllables_per_s=1.5
+    )
     face.write_face_clip(photos["grace_hopper"], recordings / "demo" / "hopper.avi", ["still"] * clip_seconds)
 
 # %% [markdown]
@@ -103,8 +104,22 @@ with timed(results, "01: extract listener features"):
 print(report["counts"], "failed:", report["failed"] or "none")
 done = sorted(p for p in out.rglob("*.json") if p.name != "features_report.json")  # one per listener
 reports = pd.DataFrame([json.loads(p.read_text()) for p in done])
-display(reports[["user_id", "seconds", "video_seconds", "audio_seconds", "face_samples", "samples",
-                 "seconds_without_face", "seconds_without_audio", "elapsed_s", "warnings"]])
+display(
+    reports[
+        [
+            "user_id",
+            "seconds",
+            "video_seconds",
+            "audio_seconds",
+            "face_samples",
+            "samples",
+            "seconds_without_face",
+            "seconds_without_audio",
+            "elapsed_s",
+            "warnings",
+        ]
+    ]
+)
 
 # %%
 rows = {p.stem: pd.read_csv(p.with_suffix(".csv")) for p in done}
@@ -123,21 +138,44 @@ for name, df in rows.items():
 if not recordings_dir:
     convo = out / "demo"
     (convo / "transcription").mkdir(exist_ok=True)
-    pd.DataFrame({
-        "turn_id": ["t0", "t1", "t2", "t3"], "speaker": ["astronaut", "hopper", "astronaut", "hopper"],
-        "start": [0.0, 0.5, 5.0, 5.5], "stop": [0.4, 4.9, 5.4, clip_seconds - 0.5],
-        "utterance": ["hello", "so what was it like to see the earth from orbit for the first time",
-                      "wow", "and would you go back if they asked you to fly the shuttle again"],
-    }).to_csv(convo / "transcription" / "transcript_cliffhanger.csv", index=False)
+    pd.DataFrame(
+        {
+            "turn_id": ["t0", "t1", "t2", "t3"],
+            "speaker": ["astronaut", "hopper", "astronaut", "hopper"],
+            "start": [0.0, 0.5, 5.0, 5.5],
+            "stop": [0.4, 4.9, 5.4, clip_seconds - 0.5],
+            "utterance": [
+                "hello",
+                "so what was it like to see the earth from orbit for the first time",
+                "wow",
+                "and would you go back if they asked you to fly the shuttle again",
+            ],
+        }
+    ).to_csv(convo / "transcription" / "transcript_cliffhanger.csv", index=False)
     pd.DataFrame({"user_id": ["astronaut", "hopper"], "overall_affect": [9, 7]}).to_csv(
-        convo / "survey.csv", index=False)
+        convo / "survey.csv", index=False
+    )
     demo = load_candor(out, params.data, progress=False)
     summary = turn_listener_summary(demo)
     summary["descriptor"] = describe_listener(summary)
     text = demo.turns.set_index(["convo_id", "turn_idx"])["utterance"]
     summary["utterance"] = [text[k] for k in zip(summary["convo_id"], summary["turn_idx"])]
-    display(summary[["start", "stop", "utterance", "top_emotion", "va_label", "va_label_2s", "nod_yes_any",
-                     "nod_no_any", "f0_slope", "descriptor"]])
+    display(
+        summary[
+            [
+                "start",
+                "stop",
+                "utterance",
+                "top_emotion",
+                "va_label",
+                "va_label_2s",
+                "nod_yes_any",
+                "nod_no_any",
+                "f0_slope",
+                "descriptor",
+            ]
+        ]
+    )
 
 # %% [markdown]
 # The same function describes every AI turn of the study's corpus (here the simulated one, whose
@@ -153,5 +191,7 @@ first = s[s["convo_id"] == s["convo_id"].iloc[0]].head(descriptor_turns)
 turns = corpus_data.turns.set_index(["convo_id", "turn_idx"])
 first = first.assign(utterance=[turns.loc[k, "utterance"] for k in zip(first["convo_id"], first["turn_idx"])])
 display(first[["turn_idx", "utterance", "va_label", "descriptor"]])
-print(f"{len(s)} AI turns described; Γ agreement frame-wise vs 2-s windows: "
-      f"{(s['va_label'] == s['va_label_2s']).mean():.1%}")
+print(
+    f"{len(s)} AI turns described; Γ agreement frame-wise vs 2-s windows: "
+    f"{(s['va_label'] == s['va_label_2s']).mean():.1%}"
+)

@@ -59,8 +59,10 @@ results = params.results_key  # results/<profile>[/<corpus>]: other corpora neve
 # %%
 with timed(results, "02: prepare reward data"):
     data = experiments.prepare_reward_data(params)
-print(f"{len(data.train)} training conversations, {data.pairs['split'].eq('reward_test').sum()} "
-      f"held-out pairs, feature dim {data.features.shape[1]}")
+print(
+    f"{len(data.train)} training conversations, {data.pairs['split'].eq('reward_test').sum()} "
+    f"held-out pairs, feature dim {data.features.shape[1]}"
+)
 
 # %% [markdown]
 # ## Train and evaluate on held-out whole conversations
@@ -79,16 +81,19 @@ print(f"{len(data.train)} training conversations, {data.pairs['split'].eq('rewar
 
 # %%
 with timed(results, "02: train GE methods"):
-    rows, preds = experiments.run_methods(data, experiments.table1_specs(params, "ge"),
-                                          params.seeds, params)
+    rows, preds = experiments.run_methods(data, experiments.table1_specs(params, "ge"), params.seeds, params)
 experiments.write_rows(results, "ge", rows, data, preds)
 display(experiments.table1(rows))
 
 # %%
 best = experiments.table1_best(rows[rows["family"] != "baseline"], "l_ge_mse")
 mean = experiments.table1_best(rows[rows["method"] == "Mean"], "l_ge_mse")
-display(Markdown(f"Lowest held-out L_GE MSE of a learnt decomposition: **{best.name}** ({best.l_ge_mse:.1f}), "
-                 f"against {mean.l_ge_mse:.1f} for the constant Mean ({best.l_ge_mse / mean.l_ge_mse:.2f}×)."))
+display(
+    Markdown(
+        f"Lowest held-out L_GE MSE of a learnt decomposition: **{best.name}** ({best.l_ge_mse:.1f}), "
+        f"against {mean.l_ge_mse:.1f} for the constant Mean ({best.l_ge_mse / mean.l_ge_mse:.2f}×)."
+    )
+)
 
 # %% [markdown]
 # ## Training curves
@@ -96,6 +101,7 @@ display(Markdown(f"Lowest held-out L_GE MSE of a learnt decomposition: **{best.n
 # The training loss per epoch, one line per seed (each method's loss has its own unit).
 
 # %%
-curves = {name: experiments.saved_info(params, name, params.seeds, "loss") for name in preds
-          if name not in ("Mean", "Mode")}
+curves = {
+    name: experiments.saved_info(params, name, params.seeds, "loss") for name in preds if name not in ("Mean", "Mode")
+}
 figures.save_figure(figures.loss_curves(curves), results, "02_loss_curves")

@@ -69,8 +69,13 @@ from geli_lib import experiments, figures, losses, reward_model
 from geli_lib.params import load_params
 from geli_lib.runs import timed
 
-params = load_params(profile, corpus=corpus, data_path=data_path, seeds=None if seed is None else [seed],
-                     reward={"lam": lam, "K": K, "ge_method": ge_method, "li_signal": li_signal})
+params = load_params(
+    profile,
+    corpus=corpus,
+    data_path=data_path,
+    seeds=None if seed is None else [seed],
+    reward={"lam": lam, "K": K, "ge_method": ge_method, "li_signal": li_signal},
+)
 results = params.results_key  # results/<profile>[/<corpus>][/adhoc/…]: never over another run's results
 seeds = params.seeds
 
@@ -83,8 +88,8 @@ seeds = params.seeds
 
 # %%
 mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])  # two conversations: 5 and 3 AI turns
-r_hat = torch.tensor([[15., 20., 10., 25., 10.], [20., 10., 15., 0., 0.]])  # r_θ(s_t, a_t) at this step
-R = torch.tensor([65., 55.])  # their session scores
+r_hat = torch.tensor([[15.0, 20.0, 10.0, 25.0, 10.0], [20.0, 10.0, 15.0, 0.0, 0.0]])  # r_θ(s_t, a_t) at this step
+R = torch.tensor([65.0, 55.0])  # their session scores
 T_bar, K = 4.0, 2  # the unit of r̂ (R ≈ (T̄/T)·Σ_t r̂_t), and RRD's sample size
 print("(T̄/T)·Σ_t r̂_t per conversation:", losses.session_estimate(r_hat, mask, T_bar).tolist())
 print("L_GE, eq. 4 (every turn):", losses.sum_decomposition_loss(r_hat, mask, R, T_bar).item())
@@ -99,8 +104,12 @@ gen = torch.Generator().manual_seed(0)
 idx, valid = losses.sample_rrd_indices(mask.sum(1), K, generator=gen)  # I ~ ρ_T: K distinct turns each
 S_hat = T_bar * r_hat.gather(1, idx).mean(1)  # (T̄/K)·Σ_{t∈I} r̂_t
 print("sampled turns:", idx.tolist(), " Ŝ:", S_hat.tolist())
-print("L_RRD by hand:", ((R - S_hat) ** 2).mean().item(),
-      " losses.rrd_loss:", losses.rrd_loss(r_hat, mask, R, idx, valid, T_bar).item())
+print(
+    "L_RRD by hand:",
+    ((R - S_hat) ** 2).mean().item(),
+    " losses.rrd_loss:",
+    losses.rrd_loss(r_hat, mask, R, idx, valid, T_bar).item(),
+)
 
 # %% [markdown]
 # Unbiased for the estimate is not unbiased for the loss. Over many draws the RRD loss is eq. 4
@@ -114,10 +123,12 @@ draws = [losses.sample_rrd_indices(mask.sum(1), K, generator=gen) for _ in range
 plain = torch.stack([losses.rrd_loss(r_hat, mask, R, i, v, T_bar) for i, v in draws]).mean()
 corrected = torch.stack([losses.rrd_loss(r_hat, mask, R, i, v, T_bar, bias_correction=True) for i, v in draws])
 T = mask.sum(1)
-var = T_bar ** 2 * (1 - K / T) * torch.stack([r_hat[b, :t].var() for b, t in enumerate(T.tolist())]) / K
-print(f"mean of 10,000 draws: L_RRD {plain:.1f} ≈ eq. 4 + mean Var_I(Ŝ) = "
-      f"{losses.sum_decomposition_loss(r_hat, mask, R, T_bar):.1f} + {var.mean():.1f}; "
-      f"bias-corrected {corrected.mean():.1f}")
+var = T_bar**2 * (1 - K / T) * torch.stack([r_hat[b, :t].var() for b, t in enumerate(T.tolist())]) / K
+print(
+    f"mean of 10,000 draws: L_RRD {plain:.1f} ≈ eq. 4 + mean Var_I(Ŝ) = "
+    f"{losses.sum_decomposition_loss(r_hat, mask, R, T_bar):.1f} + {var.mean():.1f}; "
+    f"bias-corrected {corrected.mean():.1f}"
+)
 
 # %% [markdown]
 # The local term (eq. 6) regresses each turn on the listener's signal: $r_{LI} = \Gamma \cdot s$,
@@ -126,7 +137,7 @@ print(f"mean of 10,000 draws: L_RRD {plain:.1f} ≈ eq. 4 + mean Var_I(Ŝ) = "
 # scales: λ is not a share.
 
 # %%
-gamma = torch.tensor([[0., 1., 0., 1., float("nan")], [1., 0., 0., 0., 0.]])  # Γ of each turn (eq. 7)
+gamma = torch.tensor([[0.0, 1.0, 0.0, 1.0, float("nan")], [1.0, 0.0, 0.0, 0.0, 0.0]])  # Γ of each turn (eq. 7)
 l_li = losses.li_loss(r_hat, mask, gamma * 40.0)  # eq. 6
 l_ge = losses.rrd_loss(r_hat, mask, R, idx, valid, T_bar)  # eq. 9, the draw above
 print(f"L_LI {l_li:.1f}, L_GE {l_ge:.1f}; eq. 2 at λ = 0.5: {losses.geli_loss(l_ge, l_li, 0.5):.1f}")

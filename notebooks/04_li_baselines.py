@@ -51,8 +51,12 @@ display(experiments.table1(rows))
 
 # %%
 best = experiments.table1_best(rows, "delta_li_within", lowest=False)
-display(Markdown(f"Largest Δr̂_LI within conversations: **{best.name}** ({best.delta_li_within:.3f}); "
-                 f"its L_GE MSE is {best.l_ge_mse:.1f}."))
+display(
+    Markdown(
+        f"Largest Δr̂_LI within conversations: **{best.name}** ({best.delta_li_within:.3f}); "
+        f"its L_GE MSE is {best.l_ge_mse:.1f}."
+    )
+)
 
 # %% [markdown]
 # ## Training curves

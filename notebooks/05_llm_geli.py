@@ -58,8 +58,13 @@ from geli_lib.evaluation import REWARD_TABLE_COLUMNS
 from geli_lib.params import load_params
 from geli_lib.runs import timed
 
-params = load_params(profile, corpus=corpus, data_path=data_path, seeds=None if seed is None else [seed],
-                     llm={"backend": backend} if backend else None)
+params = load_params(
+    profile,
+    corpus=corpus,
+    data_path=data_path,
+    seeds=None if seed is None else [seed],
+    llm={"backend": backend} if backend else None,
+)
 results = params.results_key  # results/<profile>[/<corpus>][/adhoc/…]: never over another run's results
 seeds = params.seeds
 
@@ -99,9 +104,25 @@ with timed(results, "05: decompose"):
     everything = llm.build_chunks(data.corpus, data.train.convo_ids, params.llm, "text")
     reference = llm.decompose(everything, llm.ReferenceDecomposer(), params.llm, cache)
 print(f"{decomposer.name} ({decomposer.model}): {cache.misses} model call(s), {cache.hits} answer(s) from the cache")
-display(pd.concat([d.chunks for d in decs.values()], ignore_index=True)
-        [["convo_id", "chunk", "variant", "status", "attempts", "n_ai_turns", "n_annotated", "share", "raw_sum",
-          "deviation", "rescaled", "unknown_ids", "reason"]])
+display(
+    pd.concat([d.chunks for d in decs.values()], ignore_index=True)[
+        [
+            "convo_id",
+            "chunk",
+            "variant",
+            "status",
+            "attempts",
+            "n_ai_turns",
+            "n_annotated",
+            "share",
+            "raw_sum",
+            "deviation",
+            "rescaled",
+            "unknown_ids",
+            "reason",
+        ]
+    ]
+)
 
 # %% [markdown]
 # ## How good are the labels? (against the planted truth)
@@ -119,16 +140,39 @@ display(pd.concat([d.chunks for d in decs.values()], ignore_index=True)
 #   decomposer's labels.
 
 # %%
-on_llm_ids = llm.Decomposition(reference.backend, reference.model,
-                               reference.labels[reference.labels["convo_id"].isin(ids)],
-                               reference.chunks[reference.chunks["convo_id"].isin(ids)])
+on_llm_ids = llm.Decomposition(
+    reference.backend,
+    reference.model,
+    reference.labels[reference.labels["convo_id"].isin(ids)],
+    reference.chunks[reference.chunks["convo_id"].isin(ids)],
+)
 named = {f"{decomposer.name}: {v}": d for v, d in decs.items()}
-named.update({"reference (not an LLM), same conversations": on_llm_ids,
-              "reference (not an LLM), all training conversations": reference})
+named.update(
+    {
+        "reference (not an LLM), same conversations": on_llm_ids,
+        "reference (not an LLM), all training conversations": reference,
+    }
+)
 quality = llm.decomposition_table(named, data.corpus, reference=reference)
-display(quality[["decomposition", "chunks", "failed", "coverage", "annotated", "mean_abs_deviation",
-                 "mean_abs_deviation_labels", "gt_pearson", "gt_spearman", "gt_spearman_within", "ref_spearman",
-                 "ref_spearman_within", "from_cache"]].round(3))
+display(
+    quality[
+        [
+            "decomposition",
+            "chunks",
+            "failed",
+            "coverage",
+            "annotated",
+            "mean_abs_deviation",
+            "mean_abs_deviation_labels",
+            "gt_pearson",
+            "gt_spearman",
+            "gt_spearman_within",
+            "ref_spearman",
+            "ref_spearman_within",
+            "from_cache",
+        ]
+    ].round(3)
+)
 
 # %% [markdown]
 # ## Consistency (App. J)
@@ -170,7 +214,10 @@ rows, preds = [], {}
 with timed(results, "05: distil"):
     for v in variants:
         if not decs[v].labels["label"].notna().any():
-            print(f"{llm.distilled_name(v, decomposer)}: skipped, the {decomposer.name} decomposer produced no usable label")
+            print(
+                f"{llm.distilled_name(v, decomposer)}: skipped, "
+                f"the {decomposer.name} decomposer produced no usable label"
+            )
             continue
         labelled = llm.distillation_data(data, decs[v].labels)
         spec = experiments.MethodSpec(llm.distilled_name(v, decomposer), "llm")
@@ -194,10 +241,14 @@ for name in rows["method"].unique():  # labels beyond the head's range are clipp
 # %%
 q = quality.set_index("decomposition")
 for name, r in q.iterrows():
-    print(f"{name}: {r['coverage']:.0%} of AI turns labelled ({r['annotated']:.0%} scored by the decomposer, the "
-          f"rest 0), {r['failed']} of {r['chunks']} chunk(s) failed, mean |Σ answer − share| = "
-          f"{r['mean_abs_deviation']:.1f} points ({r['mean_abs_deviation_labels']:.1f} after rescaling), "
-          f"truth ρ pooled = {r['gt_spearman']:.2f}, within conversations = {r['gt_spearman_within']:.2f}; "
-          f"ρ with the reference decomposer pooled = {r['ref_spearman']:.2f}, within = {r['ref_spearman_within']:.2f}")
-print(f"consistency of two samples: {cons['agreement'].mean():.0%} (paper, o3-mini: 89%); a turn left "
-      "unannotated by both samples counts as agreement (App. J's third class), so read it with the annotated share")
+    print(
+        f"{name}: {r['coverage']:.0%} of AI turns labelled ({r['annotated']:.0%} scored by the decomposer, the "
+        f"rest 0), {r['failed']} of {r['chunks']} chunk(s) failed, mean |Σ answer − share| = "
+        f"{r['mean_abs_deviation']:.1f} points ({r['mean_abs_deviation_labels']:.1f} after rescaling), "
+        f"truth ρ pooled = {r['gt_spearman']:.2f}, within conversations = {r['gt_spearman_within']:.2f}; "
+        f"ρ with the reference decomposer pooled = {r['ref_spearman']:.2f}, within = {r['ref_spearman_within']:.2f}"
+    )
+print(
+    f"consistency of two samples: {cons['agreement'].mean():.0%} (paper, o3-mini: 89%); a turn left "
+    "unannotated by both samples counts as agreement (App. J's third class), so read it with the annotated share"
+)

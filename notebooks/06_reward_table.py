@@ -39,8 +39,8 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from geli_lib import experiments, figures
-from geli_lib.params import load_params
 from geli_lib.io import write_csv
+from geli_lib.params import load_params
 from geli_lib.runs import results_dir, timed
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
@@ -87,7 +87,11 @@ display(Markdown("\n".join(f"- {line}" for line in experiments.readings(rows, pl
 # %%
 pred_table = experiments.read_predictions(study, ["ge", "li", "geli", "llm"])
 first = sorted(pred_table["convo_id"].unique())[0]
-shown = [m for m in pred_table["method"].unique() if m.startswith(("GE: RRD (K=32)", "LI: Visual", "GELI", "LLM GELI", "Oracle"))]
+shown = [
+    m
+    for m in pred_table["method"].unique()
+    if m.startswith(("GE: RRD (K=32)", "LI: Visual", "GELI", "LLM GELI", "Oracle"))
+]
 fig = figures.unroll(pred_table, first, shown)
 figures.save_figure(fig, results, "06_unroll")
 
@@ -105,12 +109,18 @@ figures.save_figure(fig, results, "06_unroll")
 # %%
 with timed(results, "06: lambda sweep"):
     data = experiments.prepare_reward_data(params)
-    lam_rows = pd.concat([experiments.sweep(data, params, "lam", lams, spec)
-                          for spec in experiments.geli_variants(params)[:2]], ignore_index=True)
+    lam_rows = pd.concat(
+        [experiments.sweep(data, params, "lam", lams, spec) for spec in experiments.geli_variants(params)[:2]],
+        ignore_index=True,
+    )
 write_csv(results_dir(results, "tables") / "lambda_sweep.csv", lam_rows)
-fig = figures.sweep(lam_rows, "lam", {"l_ge_mse": "L_GE MSE ↓", "delta_li_within": "Δr̂_LI within ↑",
-                                      "gt_spearman_within": "ρ truth within ↑"}, xlabel="λ",
-                    xscale="symlog")
+fig = figures.sweep(
+    lam_rows,
+    "lam",
+    {"l_ge_mse": "L_GE MSE ↓", "delta_li_within": "Δr̂_LI within ↑", "gt_spearman_within": "ρ truth within ↑"},
+    xlabel="λ",
+    xscale="symlog",
+)
 figures.save_figure(fig, results, "06_lambda_sweep")
 
 # %%
@@ -129,9 +139,12 @@ if params.corpus == "simulated":
     with timed(results, "06: face-noise sweep"):
         noise_rows = experiments.face_noise_sweep(params, face_noises)
     write_csv(results_dir(results, "tables") / "face_noise_sweep.csv", noise_rows)
-    fig = figures.sweep(noise_rows, "face_noise", {"l_ge_mse": "L_GE MSE ↓", "delta_li": "Δr̂_LI ↑",
-                                                   "gt_spearman_within": "ρ truth within ↑"},
-                        xlabel="face noise (sd of logit noise)")
+    fig = figures.sweep(
+        noise_rows,
+        "face_noise",
+        {"l_ge_mse": "L_GE MSE ↓", "delta_li": "Δr̂_LI ↑", "gt_spearman_within": "ρ truth within ↑"},
+        xlabel="face noise (sd of logit noise)",
+    )
     figures.save_figure(fig, results, "06_face_noise_sweep")
 else:
     print("the face-noise sweep needs the simulated corpus")

@@ -58,8 +58,8 @@ esconv_path = ""  # ESConv JSON: adds its contexts to the generations
 soda_path = ""  # SODA JSON/JSONL: adds its contexts to the generations
 
 # %%
-from IPython.display import display
 import pandas as pd
+from IPython.display import display
 
 from geli_lib import data, experiments, figures, generation_eval, rl
 from geli_lib.io import write_csv
@@ -97,21 +97,44 @@ print(tok.decode(ids))
 # "More than one machine") the runs train there at once, and the loop below reads them back.
 
 # %%
-chosen = rl.select_reward_functions(experiments.saved_reward_functions(profile, corpus, seed), reward_fn,
-                                    params.rl)
+chosen = rl.select_reward_functions(experiments.saved_reward_functions(profile, corpus, seed), reward_fn, params.rl)
 curve = rl.curve_contexts(held_out, params.rl)
 if params.compute.scheduler != "serial":
     with timed(results, f"07: {params.rl.algorithm} on the cluster"):
-        rl.adapt_on_cluster(chosen, train, params.rl, profile, params.compute, corpus, seed, params.device,
-                            curve=curve, data=params.data, results_key=results)
+        rl.adapt_on_cluster(
+            chosen,
+            train,
+            params.rl,
+            profile,
+            params.compute,
+            corpus,
+            seed,
+            params.device,
+            curve=curve,
+            data=params.data,
+            results_key=results,
+        )
 runs = {}
 for name, folder in chosen.items():
     with timed(results, f"07: {params.rl.algorithm} {name}"):
-        runs[name] = rl.train_rl(name, folder, train, params.rl, profile, corpus, seed, params.device,
-                                 curve=curve, data=params.data, results_key=results)
-print(f"algorithm: {params.rl.algorithm}; {params.rl.steps} updates of {params.rl.batch_size} responses "
-      f"(group size {params.rl.group_size} for rloo/grpo), {params.rl.response_length}-token responses, "
-      f"lr {params.rl.lr:g}, KL target {params.rl.kl_target:g} nats")
+        runs[name] = rl.train_rl(
+            name,
+            folder,
+            train,
+            params.rl,
+            profile,
+            corpus,
+            seed,
+            params.device,
+            curve=curve,
+            data=params.data,
+            results_key=results,
+        )
+print(
+    f"algorithm: {params.rl.algorithm}; {params.rl.steps} updates of {params.rl.batch_size} responses "
+    f"(group size {params.rl.group_size} for rloo/grpo), {params.rl.response_length}-token responses, "
+    f"lr {params.rl.lr:g}, KL target {params.rl.kl_target:g} nats"
+)
 
 # %% [markdown]
 # ## Training curves (GELI Figs. 7-10)
@@ -140,11 +163,15 @@ contexts = [held_out]
 for name, path, loader in (("esconv", esconv_path, data.load_esconv), ("soda", soda_path, data.load_soda)):
     if path:
         other = loader(path, params.data)
-        contexts.append(rl.sample_contexts(rl.dialogue_contexts(other, history_turns=params.rl.history_turns),
-                                           params.rl.eval_contexts, seed))
+        contexts.append(
+            rl.sample_contexts(
+                rl.dialogue_contexts(other, history_turns=params.rl.history_turns), params.rl.eval_contexts, seed
+            )
+        )
 with timed(results, "07: generations"):
-    rows = rl.generations(pd.concat(contexts, ignore_index=True), {n: r.adapter for n, r in runs.items()},
-                          params.rl, seed, params.device)
+    rows = rl.generations(
+        pd.concat(contexts, ignore_index=True), {n: r.adapter for n, r in runs.items()}, params.rl, seed, params.device
+    )
     rl.write_generations(results, rows)
 first = rows["context_id"].iloc[0]
 print(rows[rows["context_id"] == first]["history"].iloc[0], "\n")

@@ -58,8 +58,10 @@ pd.set_option("display.max_colwidth", None)  # show whole responses and question
 params = load_params(profile, corpus=corpus, data_path=data_path)
 results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
 gens = ge.read_generations(generations_path or results_dir(results, "tables") / "generations.csv")
-print(f"{len(gens)} responses: {gens['model'].nunique()} models × {gens['context_id'].nunique()} contexts, "
-      f"seeds {sorted(gens['seed'].unique().tolist())}, corpora {sorted(gens['corpus'].unique().tolist())}")
+print(
+    f"{len(gens)} responses: {gens['model'].nunique()} models × {gens['context_id'].nunique()} contexts, "
+    f"seeds {sorted(gens['seed'].unique().tolist())}, corpora {sorted(gens['corpus'].unique().tolist())}"
+)
 
 # %% [markdown]
 # ## The models side by side (GELI Fig. 3, App. H)
@@ -69,8 +71,13 @@ print(f"{len(gens)} responses: {gens['model'].nunique()} models × {gens['contex
 # %%
 first = gens.iloc[0]
 print(first["history"])
-display(gens[(gens["context_id"] == first["context_id"]) & (gens["seed"] == first["seed"])
-             & (gens["corpus"] == first["corpus"])][["model", "response"]].set_index("model"))
+display(
+    gens[
+        (gens["context_id"] == first["context_id"])
+        & (gens["seed"] == first["seed"])
+        & (gens["corpus"] == first["corpus"])
+    ][["model", "response"]].set_index("model")
+)
 
 # %% [markdown]
 # ## Automatic scores (mean ± sd over seeds)
@@ -84,8 +91,10 @@ display(gens[(gens["context_id"] == first["context_id"]) & (gens["seed"] == firs
 # %%
 reward_fns = saved_reward_functions(profile, params.corpus)
 if not reward_fns:
-    print(f"no trained reward functions saved for {profile}/{params.corpus}: run notebooks 02-04 "
-          "for cross-scoring; the text metrics below do not need them")
+    print(
+        f"no trained reward functions saved for {profile}/{params.corpus}: run notebooks 02-04 "
+        "for cross-scoring; the text metrics below do not need them"
+    )
 with timed(results, "08: automatic evaluation"):
     per = ge.per_response(gens, params.eval, params.data, reward_fns, device=params.device)
     rows = ge.auto_eval(gens, params.eval, params.data, per=per)
@@ -112,8 +121,11 @@ print(cross.attrs["note"])
 display(cross)
 adapted = [m for m in stats["model"].unique() if m in set(stats["reward_fn"])]
 own = stats[stats["model"].isin(adapted) & (stats["model"] == stats["reward_fn"])]
-display(own[["corpus", "model", "mean", "sd", "sd_contexts", "n", "diff", "p", "test"]].round(4)
-        .rename(columns={"model": "adapted to (scored by its own reward)"}))
+display(
+    own[["corpus", "model", "mean", "sd", "sd_contexts", "n", "diff", "p", "test"]]
+    .round(4)
+    .rename(columns={"model": "adapted to (scored by its own reward)"})
+)
 
 # %%
 fig = figures.auto_eval_bars(rows)

@@ -95,19 +95,22 @@ display(example.filter(like="response_").rename(lambda c: c.removeprefix("respon
 where = Path(annotations_path) if annotations_path else root / "annotations"
 files = he.annotation_files(where)
 if not files:
-    print(f"No annotations yet: no result CSV at {he.shown_path(where, results_root)}.\n"
-          f"Open {he.shown_path(paths['form'], results_root)} in a browser (or run "
-          f"{paths['crowd_template'].name} on a crowdsourcing platform), save the answers there, "
-          "and re-run this notebook. No numbers are reported until then.")
+    print(
+        f"No annotations yet: no result CSV at {he.shown_path(where, results_root)}.\n"
+        f"Open {he.shown_path(paths['form'], results_root)} in a browser (or run "
+        f"{paths['crowd_template'].name} on a crowdsourcing platform), save the answers there, "
+        "and re-run this notebook. No numbers are reported until then."
+    )
 else:
     ann = he.read_annotations(files)
     selections, report = he.unblind(ann, he.load_keys(root), missing=missing)
     print(f"{len(files)} file(s): {report}")
     for name, sel in selections.groupby("corpus"):
-        table, stats = he.human_table(sel, params.eval.base_model, params.eval.human_spread,
-                                      params.eval.permutations)
-        print(f"{name}: {sel['item_id'].nunique()} items, {sel['annotator'].nunique()} annotator(s), "
-              f"± over {params.eval.human_spread}s")
+        table, stats = he.human_table(sel, params.eval.base_model, params.eval.human_spread, params.eval.permutations)
+        print(
+            f"{name}: {sel['item_id'].nunique()} items, {sel['annotator'].nunique()} annotator(s), "
+            f"± over {params.eval.human_spread}s"
+        )
         display(HTML(he.table_html(table, stats)))
         write_csv(results_dir(results, "tables") / f"human_eval_{name}.csv", stats)
     display(he.agreement(selections))

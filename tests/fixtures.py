@@ -31,11 +31,40 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geli_lib.schema import EMOTIONS, FACE_COLUMNS
+from geli_lib.schema import FACE_COLUMNS
 
-WORDS = ("so", "I", "think", "the", "weather", "was", "really", "nice", "today", "and", "we",
-         "went", "hiking", "up", "hill", "with", "my", "dog", "it", "felt", "great", "honestly",
-         "what", "about", "you", "do", "like", "music", "movies", "work")
+WORDS = (
+    "so",
+    "I",
+    "think",
+    "the",
+    "weather",
+    "was",
+    "really",
+    "nice",
+    "today",
+    "and",
+    "we",
+    "went",
+    "hiking",
+    "up",
+    "hill",
+    "with",
+    "my",
+    "dog",
+    "it",
+    "felt",
+    "great",
+    "honestly",
+    "what",
+    "about",
+    "you",
+    "do",
+    "like",
+    "music",
+    "movies",
+    "work",
+)
 ACTS = ("question", "empathy", "humour", "self_disclosure", "backchannel", "dismissive")
 SCORES = (7, 4, 9, 6, 8, 3, 10, 5, 2, 1)
 
@@ -71,16 +100,31 @@ def candor_spec(k: int, n_turns: int | None = None, pace: float = 0.4) -> dict[s
         reward = round(float(rng.normal(0, 10)), 2) if is_ai else np.nan
         if is_ai and i == 1:
             reward = 12.5  # the first AI turn is always a happy one
-        rows.append({"turn_id": str(i), "speaker": ai if is_ai else listener, "role": "AI" if is_ai else "User",
-                     "start": start, "stop": stop, "utterance": _utterance(rng, nw), "n_words": nw,
-                     "act": str(rng.choice(ACTS)) if is_ai else "", "true_reward": reward})
+        rows.append(
+            {
+                "turn_id": str(i),
+                "speaker": ai if is_ai else listener,
+                "role": "AI" if is_ai else "User",
+                "start": start,
+                "stop": stop,
+                "utterance": _utterance(rng, nw),
+                "n_words": nw,
+                "act": str(rng.choice(ACTS)) if is_ai else "",
+                "true_reward": reward,
+            }
+        )
         # mostly a small gap; sometimes a small overlap between speakers, as in CANDOR
         t = stop + (float(rng.uniform(0.2, 0.8)) if rng.random() > 0.2 else -0.3)
     turns = pd.DataFrame(rows)
-    return {"convo_id": convo_uuid(k), "listener": listener, "ai": ai,
-            "score_raw": SCORES[k % len(SCORES)], "turns": turns,
-            "happy": (turns["role"] == "AI") & (turns["true_reward"] > 0),
-            "no_face_second": 3}
+    return {
+        "convo_id": convo_uuid(k),
+        "listener": listener,
+        "ai": ai,
+        "score_raw": SCORES[k % len(SCORES)],
+        "turns": turns,
+        "happy": (turns["role"] == "AI") & (turns["true_reward"] > 0),
+        "no_face_second": 3,
+    }
 
 
 def _transcript_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -104,8 +148,9 @@ def audiophile_rows(turns: pd.DataFrame) -> pd.DataFrame:
         if len(words) >= 6:
             h = len(words) // 2
             cut = round(r.start + (r.stop - r.start) * h / len(words), 3)
-            rows.append({"speaker": r.speaker, "start": r.start, "stop": round(cut - 0.1, 3),
-                         "utterance": " ".join(words[:h])})
+            rows.append(
+                {"speaker": r.speaker, "start": r.start, "stop": round(cut - 0.1, 3), "utterance": " ".join(words[:h])}
+            )
             rows.append({"speaker": r.speaker, "start": cut, "stop": r.stop, "utterance": " ".join(words[h:])})
         else:
             rows.append({"speaker": r.speaker, "start": r.start, "stop": r.stop, "utterance": r.utterance})
@@ -128,19 +173,59 @@ def backbiter_rows(turns: pd.DataFrame) -> tuple[pd.DataFrame, int]:
             mid = round((r.start + r.stop) / 2, 3)
             h = len(words) // 2
             other = turns["speaker"][turns["speaker"] != r.speaker].iloc[0]
-            rows.append({"speaker": r.speaker, "start": r.start, "stop": mid, "utterance": " ".join(words[:h]),
-                         "backchannel": "mhm", "backchannel_count": 1, "backchannel_speaker": other,
-                         "backchannel_start": round(mid - 0.3, 3), "backchannel_stop": round(mid + 0.2, 3)})
-            rows.append({"speaker": other, "start": round(mid - 0.3, 3), "stop": round(mid + 0.2, 3),
-                         "utterance": "mhm", "backchannel": "", "backchannel_count": 0,
-                         "backchannel_speaker": "", "backchannel_start": np.nan, "backchannel_stop": np.nan})
-            rows.append({"speaker": r.speaker, "start": round(mid + 0.1, 3), "stop": r.stop,
-                         "utterance": " ".join(words[h:]), "backchannel": "", "backchannel_count": 0,
-                         "backchannel_speaker": "", "backchannel_start": np.nan, "backchannel_stop": np.nan})
+            rows.append(
+                {
+                    "speaker": r.speaker,
+                    "start": r.start,
+                    "stop": mid,
+                    "utterance": " ".join(words[:h]),
+                    "backchannel": "mhm",
+                    "backchannel_count": 1,
+                    "backchannel_speaker": other,
+                    "backchannel_start": round(mid - 0.3, 3),
+                    "backchannel_stop": round(mid + 0.2, 3),
+                }
+            )
+            rows.append(
+                {
+                    "speaker": other,
+                    "start": round(mid - 0.3, 3),
+                    "stop": round(mid + 0.2, 3),
+                    "utterance": "mhm",
+                    "backchannel": "",
+                    "backchannel_count": 0,
+                    "backchannel_speaker": "",
+                    "backchannel_start": np.nan,
+                    "backchannel_stop": np.nan,
+                }
+            )
+            rows.append(
+                {
+                    "speaker": r.speaker,
+                    "start": round(mid + 0.1, 3),
+                    "stop": r.stop,
+                    "utterance": " ".join(words[h:]),
+                    "backchannel": "",
+                    "backchannel_count": 0,
+                    "backchannel_speaker": "",
+                    "backchannel_start": np.nan,
+                    "backchannel_stop": np.nan,
+                }
+            )
         else:
-            rows.append({"speaker": r.speaker, "start": r.start, "stop": r.stop, "utterance": r.utterance,
-                         "backchannel": "", "backchannel_count": 0, "backchannel_speaker": "",
-                         "backchannel_start": np.nan, "backchannel_stop": np.nan})
+            rows.append(
+                {
+                    "speaker": r.speaker,
+                    "start": r.start,
+                    "stop": r.stop,
+                    "utterance": r.utterance,
+                    "backchannel": "",
+                    "backchannel_count": 0,
+                    "backchannel_speaker": "",
+                    "backchannel_start": np.nan,
+                    "backchannel_stop": np.nan,
+                }
+            )
     out = pd.DataFrame(rows)
     out.insert(0, "turn_id", [str(i) for i in range(len(out))])
     return out, split_at
@@ -164,8 +249,8 @@ def features_frame(spec: dict[str, Any]) -> pd.DataFrame:
         probs = np.full((n_sec, 8), 0.3 / 6)
         is_l = uid == spec["listener"]
         hap = happy_sec if is_l else np.zeros(n_sec, bool)
-        probs[:, 4] = np.where(hap, 0.6, 0.1)   # happiness
-        probs[:, 5] = np.where(hap, 0.1, 0.6)   # neutral
+        probs[:, 4] = np.where(hap, 0.6, 0.1)  # happiness
+        probs[:, 5] = np.where(hap, 0.1, 0.6)  # neutral
         probs = probs / probs.sum(1, keepdims=True)
         df = pd.DataFrame(np.round(probs, 4), columns=list(FACE_COLUMNS))
         if is_l:
@@ -194,8 +279,15 @@ def survey_frame(spec: dict[str, Any], n_filler: int = 30) -> pd.DataFrame:
     """Two rows (listener, partner) with overall_affect and a few other survey items."""
     rows = []
     for uid, affect in ((spec["listener"], spec["score_raw"]), (spec["ai"], 5)):
-        row = {"user_id": uid, "convo_id": spec["convo_id"], "overall_affect": affect,
-               "end_affect": affect, "how_enjoyable": 6, "i_like_you": 5, "conversationalist": 4}
+        row = {
+            "user_id": uid,
+            "convo_id": spec["convo_id"],
+            "overall_affect": affect,
+            "end_affect": affect,
+            "how_enjoyable": 6,
+            "i_like_you": 5,
+            "conversationalist": 4,
+        }
         row.update({f"item_{j:03d}": j % 7 for j in range(n_filler)})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -211,15 +303,21 @@ def write_candor_conversation(root: Path, spec: dict[str, Any], truth: bool = Tr
     _transcript_columns(audiophile_rows(turns)).to_csv(tdir / "transcript_audiophile.csv", index=False)
     bb, _ = backbiter_rows(turns)
     bb_full = _transcript_columns(bb)
-    for c in ("backchannel", "backchannel_count", "backchannel_speaker", "backchannel_start",
-              "backchannel_stop"):
+    for c in ("backchannel", "backchannel_count", "backchannel_speaker", "backchannel_start", "backchannel_stop"):
         bb_full[c] = bb[c].to_numpy()
     bb_full.to_csv(tdir / "transcript_backbiter.csv", index=False)
     survey_frame(spec).to_csv(folder / "survey.csv", index=False)
     features_frame(spec).to_csv(folder / "audio_video_features.csv", index=False)
-    (folder / "metadata.json").write_text(json.dumps(
-        {"convo_id": spec["convo_id"], "duration": float(turns["stop"].max()),
-         "speakers": [spec["listener"], spec["ai"]]}, indent=1))
+    (folder / "metadata.json").write_text(
+        json.dumps(
+            {
+                "convo_id": spec["convo_id"],
+                "duration": float(turns["stop"].max()),
+                "speakers": [spec["listener"], spec["ai"]],
+            },
+            indent=1,
+        )
+    )
     if truth:
         t = turns[["turn_id", "speaker", "role", "start", "stop", "act"]].copy()
         t["topic"] = "hobbies"
@@ -229,9 +327,14 @@ def write_candor_conversation(root: Path, spec: dict[str, Any], truth: bool = Tr
     return folder
 
 
-def write_candor(root: str | Path, n_conversations: int = 3, truth: bool = True,
-                 n_turns: int | None = None, pace: float = 0.4, first: int = 0
-                 ) -> dict[str, dict[str, Any]]:
+def write_candor(
+    root: str | Path,
+    n_conversations: int = 3,
+    truth: bool = True,
+    n_turns: int | None = None,
+    pace: float = 0.4,
+    first: int = 0,
+) -> dict[str, dict[str, Any]]:
     """Write a CANDOR-layout corpus; returns ``{convo_id: spec}`` (see :func:`candor_spec`).
 
     ``first`` offsets the conversation numbers (to write a large corpus in parallel parts).
@@ -247,17 +350,26 @@ def write_candor(root: str | Path, n_conversations: int = 3, truth: bool = True,
 
 # --------------------------------------------------------------------------- ESConv
 
+
 def _t(speaker: str, content: str, **ann: str) -> dict[str, Any]:
     return {"speaker": speaker, "annotation": ann, "content": content}
 
 
 ESCONV_SESSIONS: list[dict[str, Any]] = [
-    {   # seeker/supporter; two supporter turns in a row; feedback twice
-        "experience_type": "Previous Experience", "emotion_type": "anxiety",
-        "problem_type": "job crisis", "situation": "I am stressed about my job.",
-        "survey_score": {"seeker": {"initial_emotion_intensity": "4", "empathy": "5",
-                                    "relevance": "4", "final_emotion_intensity": "2"},
-                         "supporter": {"relevance": "4"}},
+    {  # seeker/supporter; two supporter turns in a row; feedback twice
+        "experience_type": "Previous Experience",
+        "emotion_type": "anxiety",
+        "problem_type": "job crisis",
+        "situation": "I am stressed about my job.",
+        "survey_score": {
+            "seeker": {
+                "initial_emotion_intensity": "4",
+                "empathy": "5",
+                "relevance": "4",
+                "final_emotion_intensity": "2",
+            },
+            "supporter": {"relevance": "4"},
+        },
         "dialog": [
             _t("seeker", "Hi, I feel stressed about work."),
             _t("supporter", "Hello, I am sorry to hear that.", strategy="Question"),
@@ -268,30 +380,49 @@ ESCONV_SESSIONS: list[dict[str, Any]] = [
             _t("supporter", "Have you talked to HR?", strategy="Providing Suggestions"),
             _t("seeker", "Not yet, thanks.", feedback="5"),
             _t("supporter", "You are welcome.", strategy="Others"),
-        ]},
-    {   # usr/sys
-        "experience_type": "Current Experience", "emotion_type": "sadness",
-        "problem_type": "breakup", "situation": "My partner left me.",
-        "survey_score": {"seeker": {"initial_emotion_intensity": "5", "empathy": "3",
-                                    "relevance": "2", "final_emotion_intensity": "5"}},
+        ],
+    },
+    {  # usr/sys
+        "experience_type": "Current Experience",
+        "emotion_type": "sadness",
+        "problem_type": "breakup",
+        "situation": "My partner left me.",
+        "survey_score": {
+            "seeker": {
+                "initial_emotion_intensity": "5",
+                "empathy": "3",
+                "relevance": "2",
+                "final_emotion_intensity": "5",
+            }
+        },
         "dialog": [
             _t("usr", "I am so sad."),
             _t("sys", "I am here for you.", strategy="Affirmation and Reassurance"),
             _t("usr", "Thanks.", feedback="2"),
             _t("sys", "Do you want to talk about it?", strategy="Question"),
             _t("usr", "Maybe later."),
-        ]},
-    {   # speaker/listener (EmpatheticDialogues naming: speaker = seeker)
-        "experience_type": "Current Experience", "emotion_type": "fear",
-        "problem_type": "health", "situation": "I have a medical test tomorrow.",
-        "survey_score": {"seeker": {"initial_emotion_intensity": "3", "empathy": "4",
-                                    "relevance": "5", "final_emotion_intensity": "1"}},
+        ],
+    },
+    {  # speaker/listener (EmpatheticDialogues naming: speaker = seeker)
+        "experience_type": "Current Experience",
+        "emotion_type": "fear",
+        "problem_type": "health",
+        "situation": "I have a medical test tomorrow.",
+        "survey_score": {
+            "seeker": {
+                "initial_emotion_intensity": "3",
+                "empathy": "4",
+                "relevance": "5",
+                "final_emotion_intensity": "1",
+            }
+        },
         "dialog": [
             _t("speaker", "I have a test tomorrow and I am scared."),
             _t("listener", "That is understandable.", strategy="Restatement or Paraphrasing"),
             _t("speaker", "What if it is bad?", feedback="3"),
             _t("listener", "Whatever happens, you will have support.", strategy="Affirmation and Reassurance"),
-        ]},
+        ],
+    },
 ]
 
 #: Expected canonical values of :data:`ESCONV_SESSIONS` with merge_consecutive=True.
@@ -302,12 +433,12 @@ ESCONV_EXPECTED: dict[str, Any] = {
     "intensity_drop_raw": [2.0, 0.0, 2.0],
     "intensity_drop_score": [75.0, 50.0, 75.0],
     # per session: roles and local feedback of the merged turns
-    "roles": [["User", "AI", "User", "AI", "User", "AI", "User", "AI"],
-              ["User", "AI", "User", "AI", "User"],
-              ["User", "AI", "User", "AI"]],
-    "feedback": [[None, 4.0, None, 5.0, None, 5.0, None, None],
-                 [None, 2.0, None, None, None],
-                 [None, 3.0, None, None]],
+    "roles": [
+        ["User", "AI", "User", "AI", "User", "AI", "User", "AI"],
+        ["User", "AI", "User", "AI", "User"],
+        ["User", "AI", "User", "AI"],
+    ],
+    "feedback": [[None, 4.0, None, 5.0, None, 5.0, None, None], [None, 2.0, None, None, None], [None, 3.0, None, None]],
     "strategy_merged": "Question+Question",
 }
 
@@ -323,21 +454,33 @@ def write_esconv(path: str | Path, sessions: list[dict[str, Any]] | None = None)
 # --------------------------------------------------------------------------- SODA
 
 SODA_RECORDS: list[dict[str, Any]] = [
-    {"head": "PersonX moves to a new city", "relation": "xWant", "tail": "to make friends",
-     "narrative": "Jamie moved to Boston and wants to make friends.",
-     "dialogue": ["Hi, I just moved here.", "Welcome! How do you like it?", "It is big.",
-                  "You will get used to it."],
-     "speakers": ["Jamie", "Alex", "Jamie", "Alex"], "split": "train"},
-    {"head": "PersonX bakes a cake", "relation": "xReact", "tail": "proud",
-     "narrative": "Sam baked a cake for Kim's birthday.",
-     "dialogue": ["I made you a cake!", "Wow, thank you!", "I hope you like chocolate.",
-                  "I love it.", "Great."],
-     "speakers": ["Sam", "Kim", "Sam", "Sam", "Kim"], "split": "valid"},
+    {
+        "head": "PersonX moves to a new city",
+        "relation": "xWant",
+        "tail": "to make friends",
+        "narrative": "Jamie moved to Boston and wants to make friends.",
+        "dialogue": [
+            "Hi, I just moved here.",
+            "Welcome! How do you like it?",
+            "It is big.",
+            "You will get used to it.",
+        ],
+        "speakers": ["Jamie", "Alex", "Jamie", "Alex"],
+        "split": "train",
+    },
+    {
+        "head": "PersonX bakes a cake",
+        "relation": "xReact",
+        "tail": "proud",
+        "narrative": "Sam baked a cake for Kim's birthday.",
+        "dialogue": ["I made you a cake!", "Wow, thank you!", "I hope you like chocolate.", "I love it.", "Great."],
+        "speakers": ["Sam", "Kim", "Sam", "Sam", "Kim"],
+        "split": "valid",
+    },
 ]
 
 
-def write_soda(path: str | Path, records: list[dict[str, Any]] | None = None,
-               jsonl: bool | None = None) -> Path:
+def write_soda(path: str | Path, records: list[dict[str, Any]] | None = None, jsonl: bool | None = None) -> Path:
     """Write SODA records as a JSON list, or as JSONL (default: by the ``.jsonl`` suffix)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -349,8 +492,9 @@ def write_soda(path: str | Path, records: list[dict[str, Any]] | None = None,
     return path
 
 
-def write_generations(path: str | Path, n_contexts: int = 3, seeds: tuple[int, ...] = (0, 1),
-                      max_new_tokens: int = 20) -> pd.DataFrame:
+def write_generations(
+    path: str | Path, n_contexts: int = 3, seeds: tuple[int, ...] = (0, 1), max_new_tokens: int = 20
+) -> pd.DataFrame:
     """A realistic ``generations.csv`` (the notebook-07 contract) made with the base SmolLM2 policy.
 
     For tests of notebooks 08/09 until 07_ppo writes the real file: contexts are AI
@@ -374,22 +518,35 @@ def write_generations(path: str | Path, n_contexts: int = 3, seeds: tuple[int, .
         ai = [i for i, a in enumerate(g["is_ai"]) if a and i >= 4]
         if ai:
             i = ai[0]
-            contexts.append({"convo_id": cid, "turn_idx": int(g["turn_idx"].iloc[i]), "history": "\n".join(lines[i - 4:i]),
-                             "truth": lines[i].removeprefix("AI: ")})
+            contexts.append(
+                {
+                    "convo_id": cid,
+                    "turn_idx": int(g["turn_idx"].iloc[i]),
+                    "history": "\n".join(lines[i - 4 : i]),
+                    "truth": lines[i].removeprefix("AI: "),
+                }
+            )
         if len(contexts) == n_contexts:
             break
     model, tok = load_policy()
-    prompts = [tok.apply_chat_template([{"role": "user", "content": c["history"]}], tokenize=False,
-                                       add_generation_prompt=True) for c in contexts]
+    prompts = [
+        tok.apply_chat_template([{"role": "user", "content": c["history"]}], tokenize=False, add_generation_prompt=True)
+        for c in contexts
+    ]
     tok.padding_side = "left"
     batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
 
     def generate(sample: bool, seed: int) -> list[str]:
         torch.manual_seed(seed)
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sample,
-                                 pad_token_id=tok.pad_token_id, **({} if sample else {"temperature": None, "top_p": None, "top_k": None}))
-        return [t.strip() for t in tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=sample,
+                pad_token_id=tok.pad_token_id,
+                **({} if sample else {"temperature": None, "top_p": None, "top_k": None}),
+            )
+        return [t.strip() for t in tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)]
 
     # One thread: a batch this small gains nothing from more, and on a busy machine (tests running
     # side by side) competing torch threads made it ~20x slower (measured: 66 s vs 3 s).
@@ -403,10 +560,19 @@ def write_generations(path: str | Path, n_contexts: int = 3, seeds: tuple[int, .
     rows = []
     for seed in seeds:
         for c, s, gr in zip(contexts, sampled[seed], greedy):
-            base = {"corpus": "simulated", "seed": seed, "context_id": f"{c['convo_id']}:{c['turn_idx']}",
-                    "convo_id": c["convo_id"], "turn_idx": c["turn_idx"], "history": c["history"]}
-            rows += [{**base, "model": "ground truth", "response": c["truth"]},
-                     {**base, "model": "base", "response": s}, {**base, "model": "base greedy", "response": gr}]
+            base = {
+                "corpus": "simulated",
+                "seed": seed,
+                "context_id": f"{c['convo_id']}:{c['turn_idx']}",
+                "convo_id": c["convo_id"],
+                "turn_idx": c["turn_idx"],
+                "history": c["history"],
+            }
+            rows += [
+                {**base, "model": "ground truth", "response": c["truth"]},
+                {**base, "model": "base", "response": s},
+                {**base, "model": "base greedy", "response": gr},
+            ]
     gens = pd.DataFrame(rows)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     gens.to_csv(path, index=False)

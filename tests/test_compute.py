@@ -9,12 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fixtures import simulated_corpus
+
 from geli_lib import experiments as ex
 from geli_lib import reward_model as rm
-from geli_lib.compute import (NoGPUWorkers, SchedulerUnreachable, close_grid_clients, free_port,
-                              loopback_cluster, slurm_cluster)
+from geli_lib.compute import (
+    NoGPUWorkers,
+    SchedulerUnreachable,
+    close_grid_clients,
+    free_port,
+    loopback_cluster,
+    slurm_cluster,
+)
 from geli_lib.data import build_pairs
 from geli_lib.params import ComputeParams, SlurmParams
 
@@ -64,8 +70,10 @@ def loopback(tmp_path_factory):
 
 def _heads(cache: Path) -> dict[str, dict[str, torch.Tensor]]:
     """Every saved reward function's head under ``cache`` (name/seed -> state dict)."""
-    return {str(p.parent.relative_to(cache)): torch.load(p, weights_only=True)
-            for p in sorted(cache.glob("reward_functions/**/head.pt"))}
+    return {
+        str(p.parent.relative_to(cache)): torch.load(p, weights_only=True)
+        for p in sorted(cache.glob("reward_functions/**/head.pt"))
+    }
 
 
 def _files(root: Path) -> list[Path]:
@@ -73,8 +81,9 @@ def _files(root: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_grid_on_a_loopback_cluster_gives_the_serial_rows_and_heads(reward_data, serial, loopback, tmp_path,
-                                                                    monkeypatch):
+def test_grid_on_a_loopback_cluster_gives_the_serial_rows_and_heads(
+    reward_data, serial, loopback, tmp_path, monkeypatch
+):
     """Two methods × two seeds as tasks on a real scheduler + 2 workers, with an empty cache (every
     training runs on a worker): the same table and, bit for bit, the same saved heads as the serial run."""
     from distributed import Client, get_task_stream
@@ -100,13 +109,17 @@ def test_grid_on_a_loopback_cluster_gives_the_serial_rows_and_heads(reward_data,
 
 
 @pytest.mark.slow
-def test_cuda_on_a_scheduler_without_gpu_workers_is_refused_before_submitting(reward_data, loopback, tmp_path,
-                                                                              monkeypatch):
+def test_cuda_on_a_scheduler_without_gpu_workers_is_refused_before_submitting(
+    reward_data, loopback, tmp_path, monkeypatch
+):
     params, data = reward_data
     monkeypatch.setenv("GELI_CACHE", str(tmp_path))
     on_gpu = dataclasses.replace(params, device="cuda", compute=ComputeParams(scheduler=loopback.address))
-    with pytest.raises(NoGPUWorkers, match=rf"compute.scheduler {loopback.address}: device is cuda, but none of "
-                                           r"its 2 workers offers a GPU; .*--resources GPU=1"):
+    with pytest.raises(
+        NoGPUWorkers,
+        match=rf"compute.scheduler {loopback.address}: device is cuda, but none of "
+        r"its 2 workers offers a GPU; .*--resources GPU=1",
+    ):
         ex.run_methods(data, SPECS, SEEDS, on_gpu)
     assert _files(tmp_path) == []
 
@@ -118,8 +131,10 @@ def test_unreachable_scheduler_is_named_and_nothing_is_written(reward_data, tmp_
     monkeypatch.setenv("GELI_CACHE", str(tmp_path))
     closed = f"tcp://127.0.0.1:{free_port()}"
     nowhere = dataclasses.replace(params, compute=ComputeParams(scheduler=closed))
-    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), \
-            pytest.raises(SchedulerUnreachable, match=f"compute.scheduler {closed}: no Dask scheduler answered"):
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": "2s"}),
+        pytest.raises(SchedulerUnreachable, match=f"compute.scheduler {closed}: no Dask scheduler answered"),
+    ):
         ex.run_methods(data, SPECS, SEEDS, nowhere)
     assert _files(tmp_path) == []
 
@@ -127,13 +142,19 @@ def test_unreachable_scheduler_is_named_and_nothing_is_written(reward_data, tmp_
 def test_slurm_job_script_asks_for_the_section_and_needs_no_sbatch():
     """What each SLURM job runs, built on a machine without SLURM: constructing submits nothing."""
     assert shutil.which("sbatch") is None  # this machine has no SLURM: nothing may have been submitted
-    slurm = SlurmParams(queue="gpu", cores=4, memory="16GB", gpus=1, walltime="02:00:00", jobs=3,
-                        directives=["--account=geli"])
+    slurm = SlurmParams(
+        queue="gpu", cores=4, memory="16GB", gpus=1, walltime="02:00:00", jobs=3, directives=["--account=geli"]
+    )
     with slurm_cluster(slurm) as cluster:
         script = cluster.job_script()
         assert len(cluster.workers) == 0
-    for line in ("#SBATCH -p gpu", "#SBATCH --cpus-per-task=4", "#SBATCH -t 02:00:00", "#SBATCH --account=geli",
-                 "#SBATCH --gres=gpu:1"):
+    for line in (
+        "#SBATCH -p gpu",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH -t 02:00:00",
+        "#SBATCH --account=geli",
+        "#SBATCH --gres=gpu:1",
+    ):
         assert line in script.splitlines(), (line, script)
     assert "#SBATCH --mem=15G" in script  # 16 GB in GiB, as dask-jobqueue writes it
     worker = script.strip().splitlines()[-1]

@@ -11,12 +11,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures import (
+    ESCONV_EXPECTED,
+    ESCONV_SESSIONS,
+    SODA_RECORDS,
+    backbiter_rows,
+    convo_uuid,
+    write_candor,
+    write_esconv,
+    write_soda,
+)
 
 import geli_lib.data as data
-from fixtures import (ESCONV_EXPECTED, ESCONV_SESSIONS, SODA_RECORDS, backbiter_rows, convo_uuid,
-                      write_candor, write_esconv, write_soda)
-from geli_lib.data import (DataError, build_pairs, load_candor, load_corpus, load_esconv,
-                           load_soda, split_conversations, split_sizes)
+from geli_lib.data import (
+    DataError,
+    build_pairs,
+    load_candor,
+    load_corpus,
+    load_esconv,
+    load_soda,
+    split_conversations,
+    split_sizes,
+)
 from geli_lib.io import content_key
 from geli_lib.params import DataParams, SimulationParams, SplitParams, StudyParams, to_dict
 from geli_lib.schema import CONVERSATION_COLUMNS, FRAME_COLUMNS, TURN_COLUMNS, Corpus
@@ -84,8 +100,7 @@ def test_candor_audiophile_merges_back_to_cliffhanger(candor, caplog):
         assert list(audio.turns[col]) == list(cliff.turns[col]), col
     for col in ("start", "stop", "true_reward"):
         np.testing.assert_allclose(audio.turns[col], cliff.turns[col])
-    raw = load_candor(root, DataParams(segmentation="audiophile", merge_consecutive=False),
-                      progress=False)
+    raw = load_candor(root, DataParams(segmentation="audiophile", merge_consecutive=False), progress=False)
     assert len(raw.turns) > len(cliff.turns)
     # unmerged rows of one truth turn: the row holding its midpoint takes its reward (the other
     # none: NaN, so merging back by the mean restores it); a midpoint in the pause between the
@@ -179,8 +194,7 @@ def test_bad_missing_files_and_columns(candor):
     _raises(root, r"transcript_backbiter\.csv: file not found", segmentation="backbiter")
 
     _rewrite(f / "audio_video_features.csv", lambda d: d.drop(columns="prob_face_fear"))
-    _raises(root, r"audio_video_features\.csv: missing column\(s\) \['prob_face_fear'\]",
-            segmentation="audiophile")
+    _raises(root, r"audio_video_features\.csv: missing column\(s\) \['prob_face_fear'\]", segmentation="audiophile")
     with pytest.raises(DataError, match="root folder not found"):
         load_candor(Path(root) / "nope", DataParams(), progress=False)
 
@@ -196,8 +210,11 @@ def test_bad_survey_values(candor):
         _rewrite(survey, lambda d: d.__setitem__("overall_affect", [v, "5"]))
 
     set_affect("11")
-    _raises(root, r"survey\.csv: row 1 \(line 2\), column 'overall_affect': value 11\.0 outside "
-                  r"score_range \[1\.0, 10\.0\]")
+    _raises(
+        root,
+        r"survey\.csv: row 1 \(line 2\), column 'overall_affect': value 11\.0 outside "
+        r"score_range \[1\.0, 10\.0\]",
+    )
     set_affect("high")
     _raises(root, r"survey\.csv: row 1 \(line 2\), column 'overall_affect': not a number: 'high'")
     set_affect("")  # NaN: an unscored conversation, skipped and counted
@@ -205,8 +222,7 @@ def test_bad_survey_values(candor):
     assert len(c.conversations) == 2 and list(c.skipped) == ["unscored"]
     assert "survey.csv: row 1 (line 2), column 'overall_affect': missing value" in c.skipped["unscored"][0]
     assert c.summary()["skipped"] == 1
-    _raises(root, r"missing value \(unscored; set data\.bad_conversations: skip",
-            bad_conversations="error")
+    _raises(root, r"missing value \(unscored; set data\.bad_conversations: skip", bad_conversations="error")
     survey.write_text(original)
     _rewrite(survey, lambda d: d.__setitem__("user_id", ["someone-else", d["user_id"][1]]))
     c = load_candor(root, DataParams(), progress=False)
@@ -238,8 +254,7 @@ def test_overlapping_speakers_are_fine(tmp_path):
     """CANDOR has small overlaps between speakers: a start before the previous stop is not bad."""
     root = tmp_path / "c"
     specs = write_candor(root, 3)
-    overlaps = [(s["turns"]["start"].to_numpy()[1:] < s["turns"]["stop"].to_numpy()[:-1]).any()
-                for s in specs.values()]
+    overlaps = [(s["turns"]["start"].to_numpy()[1:] < s["turns"]["stop"].to_numpy()[:-1]).any() for s in specs.values()]
     assert any(overlaps)
     load_candor(root, DataParams(), progress=False)
 
@@ -249,8 +264,10 @@ def test_bad_conversations_skipped_and_counted(candor):
     f0, f1 = _folder(root, specs, 0), _folder(root, specs, 1)
     # one speaker: every row by the listener
     for seg in ("cliffhanger", "audiophile", "backbiter"):
-        _rewrite(f0 / "transcription" / f"transcript_{seg}.csv",
-                 lambda d: d.__setitem__("speaker", specs[f0.name]["listener"]))
+        _rewrite(
+            f0 / "transcription" / f"transcript_{seg}.csv",
+            lambda d: d.__setitem__("speaker", specs[f0.name]["listener"]),
+        )
     # empty: header only
     path = f1 / "transcription" / "transcript_cliffhanger.csv"
     path.write_text(path.read_text().splitlines()[0] + "\n")
@@ -262,7 +279,9 @@ def test_bad_conversations_skipped_and_counted(candor):
     # a third speaker
     w = write_candor(root, 3)  # restore, then add a third speaker to conversation 2
     f2 = _folder(root, w, 2)
-    _rewrite(f2 / "transcription" / "transcript_cliffhanger.csv", lambda d: d.loc.__setitem__((2, "speaker"), "intruder"))
+    _rewrite(
+        f2 / "transcription" / "transcript_cliffhanger.csv", lambda d: d.loc.__setitem__((2, "speaker"), "intruder")
+    )
     c = load_candor(root, DataParams(), progress=False)
     assert list(c.skipped) == ["more than two speakers"] and len(c.conversations) == 2
 
@@ -317,8 +336,11 @@ def test_stray_quotes_that_swallow_rows_are_an_error(candor):
     lines[1] = '"' + lines[1]
     lines[2] = lines[2].replace(",", '",', 1)
     path.write_text("\n".join(lines))
-    _raises(root, r"transcript_cliffhanger\.csv: row 1 \(line 2\), column 'turn_id': the value spans 2 "
-                  r"lines and swallows what look like rows of the file \(a stray '\"' opened a quoted field\)")
+    _raises(
+        root,
+        r"transcript_cliffhanger\.csv: row 1 \(line 2\), column 'turn_id': the value spans 2 "
+        r"lines and swallows what look like rows of the file \(a stray '\"' opened a quoted field\)",
+    )
     # the same with the quotes inside two utterances: the end of one row and the start of the next swallowed
     lines = original.split("\n")
     lines[1] = lines[1].replace(",with ", ',"with ', 1)
@@ -336,11 +358,15 @@ def test_kept_but_suspicious_input_is_counted_and_reported(candor, caplog):
     """Empty utterances, f0 missing-value codes and a listener never seen: kept, counted, warned."""
     root, specs = candor
     f0, f1, f2 = (_folder(root, specs, k) for k in range(3))
-    _rewrite(f0 / "transcription" / "transcript_cliffhanger.csv",
-             lambda d: d.loc.__setitem__(([2, 3], "utterance"), ["   ", ""]))
+    _rewrite(
+        f0 / "transcription" / "transcript_cliffhanger.csv",
+        lambda d: d.loc.__setitem__(([2, 3], "utterance"), ["   ", ""]),
+    )
     listener = specs[f1.name]["listener"]
-    _rewrite(f1 / "audio_video_features.csv",
-             lambda d: d.loc.__setitem__((d.index[d["user_id"] == listener][:3], "f0_mean"), "-999999"))
+    _rewrite(
+        f1 / "audio_video_features.csv",
+        lambda d: d.loc.__setitem__((d.index[d["user_id"] == listener][:3], "f0_mean"), "-999999"),
+    )
     faces = [c for c in pd.read_csv(f2 / "audio_video_features.csv", nrows=0).columns if c.startswith("prob_face_")]
     _rewrite(f2 / "audio_video_features.csv", lambda d: d.loc.__setitem__((slice(None), faces), ""))
     with caplog.at_level("WARNING"):
@@ -420,8 +446,11 @@ def _esconv_with(tmp_path, edit):
 
 def test_esconv_bad_input(tmp_path):
     p = _esconv_with(tmp_path, lambda s: s[1]["dialog"][2].__setitem__("speaker", "helper"))
-    with pytest.raises(DataError, match=r"e\.json: session 1 \(esconv-00001\), dialog\[2\], field "
-                                        r"'speaker': unknown role name 'helper'"):
+    with pytest.raises(
+        DataError,
+        match=r"e\.json: session 1 \(esconv-00001\), dialog\[2\], field "
+        r"'speaker': unknown role name 'helper'",
+    ):
         load_esconv(p, DataParams())
     p = _esconv_with(tmp_path, lambda s: s[0]["dialog"][3]["annotation"].__setitem__("feedback", "7"))
     with pytest.raises(DataError, match=r"session 0 .*dialog\[3\], field 'annotation\.feedback': value 7 outside"):
@@ -442,8 +471,11 @@ def test_esconv_bad_input(tmp_path):
 @pytest.mark.parametrize("value, shown", [(True, "true"), (False, "false")])
 def test_esconv_boolean_rating_is_an_error(tmp_path, value, shown):
     p = _esconv_with(tmp_path, lambda s: s[2]["survey_score"]["seeker"].__setitem__("empathy", value))
-    with pytest.raises(DataError, match=rf"session 2 .*field 'survey_score\.seeker\.empathy': expected a "
-                                        rf"rating 1-5, got {shown}"):
+    with pytest.raises(
+        DataError,
+        match=rf"session 2 .*field 'survey_score\.seeker\.empathy': expected a "
+        rf"rating 1-5, got {shown}",
+    ):
         load_esconv(p, DataParams())
 
 
@@ -453,11 +485,14 @@ def test_esconv_and_soda_not_utf8_name_file_line_and_byte(tmp_path):
     bad.write_bytes(good.replace(b'"', b'"\xe9', 1))  # a Latin-1 é inside the first string
     first_quote = good.index(b'"')
     line = good[:first_quote].count(b"\n") + 1
-    with pytest.raises(DataError, match=rf"latin1\.json: line {line}, byte {first_quote + 1}: not UTF-8 text "
-                                        r"\(b'\\xe9'\)"):
+    with pytest.raises(
+        DataError,
+        match=rf"latin1\.json: line {line}, byte {first_quote + 1}: not UTF-8 text "
+        r"\(b'\\xe9'\)",
+    ):
         load_esconv(bad, DataParams())
     jsonl = tmp_path / "s.jsonl"
-    jsonl.write_bytes(json.dumps(SODA_RECORDS[0]).encode() + b"\n{\"narrative\": \"caf\xe9\"}\n")
+    jsonl.write_bytes(json.dumps(SODA_RECORDS[0]).encode() + b'\n{"narrative": "caf\xe9"}\n')
     with pytest.raises(DataError, match=r"s\.jsonl: line 2, byte \d+: not UTF-8 text"):
         load_soda(jsonl, DataParams())
 
@@ -467,6 +502,7 @@ def test_esconv_whitespace_utterances_are_counted_and_an_all_empty_session_skipp
         s[0]["dialog"][1]["content"] = "   "
         for turn in s[1]["dialog"]:
             turn["content"] = " \t"
+
     p = _esconv_with(tmp_path, edit)
     with caplog.at_level("WARNING"):
         c = load_esconv(p, DataParams())
@@ -478,9 +514,10 @@ def test_esconv_whitespace_utterances_are_counted_and_an_all_empty_session_skipp
 
 def test_esconv_bad_sessions_skipped(tmp_path):
     def edit(s):
-        del s[0]["survey_score"]["seeker"]["empathy"]                     # unscored
+        del s[0]["survey_score"]["seeker"]["empathy"]  # unscored
         s[1]["dialog"] = [d for d in s[1]["dialog"] if d["speaker"] == "usr"]  # one speaker
-        s.append({**s[2], "dialog": []})                                   # empty
+        s.append({**s[2], "dialog": []})  # empty
+
     p = _esconv_with(tmp_path, edit)
     c = load_esconv(p, DataParams())
     assert list(c.conversations["convo_id"]) == ["esconv-00002"]
@@ -515,14 +552,20 @@ def test_soda_bad_input(tmp_path):
     c = load_soda(write_soda(tmp_path / "s.json", recs), DataParams())
     assert list(c.skipped) == ["more than two speakers"] and len(c.conversations) == 2
     recs[0]["speakers"] = recs[0]["speakers"][:3]
-    with pytest.raises(DataError, match=r"s\.json: record 0 \(soda-000000\): 'dialogue' has 4 "
-                                        r"utterances but 'speakers' has 3"):
+    with pytest.raises(
+        DataError,
+        match=r"s\.json: record 0 \(soda-000000\): 'dialogue' has 4 "
+        r"utterances but 'speakers' has 3",
+    ):
         load_soda(write_soda(tmp_path / "s.json", recs), DataParams())
     for bad, shown in ((None, "null"), ("", '""'), ("  ", '"  "')):
         recs = json.loads(json.dumps(SODA_RECORDS))
         recs[1]["speakers"][2] = bad
-        with pytest.raises(DataError, match=rf"s\.json: record 1 \(soda-000001\), field 'speakers\[2\]': "
-                                            rf"expected a speaker's name, got {shown}"):
+        with pytest.raises(
+            DataError,
+            match=rf"s\.json: record 1 \(soda-000001\), field 'speakers\[2\]': "
+            rf"expected a speaker's name, got {shown}",
+        ):
             load_soda(write_soda(tmp_path / "s.json", recs), DataParams())
     recs = json.loads(json.dumps(SODA_RECORDS))
     recs[0]["dialogue"][1] = "  "
@@ -580,13 +623,11 @@ def test_load_corpus_caches_candor(candor, cache, monkeypatch):
 
 
 def test_load_corpus_esconv_and_soda(tmp_path, cache):
-    e = load_corpus(StudyParams(corpus="esconv", data_path=str(write_esconv(tmp_path / "e.json"))),
-                    progress=False)
+    e = load_corpus(StudyParams(corpus="esconv", data_path=str(write_esconv(tmp_path / "e.json"))), progress=False)
     assert e.name == "esconv" and len(e.conversations) == 3
     e2 = load_corpus(StudyParams(corpus="esconv", data_path=str(tmp_path / "e.json")), progress=False)
     _frames_equal(e, e2)
-    s = load_corpus(StudyParams(corpus="soda", data_path=str(write_soda(tmp_path / "s.jsonl"))),
-                    progress=False)
+    s = load_corpus(StudyParams(corpus="soda", data_path=str(write_soda(tmp_path / "s.jsonl"))), progress=False)
     assert s.name == "soda" and "context" in s.conversations
     with pytest.raises(DataError, match="data_path not found"):
         load_corpus(StudyParams(corpus="soda", data_path=str(tmp_path / "none.json")), progress=False)
@@ -601,9 +642,9 @@ def test_load_corpus_simulated(cache, monkeypatch):
         write_candor(out_dir, sim.n_conversations)
         return Path(out_dir)
 
-    monkeypatch.setitem(sys.modules, "geli_lib.simulation",
-                        types.SimpleNamespace(simulate_corpus=simulate_corpus,
-                                              SIMULATOR_VERSION=0))
+    monkeypatch.setitem(
+        sys.modules, "geli_lib.simulation", types.SimpleNamespace(simulate_corpus=simulate_corpus, SIMULATOR_VERSION=0)
+    )
     sim = SimulationParams(n_conversations=2)
     params = StudyParams(simulation=sim)
     c = load_corpus(params, progress=False)
@@ -652,8 +693,15 @@ def test_pairs_format_history_and_truncation(tmp_path):
     write_candor(root, 2, n_turns=30)
     c = load_candor(root, DataParams(), progress=False)
     pairs = build_pairs(c, DataParams())
-    assert list(pairs.columns) == ["convo_id", "turn_idx", "history", "response", "true_reward",
-                                   "local_feedback", "score"]
+    assert list(pairs.columns) == [
+        "convo_id",
+        "turn_idx",
+        "history",
+        "response",
+        "true_reward",
+        "local_feedback",
+        "score",
+    ]
     assert len(pairs) == int(c.turns["is_ai"].sum())
     t = c.turns[c.turns["convo_id"] == c.conversations["convo_id"].iloc[0]].reset_index(drop=True)
     first = pairs.iloc[0]
@@ -686,15 +734,37 @@ def test_pairs_speed():
     conv_ids = np.repeat([f"c{k:05d}" for k in range(n_conv)], n_turns)
     idx = np.tile(np.arange(n_turns), n_conv)
     words = np.array(["yeah so I think that is really nice honestly"] * len(idx), dtype=object)
-    turns = pd.DataFrame({
-        "convo_id": conv_ids, "turn_idx": idx, "turn_id": idx.astype(str), "speaker_id": "x",
-        "role": np.where(idx % 2, "AI", "User"), "is_ai": idx % 2 == 1, "start": np.nan,
-        "stop": np.nan, "utterance": words, "n_words": 9, "act": "", "true_reward": np.nan,
-        "local_feedback": np.nan})
-    convs = pd.DataFrame({"convo_id": [f"c{k:05d}" for k in range(n_conv)], "corpus": "x",
-                          "listener_id": "a", "ai_id": "b", "score": 50.0, "score_raw": 5.0,
-                          "n_turns": n_turns, "n_ai_turns": n_turns // 2, "duration": np.nan,
-                          "has_truth": False})
+    turns = pd.DataFrame(
+        {
+            "convo_id": conv_ids,
+            "turn_idx": idx,
+            "turn_id": idx.astype(str),
+            "speaker_id": "x",
+            "role": np.where(idx % 2, "AI", "User"),
+            "is_ai": idx % 2 == 1,
+            "start": np.nan,
+            "stop": np.nan,
+            "utterance": words,
+            "n_words": 9,
+            "act": "",
+            "true_reward": np.nan,
+            "local_feedback": np.nan,
+        }
+    )
+    convs = pd.DataFrame(
+        {
+            "convo_id": [f"c{k:05d}" for k in range(n_conv)],
+            "corpus": "x",
+            "listener_id": "a",
+            "ai_id": "b",
+            "score": 50.0,
+            "score_raw": 5.0,
+            "n_turns": n_turns,
+            "n_ai_turns": n_turns // 2,
+            "duration": np.nan,
+            "has_truth": False,
+        }
+    )
     corpus = Corpus("x", convs, turns)
     t0 = time.perf_counter()
     pairs = build_pairs(corpus, DataParams())

@@ -9,16 +9,26 @@ import pandas as pd
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from geli_lib.evaluation import (REWARD_TABLE_COLUMNS, EvaluationError, evaluate_reward,
-                                 reward_table_row, within_spearman)
+from geli_lib.evaluation import (
+    REWARD_TABLE_COLUMNS,
+    EvaluationError,
+    evaluate_reward,
+    reward_table_row,
+    within_spearman,
+)
 
 
 def _pairs(truth=None) -> pd.DataFrame:
     # conversation a: 3 AI turns, score 30; conversation b: 2 AI turns, score 10
-    return pd.DataFrame({
-        "convo_id": ["a", "a", "a", "b", "b"], "turn_idx": [1, 3, 5, 1, 3],
-        "true_reward": truth if truth is not None else [1.0, 2.0, 3.0, 5.0, 4.0],
-        "local_feedback": np.nan, "score": [30.0, 30, 30, 10, 10]})
+    return pd.DataFrame(
+        {
+            "convo_id": ["a", "a", "a", "b", "b"],
+            "turn_idx": [1, 3, 5, 1, 3],
+            "true_reward": truth if truth is not None else [1.0, 2.0, 3.0, 5.0, 4.0],
+            "local_feedback": np.nan,
+            "score": [30.0, 30, 30, 10, 10],
+        }
+    )
 
 
 class _Corpus:
@@ -32,8 +42,8 @@ def test_l_ge_and_delta_li_by_hand():
     # sums: a = 24 (R 30, err 6), b = 3 (R 10, err 7)
     assert m["l_ge_mse"] == pytest.approx((36 + 49) / 2)
     assert m["l_ge_mae"] == pytest.approx(6.5)
-    assert m["pos_mean"] == pytest.approx(7.0)       # turns 0, 2
-    assert m["nonpos_mean"] == pytest.approx(5.5)    # turns 1, 4 (NaN label left out)
+    assert m["pos_mean"] == pytest.approx(7.0)  # turns 0, 2
+    assert m["nonpos_mean"] == pytest.approx(5.5)  # turns 1, 4 (NaN label left out)
     assert m["delta_li"] == pytest.approx(1.5)
     assert (m["n_pos"], m["n_nonpos"], m["n_conversations"]) == (2, 2, 2)
     # demeaned inside each conversation: a = (10,10,4) - 8 -> (2,2,-4); b = (2,1) - 1.5 -> (.5,-.5)
@@ -52,8 +62,8 @@ def test_l_ge_in_the_fixed_t_mean_form():
 def test_delta_within_removes_the_conversation_level():
     """A model that only knows each conversation's level: eq. 8 rewards it, the demeaned Δ does not."""
     pairs = _pairs()
-    level = np.array([9.0, 9, 9, 1, 1])          # conversation a is the happy one
-    labels = np.array([1, 1, 0, 0, 0])            # and its listener smiled more
+    level = np.array([9.0, 9, 9, 1, 1])  # conversation a is the happy one
+    labels = np.array([1, 1, 0, 0, 0])  # and its listener smiled more
     m = evaluate_reward(level, pairs, labels)
     assert m["delta_li"] == pytest.approx(9 - (9 + 1 + 1) / 3)
     assert m["delta_li_within"] == pytest.approx(0.0)
@@ -72,11 +82,13 @@ def test_correlations_pooled_and_within():
 
 
 def test_within_skips_constant_truth_and_zeroes_constant_predictions():
-    out = within_spearman(np.array([1.0, 2, 3, 5, 5, 7, 8]), np.array([3.0, 3, 3, 1, 2, 1, np.nan]),
-                          np.array(["a", "a", "a", "b", "b", "c", "c"]))
+    out = within_spearman(
+        np.array([1.0, 2, 3, 5, 5, 7, 8]),
+        np.array([3.0, 3, 3, 1, 2, 1, np.nan]),
+        np.array(["a", "a", "a", "b", "b", "c", "c"]),
+    )
     # a: constant truth -> skipped; b: constant prediction -> 0; c: one turn with truth -> skipped
-    assert out == {"gt_spearman_within": 0.0, "gt_within_n": 1, "gt_within_skipped": 2,
-                   "gt_within_constant": 1}
+    assert out == {"gt_spearman_within": 0.0, "gt_within_n": 1, "gt_within_skipped": 2, "gt_within_constant": 1}
     m = evaluate_reward(np.full(5, 4.0), _pairs(), None)
     assert m["gt_spearman_within"] == 0.0 and math.isnan(m["gt_spearman"])
 

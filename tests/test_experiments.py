@@ -7,18 +7,21 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures import simulated_corpus
 
 from geli_lib import experiments as ex
 from geli_lib import reward_model as rm
-from fixtures import simulated_corpus
 from geli_lib.data import build_pairs
 
 
 @pytest.fixture(scope="module")
 def reward_data(tmp_path_factory):
     """RewardData of a tiny simulated corpus with random features (no encoder needed)."""
-    params, corpus = simulated_corpus(tmp_path_factory.mktemp("cache"), simulation={"n_conversations": 6},
-                                      reward={"epochs": 5, "batch_conversations": 3, "K": 4})
+    params, corpus = simulated_corpus(
+        tmp_path_factory.mktemp("cache"),
+        simulation={"n_conversations": 6},
+        reward={"epochs": 5, "batch_conversations": 3, "K": 4},
+    )
     pairs = build_pairs(corpus, params.data)
     ids = sorted(pairs["convo_id"].unique())
     pairs["split"] = np.where(pairs["convo_id"].isin(ids[:4]), "reward_train", "reward_test")
@@ -47,8 +50,9 @@ def test_run_methods_saves_every_seed_and_lists_by_name(reward_data, tmp_path, m
     loaded = rm.TrainedReward.load(saved["GE: RRD (K=4)"])
     assert loaded.info["name"] == "GE: RRD (K=4)" and loaded.seed == 1
     again = rm.train_reward_function("rrd", data.train, dataclasses.replace(params.reward, K=4), seed=1)
-    np.testing.assert_allclose(rm.predict(loaded, data.features[data.test]),
-                               rm.predict(again, data.features[data.test]), rtol=1e-5)
+    np.testing.assert_allclose(
+        rm.predict(loaded, data.features[data.test]), rm.predict(again, data.features[data.test]), rtol=1e-5
+    )
 
 
 def test_sweeps_do_not_overwrite_saved_functions(reward_data, tmp_path, monkeypatch):
@@ -63,24 +67,42 @@ def _rows(values: dict[str, tuple[str, float, float, float, float, float]]) -> p
     rows = []
     for name, (fam, mse, d, dw, rho, rho_w) in values.items():
         for seed in (0, 1):
-            rows.append({"method": name, "family": fam, "seed": seed, "l_ge_mse": mse, "delta_li": d,
-                         "delta_li_within": dw, "gt_spearman": rho, "gt_spearman_within": rho_w})
+            rows.append(
+                {
+                    "method": name,
+                    "family": fam,
+                    "seed": seed,
+                    "l_ge_mse": mse,
+                    "delta_li": d,
+                    "delta_li_within": dw,
+                    "gt_spearman": rho,
+                    "gt_spearman_within": rho_w,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def test_readings_state_the_pattern_with_this_runs_numbers():
-    rows = _rows({"GE: RRD (K=32)": ("GE", 200.0, 0.02, 0.01, 0.2, 0.1),
-                  "LI: Visual Affect": ("LI", 1000.0, 0.5, 0.4, 0.25, 0.25),
-                  "GELI: RRD + VA": ("GELI", 210.0, 0.1, 0.1, 0.2, 0.1),       # adds up, too little Δ
-                  "GELI: recipe": ("GELI", 215.0, 0.3, 0.25, 0.2, 0.2),        # both: ≤ 220 and ≥ 0.2
-                  "Oracle (planted truth)": ("oracle", 150.0, 0.2, 0.1, 0.4, 0.3)})
+    rows = _rows(
+        {
+            "GE: RRD (K=32)": ("GE", 200.0, 0.02, 0.01, 0.2, 0.1),
+            "LI: Visual Affect": ("LI", 1000.0, 0.5, 0.4, 0.25, 0.25),
+            "GELI: RRD + VA": ("GELI", 210.0, 0.1, 0.1, 0.2, 0.1),  # adds up, too little Δ
+            "GELI: recipe": ("GELI", 215.0, 0.3, 0.25, 0.2, 0.2),  # both: ≤ 220 and ≥ 0.2
+            "Oracle (planted truth)": ("oracle", 150.0, 0.2, 0.1, 0.4, 0.3),
+        }
+    )
     text = ex.readings(rows)
     assert "GE-only Δr̂_LI ≈ 0: **holds**" in text[0] and "0.020" in text[0]
     assert "**holds**" in text[1] and "4.8×" in text[1]  # 1000 / 210
     assert "**GELI: recipe**" in text[2] and "L_GE MSE ≤ 220.0" in text[2]
     assert "0.400 pooled" in text[3] and "0.300 within" in text[3]
-    placebo = _rows({"LI: Visual Affect [placebo face]": ("LI", 1000.0, 0.5, 0.4, 0.2, 0.1),
-                     "GELI: recipe [placebo face]": ("GELI", 215.0, 0.0, 0.0, 0.2, 0.05)})
+    placebo = _rows(
+        {
+            "LI: Visual Affect [placebo face]": ("LI", 1000.0, 0.5, 0.4, 0.2, 0.1),
+            "GELI: recipe [placebo face]": ("GELI", 215.0, 0.0, 0.0, 0.2, 0.05),
+        }
+    )
     placebo_line = ex.readings(rows, placebo)[-1]
     assert "Visual Affect: 0.250 → 0.100 (40% survives); GELI: recipe: 0.200 → 0.050 (25% survives)" in placebo_line
     assert "GE: RRD (K=32), which never sees a face, reaches 0.100" in placebo_line
@@ -91,18 +113,25 @@ def test_readings_state_the_pattern_with_this_runs_numbers():
 
 
 def test_table1_best_takes_the_mean_over_seeds():
-    rows = pd.concat([_rows({"A": ("GE", 100.0, 0.1, 0.0, 0.2, 0.1), "B": ("GE", 120.0, 0.3, 0.2, 0.2, 0.1)}),
-                      _rows({"A": ("GE", 160.0, 0.1, 0.0, 0.2, 0.1), "B": ("GE", 121.0, 0.3, 0.4, 0.2, 0.1)})])
+    rows = pd.concat(
+        [
+            _rows({"A": ("GE", 100.0, 0.1, 0.0, 0.2, 0.1), "B": ("GE", 120.0, 0.3, 0.2, 0.2, 0.1)}),
+            _rows({"A": ("GE", 160.0, 0.1, 0.0, 0.2, 0.1), "B": ("GE", 121.0, 0.3, 0.4, 0.2, 0.1)}),
+        ]
+    )
     best = ex.table1_best(rows, "l_ge_mse")  # A: (100 + 160) / 2 = 130 > B's 120.5
     assert best.name == "B" and best.l_ge_mse == pytest.approx(120.5)
     assert ex.table1_best(rows, "delta_li_within", lowest=False).delta_li_within == pytest.approx(0.3)
 
 
 def test_sweep_readings_judge_by_table_1s_bar():
-    rows = pd.DataFrame([{"method": "GELI", "seed": s, "lam": lam, "l_ge_mse": mse, "delta_li_within": d}
-                         for s in (0, 1)
-                         for lam, mse, d in ((0.0, 900.0, 0.4), (0.1, 205.0, 0.3), (0.5, 200.0, 0.05),
-                                             (1.0, 190.0, 0.0))])
+    rows = pd.DataFrame(
+        [
+            {"method": "GELI", "seed": s, "lam": lam, "l_ge_mse": mse, "delta_li_within": d}
+            for s in (0, 1)
+            for lam, mse, d in ((0.0, 900.0, 0.4), (0.1, 205.0, 0.3), (0.5, 200.0, 0.05), (1.0, 190.0, 0.0))
+        ]
+    )
     (line,) = ex.sweep_readings(rows, (209.0, 0.2))
     # both: L_GE ≤ 209 and Δ within ≥ 0.2 -> only λ = 0.1
     assert "at lam = **0.1**" in line and "L_GE MSE ≤ 209.0" in line

@@ -66,7 +66,8 @@ def test_port_reads_every_keras_tensor():
         n_file = sum(int(np.prod(d.shape)) for d in _datasets(f["model_weights"]))
     model = F.load_mini_xception()
     n_model = sum(p.numel() for p in model.parameters()) + sum(
-        b.numel() for name, b in model.named_buffers() if not name.endswith("num_batches_tracked"))
+        b.numel() for name, b in model.named_buffers() if not name.endswith("num_batches_tracked")
+    )
     assert n_model == n_file
     # BatchNorm running statistics were copied, not left at their init values
     assert not torch.allclose(model.bn1.running_var, torch.ones_like(model.bn1.running_var))

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from fixtures import write_candor, write_esconv
+
 from geli_lib.compute import free_port, loopback_cluster
 from geli_lib.data import load_candor, load_esconv
 from geli_lib.features import SUMMARY_COLUMNS, turn_listener_summary
@@ -32,18 +32,27 @@ def _naive(corpus: Corpus, min_words: int = 5) -> pd.DataFrame:
     """A slow, obvious reference: one boolean mask per turn."""
     rows = []
     for t in corpus.turns[corpus.turns["is_ai"]].itertuples():
-        f = corpus.frames[(corpus.frames["convo_id"] == t.convo_id)
-                          & (corpus.frames["t"] >= t.start) & (corpus.frames["t"] <= t.stop)]
+        f = corpus.frames[
+            (corpus.frames["convo_id"] == t.convo_id) & (corpus.frames["t"] >= t.start) & (corpus.frames["t"] <= t.stop)
+        ]
         face = f[list(FACE_COLUMNS)].dropna()
         votes = pd.Series(np.asarray(EMOTIONS)[face.to_numpy().argmax(1)]).value_counts()
         top = votes.index[0] if len(votes) else ""
         if len(votes) and (votes == votes.iloc[0]).sum() > 1:  # tie: first in EMOTIONS order
             top = next(e for e in EMOTIONS if votes.get(e, 0) == votes.iloc[0])
-        rows.append({"convo_id": t.convo_id, "turn_idx": t.turn_idx, "n_frames": len(f),
-                     "n_face_frames": len(face), "top_emotion": top,
-                     "happiness_mean": face["prob_face_happiness"].mean(),
-                     "smile_mean": f["smile"].mean(), "gaze_mean": f["gaze_on"].mean(),
-                     "va_label": int(top == "happiness" and t.n_words > min_words and len(face) > 0)})
+        rows.append(
+            {
+                "convo_id": t.convo_id,
+                "turn_idx": t.turn_idx,
+                "n_frames": len(f),
+                "n_face_frames": len(face),
+                "top_emotion": top,
+                "happiness_mean": face["prob_face_happiness"].mean(),
+                "smile_mean": f["smile"].mean(),
+                "gaze_mean": f["gaze_on"].mean(),
+                "va_label": int(top == "happiness" and t.n_words > min_words and len(face) > 0),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -79,17 +88,40 @@ def _tiny_corpus(frames: pd.DataFrame, turns: list[tuple[float, float, int]]) ->
     """One conversation: listener "L", AI "A"; AI turns at the given (start, stop, n_words)."""
     rows = []
     for i, (a, b, w) in enumerate(turns):
-        rows.append({"turn_idx": 2 * i, "speaker_id": "L", "role": "User", "is_ai": False,
-                     "start": a - 1, "stop": a - 0.5, "n_words": 3})
-        rows.append({"turn_idx": 2 * i + 1, "speaker_id": "A", "role": "AI", "is_ai": True,
-                     "start": a, "stop": b, "n_words": w})
+        rows.append(
+            {
+                "turn_idx": 2 * i,
+                "speaker_id": "L",
+                "role": "User",
+                "is_ai": False,
+                "start": a - 1,
+                "stop": a - 0.5,
+                "n_words": 3,
+            }
+        )
+        rows.append(
+            {"turn_idx": 2 * i + 1, "speaker_id": "A", "role": "AI", "is_ai": True, "start": a, "stop": b, "n_words": w}
+        )
     t = pd.DataFrame(rows)
     t["convo_id"], t["turn_id"] = "c0", t["turn_idx"].astype(str)
     t["utterance"] = [" ".join(["w"] * n) for n in t["n_words"]]
     t["act"], t["true_reward"], t["local_feedback"] = "", np.nan, np.nan
-    conv = pd.DataFrame([{"convo_id": "c0", "corpus": "x", "listener_id": "L", "ai_id": "A",
-                          "score": 50.0, "score_raw": 5.0, "n_turns": len(t),
-                          "n_ai_turns": len(turns), "duration": 20.0, "has_truth": False}])
+    conv = pd.DataFrame(
+        [
+            {
+                "convo_id": "c0",
+                "corpus": "x",
+                "listener_id": "L",
+                "ai_id": "A",
+                "score": 50.0,
+                "score_raw": 5.0,
+                "n_turns": len(t),
+                "n_ai_turns": len(turns),
+                "duration": 20.0,
+                "has_truth": False,
+            }
+        ]
+    )
     frames = frames.assign(convo_id="c0")
     for col in ("is_speaking", "gaze_on", "smile", "nod_yes", "nod_no", *FACE_COLUMNS):
         if col not in frames:
@@ -108,22 +140,33 @@ def _faces(emotions: list[str | None]) -> np.ndarray:
 
 
 def test_forced_zeros_ties_and_missing_signals():
-    emos = ["neutral", "happiness", "happiness", "neutral",   # t 0-3: a 2-2 tie
-            None, None,                                       # t 4-5: no face
-            "happiness", "happiness", "anger"]                # t 6-8
+    emos = [
+        "neutral",
+        "happiness",
+        "happiness",
+        "neutral",  # t 0-3: a 2-2 tie
+        None,
+        None,  # t 4-5: no face
+        "happiness",
+        "happiness",
+        "anger",
+    ]  # t 6-8
     frames = pd.DataFrame(_faces(emos), columns=list(FACE_COLUMNS))
     frames["t"] = np.arange(len(emos), dtype=float)
     frames["user_id"] = "L"
     frames["nod_yes"] = [0, 1, 0, 0, np.nan, np.nan, np.nan, np.nan, np.nan]
     # the AI's own frames must be ignored
     other = frames.assign(user_id="A", prob_face_happiness=0.0)
-    corpus = _tiny_corpus(pd.concat([frames, other]), [
-        (0.0, 3.0, 10),    # tie happiness/neutral -> happiness (first in EMOTIONS)
-        (4.0, 5.0, 10),    # frames, no face
-        (6.0, 8.0, 3),     # happy, but short
-        (6.0, 8.0, 6),     # happy, 6 words
-        (12.0, 14.0, 10),  # no frames at all
-    ])
+    corpus = _tiny_corpus(
+        pd.concat([frames, other]),
+        [
+            (0.0, 3.0, 10),  # tie happiness/neutral -> happiness (first in EMOTIONS)
+            (4.0, 5.0, 10),  # frames, no face
+            (6.0, 8.0, 3),  # happy, but short
+            (6.0, 8.0, 6),  # happy, 6 words
+            (12.0, 14.0, 10),  # no frames at all
+        ],
+    )
     s = turn_listener_summary(corpus).set_index("turn_idx")
     assert list(s["n_frames"]) == [4, 2, 3, 3, 0]
     assert list(s["n_face_frames"]) == [4, 0, 3, 3, 0]
@@ -156,13 +199,37 @@ def test_summary_speed():
     for col in ("is_speaking", "gaze_on", "smile", "nod_yes", "nod_no"):
         frames[col] = rng.random(len(frames))
     starts = np.tile(np.arange(n_ai) * 24.0, n_conv)
-    turns = pd.DataFrame({"convo_id": np.repeat(cids, n_ai), "turn_idx": np.tile(np.arange(n_ai), n_conv),
-                          "turn_id": "0", "speaker_id": "A", "role": "AI", "is_ai": True,
-                          "start": starts, "stop": starts + 10.0, "utterance": "w w w w w w",
-                          "n_words": 6, "act": "", "true_reward": np.nan, "local_feedback": np.nan})
-    conv = pd.DataFrame({"convo_id": cids, "corpus": "x", "listener_id": "L", "ai_id": "A",
-                         "score": 50.0, "score_raw": 5.0, "n_turns": n_ai, "n_ai_turns": n_ai,
-                         "duration": float(n_sec), "has_truth": False})
+    turns = pd.DataFrame(
+        {
+            "convo_id": np.repeat(cids, n_ai),
+            "turn_idx": np.tile(np.arange(n_ai), n_conv),
+            "turn_id": "0",
+            "speaker_id": "A",
+            "role": "AI",
+            "is_ai": True,
+            "start": starts,
+            "stop": starts + 10.0,
+            "utterance": "w w w w w w",
+            "n_words": 6,
+            "act": "",
+            "true_reward": np.nan,
+            "local_feedback": np.nan,
+        }
+    )
+    conv = pd.DataFrame(
+        {
+            "convo_id": cids,
+            "corpus": "x",
+            "listener_id": "L",
+            "ai_id": "A",
+            "score": 50.0,
+            "score_raw": 5.0,
+            "n_turns": n_ai,
+            "n_ai_turns": n_ai,
+            "duration": float(n_sec),
+            "has_truth": False,
+        }
+    )
     corpus = Corpus("x", conv, turns, frames)
     t0 = time.perf_counter()
     s = turn_listener_summary(corpus)
@@ -211,26 +278,55 @@ def test_2s_smoothing_changes_a_flickering_window():
 def test_describe_listener_words_follow_the_columns():
     from geli_lib.features import NO_FACE, NO_VIDEO, describe_listener
 
-    base = {"start": 0.0, "stop": 10.0, "n_frames": 10, "n_face_frames": 10, "top_emotion": "happiness",
-            **{c: 0.05 for c in FACE_COLUMNS}, "prob_face_happiness": 0.62, "smile_mean": 0.7,
-            "gaze_mean": 0.6, "nod_yes_any": True, "nod_no_any": False, "f0_mean_mean": 150.0,
-            "f0_slope": 1.5}
-    rows = pd.DataFrame([
-        base,
-        {**base, "smile_mean": 0.2, "top_emotion": "neutral", "prob_face_neutral": 0.8,
-         "nod_yes_any": False, "gaze_mean": 1.0, "f0_slope": -1.5},
-        {**base, "smile_mean": 0.0, "nod_yes_any": pd.NA, "nod_no_any": pd.NA, "f0_slope": 0.1},
-        {**base, "n_frames": 0, "n_face_frames": 0, "top_emotion": ""},
-        {**base, "n_face_frames": 0, "top_emotion": "", "smile_mean": np.nan, "gaze_mean": np.nan,
-         "nod_yes_any": pd.NA, "nod_no_any": pd.NA, "f0_slope": np.nan},
-    ], index=[7, 8, 9, 10, 11])
+    base = {
+        "start": 0.0,
+        "stop": 10.0,
+        "n_frames": 10,
+        "n_face_frames": 10,
+        "top_emotion": "happiness",
+        **{c: 0.05 for c in FACE_COLUMNS},
+        "prob_face_happiness": 0.62,
+        "smile_mean": 0.7,
+        "gaze_mean": 0.6,
+        "nod_yes_any": True,
+        "nod_no_any": False,
+        "f0_mean_mean": 150.0,
+        "f0_slope": 1.5,
+    }
+    rows = pd.DataFrame(
+        [
+            base,
+            {
+                **base,
+                "smile_mean": 0.2,
+                "top_emotion": "neutral",
+                "prob_face_neutral": 0.8,
+                "nod_yes_any": False,
+                "gaze_mean": 1.0,
+                "f0_slope": -1.5,
+            },
+            {**base, "smile_mean": 0.0, "nod_yes_any": pd.NA, "nod_no_any": pd.NA, "f0_slope": 0.1},
+            {**base, "n_frames": 0, "n_face_frames": 0, "top_emotion": ""},
+            {
+                **base,
+                "n_face_frames": 0,
+                "top_emotion": "",
+                "smile_mean": np.nan,
+                "gaze_mean": np.nan,
+                "nod_yes_any": pd.NA,
+                "nod_no_any": pd.NA,
+                "f0_slope": np.nan,
+            },
+        ],
+        index=[7, 8, 9, 10, 11],
+    )
     d = describe_listener(rows)
     assert list(d.index) == [7, 8, 9, 10, 11]
     assert d[7] == "listener smiled, mostly happy (0.62), nodded, looked away 40% of the time, pitch rising"
-    assert d[8] == ("listener smiled briefly, mostly neutral (0.80), no head nods, "
-                    "kept looking at the screen, pitch falling")
-    assert d[9] == ("listener did not smile, mostly happy (0.62), looked away 40% of the time, "
-                    "pitch steady")
+    assert d[8] == (
+        "listener smiled briefly, mostly neutral (0.80), no head nods, kept looking at the screen, pitch falling"
+    )
+    assert d[9] == ("listener did not smile, mostly happy (0.62), looked away 40% of the time, pitch steady")
     assert d[10] == NO_VIDEO and d[11] == NO_FACE
 
 
@@ -275,7 +371,7 @@ def test_cli_keeps_good_files_and_reports_the_bad_one(recordings):
     assert rc == 1  # one file failed
     rep = json.loads((out / "features_report.json").read_text())
     assert rep["counts"] == {"done": 2, "skipped": 0, "failed": 1}
-    (bad, err), = rep["failed"].items()
+    ((bad, err),) = rep["failed"].items()
     assert bad.endswith("broken.mp4") and "VideoError" in err and "broken.mp4" in err
     assert (out / "c1" / "L.csv").is_file() and (out / "c1" / "A.csv").is_file()
     assert not (out / "c1" / "broken.csv").exists()
@@ -315,11 +411,20 @@ def test_folder_becomes_a_candor_corpus_the_real_loader_reads(recordings, tmp_pa
     convo.mkdir(parents=True)
     shutil.copy(out / "c1" / "audio_video_features.csv", convo / "audio_video_features.csv")
     (convo / "transcription").mkdir()
-    pd.DataFrame({"turn_id": ["t0", "t1", "t2", "t3"], "speaker": ["L", "A", "L", "A"],
-                  "start": [0.0, 0.5, 1.9, 2.0], "stop": [0.4, 1.8, 1.95, 4.0],
-                  "utterance": ["hi", "so tell me about your trip to the moon",
-                                "yes", "what was the best part of floating up there"]}
-                 ).to_csv(convo / "transcription" / "transcript_cliffhanger.csv", index=False)
+    pd.DataFrame(
+        {
+            "turn_id": ["t0", "t1", "t2", "t3"],
+            "speaker": ["L", "A", "L", "A"],
+            "start": [0.0, 0.5, 1.9, 2.0],
+            "stop": [0.4, 1.8, 1.95, 4.0],
+            "utterance": [
+                "hi",
+                "so tell me about your trip to the moon",
+                "yes",
+                "what was the best part of floating up there",
+            ],
+        }
+    ).to_csv(convo / "transcription" / "transcript_cliffhanger.csv", index=False)
     pd.DataFrame({"user_id": ["L", "A"], "overall_affect": [8, 6]}).to_csv(convo / "survey.csv", index=False)
     corpus = load_candor(corpus_root, DataParams(), progress=False)
     assert len(corpus.frames) == len(LISTENER_MOTIONS) and (corpus.frames["user_id"] == "L").all()
@@ -395,8 +500,10 @@ def several_recordings(tmp_path_factory):
     and shakes, voices of three pitches and one video without audio), and their serial extraction."""
     root = tmp_path_factory.mktemp("several")
     faces = sample_faces()
-    motions = (["still", "nod", "still", "still", "shake", "still", "still", "nod"],
-               ["nod", "still", "still", "shake", "still", "still", "nod", "still"])
+    motions = (
+        ["still", "nod", "still", "still", "shake", "still", "still", "nod"],
+        ["nod", "still", "still", "shake", "still", "still", "nod", "still"],
+    )
     for k in range(6):
         folder = root / f"c{k // 2}"
         write_face_clip(faces[("astronaut", "grace_hopper")[k % 2]], folder / f"p{k}.avi", motions[k % 2])
@@ -431,12 +538,17 @@ def test_loopback_cluster_matches_serial_bytes_and_survives_a_killed_worker(seve
 
     root, serial = several_recordings
     out = tmp_path / "out"
-    with loopback_cluster(tmp_path / "logs", timeout=CLUSTER_TIMEOUT_S) as (address, dashboard, workers), \
-            Client(address, timeout=CLUSTER_TIMEOUT_S) as watcher:
+    with (
+        loopback_cluster(tmp_path / "logs", timeout=CLUSTER_TIMEOUT_S) as (address, dashboard, workers),
+        Client(address, timeout=CLUSTER_TIMEOUT_S) as watcher,
+    ):
         names = {addr: w["name"] for addr, w in watcher.scheduler_info()["workers"].items()}
-        run = subprocess.Popen([sys.executable, "-m", "geli_lib.features", str(root), str(out),
-                                "--scheduler", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "GELI_PROGRESS": "1"})
+        run = subprocess.Popen(
+            [sys.executable, "-m", "geli_lib.features", str(root), str(out), "--scheduler", address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "GELI_PROGRESS": "1"},
+        )
         try:
             deadline = time.monotonic() + CLUSTER_TIMEOUT_S
             busy: list[str] = []
@@ -448,7 +560,8 @@ def test_loopback_cluster_matches_serial_bytes_and_survives_a_killed_worker(seve
             stdout, stderr = run.communicate(timeout=CLUSTER_TIMEOUT_S)
             # the scheduler's own record: the killed worker's recordings went back to processing, then finished
             states = watcher.run_on_scheduler(
-                lambda keys, dask_scheduler: {k: [t.finish for t in dask_scheduler.story(k)] for k in keys}, busy)
+                lambda keys, dask_scheduler: {k: [t.finish for t in dask_scheduler.story(k)] for k in keys}, busy
+            )
         finally:
             if run.poll() is None:
                 run.kill()
@@ -479,7 +592,9 @@ def test_unreachable_scheduler_is_named_and_nothing_is_written(several_recording
     assert f"--scheduler {closed}: no Dask scheduler answered within 2s" in err
     assert "distributed.comm.timeouts.connect" in err
     assert FT.main([str(root), str(out), "--scheduler", "localhost:port", "--no-progress"]) == 2
-    assert "--scheduler localhost:port: not a Dask scheduler address, expected tcp://HOST:PORT" in capsys.readouterr().err
+    assert (
+        "--scheduler localhost:port: not a Dask scheduler address, expected tcp://HOST:PORT" in capsys.readouterr().err
+    )
     assert not out.exists()
 
 

@@ -17,9 +17,18 @@ def _gens(**over) -> pd.DataFrame:
     for seed in (0, 1, 2):
         for c in range(2):
             for model, resp in (("base", "That's nice."), ("ground truth", f"I love tennis too, Federer {c}!")):
-                rows.append({"corpus": "simulated", "seed": seed, "context_id": f"c{c}:3", "convo_id": f"c{c}",
-                             "turn_idx": 3, "history": "User: I love tennis\nAI: Me too\nUser: Federer is great",
-                             "model": model, "response": resp})
+                rows.append(
+                    {
+                        "corpus": "simulated",
+                        "seed": seed,
+                        "context_id": f"c{c}:3",
+                        "convo_id": f"c{c}",
+                        "turn_idx": 3,
+                        "history": "User: I love tennis\nAI: Me too\nUser: Federer is great",
+                        "model": model,
+                        "response": resp,
+                    }
+                )
     df = pd.DataFrame(rows)
     for k, v in over.items():
         df[k] = v
@@ -48,15 +57,25 @@ def test_context_overlap_is_a_specificity_proxy():
     assert ge.context_overlap(hist, "That's nice.") == 0.0  # generic: "nice" is not in the context
     assert math.isnan(ge.context_overlap(hist, "Oh yes, it is."))  # only function words: no content
     # content words: love, tennis, can't, get, enough, roger, federer -> tennis, love, federer in history
-    assert ge.context_overlap(hist, "Me too, I love tennis, I can't get enough of Roger Federer!") == \
-        pytest.approx(3 / 7)
+    assert ge.context_overlap(hist, "Me too, I love tennis, I can't get enough of Roger Federer!") == pytest.approx(
+        3 / 7
+    )
 
 
 def test_auto_eval_rows_and_mean_sd_table():
     rows = ge.auto_eval(_gens(), EvalParams(), DataParams())
     assert list(rows.columns) == list(ge.AUTO_EVAL_COLUMNS)
-    assert set(rows["metric"]) == {"length", "vader_compound", "vader_positive", "context_overlap", "repetition",
-                                   "distinct_1", "distinct_2", "same_as_base", "empty"}
+    assert set(rows["metric"]) == {
+        "length",
+        "vader_compound",
+        "vader_positive",
+        "context_overlap",
+        "repetition",
+        "distinct_1",
+        "distinct_2",
+        "same_as_base",
+        "empty",
+    }
     base = rows[(rows["model"] == "base") & (rows["seed"] == 0)].set_index("metric")["value"]
     assert base["length"] == 2  # "that's", "nice"
     assert base["distinct_1"] == pytest.approx(2 / 4)  # the same reply to both contexts
@@ -78,8 +97,9 @@ def test_same_as_base():
 
 
 def test_mean_sd_over_seeds():
-    rows = pd.DataFrame({"corpus": "x", "seed": [0, 1, 2], "model": "m", "metric": "length",
-                         "value": [1.0, 2.0, 6.0], "n": 1})
+    rows = pd.DataFrame(
+        {"corpus": "x", "seed": [0, 1, 2], "model": "m", "metric": "length", "value": [1.0, 2.0, 6.0], "n": 1}
+    )
     assert ge.auto_eval_table(rows).loc[("x", "m"), "length"] == f"3.00 ± {np.std([1, 2, 6], ddof=1):.2f}"
 
 
@@ -208,5 +228,6 @@ def test_notebook_08_without_generations_names_07(tmp_path, monkeypatch):
 
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     with pytest.raises(StageError, match="07_ppo"):
-        run_notebook(NOTEBOOK_DIR / "08_generations_eval.ipynb", tmp_path / "08.ipynb", {"profile": "smoke"},
-                     progress=False)
+        run_notebook(
+            NOTEBOOK_DIR / "08_generations_eval.ipynb", tmp_path / "08.ipynb", {"profile": "smoke"}, progress=False
+        )

@@ -24,8 +24,17 @@ def hand_key(kit: str = KIT) -> pd.DataFrame:
         for i in range(1, 11):
             order = MODELS if i % 2 else MODELS[::-1]
             for letter, m in zip("ABC", order):
-                rows.append({"kit_id": kit, "item_id": f"s{seed}-i{i:02d}", "corpus": "simulated", "seed": seed,
-                             "context_id": f"c{i}", "letter": letter, "model": m})
+                rows.append(
+                    {
+                        "kit_id": kit,
+                        "item_id": f"s{seed}-i{i:02d}",
+                        "corpus": "simulated",
+                        "seed": seed,
+                        "context_id": f"c{i}",
+                        "letter": letter,
+                        "model": m,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -40,8 +49,9 @@ TICKS = {
 }
 
 
-def hand_annotations(key: pd.DataFrame, ticks: dict = TICKS, annotator: str = "ann1",
-                     items: range = range(1, 11)) -> pd.DataFrame:
+def hand_annotations(
+    key: pd.DataFrame, ticks: dict = TICKS, annotator: str = "ann1", items: range = range(1, 11)
+) -> pd.DataFrame:
     letter = key.set_index(["item_id", "model"])["letter"]
     rows = []
     for seed in (0, 1):
@@ -89,7 +99,7 @@ def test_table_and_significance_by_hand(tmp_path):
     # Nothing ticked: 0 on positive questions, 100 on negated ones
     assert table.loc["M", "Connection"] == "0.00 ± 0.00" and table.loc["M", "Fluency"] == "100.00 ± 0.00"
     p = stats.set_index(["model", "metric"])["p"]
-    assert p[("M", "Positivity")] == pytest.approx(2 * 0.5 ** 11)
+    assert p[("M", "Positivity")] == pytest.approx(2 * 0.5**11)
     assert p[("M", "Sensible")] == pytest.approx(112 / 1024)
     assert p[("M", "Reuse")] == pytest.approx(22 / 1024)
     assert p[("ground truth", "Positivity")] == pytest.approx(0.25)  # 3 items, all for base
@@ -101,7 +111,9 @@ def test_table_and_significance_by_hand(tmp_path):
 
 def test_spread_over_annotators(tmp_path):
     key = hand_key()
-    a1 = hand_annotations(key, {("positivity", 0): {"M": [1, 2, 3, 4, 5, 6]}, ("positivity", 1): {"M": [1, 2, 3, 4, 5, 6]}}, "a1")
+    a1 = hand_annotations(
+        key, {("positivity", 0): {"M": [1, 2, 3, 4, 5, 6]}, ("positivity", 1): {"M": [1, 2, 3, 4, 5, 6]}}, "a1"
+    )
     a2 = hand_annotations(key, {("positivity", 0): {"M": [1, 2, 3, 4]}, ("positivity", 1): {"M": [1, 2, 3, 4]}}, "a2")
     sel, _ = he.unblind(_read(tmp_path, a1, a2), key)
     table, _ = he.human_table(sel, spread="annotator")
@@ -190,8 +202,11 @@ def test_duplicate_annotator(tmp_path):
     assert report["dropped_duplicates"] == 20 and report["annotations"] == 20
     changed = ann.copy()
     changed.loc[0, "positivity"] = "ABC"
-    with pytest.raises(he.HumanEvalError, match=r"answers1.csv: row 2: annotator 'ann1' answered item s0-i01 "
-                                                r"again with different answers \(first at .*answers0.csv: row 2\)"):
+    with pytest.raises(
+        he.HumanEvalError,
+        match=r"answers1.csv: row 2: annotator 'ann1' answered item s0-i01 "
+        r"again with different answers \(first at .*answers0.csv: row 2\)",
+    ):
         he.unblind(_read(tmp_path, ann, changed), key)
 
 
@@ -221,8 +236,15 @@ def test_empty_annotator_and_missing_columns(tmp_path):
 def test_crowdsourcing_results_read_like_the_local_form(tmp_path):
     key = hand_key()
     local = hand_annotations(key)
-    mturk = local.rename(columns={"kit_id": "Input.kit_id", "item_id": "Input.item_id", "annotator": "WorkerId",
-                                  **{q.key: f"Answer.{q.key}" for q in he.QUESTIONS}, "reason": "Answer.reason"})
+    mturk = local.rename(
+        columns={
+            "kit_id": "Input.kit_id",
+            "item_id": "Input.item_id",
+            "annotator": "WorkerId",
+            **{q.key: f"Answer.{q.key}" for q in he.QUESTIONS},
+            "reason": "Answer.reason",
+        }
+    )
     mturk.insert(0, "HITId", "h")
     a, _ = he.unblind(_read(tmp_path, local), key)
     b, _ = he.unblind(_read(tmp_path, mturk), key)
@@ -237,9 +259,18 @@ def _gens() -> pd.DataFrame:
     for seed in (0, 1):
         for c in range(6):
             for m in ("base", "ground truth", "GELI: RRD + VA", "GE: RRD (K=32)"):
-                rows.append({"corpus": "simulated", "seed": seed, "context_id": f"x{c}:5", "convo_id": f"x{c}",
-                             "turn_idx": 5, "history": f"User: hello {c}\nAI: hi\nUser: what now {c}?",
-                             "model": m, "response": f"{m} answers {c} in seed {seed}"})
+                rows.append(
+                    {
+                        "corpus": "simulated",
+                        "seed": seed,
+                        "context_id": f"x{c}:5",
+                        "convo_id": f"x{c}",
+                        "turn_idx": 5,
+                        "history": f"User: hello {c}\nAI: hi\nUser: what now {c}?",
+                        "model": m,
+                        "response": f"{m} answers {c} in seed {seed}",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -271,7 +302,9 @@ def test_kit_id_follows_the_content_and_incomplete_contexts_are_left_out(capsys)
     changed = gens.copy()
     changed["response"] += "!"
     assert he.build_items(changed, 4)[0]["kit_id"].iloc[0] != kit
-    partial = gens.drop(index=gens.index[(gens["context_id"] == "x0:5") & (gens["model"] == "base") & (gens["seed"] == 0)])
+    partial = gens.drop(
+        index=gens.index[(gens["context_id"] == "x0:5") & (gens["model"] == "base") & (gens["seed"] == 0)]
+    )
     items, key = he.build_items(partial, 10)
     assert "1 context(s) lack a model's response" in capsys.readouterr().out
     assert len(items) == 11 and "x0:5" not in set(key[key["seed"] == 0]["context_id"])
@@ -284,14 +317,15 @@ def test_write_kit_refuses_a_key_of_another_kit(tmp_path):
     paths = he.write_kit(tmp_path, items, key)
     assert paths["key"].parent.name == "keys" and paths["key"].parent != paths["form"].parent
     pd.testing.assert_frame_equal(he.load_keys(tmp_path), key)
-    assert (paths["form"].read_text().count("</script>") == 2)  # embedded texts cannot close the script
+    assert paths["form"].read_text().count("</script>") == 2  # embedded texts cannot close the script
 
 
 # --------------------------------------------------------------------------- the form in a real browser
 
 
-pytest_browser = pytest.mark.skipif(not browser.chromium_available(),
-                                    reason=f"{browser.CHROMIUM} is absent (apt-get install chromium chromium-driver)")
+pytest_browser = pytest.mark.skipif(
+    not browser.chromium_available(), reason=f"{browser.CHROMIUM} is absent (apt-get install chromium chromium-driver)"
+)
 
 
 def _tick(driver, question: str, letters: str) -> None:
@@ -373,9 +407,11 @@ def test_crowd_template_posts_the_answers_as_form_fields(tmp_path):
     hit.write_text(page)
     letter = key[key["item_id"] == row["item_id"]].set_index("model")["letter"]
     # stands in for the platform: records what the form would post, unless the form refused to submit
-    capture = ("var f = document.getElementById('crowd-form'); f.addEventListener('submit', function (e) {"
-               " if (!e.defaultPrevented) { window.posted = Object.fromEntries(new FormData(f)); }"
-               " e.preventDefault(); });")
+    capture = (
+        "var f = document.getElementById('crowd-form'); f.addEventListener('submit', function (e) {"
+        " if (!e.defaultPrevented) { window.posted = Object.fromEntries(new FormData(f)); }"
+        " e.preventDefault(); });"
+    )
     with browser.headless_chromium() as driver:
         driver.get(hit.as_uri() + "?assignmentId=A1&workerId=W1")
         driver.execute_script(capture)
@@ -408,8 +444,11 @@ def _errors(path: Path) -> list:
 
 def _text(path: Path) -> str:
     nb = nbformat.read(path, as_version=4)
-    return "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/html", "")) + str(o.get("data", {}).get("text/plain", ""))
-                     for c in nb.cells for o in c.get("outputs", []))
+    return "\n".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/html", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for c in nb.cells
+        for o in c.get("outputs", [])
+    )
 
 
 @pytest.mark.slow
@@ -421,7 +460,9 @@ def test_notebooks_08_and_09_at_smoke_on_a_smollm2_fixture(tmp_path, monkeypatch
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     tables = results_dir("smoke", "tables")
     gens = write_generations(tables / "generations.csv", n_contexts=2, max_new_tokens=12)
-    run_notebook(NOTEBOOK_DIR / "08_generations_eval.ipynb", tmp_path / "08.ipynb", {"profile": "smoke"}, progress=False)
+    run_notebook(
+        NOTEBOOK_DIR / "08_generations_eval.ipynb", tmp_path / "08.ipynb", {"profile": "smoke"}, progress=False
+    )
     rows = pd.read_csv(tables / "auto_eval.csv")
     assert set(rows["model"]) == set(gens["model"]) and set(rows["seed"]) == {0, 1}
     assert (results_dir("smoke", "figures") / "08_auto_eval.png").stat().st_size > 1000
@@ -439,14 +480,23 @@ def test_notebooks_08_and_09_at_smoke_on_a_smollm2_fixture(tmp_path, monkeypatch
     letter = key.set_index(["item_id", "model"])["letter"]
     ann = []
     for item in sorted(key["item_id"].unique()):
-        r = {"kit_id": key["kit_id"].iloc[0], "annotator": "a1", "item_id": item,
-             **{q.key: he.NONE for q in he.QUESTIONS}, "reason": "r"}
+        r = {
+            "kit_id": key["kit_id"].iloc[0],
+            "annotator": "a1",
+            "item_id": item,
+            **{q.key: he.NONE for q in he.QUESTIONS},
+            "reason": "r",
+        }
         r["positivity"] = letter[(item, "ground truth")]
         ann.append(r)
     answers = tmp_path / "answers.csv"
     pd.DataFrame(ann).to_csv(answers, index=False)
-    run_notebook(NOTEBOOK_DIR / "09_human_eval.ipynb", tmp_path / "09b.ipynb",
-                 {"profile": "smoke", "annotations_path": str(answers)}, progress=False)
+    run_notebook(
+        NOTEBOOK_DIR / "09_human_eval.ipynb",
+        tmp_path / "09b.ipynb",
+        {"profile": "smoke", "annotations_path": str(answers)},
+        progress=False,
+    )
     assert not _errors(tmp_path / "09b.ipynb")
     # an ad-hoc run (-p annotations_path): the study's kit and key, its own table, the study's tables untouched
     assert not (tables / "human_eval_simulated.csv").exists()
@@ -454,7 +504,7 @@ def test_notebooks_08_and_09_at_smoke_on_a_smollm2_fixture(tmp_path, monkeypatch
     stats = pd.read_csv(table).set_index(["model", "metric"])
     assert stats.loc[("ground truth", "Positivity"), "mean"] == 100.0
     assert stats.loc[("base", "Positivity"), "mean"] == 0.0
-    assert stats.loc[("ground truth", "Positivity"), "p"] == pytest.approx(2 * 0.5 ** 4)  # 4 items, all for GT
+    assert stats.loc[("ground truth", "Positivity"), "p"] == pytest.approx(2 * 0.5**4)  # 4 items, all for GT
 
 
 # --------------------------------------------------------------------------- bad key and result files
@@ -472,19 +522,23 @@ def test_a_key_showing_one_model_under_two_letters_is_refused(tmp_path):
     def same_model(key):
         key.loc[1, "model"] = key.loc[0, "model"]  # item 1: letters A and B both "base"
         return key
+
     path = _kit_with_key(tmp_path, same_model)
     key = pd.read_csv(path, dtype=str)
     with pytest.raises(he.HumanEvalError) as e:
         he.load_keys(tmp_path)
-    assert str(e.value) == (f"{path}: row 3, field 'model': item {key.loc[1, 'item_id']} shows model "
-                            f"{key.loc[0, 'model']!r} under two letters ('A' in row 2 and 'B'); each letter "
-                            "must show a different model")
+    assert str(e.value) == (
+        f"{path}: row 3, field 'model': item {key.loc[1, 'item_id']} shows model "
+        f"{key.loc[0, 'model']!r} under two letters ('A' in row 2 and 'B'); each letter "
+        "must show a different model"
+    )
 
 
 def test_a_key_with_a_letter_twice_or_a_column_missing_is_refused(tmp_path):
     def same_letter(key):
         key.loc[1, "letter"] = key.loc[0, "letter"]
         return key
+
     _kit_with_key(tmp_path, same_letter)
     with pytest.raises(he.HumanEvalError, match=r"row 3, field 'letter': .* shows letter 'A' under two models"):
         he.load_keys(tmp_path)
@@ -493,11 +547,17 @@ def test_a_key_with_a_letter_twice_or_a_column_missing_is_refused(tmp_path):
         he.load_keys(tmp_path)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", r"answers\.csv: empty file \(0 bytes\): expected a header row with \['kit_id', 'item_id', 'annotator'"),
-    (b"\n\n", r"answers\.csv: empty file \(2 bytes\)"),
-    (b"kit_id,item_id,annotator\nk1,s0-i01,J\xfcrgen\n", r"answers\.csv: line 2, byte 36: not UTF-8 text \(b'\\xfc'\)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", r"answers\.csv: empty file \(0 bytes\): expected a header row with \['kit_id', 'item_id', 'annotator'"),
+        (b"\n\n", r"answers\.csv: empty file \(2 bytes\)"),
+        (
+            b"kit_id,item_id,annotator\nk1,s0-i01,J\xfcrgen\n",
+            r"answers\.csv: line 2, byte 36: not UTF-8 text \(b'\\xfc'\)",
+        ),
+    ],
+)
 def test_empty_or_non_utf8_result_files_are_named(tmp_path, content, message):
     (tmp_path / "answers.csv").write_bytes(content)
     with pytest.raises(he.HumanEvalError, match=message):

@@ -48,8 +48,7 @@ def _turns(n_ai: int, words: int = 6) -> pd.DataFrame:
     rows = []
     for i in range(2 * n_ai):
         ai = i % 2 == 1
-        rows.append({"turn_idx": i, "is_ai": ai,
-                     "utterance": " ".join([("sure" if ai else "well")] * words) + f" {i}"})
+        rows.append({"turn_idx": i, "is_ai": ai, "utterance": " ".join([("sure" if ai else "well")] * words) + f" {i}"})
     return pd.DataFrame(rows, columns=["turn_idx", "is_ai", "utterance"])
 
 
@@ -152,25 +151,30 @@ def test_real_smollm2_outputs_parse_as_expected(name):
 def test_real_truncated_answer_validates_against_its_chunk():
     """The greedy answer repeats A29 and stops mid-object; its 15 ids are the chunk's 15 AI turns."""
     ch = llm.conversation_chunks("c0", _turns(15), 80.0, LLMParams())[0]
-    v = llm.validate_scores(llm.parse_scores((DATA / "smollm2_prefill_greedy_truncated.txt").read_text()),
-                            ch, LLMParams())
+    v = llm.validate_scores(
+        llm.parse_scores((DATA / "smollm2_prefill_greedy_truncated.txt").read_text()), ch, LLMParams()
+    )
     assert sorted(v.labels) == sorted(ch.turn_ids) and not v.unknown
     assert v.raw_sum == 5 - 2 + 13 * 2 and math.isclose(v.deviation, v.raw_sum - 80.0)
-    t1 = llm.validate_scores(llm.parse_scores((DATA / "smollm2_prefill_t1_trailing_text.txt").read_text()),
-                             ch, LLMParams())
+    t1 = llm.validate_scores(
+        llm.parse_scores((DATA / "smollm2_prefill_t1_trailing_text.txt").read_text()), ch, LLMParams()
+    )
     assert set(t1.unknown) == {"A8", "A12", "A14", "A18", "A24", "A2A", "A2B", "A2C", "A2D"}
 
 
-@pytest.mark.parametrize("text", [
-    '```json\n{"A1": 10, "A3": -5.5}\n```',
-    'Sure! Here are the scores:\n{"A1": 10, "A3": -5.5}\nHope this helps.',
-    "{'A1': 10, 'A3': -5.5,}",
-    "{A1: 10, [A3]: -5.5}",
-    '{"scores": {"A1": 10, "A3": -5.5}}',
-    '[{"id": "A1", "score": 10}, {"id": "A3", "score": -5.5}]',
-    "A1: 10\nA3 = -5.5",
-    '{"A1": {"score": 10}, "A3": {"score": "-5.5"}}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '```json\n{"A1": 10, "A3": -5.5}\n```',
+        'Sure! Here are the scores:\n{"A1": 10, "A3": -5.5}\nHope this helps.',
+        "{'A1': 10, 'A3': -5.5,}",
+        "{A1: 10, [A3]: -5.5}",
+        '{"scores": {"A1": 10, "A3": -5.5}}',
+        '[{"id": "A1", "score": 10}, {"id": "A3", "score": -5.5}]',
+        "A1: 10\nA3 = -5.5",
+        '{"A1": {"score": 10}, "A3": {"score": "-5.5"}}',
+    ],
+)
 def test_tolerant_parsing(text):
     got = llm.parse_scores(text)
     assert {k.strip("[]"): float(v) for k, v in got.items()} == {"A1": 10.0, "A3": -5.5}
@@ -192,19 +196,23 @@ def test_an_answer_cut_inside_its_object_drops_the_number_that_may_be_cut():
 
 
 def test_true_and_false_are_not_scores():
-    v = llm.validate_scores(llm.parse_scores('{"A1": true, "A3": false, "A5": 7}'), _chunk(3, 60.0),
-                            LLMParams(rescale="none"))
+    v = llm.validate_scores(
+        llm.parse_scores('{"A1": true, "A3": false, "A5": 7}'), _chunk(3, 60.0), LLMParams(rescale="none")
+    )
     assert v.invalid == ["A1", "A3"] and v.annotated == ["A5"] and v.labels == {"A1": 0.0, "A3": 0.0, "A5": 7.0}
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("[" * 3000, "no id → score mapping"),
-    ("{" * 3000, "no id → score mapping"),
-    ('{"a": ' * 900 + '{"A1": 3}' + "}" * 900, None),  # deep but readable
-    ("[1," * 33_000, "no id → score mapping"),
-    ("[" * 1_000_000, "answer of 1000000 characters"),
-    ('{"A1": [' * 200_000, "answer of 1600000 characters"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("[" * 3000, "no id → score mapping"),
+        ("{" * 3000, "no id → score mapping"),
+        ('{"a": ' * 900 + '{"A1": 3}' + "}" * 900, None),  # deep but readable
+        ("[1," * 33_000, "no id → score mapping"),
+        ("[" * 1_000_000, "answer of 1000000 characters"),
+        ('{"A1": [' * 200_000, "answer of 1600000 characters"),
+    ],
+)
 def test_hostile_answers_are_malformed_quickly_never_a_crash(text, reason):
     t0 = time.perf_counter()
     if reason is None:
@@ -258,11 +266,14 @@ def test_rescale_shift_is_the_default_and_no_profile_overrides_it():
             assert set(v.labels) == set(c.turn_ids) and v.rescaled == "shift"
 
 
-@pytest.mark.parametrize("mode,raw,expected", [
-    ("scale", {"A1": 30, "A3": 10}, {"A1": 45.0, "A3": 15.0}),
-    ("shift", {"A1": 30, "A3": 10}, {"A1": 40.0, "A3": 20.0}),
-    ("scale", {"A1": 10, "A3": -10}, {"A1": 40.0, "A3": 20.0}),  # sum 0 cannot be scaled: shifted
-])
+@pytest.mark.parametrize(
+    "mode,raw,expected",
+    [
+        ("scale", {"A1": 30, "A3": 10}, {"A1": 45.0, "A3": 15.0}),
+        ("shift", {"A1": 30, "A3": 10}, {"A1": 40.0, "A3": 20.0}),
+        ("scale", {"A1": 10, "A3": -10}, {"A1": 40.0, "A3": 20.0}),  # sum 0 cannot be scaled: shifted
+    ],
+)
 def test_rescaling_enforces_the_sum(mode, raw, expected):
     v = llm.validate_scores(raw, _chunk(2, 60.0), LLMParams(rescale=mode))
     assert v.labels == pytest.approx(expected) and math.isclose(sum(v.labels.values()), 60.0)
@@ -274,12 +285,24 @@ def test_answer_pattern_is_the_chunks_ids_in_order_with_bounded_numbers():
 
     ch = _chunk(3, 60.0)  # A1 A3 A5
     pat = llm.answer_pattern(ch, 100.0)
-    for ok in ('{"A1": 10, "A3": -5.5, "A5": 0}', '{"A1": 99.25, "A3": -0.5, "A5": 100}', '{"A1": -100.0, "A3": 0, "A5": 7}'):
+    for ok in (
+        '{"A1": 10, "A3": -5.5, "A5": 0}',
+        '{"A1": 99.25, "A3": -0.5, "A5": 100}',
+        '{"A1": -100.0, "A3": 0, "A5": 7}',
+    ):
         assert re.fullmatch(pat, ok) and list(json.loads(ok)) == ["A1", "A3", "A5"]
-    for bad in ('{"A1": 10, "A3": 5}', '{"A3": 5, "A1": 10, "A5": 0}', '{"A1": 1, "A3": 2, "A5": 3, "A7": 4}',
-                '{"A1": 101, "A3": 2, "A5": 3}', '{"A1": 100.5, "A3": 2, "A5": 3}', '{"A1": -250, "A3": 2, "A5": 3}',
-                '{"A1": 1.234, "A3": 2, "A5": 3}', '{"A1": 01, "A3": 2, "A5": 3}',
-                '{"A1": "1", "A3": 2, "A5": 3}', '{"A1": 1e3, "A3": 2, "A5": 3}'):
+    for bad in (
+        '{"A1": 10, "A3": 5}',
+        '{"A3": 5, "A1": 10, "A5": 0}',
+        '{"A1": 1, "A3": 2, "A5": 3, "A7": 4}',
+        '{"A1": 101, "A3": 2, "A5": 3}',
+        '{"A1": 100.5, "A3": 2, "A5": 3}',
+        '{"A1": -250, "A3": 2, "A5": 3}',
+        '{"A1": 1.234, "A3": 2, "A5": 3}',
+        '{"A1": 01, "A3": 2, "A5": 3}',
+        '{"A1": "1", "A3": 2, "A5": 3}',
+        '{"A1": 1e3, "A3": 2, "A5": 3}',
+    ):
         assert not re.fullmatch(pat, bad), bad  # off the ids, their order, JSON numbers or |x| ≤ 100
     longest = '{"A1": -100.00, "A3": -100.00, "A5": -100.00}'
     assert re.fullmatch(pat, longest) and llm.answer_max_chars(ch, 100.0) == len(longest)
@@ -295,9 +318,13 @@ def test_cache_key_covers_backend_model_prompt_and_sampling():
     key = llm.ResponseCache.key("local", "m", msgs, s)
     assert key == llm.ResponseCache.key("local", "m", llm.prompt_messages(_chunk()), dict(s))
     other_prompt = [{"role": "user", "content": msgs[0]["content"] + " "}]
-    variants = [("openai", "m", msgs, s), ("local", "m2", msgs, s), ("local", "m", other_prompt, s),
-                ("local", "m", msgs, {**s, "temperature": 0.5}),
-                ("local", "m", msgs, llm.sampling_params(ch, LLMParams(), sample=1, attempt=0))]
+    variants = [
+        ("openai", "m", msgs, s),
+        ("local", "m2", msgs, s),
+        ("local", "m", other_prompt, s),
+        ("local", "m", msgs, {**s, "temperature": 0.5}),
+        ("local", "m", msgs, llm.sampling_params(ch, LLMParams(), sample=1, attempt=0)),
+    ]
     assert len({key, *(llm.ResponseCache.key(*v) for v in variants)}) == 1 + len(variants)
 
 
@@ -308,8 +335,7 @@ def test_reference_decomposer_splits_the_share_by_affect(sim, tmp_path):
     corpus, _ = sim
     ids = sorted(corpus.conversations["convo_id"])
     chunks = llm.build_chunks(corpus, ids, LLMParams(), "text")
-    dec = llm.decompose(chunks, llm.ReferenceDecomposer(), LLMParams(), llm.ResponseCache(tmp_path),
-                        progress=False)
+    dec = llm.decompose(chunks, llm.ReferenceDecomposer(), LLMParams(), llm.ResponseCache(tmp_path), progress=False)
     assert not list(tmp_path.rglob("*.json"))  # deterministic and free: never cached
     assert not llm.ReferenceDecomposer.is_llm
     assert (dec.chunks["status"] == "ok").all() and dec.labels["label"].notna().all()
@@ -332,9 +358,15 @@ def _free_port() -> int:
 
 
 def _completion(content: str) -> bytes:
-    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                       "choices": [{"index": 0, "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": content}}]}).encode()
+    return json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        }
+    ).encode()
 
 
 class FakeEndpoint:
@@ -385,10 +417,12 @@ class FakeEndpoint:
             "garbage_http": (200, b"<html>not json at all", "application/json"),
             "garbage_text": (200, _completion("I would rather not say."), "application/json"),
             "slow": ("sleep", ok, "application/json"),
-            "first_ok_then_500": (200, ok, "application/json") if k == 1 else
-            (500, b'{"error": {"message": "down"}}', "application/json"),
-            "partial_then_garbage": (200, _completion('Scores: {"A3": 50}'), "application/json") if k == 1 else
-            (200, _completion("No idea, sorry."), "application/json"),
+            "first_ok_then_500": (200, ok, "application/json")
+            if k == 1
+            else (500, b'{"error": {"message": "down"}}', "application/json"),
+            "partial_then_garbage": (200, _completion('Scores: {"A3": 50}'), "application/json")
+            if k == 1
+            else (200, _completion("No idea, sorry."), "application/json"),
         }[self.mode]
 
     def close(self):
@@ -405,8 +439,16 @@ def endpoint(request, monkeypatch):
 
 
 def _http_params(url: str, **kw) -> LLMParams:
-    return LLMParams(**{**FAST.__dict__, "backend": "openai", "base_url": url, "model": "m",
-                        "api_key_env": "GELI_TEST_LLM_KEY", **kw})
+    return LLMParams(
+        **{
+            **FAST.__dict__,
+            "backend": "openai",
+            "base_url": url,
+            "model": "m",
+            "api_key_env": "GELI_TEST_LLM_KEY",
+            **kw,
+        }
+    )
 
 
 @pytest.mark.parametrize("endpoint", ["ok"], indirect=True)
@@ -467,8 +509,9 @@ def test_timeout_is_an_endpoint_error(endpoint):
 @pytest.mark.parametrize("endpoint", ["garbage_text"], indirect=True)
 def test_malformed_answer_is_resampled_then_recorded_failed(endpoint, tmp_path):
     params = _http_params(endpoint.url, output_retries=2, concurrency=1)  # in turn: the 2nd chunk hits the cache
-    dec = llm.decompose([_chunk(), _chunk()], llm.OpenAIBackend(params), params, llm.ResponseCache(tmp_path),
-                        progress=False)
+    dec = llm.decompose(
+        [_chunk(), _chunk()], llm.OpenAIBackend(params), params, llm.ResponseCache(tmp_path), progress=False
+    )
     rec = dec.chunks.iloc[0]
     assert rec["status"] == "failed" and rec["attempts"] == 3 and "no id" in rec["reason"]
     assert dec.labels["label"].isna().all() and not dec.labels["annotated"].any()  # a failed chunk: masked
@@ -482,10 +525,13 @@ def test_left_out_turn_is_zero_and_only_a_failed_chunk_is_masked(endpoint, tmp_p
     """The first chunk's answer scores A3 only: A1 and A5 get 0 (not annotated), A3 the chunk's whole share;
     the second chunk's answers never parse: its turns are NaN, the only ones masked out of eq. 5."""
     params = _http_params(endpoint.url, output_retries=1, concurrency=1)
-    parsed, failed = llm.conversation_chunks("x", _turns(3), 60.0, params)[0], \
-        llm.conversation_chunks("y", _turns(2), 40.0, params)[0]
-    dec = llm.decompose([parsed, failed], llm.OpenAIBackend(params), params, llm.ResponseCache(tmp_path),
-                        progress=False)
+    parsed, failed = (
+        llm.conversation_chunks("x", _turns(3), 60.0, params)[0],
+        llm.conversation_chunks("y", _turns(2), 40.0, params)[0],
+    )
+    dec = llm.decompose(
+        [parsed, failed], llm.OpenAIBackend(params), params, llm.ResponseCache(tmp_path), progress=False
+    )
     assert dec.chunks["status"].tolist() == ["ok", "failed"] and dec.chunks["n_annotated"].tolist() == [1, 0]
     x = dec.labels[dec.labels["convo_id"] == "x"].set_index("turn_id")
     assert x["label"].to_dict() == {"A1": 0.0, "A3": 60.0, "A5": 0.0}  # shifted by the default rescale
@@ -513,8 +559,9 @@ def test_partial_progress_is_kept_in_the_cache(endpoint, tmp_path):
         llm.decompose(chunks, llm.OpenAIBackend(params), params, cache, progress=False)
     ok = FakeEndpoint("ok")
     try:
-        dec = llm.decompose(chunks, llm.OpenAIBackend(_http_params(ok.url, concurrency=1)), params, cache,
-                            progress=False)
+        dec = llm.decompose(
+            chunks, llm.OpenAIBackend(_http_params(ok.url, concurrency=1)), params, cache, progress=False
+        )
     finally:
         ok.close()
     assert ok.requests == 1 and dec.chunks["from_cache"].tolist() == [1, 0]
@@ -524,8 +571,9 @@ def test_missing_api_key_and_url_are_clear_errors(monkeypatch):
     monkeypatch.delenv("GELI_NO_SUCH_KEY", raising=False)
     monkeypatch.delenv("GELI_LLM_BASE_URL", raising=False)
     with pytest.raises(llm.LLMError, match="environment variable 'GELI_NO_SUCH_KEY'"):
-        llm.OpenAIBackend(LLMParams(backend="openai", base_url="http://127.0.0.1:9/v1", model="m",
-                                    api_key_env="GELI_NO_SUCH_KEY"))
+        llm.OpenAIBackend(
+            LLMParams(backend="openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env="GELI_NO_SUCH_KEY")
+        )
     with pytest.raises(llm.LLMError, match="GELI_LLM_BASE_URL"):
         llm.OpenAIBackend(LLMParams(backend="openai", model="m"))
 
@@ -545,12 +593,32 @@ def served_smollm2(tmp_path_factory):
     home = tmp_path_factory.mktemp("hf_home")
     (home / "hub").mkdir()
     port = _free_port()
-    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
+    env = {
+        **os.environ,
+        "HF_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    }
     log = open(home / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", path, "--host",
-                             "127.0.0.1", "--port", str(port), "--device", "cpu"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "transformers.cli.transformers",
+            "serve",
+            path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     try:
@@ -562,7 +630,9 @@ def served_smollm2(tmp_path_factory):
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise RuntimeError(f"transformers serve not ready in 120 s: {(home / 'serve.log').read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"transformers serve not ready in 120 s: {(home / 'serve.log').read_text()[-2000:]}"
+                    )
                 time.sleep(0.5)
         yield url, path, proc
     finally:
@@ -644,7 +714,8 @@ def test_constrained_decoding_scores_every_id_on_a_real_smollm2_call(local_smoll
     assert rec["status"] == "ok" and rec["attempts"] == 1 and rec["n_annotated"] == len(ch.turn_ids)
     assert dec.labels["annotated"].all() and dec.labels["label"].notna().all()
     assert dec.summary()["coverage"] == 1.0 and dec.summary()["annotated"] == pytest.approx(
-        1.0 - rec["n_invalid"] / len(ch.turn_ids))
+        1.0 - rec["n_invalid"] / len(ch.turn_ids)
+    )
     assert math.isclose(dec.labels["label"].sum(), ch.share, abs_tol=1e-6)  # rescale: shift (the default)
 
 
@@ -653,12 +724,23 @@ def test_constrained_decoding_scores_every_id_on_a_real_smollm2_call(local_smoll
 
 def test_consistency_classes_and_agreement():
     """Left-out turns carry label 0 and annotated False: App. J's third class comes from the flag."""
-    a = pd.DataFrame({"convo_id": ["x"] * 4 + ["y"] * 2, "turn_idx": [1, 3, 5, 7, 1, 3],
-                      "label": [5.0, 0.0, 0.0, -2.0, 1.0, 2.0],
-                      "annotated": [True, True, False, True, True, True]})
+    a = pd.DataFrame(
+        {
+            "convo_id": ["x"] * 4 + ["y"] * 2,
+            "turn_idx": [1, 3, 5, 7, 1, 3],
+            "label": [5.0, 0.0, 0.0, -2.0, 1.0, 2.0],
+            "annotated": [True, True, False, True, True, True],
+        }
+    )
     b = a.assign(label=[3.0, -1.0, 0.0, 4.0, 0.0, 2.0], annotated=[True, True, False, True, False, True])
     assert llm.label_classes(a["label"], a["annotated"]).tolist() == [
-        "positive", "zero_or_negative", "no_annotation", "zero_or_negative", "positive", "positive"]
+        "positive",
+        "zero_or_negative",
+        "no_annotation",
+        "zero_or_negative",
+        "positive",
+        "positive",
+    ]
     c = llm.consistency(a, b)
     assert c.set_index("convo_id")["agreement"].to_dict() == {"x": 0.75, "y": 0.5}
     # without the flag a left-out turn (0) would pass for "zero or negative"
@@ -714,8 +796,9 @@ def test_distillation_fits_the_labels_and_masks_failed_chunks(train_parts):
     assert tr.info["labels_clipped"] == 0.0
     # a small LLM that gives one turn of each conversation the whole score: clipped into the head's range
     greedy = np.where(pairs.groupby("convo_id").cumcount() == 0, pairs["score"], 0.0)
-    lumpy = rm.train_reward_function("llm", rm.make_train_data(
-        corpus, pairs, feats, train_ids, {**base, rm.LLM_LABELS: greedy}), p, seed=0)
+    lumpy = rm.train_reward_function(
+        "llm", rm.make_train_data(corpus, pairs, feats, train_ids, {**base, rm.LLM_LABELS: greedy}), p, seed=0
+    )
     assert 0 < lumpy.info["labels_clipped"] < 0.2
     # clipped labels keep each conversation's sum (eq. 5's labels add up to R), NaN stays NaN
     raw = torch.tensor([[10.0, 0.0, 0.0, float("nan")], [-1.0, 1.0, 0.5, 0.0]])
@@ -724,8 +807,9 @@ def test_distillation_fits_the_labels_and_masks_failed_chunks(train_parts):
     assert out == pytest.approx(1 / 6)
     assert moved[0, :3].tolist() == pytest.approx([4.0, 3.0, 3.0]) and moved[0, 3].isnan()
     assert moved[1, :3].tolist() == pytest.approx([-1.0, 1.0, 0.5])  # in range: unchanged
-    assert rm._clip_to_range(torch.tensor([[20.0, 20.0]]), torch.tensor([[True, True]]), 4.0)[0].tolist() \
-        == [[4.0, 4.0]]  # more than the range can hold: capped
+    assert rm._clip_to_range(torch.tensor([[20.0, 20.0]]), torch.tensor([[True, True]]), 4.0)[0].tolist() == [
+        [4.0, 4.0]
+    ]  # more than the range can hold: capped
     assert np.abs(rm.predict(lumpy, feats)).max() <= lumpy.scale <= 1.25 * 100 / lumpy.T_bar + 1e-6
     none = rm.make_train_data(corpus, pairs, feats, train_ids, {**base, rm.LLM_LABELS: np.full(len(pairs), np.nan)})
     with pytest.raises(rm.RewardModelError, match="every LLM label"):
@@ -743,13 +827,16 @@ def test_esconv_has_text_only_and_its_truth_is_the_local_feedback(tmp_path):
     ids = sorted(corpus.conversations["convo_id"])
     chunks = llm.build_chunks(corpus, ids, LLMParams(), "text")
     assert "Speaker B: Hi, I feel stressed about work." in chunks[0].transcript
-    dec = llm.decompose(chunks, llm.ReferenceDecomposer(), LLMParams(), llm.ResponseCache(tmp_path / "c"),
-                        progress=False)
+    dec = llm.decompose(
+        chunks, llm.ReferenceDecomposer(), LLMParams(), llm.ResponseCache(tmp_path / "c"), progress=False
+    )
     q = llm.quality(dec.labels, corpus)
     assert q["coverage"] == 1.0 and np.isfinite(q["gt_spearman"])  # against the seeker's feedback
 
 
 def test_distilled_rows_name_a_non_llm_decomposer():
-    assert llm.distilled_name("text", llm.ReferenceDecomposer()) == \
-        "LLM GELI: Language Only [reference decomposer, not an LLM]"
+    assert (
+        llm.distilled_name("text", llm.ReferenceDecomposer())
+        == "LLM GELI: Language Only [reference decomposer, not an LLM]"
+    )
     assert llm.DISTILLED == {"text": "LLM GELI: Language Only", "multimodal": "LLM GELI: Multimodal"}

@@ -9,8 +9,18 @@ import pytest
 import torch
 
 from geli_lib.losses import (
-    ReturnPredictor, geli_loss, ircr_loss, ircr_targets, li_loss, masked_mean, rrd_loss,
-    rudder_loss, session_estimate, rudder_redistribution, sample_rrd_indices, sum_decomposition_loss,
+    ReturnPredictor,
+    geli_loss,
+    ircr_loss,
+    ircr_targets,
+    li_loss,
+    masked_mean,
+    rrd_loss,
+    rudder_loss,
+    rudder_redistribution,
+    sample_rrd_indices,
+    session_estimate,
+    sum_decomposition_loss,
 )
 
 NAN = float("nan")
@@ -26,6 +36,7 @@ def batch():
 
 
 # ------------------------------------------------------------------ eq. 4
+
 
 def test_sum_decomposition_hand_value_and_padding_ignored(batch):
     r_hat, mask, R = batch
@@ -77,6 +88,7 @@ def test_masked_mean_empty_raises():
 
 # ------------------------------------------------------------------ RRD sampling
 
+
 def test_sampler_k_below_one_raises():
     for K in (0, -3):
         with pytest.raises(ValueError, match=f"K={K}"):
@@ -112,6 +124,7 @@ def test_sampler_k_larger_than_conversation():
 
 # ------------------------------------------------------------------ eq. 9
 
+
 def test_rrd_equals_sum_loss_when_k_is_t(batch):
     r_hat, mask, R = batch
     full = sum_decomposition_loss(r_hat, mask, R)
@@ -121,7 +134,8 @@ def test_rrd_equals_sum_loss_when_k_is_t(batch):
     idx, valid = sample_rrd_indices(m3.sum(1), 3, replace=False)
     for bc in (False, True):
         assert rrd_loss(r3, m3, R, idx, valid, bias_correction=bc).item() == pytest.approx(
-            sum_decomposition_loss(r3, m3, R).item())
+            sum_decomposition_loss(r3, m3, R).item()
+        )
     # mixed lengths, K = T_max, replace=False: the short one is taken whole too
     idx, valid = sample_rrd_indices(mask.sum(1), 3, replace=False)
     assert rrd_loss(r_hat, mask, R, idx, valid).item() == pytest.approx(full.item())
@@ -154,8 +168,7 @@ def test_rrd_mask_with_holes_maps_ranks_to_columns():
 def _all_subsets(x: torch.Tensor, K: int, replace: bool):
     """Every index set of size K with equal probability: the exact expectation over ρ_T."""
     T = len(x)
-    sets = (itertools.product(range(T), repeat=K) if replace
-            else itertools.combinations(range(T), K))
+    sets = itertools.product(range(T), repeat=K) if replace else itertools.combinations(range(T), K)
     idx = torch.tensor(list(sets))
     r_hat = x.expand(len(idx), T).clone()
     mask = torch.ones_like(r_hat, dtype=torch.bool)
@@ -172,21 +185,19 @@ def test_rrd_bias_correction_exactly_unbiased(replace, T_bar):
     c = T if T_bar is None else T_bar
     target = (R0 - c / T * x.sum().item()) ** 2  # (R - E Ŝ)^2: eq. 4 in the sum or the mean form
     assert sum_decomposition_loss(r_hat[:1], mask[:1], R[:1], T_bar).item() == pytest.approx(target)
-    corrected = rrd_loss(r_hat, mask, R, idx, valid, T_bar=T_bar, bias_correction=True,
-                         replace=replace).item()
+    corrected = rrd_loss(r_hat, mask, R, idx, valid, T_bar=T_bar, bias_correction=True, replace=replace).item()
     plain = rrd_loss(r_hat, mask, R, idx, valid, T_bar=T_bar, replace=replace).item()
     var_pop = x.var(unbiased=False).item()
     fpc = 1.0 if replace else (T - K) / (T - 1)
     assert corrected == pytest.approx(target, rel=1e-10, abs=1e-10)
-    assert plain == pytest.approx(target + c ** 2 * var_pop * fpc / K, rel=1e-10)
+    assert plain == pytest.approx(target + c**2 * var_pop * fpc / K, rel=1e-10)
     assert plain > target
 
 
 def test_rrd_bias_correction_monte_carlo_through_sampler():
     """Monte-Carlo over many sampled index sets: corrected ≈ eq. 4, plain is biased upward."""
     g = torch.Generator().manual_seed(7)
-    base = torch.tensor([[0.5, -1.0, 2.0, 3.5, 0.0, 1.5], [1.0, 4.0, -2.0, 0.5, NAN, NAN]],
-                        dtype=torch.float64)
+    base = torch.tensor([[0.5, -1.0, 2.0, 3.5, 0.0, 1.5], [1.0, 4.0, -2.0, 0.5, NAN, NAN]], dtype=torch.float64)
     base_mask = ~torch.isnan(base)
     base_R = torch.tensor([4.0, 1.0], dtype=torch.float64)
     full = sum_decomposition_loss(base, base_mask, base_R).item()
@@ -224,6 +235,7 @@ def test_rrd_gradients_flow(batch):
 
 # ------------------------------------------------------------------ IRCR
 
+
 def test_ircr_targets_are_r_over_t(batch):
     r_hat, mask, _ = batch
     R = torch.tensor([6.0, 10.0], dtype=torch.float64)
@@ -241,6 +253,7 @@ def test_ircr_targets_are_r_over_t(batch):
 
 
 # ------------------------------------------------------------------ RUDDER
+
 
 def test_rudder_redistribution_telescopes_hand():
     pred = torch.tensor([[1.0, 3.0, 2.0, NAN], [4.0, NAN, NAN, NAN]])
@@ -278,12 +291,13 @@ def test_return_predictor_sums_to_final_prediction_and_trains():
 
 # ------------------------------------------------------------------ eq. 6 and eq. 2
 
+
 def test_li_loss_hand_value_nan_labels_masked():
     r_hat = torch.tensor([[0.2, 0.8], [0.5, NAN]], requires_grad=True)
     mask = torch.tensor([[True, True], [True, False]])
     r_li = torch.tensor([[0.0, 1.0], [NAN, 1.0]])
     loss = li_loss(r_hat, mask, r_li)
-    assert loss.item() == pytest.approx((0.2 ** 2 + 0.2 ** 2) / 2)
+    assert loss.item() == pytest.approx((0.2**2 + 0.2**2) / 2)
     loss.backward()
     assert torch.isfinite(r_hat.grad).all()
     assert r_hat.grad[1].abs().sum() == 0  # NaN label and padding get no gradient
@@ -302,8 +316,7 @@ def test_geli_reduces_to_each_part(batch):
     r_hat, mask, R = batch
     r_hat = r_hat.clone().requires_grad_(True)
     l_ge = sum_decomposition_loss(r_hat, mask, R)
-    l_li = li_loss(r_hat, mask, torch.tensor([[1.0, 0.0, 1.0, NAN], [0.0, 1.0, 0.0, 0.0]],
-                                             dtype=torch.float64))
+    l_li = li_loss(r_hat, mask, torch.tensor([[1.0, 0.0, 1.0, NAN], [0.0, 1.0, 0.0, 0.0]], dtype=torch.float64))
     assert geli_loss(l_ge, l_li, 1.0).item() == pytest.approx(l_ge.item())
     assert geli_loss(l_ge, l_li, 0.0).item() == pytest.approx(l_li.item())
     mixed = geli_loss(l_ge, l_li, 0.25)

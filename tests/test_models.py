@@ -60,8 +60,15 @@ def test_checkpoint_is_a_plain_float32_checkpoint(geli_cache):
     path = models.smollm2_path()
     assert path == geli_cache / "models" / models.SMOLLM2_DIRNAME
     names = {p.name for p in path.iterdir()}
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-            "tokenizer_config.json", "chat_template.jinja", models.MARKER} <= names
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        models.MARKER,
+    } <= names
     cfg = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in cfg
     assert cfg["dtype"] == "float32"
@@ -92,7 +99,7 @@ def test_chat_templated_greedy_generation(policy):
     enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=12, do_sample=False)
-    text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert text.strip(), "empty generation"
     assert "Paris" in text  # the dequantised weights are the instruct model's, not noise
 
@@ -111,8 +118,8 @@ def test_left_padded_batch_matches_single(policy):
     with torch.inference_mode():
         out_b = model.generate(**batch, max_new_tokens=6, do_sample=False)
         out_s = model.generate(**single, max_new_tokens=6, do_sample=False)
-    new_b = out_b[0, batch["input_ids"].shape[1]:].tolist()
-    new_s = out_s[0, single["input_ids"].shape[1]:].tolist()
+    new_b = out_b[0, batch["input_ids"].shape[1] :].tolist()
+    new_s = out_s[0, single["input_ids"].shape[1] :].tolist()
     assert new_b[:3] == new_s[:3]
 
 
@@ -155,9 +162,7 @@ def test_half_done_folder_is_redone(tmp_path, monkeypatch, prepared_cache):
     assert not (target / "leftover.tmp").exists()
     assert (target / "model.safetensors").stat().st_size == (good / "model.safetensors").stat().st_size
     # no temporary folders are left next to it
-    assert sorted(p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")) == [
-        models.SMOLLM2_DIRNAME
-    ]
+    assert sorted(p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")) == [models.SMOLLM2_DIRNAME]
 
 
 def test_minilm_loads_and_embeds_384():

@@ -27,8 +27,9 @@ def test_pair_in_sync_and_without_outputs(path: Path):
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"{path.name}: saved outputs"
     text = jupytext.read(path.with_suffix(".py"))
-    assert [c.source for c in text.cells] == [c.source for c in nb.cells], \
+    assert [c.source for c in text.cells] == [c.source for c in nb.cells], (
         f"{path.name} and its .py differ: run `make sync`"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

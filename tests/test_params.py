@@ -9,9 +9,21 @@ import pandas as pd
 import pytest
 
 from geli_lib.io import cache_dir
-from geli_lib.params import (PROFILES, REPO_ROOT, ComputeParams, ParamError, SimulationParams, SlurmParams,
-                             StudyParams, adhoc_name, check_injected_types, field_docs, injected_parameters,
-                             load_params, to_dict)
+from geli_lib.params import (
+    PROFILES,
+    REPO_ROOT,
+    ComputeParams,
+    ParamError,
+    SimulationParams,
+    SlurmParams,
+    StudyParams,
+    adhoc_name,
+    check_injected_types,
+    field_docs,
+    injected_parameters,
+    load_params,
+    to_dict,
+)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -36,18 +48,21 @@ def test_overrides_merge_into_sections_and_ignore_none():
     assert p.corpus == "simulated"
 
 
-@pytest.mark.parametrize("override, field", [
-    ({"simulation": {"score_noise": -1}}, "simulation.score_noise"),
-    ({"simulation": {"n_conversations": "many"}}, "simulation.n_conversations"),
-    ({"simulation": {"frame_dropout": 1.5}}, "simulation.frame_dropout"),
-    ({"simulation": {"no_such_knob": 1}}, "simulation.no_such_knob"),
-    ({"splits": {"reward_train": 0.9}}, "splits.reward_train"),
-    ({"data": {"segmentation": "chapters"}}, "data.segmentation"),
-    ({"corpus": "candor"}, "data_path"),
-    ({"corpus": "twitter", "data_path": "x"}, "corpus"),
-    ({"notebooks": ["99_missing"]}, "notebooks"),
-    ({"seeds": []}, "seeds"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"simulation": {"score_noise": -1}}, "simulation.score_noise"),
+        ({"simulation": {"n_conversations": "many"}}, "simulation.n_conversations"),
+        ({"simulation": {"frame_dropout": 1.5}}, "simulation.frame_dropout"),
+        ({"simulation": {"no_such_knob": 1}}, "simulation.no_such_knob"),
+        ({"splits": {"reward_train": 0.9}}, "splits.reward_train"),
+        ({"data": {"segmentation": "chapters"}}, "data.segmentation"),
+        ({"corpus": "candor"}, "data_path"),
+        ({"corpus": "twitter", "data_path": "x"}, "corpus"),
+        ({"notebooks": ["99_missing"]}, "notebooks"),
+        ({"seeds": []}, "seeds"),
+    ],
+)
 def test_bad_values_name_file_and_field(override, field):
     with pytest.raises(ParamError) as e:
         load_params("smoke", **override)
@@ -72,18 +87,24 @@ def test_every_field_has_a_docstring():
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("seed: 0\nrl:\n  steps: 3\nreward:\n  K: 32\nrl:\n  steps: 9\n", "key 'rl' given twice (lines 2 and 6)"),
-    ("", "empty parameter file"),
-    ("# only a comment\n", "empty parameter file"),
-    ("reward:\n  lr: .inf\n", "reward.lr: expected a finite number, got inf"),
-    ("reward:\n  lr: .nan\n", "reward.lr: expected a finite number"),
-    ("simulation:\n  n_conversations: 1000000000000\n", "simulation.n_conversations: expected an integer of at most"),
-    ("simulation:\n  n_conversations: 1.0e+12\n", "simulation.n_conversations: expected an integer"),
-    ("simulation:\n  n_conversations: 200000\n", "simulation.n_conversations: must be in [1, 100000]"),
-    ("data:\n  score_range: [1, 5, 10]\n", "data.score_range: expected a list of 2 values, got [1, 5, 10]"),
-    ("- a list\n", "expected a mapping at the top level, got list"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("seed: 0\nrl:\n  steps: 3\nreward:\n  K: 32\nrl:\n  steps: 9\n", "key 'rl' given twice (lines 2 and 6)"),
+        ("", "empty parameter file"),
+        ("# only a comment\n", "empty parameter file"),
+        ("reward:\n  lr: .inf\n", "reward.lr: expected a finite number, got inf"),
+        ("reward:\n  lr: .nan\n", "reward.lr: expected a finite number"),
+        (
+            "simulation:\n  n_conversations: 1000000000000\n",
+            "simulation.n_conversations: expected an integer of at most",
+        ),
+        ("simulation:\n  n_conversations: 1.0e+12\n", "simulation.n_conversations: expected an integer"),
+        ("simulation:\n  n_conversations: 200000\n", "simulation.n_conversations: must be in [1, 100000]"),
+        ("data:\n  score_range: [1, 5, 10]\n", "data.score_range: expected a list of 2 values, got [1, 5, 10]"),
+        ("- a list\n", "expected a mapping at the top level, got list"),
+    ],
+)
 def test_bad_profile_files_name_file_and_field(tmp_path: Path, text, message):
     (tmp_path / "smoke.yaml").write_text(text)
     with pytest.raises(ParamError) as e:
@@ -97,12 +118,15 @@ def test_non_utf8_profile_names_file_and_byte(tmp_path: Path):
         load_params("smoke", params_dir=tmp_path)
 
 
-@pytest.mark.parametrize("override, field", [
-    ({"reward": {"lam": "abc"}}, "reward.lam: expected a number, got 'abc'"),
-    ({"seeds": ["abc"]}, "seeds[0]: expected an integer, got 'abc'"),
-    ({"seeds": [1.7]}, "seeds[0]: expected an integer, got 1.7"),
-    ({"simulation": {"min_turns": 1000}}, "simulation.mean_turns: must be >= min_turns"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"reward": {"lam": "abc"}}, "reward.lam: expected a number, got 'abc'"),
+        ({"seeds": ["abc"]}, "seeds[0]: expected an integer, got 'abc'"),
+        ({"seeds": [1.7]}, "seeds[0]: expected an integer, got 1.7"),
+        ({"simulation": {"min_turns": 1000}}, "simulation.mean_turns: must be >= min_turns"),
+    ],
+)
 def test_bad_overrides_are_named_as_overrides_not_as_the_file(override, field):
     with pytest.raises(ParamError) as e:
         load_params("smoke", **override)
@@ -119,8 +143,10 @@ def test_changed_parameters_get_their_own_results_key():
     p = load_params("smoke", reward={"lam": 0.1}, seeds=[0])
     assert p.results_key == "smoke/adhoc/reward.lam=0.1_seeds=0"
     assert p.study_key == "smoke"  # where an ad-hoc run reads earlier stages' tables (06 reads 02-05's)
-    assert load_params("smoke", corpus="esconv", data_path="x.json",
-                       reward={"K": 4}).results_key == "smoke/esconv/adhoc/reward.K=4"
+    assert (
+        load_params("smoke", corpus="esconv", data_path="x.json", reward={"K": 4}).results_key
+        == "smoke/esconv/adhoc/reward.K=4"
+    )
     assert load_params("smoke", corpus="esconv", data_path="x.json", reward={"K": 4}).study_key == "smoke/esconv"
 
 
@@ -136,8 +162,12 @@ def test_adhoc_is_not_a_parameter(tmp_path: Path):
 
 
 def test_injected_parameters_read_from_papermills_cell():
-    history = ["", 'profile = "smoke"\nlam = None\nseed = None\nlams = [0.0, 0.5]',
-               '# Parameters\nlamda = 0.3\nseed = 1\nlams = [0.0, 0.5]\nx = f(1)\n', "params = load_params(profile)"]
+    history = [
+        "",
+        'profile = "smoke"\nlam = None\nseed = None\nlams = [0.0, 0.5]',
+        "# Parameters\nlamda = 0.3\nseed = 1\nlams = [0.0, 0.5]\nx = f(1)\n",
+        "params = load_params(profile)",
+    ]
     declared, injected = injected_parameters(history)
     assert declared == {"profile": "smoke", "lam": None, "seed": None, "lams": [0.0, 0.5]}
     assert injected == {"lamda": 0.3, "seed": 1, "lams": [0.0, 0.5], "x": "f(1)"}
@@ -147,19 +177,31 @@ def test_injected_parameters_read_from_papermills_cell():
 def _papermill(notebook: str, out: Path, env: dict[str, str], *params: str) -> subprocess.CompletedProcess:
     """The papermill command line, as a user types it (``-p name value`` pairs in ``params``)."""
     args = [a for i in range(0, len(params), 2) for a in ("-p", params[i], params[i + 1])]
-    return subprocess.run([str(Path(sys.executable).parent / "papermill"), f"notebooks/{notebook}.ipynb",
-                           str(out), *args], cwd=REPO_ROOT, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "papermill"), f"notebooks/{notebook}.ipynb", str(out), *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
-@pytest.mark.parametrize("notebook, params, message", [
-    ("03_rrd_va", ("lamda", "0.3"), "papermill -p lamda: not a parameter of this notebook (its parameters: K, corpus"),
-    ("03_rrd_va", ("seed", "1.7"), "papermill -p seed: expected an integer, got 1.7"),
-    ("03_rrd_va", ("seed", "abc"), "papermill -p seed: expected an integer, got 'abc'"),
-    ("05_llm_geli", ("seed", "1.7"), "papermill -p seed: expected an integer, got 1.7"),
-    ("03_rrd_va", ("K", "3.5"), "papermill -p K: expected an integer, got 3.5"),
-    ("03_rrd_va", ("lam", "1.5"), "override reward.lam: must be in [0, 1], got 1.5 (given as a notebook parameter"),
-])
+@pytest.mark.parametrize(
+    "notebook, params, message",
+    [
+        (
+            "03_rrd_va",
+            ("lamda", "0.3"),
+            "papermill -p lamda: not a parameter of this notebook (its parameters: K, corpus",
+        ),
+        ("03_rrd_va", ("seed", "1.7"), "papermill -p seed: expected an integer, got 1.7"),
+        ("03_rrd_va", ("seed", "abc"), "papermill -p seed: expected an integer, got 'abc'"),
+        ("05_llm_geli", ("seed", "1.7"), "papermill -p seed: expected an integer, got 1.7"),
+        ("03_rrd_va", ("K", "3.5"), "papermill -p K: expected an integer, got 3.5"),
+        ("03_rrd_va", ("lam", "1.5"), "override reward.lam: must be in [0, 1], got 1.5 (given as a notebook parameter"),
+    ],
+)
 def test_bad_papermill_parameters_stop_the_notebook(tmp_path: Path, notebook, params, message):
     proc = _papermill(notebook, tmp_path / "out.ipynb", {"GELI_RESULTS": str(tmp_path / "results")}, *params)
     assert proc.returncode != 0
@@ -187,8 +229,15 @@ def test_an_adhoc_papermill_run_never_touches_the_studys_results(tmp_path: Path)
     study = results / "smoke" / "tables" / "reward_functions" / "geli.csv"
     study.parent.mkdir(parents=True)
     study.write_text("method,seed\nthe study's own rows,0\n")
-    proc = _papermill("03_rrd_va", tmp_path / "out.ipynb", {"GELI_RESULTS": str(results), "GELI_CACHE": str(cache)},
-                      "lam", "0.1", "seed", "0")
+    proc = _papermill(
+        "03_rrd_va",
+        tmp_path / "out.ipynb",
+        {"GELI_RESULTS": str(results), "GELI_CACHE": str(cache)},
+        "lam",
+        "0.1",
+        "seed",
+        "0",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert study.read_text() == "method,seed\nthe study's own rows,0\n"
     adhoc = results / "smoke" / "adhoc" / "lam=0.1_seed=0"  # named by what was typed
@@ -212,32 +261,58 @@ def test_a_parameter_of_the_notebook_alone_also_gets_its_own_key(tmp_path: Path)
     cell = nbformat.v4.new_code_cell('profile = "smoke"\ncorpus = "simulated"\ndata_path = ""\nlams = [0.0, 0.5]')
     cell.metadata["tags"] = ["parameters"]
     out = tmp_path / "key.txt"
-    nb.cells = [cell, nbformat.v4.new_code_cell(
-        f"from geli_lib.params import load_params\nfrom pathlib import Path\n"
-        f"Path({str(out)!r}).write_text(load_params(profile, corpus=corpus, data_path=data_path).results_key)")]
+    nb.cells = [
+        cell,
+        nbformat.v4.new_code_cell(
+            f"from geli_lib.params import load_params\nfrom pathlib import Path\n"
+            f"Path({str(out)!r}).write_text(load_params(profile, corpus=corpus, data_path=data_path).results_key)"
+        ),
+    ]
     nbformat.write(nb, tmp_path / "nb.ipynb")
-    for params, key in (({"profile": "smoke", "corpus": "simulated", "data_path": ""}, "smoke"),
-                        ({"lams": [0.5]}, "smoke/adhoc/lams=0.5"),
-                        ({"lams": [0.0, 0.5]}, "smoke")):
-        pm.execute_notebook(str(tmp_path / "nb.ipynb"), str(tmp_path / "out.ipynb"), parameters=params,
-                            kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=False)
+    for params, key in (
+        ({"profile": "smoke", "corpus": "simulated", "data_path": ""}, "smoke"),
+        ({"lams": [0.5]}, "smoke/adhoc/lams=0.5"),
+        ({"lams": [0.0, 0.5]}, "smoke"),
+    ):
+        pm.execute_notebook(
+            str(tmp_path / "nb.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters=params,
+            kernel_name="python3",
+            cwd=str(REPO_ROOT),
+            progress_bar=False,
+        )
         assert out.read_text() == key, params
 
 
-SLURM_OK = "compute:\n  scheduler: slurm\n  slurm:\n    queue: gpu\n    cores: 4\n    memory: 16GB\n    walltime: '02:00:00'\n"
+SLURM_OK = (
+    "compute:\n  scheduler: slurm\n  slurm:\n    queue: gpu\n    cores: 4\n    memory: 16GB\n    walltime: '02:00:00'\n"
+)
 
 
-@pytest.mark.parametrize("text, message", [
-    (SLURM_OK.replace("    walltime: '02:00:00'\n", ""), "compute.slurm.walltime: is required with scheduler: slurm"),
-    (SLURM_OK.replace("    queue: gpu\n", ""), "compute.slurm.queue: is required with scheduler: slurm"),
-    (SLURM_OK.replace("'02:00:00'", "2h"), "compute.slurm.walltime: must be HH:MM:SS or D-HH:MM:SS, got '2h'"),
-    (SLURM_OK.replace("16GB", "lots"), "compute.slurm.memory: must be an amount such as 16GB"),
-    (SLURM_OK + "    gpus: 2\n", "compute.slurm.gpus: must be 0 or 1"),
-    (SLURM_OK + "device: cuda\n", "compute.slurm.gpus: must be 1 with device cuda"),
-    ("compute:\n  scheduler: 127.0.0.1:8786\n", "compute.scheduler: must be serial, local, slurm or a scheduler "
-                                                "address tcp://HOST:PORT, got '127.0.0.1:8786'"),
-    ("device: cuda\ncompute:\n  scheduler: local\n", "compute.workers: must be 1 with device cuda and scheduler local"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            SLURM_OK.replace("    walltime: '02:00:00'\n", ""),
+            "compute.slurm.walltime: is required with scheduler: slurm",
+        ),
+        (SLURM_OK.replace("    queue: gpu\n", ""), "compute.slurm.queue: is required with scheduler: slurm"),
+        (SLURM_OK.replace("'02:00:00'", "2h"), "compute.slurm.walltime: must be HH:MM:SS or D-HH:MM:SS, got '2h'"),
+        (SLURM_OK.replace("16GB", "lots"), "compute.slurm.memory: must be an amount such as 16GB"),
+        (SLURM_OK + "    gpus: 2\n", "compute.slurm.gpus: must be 0 or 1"),
+        (SLURM_OK + "device: cuda\n", "compute.slurm.gpus: must be 1 with device cuda"),
+        (
+            "compute:\n  scheduler: 127.0.0.1:8786\n",
+            "compute.scheduler: must be serial, local, slurm or a scheduler "
+            "address tcp://HOST:PORT, got '127.0.0.1:8786'",
+        ),
+        (
+            "device: cuda\ncompute:\n  scheduler: local\n",
+            "compute.workers: must be 1 with device cuda and scheduler local",
+        ),
+    ],
+)
 def test_bad_compute_sections_name_file_and_setting(tmp_path: Path, text, message):
     (tmp_path / "smoke.yaml").write_text(text)
     with pytest.raises(ParamError) as e:

@@ -45,6 +45,7 @@ def test_silence_has_no_pitch_and_padding_rows_are_nan(tmp_path):
 
 def test_audio_track_of_a_video_is_read(tmp_path):
     import av
+
     path = tmp_path / "withsound.mkv"
     rate, f0, seconds = 16000, 180.0, 2.0
     with av.open(str(path), "w") as out:

@@ -14,7 +14,6 @@ from geli_lib import reward_model as rm
 from geli_lib.evaluation import evaluate_reward
 from geli_lib.params import ParamError, RewardParams, load_params
 
-
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -22,6 +21,7 @@ from geli_lib.params import ParamError, RewardParams, load_params
 def sim(tmp_path_factory):
     """A tiny simulated corpus (8 conversations), its pairs and a train/test split."""
     from fixtures import simulated_corpus
+
     from geli_lib.data import build_pairs
 
     params, corpus = simulated_corpus(tmp_path_factory.mktemp("cache"), simulation={"n_conversations": 8})
@@ -57,11 +57,17 @@ def cache_env(tmp_path, monkeypatch):
 
 
 def _pairs(n: int = 5) -> pd.DataFrame:
-    return pd.DataFrame({
-        "convo_id": ["c"] * n, "turn_idx": list(range(1, 2 * n, 2)),
-        "history": [" User: hi there, how was your weekend?" * (k + 1) for k in range(n)],
-        "response": [f"I went hiking with my dog number {k}." for k in range(n)],
-        "true_reward": np.arange(n, dtype=float), "local_feedback": np.nan, "score": 70.0})
+    return pd.DataFrame(
+        {
+            "convo_id": ["c"] * n,
+            "turn_idx": list(range(1, 2 * n, 2)),
+            "history": [" User: hi there, how was your weekend?" * (k + 1) for k in range(n)],
+            "response": [f"I went hiking with my dog number {k}." for k in range(n)],
+            "true_reward": np.arange(n, dtype=float),
+            "local_feedback": np.nan,
+            "score": 70.0,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- encoding
@@ -124,8 +130,9 @@ def test_interrupted_encode_keeps_finished_chunks(cache_env, monkeypatch):
 
 def test_left_truncation_keeps_the_most_recent_history():
     tok, _ = rm._load_encoder("minilm", "cpu")
-    hist, resp = rm.pair_texts(pd.DataFrame({"history": [" User: blah blah." * 400 + " AI: zebra crossing tonight"],
-                                             "response": ["sure"]}))
+    hist, resp = rm.pair_texts(
+        pd.DataFrame({"history": [" User: blah blah." * 400 + " AI: zebra crossing tonight"], "response": ["sure"]})
+    )
     assert resp == [" AI: sure"]
     ids = tok(hist, truncation=True, max_length=32)["input_ids"][0]
     assert len(ids) == 32
@@ -222,10 +229,12 @@ def test_length_free_convention_lets_the_oracle_recover_the_truth(tmp_path_facto
     that carry each turn's planted reward, the oracle recovers the truth (pooled ρ > 0.9) and Σ-adds up
     to the score up to its rounding to 1-10; in the sum form the same head cannot (it never sees T)."""
     from fixtures import simulated_corpus
+
     from geli_lib.data import build_pairs
 
-    _, corpus = simulated_corpus(tmp_path_factory.mktemp("noiseless"),
-                                 simulation={"n_conversations": 16, "score_noise": 0.0})
+    _, corpus = simulated_corpus(
+        tmp_path_factory.mktemp("noiseless"), simulation={"n_conversations": 16, "score_noise": 0.0}
+    )
     pairs = build_pairs(corpus, load_params("smoke").data)
     ids = sorted(pairs["convo_id"].unique())
     t = pairs["true_reward"].to_numpy(float)
@@ -240,15 +249,16 @@ def test_length_free_convention_lets_the_oracle_recover_the_truth(tmp_path_facto
         res[form] = evaluate_reward(rm.predict(tr, feats[test]), pairs[test], None, corpus, tr.T_bar)
     assert res["mean"]["gt_pearson"] > 0.9 and res["mean"]["gt_spearman"] > 0.9
     assert res["mean"]["gt_spearman_within"] > 0.6
-    assert res["mean"]["l_ge_mse"] < 5 ** 2  # the score is rounded to 1-10 (×10): |error| ≤ 5
+    assert res["mean"]["l_ge_mse"] < 5**2  # the score is rounded to 1-10 (×10): |error| ≤ 5
     assert res["sum"]["l_ge_mse"] > 3 * res["mean"]["l_ge_mse"]
 
 
 def test_warm_start_resumes_from_the_va_head_and_keeps_the_best_validation_epoch(synthetic):
     feats, _, _, train = synthetic
     va = rm.train_reward_function("va", train, FAST, seed=0)
-    start_only = rm.train_reward_function("geli", train, dataclasses.replace(FAST, warm_start="va",
-                                                                              finetune_epochs=0), seed=0)
+    start_only = rm.train_reward_function(
+        "geli", train, dataclasses.replace(FAST, warm_start="va", finetune_epochs=0), seed=0
+    )
     np.testing.assert_array_equal(rm.predict(start_only, feats), rm.predict(va, feats))
     assert start_only.info["warm_start"]["method"] == "va" and start_only.info["loss"] == []
     p = dataclasses.replace(FAST, warm_start="va", finetune_epochs=4, select_best=True, val_fraction=0.34)
@@ -301,25 +311,43 @@ def test_training_cache_keys_exactly_the_inputs_each_method_reads(cache_env, syn
         assert (rm.training_key(method, faces, p, 0) != key) == reads_faces
         assert rm.training_key(method, scores, p, 0) != key
         assert rm.training_key(method, train, p, 1) != key
-    np.testing.assert_array_equal(rm.predict(rm.train_reward_function("rrd", faces, p, seed=0), feats),
-                                  rm.predict(rm.train_reward_function("rrd", train, p, seed=0), feats))
-    assert rm.training_key("geli", train, dataclasses.replace(p, lam=1.0), 0) == \
-        rm.training_key("geli", faces, dataclasses.replace(p, lam=1.0), 0)  # λ = 1: the GE term only
+    np.testing.assert_array_equal(
+        rm.predict(rm.train_reward_function("rrd", faces, p, seed=0), feats),
+        rm.predict(rm.train_reward_function("rrd", train, p, seed=0), feats),
+    )
+    assert rm.training_key("geli", train, dataclasses.replace(p, lam=1.0), 0) == rm.training_key(
+        "geli", faces, dataclasses.replace(p, lam=1.0), 0
+    )  # λ = 1: the GE term only
 
 
 def _chat_pairs() -> pd.DataFrame:
     """5 short hand-made conversations of 3 AI turns each (history, response, score, planted reward)."""
-    lines = ["I love hiking, the mountains were beautiful.", "That sounds awful, I am sorry.",
-             "Tell me more about your dog!", "Whatever.", "Great idea, let us cook pasta tonight.",
-             "I do not care about that.", "Wonderful news, congratulations!", "Hmm, okay then."]
+    lines = [
+        "I love hiking, the mountains were beautiful.",
+        "That sounds awful, I am sorry.",
+        "Tell me more about your dog!",
+        "Whatever.",
+        "Great idea, let us cook pasta tonight.",
+        "I do not care about that.",
+        "Wonderful news, congratulations!",
+        "Hmm, okay then.",
+    ]
     rows = []
     for c in range(5):
         hist = ""
         for t in range(3):
             hist += f" User: message {t} of chat {c}, how are you?"
             resp = lines[(c + 2 * t) % len(lines)]
-            rows.append({"convo_id": f"c{c}", "turn_idx": 2 * t + 1, "history": hist, "response": resp,
-                         "score": 20.0 + 15 * c, "true_reward": float(len(resp) % 7)})
+            rows.append(
+                {
+                    "convo_id": f"c{c}",
+                    "turn_idx": 2 * t + 1,
+                    "history": hist,
+                    "response": resp,
+                    "score": 20.0 + 15 * c,
+                    "true_reward": float(len(resp) % 7),
+                }
+            )
             hist += " AI: " + resp
     return pd.DataFrame(rows)
 
@@ -329,8 +357,7 @@ def test_finetune_encoder_trains_saves_and_predicts(cache_env):
     feats = rm.encode_pairs(pairs, progress=False)
     va = (pairs["response"].str.contains("!")).to_numpy(float)
     train = rm.make_train_data(None, pairs, feats, li_labels={"va": va, "ls": va})
-    p = RewardParams(epochs=2, batch_conversations=2, K=2, finetune_encoder=True, encoder_lr=1e-3,
-                     encode_batch_size=8)
+    p = RewardParams(epochs=2, batch_conversations=2, K=2, finetune_encoder=True, encoder_lr=1e-3, encode_batch_size=8)
     _, base = rm._load_encoder("minilm", "cpu")
     base_w = dict(base.named_parameters())
     for method in ("geli", "rrd"):  # all valid turns (LI part, RRD reads them) / only the K samples
@@ -413,9 +440,9 @@ def test_step_loss_is_eq_2_and_each_method_a_case_of_it():
     from geli_lib import losses
 
     mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
-    r_hat = torch.tensor([[15., 20., 10., 25., 10.], [20., 10., 15., 0., 0.]])
-    R = torch.tensor([65., 55.])
-    target = torch.tensor([[0., 40., 0., 40., float("nan")], [40., 0., 0., 0., 0.]])
+    r_hat = torch.tensor([[15.0, 20.0, 10.0, 25.0, 10.0], [20.0, 10.0, 15.0, 0.0, 0.0]])
+    R = torch.tensor([65.0, 55.0])
+    target = torch.tensor([[0.0, 40.0, 0.0, 40.0, float("nan")], [40.0, 0.0, 0.0, 0.0, 0.0]])
     l_ge = lambda: losses.sum_decomposition_loss(r_hat, mask, R, 4.0)  # noqa: E731
     # by hand: (T̄/T)·Σ r̂ = 64, 60 -> L_GE = (1 + 25) / 2 = 13; L_LI over the 7 labelled turns = 1675 / 7
     assert rm.step_loss(r_hat, mask, 1.0, l_ge, target).item() == pytest.approx(13.0)

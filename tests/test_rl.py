@@ -37,11 +37,13 @@ def tok():
 def world(tmp_path_factory):
     """A tiny simulated corpus, its splits, and a GELI reward function trained on it and saved."""
     from fixtures import simulated_corpus
+
     from geli_lib.data import build_pairs, split_conversations
 
     tmp = tmp_path_factory.mktemp("rl")
-    params, corpus = simulated_corpus(tmp / "cache", simulation={"n_conversations": 12},
-                                      splits={"reward_train": 0.5, "reward_test": 0.1, "rl": 0.4})
+    params, corpus = simulated_corpus(
+        tmp / "cache", simulation={"n_conversations": 12}, splits={"reward_train": 0.5, "reward_test": 0.1, "rl": 0.4}
+    )
     split = split_conversations(corpus.conversations, params.splits)
     train_ids = split[split == "reward_train"].index.tolist()
     pairs = build_pairs(corpus, params.data, convo_ids=train_ids)
@@ -185,8 +187,11 @@ def test_adapter_of_another_base_or_rank_is_refused(tmp_path):
 
 def test_curve_slope_by_hand():
     # 3 contexts, steps 0, 2, 4: rewards rise by 0.5, 1.0, 1.5 per update -> mean slope 1.0
-    rows = [{"context_id": c, "step": k, "reward": b + s * k}
-            for c, b, s in (("a", 0.0, 0.5), ("b", 1.0, 1.0), ("c", -1.0, 1.5)) for k in (0, 2, 4)]
+    rows = [
+        {"context_id": c, "step": k, "reward": b + s * k}
+        for c, b, s in (("a", 0.0, 0.5), ("b", 1.0, 1.0), ("c", -1.0, 1.5))
+        for k in (0, 2, 4)
+    ]
     slope, lo, hi = R.curve_slope(pd.DataFrame(rows))
     assert slope == pytest.approx(1.0)
     assert 0.5 - 1e-9 <= lo <= slope <= hi <= 1.5 + 1e-9  # a bootstrap over contexts stays within their slopes
@@ -291,9 +296,21 @@ def test_ppo_lora_loop_changes_adapter_writes_curves_and_resumes(world, tmp_path
 
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
-    rl = dataclasses.replace(load_params("smoke").rl, steps=2, batch_size=2, mini_batch_size=2, ppo_epochs=1,
-                             response_length=8, history_turns=2, max_prompt_tokens=128, save_every=1,
-                             train_value_backbone=False, eval_conversations=2, train_contexts=8, lr=1e-3)
+    rl = dataclasses.replace(
+        load_params("smoke").rl,
+        steps=2,
+        batch_size=2,
+        mini_batch_size=2,
+        ppo_epochs=1,
+        response_length=8,
+        history_turns=2,
+        max_prompt_tokens=128,
+        save_every=1,
+        train_value_backbone=False,
+        eval_conversations=2,
+        train_contexts=8,
+        lr=1e-3,
+    )
     train, test = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     run = tmp_path / "run"
     kw = dict(profile="smoke", seed=0, out_dir=run)
@@ -338,14 +355,26 @@ def test_ppo_lora_loop_changes_adapter_writes_curves_and_resumes(world, tmp_path
 def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, world, tmp_path, monkeypatch):
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
-    rl = dataclasses.replace(load_params("smoke").rl, algorithm=algorithm, steps=1, batch_size=2, group_size=2,
-                             mini_batch_size=2, response_length=4, history_turns=2, max_prompt_tokens=128,
-                             eval_conversations=2, train_contexts=4)
+    rl = dataclasses.replace(
+        load_params("smoke").rl,
+        algorithm=algorithm,
+        steps=1,
+        batch_size=2,
+        group_size=2,
+        mini_batch_size=2,
+        response_length=4,
+        history_turns=2,
+        max_prompt_tokens=128,
+        eval_conversations=2,
+        train_contexts=4,
+    )
     train, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     reward = R.TextReward(R.load_trained_reward(world["folder"]), normalise=False)
-    got = reward.reward_func(prompts=[R.chat_messages("User: hi")], completions=[[{"role": "assistant",
-                                                                                   "content": " Hello!"}]],
-                             history=["User: hi"])
+    got = reward.reward_func(
+        prompts=[R.chat_messages("User: hi")],
+        completions=[[{"role": "assistant", "content": " Hello!"}]],
+        history=["User: hi"],
+    )
     assert got == pytest.approx([float(reward.raw(["User: hi"], ["Hello!"])[0])])
     info = R.train_rl("GELI", world["folder"], train, rl, "smoke", seed=0, out_dir=tmp_path / "run")
     assert info.curves["step"].tolist() == [1] and (info.curves["algorithm"] == algorithm).all()
@@ -364,13 +393,20 @@ def _toy_reward(folder, target: str):
     with torch.no_grad():
         for prm in head.parameters():
             prm.zero_()
-        head.net[0].weight[0, d // 2:] = t[0, d // 2:]  # response half only
+        head.net[0].weight[0, d // 2 :] = t[0, d // 2 :]  # response half only
         head.net[0].bias[0] = 1.0  # ReLU(1 + cos) stays linear
         head.net[3].weight[0, 0] = 1.0
         head.net[3].bias[0] = -1.0
-    trained = rm.TrainedReward(method="geli", params=RewardParams(hidden=4, dropout=0.0),
-                               encoder_id=rm.encoder_id("minilm", 256), d=d, scale=1.0, seed=0, head=head,
-                               info={"name": "toy"})
+    trained = rm.TrainedReward(
+        method="geli",
+        params=RewardParams(hidden=4, dropout=0.0),
+        encoder_id=rm.encoder_id("minilm", 256),
+        d=d,
+        scale=1.0,
+        seed=0,
+        head=head,
+        info={"name": "toy"},
+    )
     return trained.save(folder)
 
 
@@ -379,13 +415,28 @@ def test_rl_reward_rises_on_a_toy_reward(world, tmp_path, monkeypatch):
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
     folder = _toy_reward(tmp_path / "toy", "Thank you so much, that is wonderful!")
-    rl = dataclasses.replace(load_params("cpu").rl, algorithm="ppo", steps=6, batch_size=8, mini_batch_size=4,
-                             response_length=6, history_turns=2, max_prompt_tokens=128, eval_conversations=2,
-                             train_contexts=16, curve_contexts=4, eval_every=3, save_every=6, lr=2e-3,
-                             kl_coef=0.05, adaptive_kl=False)
+    rl = dataclasses.replace(
+        load_params("cpu").rl,
+        algorithm="ppo",
+        steps=6,
+        batch_size=8,
+        mini_batch_size=4,
+        response_length=6,
+        history_turns=2,
+        max_prompt_tokens=128,
+        eval_conversations=2,
+        train_contexts=16,
+        curve_contexts=4,
+        eval_every=3,
+        save_every=6,
+        lr=2e-3,
+        kl_coef=0.05,
+        adaptive_kl=False,
+    )
     train, test = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
-    info = R.train_rl("toy", folder, train, rl, "smoke", seed=0, out_dir=tmp_path / "run",
-                      curve=R.curve_contexts(test, rl))
+    info = R.train_rl(
+        "toy", folder, train, rl, "smoke", seed=0, out_dir=tmp_path / "run", curve=R.curve_contexts(test, rl)
+    )
     ev = info.evals.groupby("step")["reward"].mean()
     assert ev.index.tolist() == [0, 3, 6]
     assert ev.loc[6] > ev.loc[0] + 0.03, f"held-out reward did not rise: {ev.round(3).to_dict()}"
@@ -412,9 +463,21 @@ def test_adaptations_on_a_loopback_cluster_give_the_serial_adapter(world, tmp_pa
     monkeypatch.setenv("GELI_CACHE", str(cache))
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
-    rl = dataclasses.replace(load_params("smoke").rl, steps=2, batch_size=2, mini_batch_size=2, ppo_epochs=1,
-                             response_length=8, history_turns=2, max_prompt_tokens=128, save_every=1,
-                             train_value_backbone=False, eval_conversations=2, train_contexts=8, lr=1e-3)
+    rl = dataclasses.replace(
+        load_params("smoke").rl,
+        steps=2,
+        batch_size=2,
+        mini_batch_size=2,
+        ppo_epochs=1,
+        response_length=8,
+        history_turns=2,
+        max_prompt_tokens=128,
+        save_every=1,
+        train_value_backbone=False,
+        eval_conversations=2,
+        train_contexts=8,
+        lr=1e-3,
+    )
     train, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     serial = R.train_rl("GELI", world["folder"], train, rl, "serial", seed=0)
     chosen = {"GELI": world["folder"]}

@@ -40,26 +40,39 @@ def test_failing_notebook_is_named_and_kept(tmp_path: Path):
 def test_parameters_reach_the_notebook(tmp_path: Path, monkeypatch):
     """The parameters, and the environment the runner adds (--scheduler becomes compute.scheduler there)."""
     monkeypatch.delenv("GELI_SCHEDULER", raising=False)
-    src = _notebook(tmp_path / "ok.ipynb", "assert profile == 'cpu', profile\n"
-                                           "from geli_lib.params import load_params\n"
-                                           "assert load_params(profile).compute.scheduler == 'local'")
-    seconds = run_notebook(src, tmp_path / "ok_out.ipynb", {"profile": "cpu"}, progress=False,
-                           env={"GELI_SCHEDULER": "local"})
+    src = _notebook(
+        tmp_path / "ok.ipynb",
+        "assert profile == 'cpu', profile\n"
+        "from geli_lib.params import load_params\n"
+        "assert load_params(profile).compute.scheduler == 'local'",
+    )
+    seconds = run_notebook(
+        src, tmp_path / "ok_out.ipynb", {"profile": "cpu"}, progress=False, env={"GELI_SCHEDULER": "local"}
+    )
     assert seconds > 0 and (tmp_path / "ok_out.ipynb").exists()
     assert "GELI_SCHEDULER" not in os.environ  # the runner's own environment is left as it was
 
 
 def _files(root: Path) -> dict[str, str]:
     """Every file under ``root`` (hidden ones too) -> a hash of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _runner(results: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m geli_lib run --profile smoke --no-book ARGS`` as a real subprocess."""
     env = {**os.environ, "GELI_RESULTS": str(results), "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "geli_lib", "run", "--profile", "smoke", "--no-book", *args],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "geli_lib", "run", "--profile", "smoke", "--no-book", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _interrupt_when_running(proc: subprocess.Popen, running: Path, sig: int) -> tuple[str, float]:
@@ -107,23 +120,27 @@ def test_a_signal_rolls_back_what_the_stage_had_written(tmp_path: Path):
     (root / "tables" / "kept.csv").write_text("a\nold\n")
     before = _files(root)
     marker = tmp_path / "written"
-    src = _notebook(tmp_path / "slow.ipynb", f"""
+    src = _notebook(
+        tmp_path / "slow.ipynb",
+        f"""
 from pathlib import Path
 import time
 from geli_lib.io import write_text
-write_text({str(root / 'tables' / 'kept.csv')!r}, "a\\nhalf of a new run\\n")
-write_text({str(root / 'tables' / 'new.csv')!r}, "a\\n1\\n")
+write_text({str(root / "tables" / "kept.csv")!r}, "a\\nhalf of a new run\\n")
+write_text({str(root / "tables" / "new.csv")!r}, "a\\n1\\n")
 Path({str(marker)!r}).touch()
 time.sleep(120)
-""")
+""",
+    )
     script = f"""
 from pathlib import Path
 from geli_lib.runs import interruptible, run_notebook, stage_rollback
 with interruptible(), stage_rollback([Path({str(root)!r})]):
-    run_notebook(Path({str(src)!r}), Path({str(tmp_path / 'out' / 'slow.ipynb')!r}), {{}}, progress=False)
+    run_notebook(Path({str(src)!r}), Path({str(tmp_path / "out" / "slow.ipynb")!r}), {{}}, progress=False)
 """
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
@@ -275,10 +292,12 @@ def test_book_builds_strict_and_opens_in_a_browser(smoke_study):
     from geli_lib.browser import check_html_pages
 
     chain = load_params("smoke").notebooks
-    report = check_html_pages(html, ["index.html", *[f"generated/{nb}.html" for nb in chain],
-                                     "generated/run_record.html"],
-                              strict=True,
-                              count_selectors={"math": ".MathJax, .MathJax_CHTML, mjx-container"})
+    report = check_html_pages(
+        html,
+        ["index.html", *[f"generated/{nb}.html" for nb in chain], "generated/run_record.html"],
+        strict=True,
+        count_selectors={"math": ".MathJax, .MathJax_CHTML, mjx-container"},
+    )
     data_page = report["pages"]["generated/00_data.html"]
     assert data_page["n_images"] >= 3 and data_page["n_broken_images"] == 0
     assert data_page["counts"]["math"] > 0, "math was not typeset offline"
@@ -303,8 +322,12 @@ def test_00_data_runs_on_real_formats_by_parameters_alone(corpus, tmp_path: Path
     else:
         data_path = write_soda(tmp_path / "soda.jsonl")
     out = tmp_path / "out.ipynb"
-    run_notebook(REPO_ROOT / "notebooks" / "00_data.ipynb", out,
-                 {"profile": "smoke", "corpus": corpus, "data_path": str(data_path)}, progress=False)
+    run_notebook(
+        REPO_ROOT / "notebooks" / "00_data.ipynb",
+        out,
+        {"profile": "smoke", "corpus": corpus, "data_path": str(data_path)},
+        progress=False,
+    )
     executed = nbformat.read(out, as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "history-utterance pairs" in text
@@ -314,7 +337,8 @@ def test_00_data_runs_on_real_formats_by_parameters_alone(corpus, tmp_path: Path
 
 
 def test_unreachable_scheduler_stops_the_run_before_any_stage(tmp_path: Path, monkeypatch, capsys):
-    """``python -m geli_lib run --scheduler ADDRESS``: no scheduler there, an error naming --scheduler, nothing written."""
+    """``python -m geli_lib run --scheduler ADDRESS``: no scheduler there, an error naming --scheduler, nothing
+    written."""
     import dask  # distributed is imported (geli_lib.compute): leaving config.set() keeps its defaults
 
     from geli_lib.__main__ import main
@@ -327,6 +351,8 @@ def test_unreachable_scheduler_stops_the_run_before_any_stage(tmp_path: Path, mo
         assert main(["run", "--profile", "smoke", "--no-book", "--scheduler", closed]) == 1
     assert f"error: --scheduler {closed}: no Dask scheduler answered within 2s" in capsys.readouterr().err
     assert main(["run", "--profile", "smoke", "--no-book", "--scheduler", "somewhere"]) == 1
-    assert "error: override compute.scheduler: must be serial, local, slurm or a scheduler address" in \
-        capsys.readouterr().err
+    assert (
+        "error: override compute.scheduler: must be serial, local, slurm or a scheduler address"
+        in capsys.readouterr().err
+    )
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]

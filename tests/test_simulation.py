@@ -16,15 +16,39 @@ import pytest
 
 from geli_lib.params import ParamError, SimulationParams, load_params
 from geli_lib.schema import FACE_COLUMNS, PROSODY
-from geli_lib.simulation import (ACTS, MARKER, TOPICS, context_fit, is_complete,
-                                 simulate_conversation, simulate_corpus)
+from geli_lib.simulation import ACTS, MARKER, TOPICS, context_fit, is_complete, simulate_conversation, simulate_corpus
 
-TRANSCRIPT_COLUMNS = ["turn_id", "speaker", "start", "stop", "utterance", "interval", "delta",
-                      "questions", "end_question", "overlap", "n_words"]
-BACKCHANNEL_COLUMNS = ["backchannel", "backchannel_count", "backchannel_speaker",
-                       "backchannel_start", "backchannel_stop"]
-FRAME_COLUMNS = ["timedelta", "user_id", "is_speaking", "gaze_on", "smile", "nod_yes", "nod_no",
-                 *FACE_COLUMNS, *PROSODY]
+TRANSCRIPT_COLUMNS = [
+    "turn_id",
+    "speaker",
+    "start",
+    "stop",
+    "utterance",
+    "interval",
+    "delta",
+    "questions",
+    "end_question",
+    "overlap",
+    "n_words",
+]
+BACKCHANNEL_COLUMNS = [
+    "backchannel",
+    "backchannel_count",
+    "backchannel_speaker",
+    "backchannel_start",
+    "backchannel_stop",
+]
+FRAME_COLUMNS = [
+    "timedelta",
+    "user_id",
+    "is_speaking",
+    "gaze_on",
+    "smile",
+    "nod_yes",
+    "nod_no",
+    *FACE_COLUMNS,
+    *PROSODY,
+]
 TRUTH_COLUMNS = ["turn_id", "speaker", "role", "start", "stop", "act", "topic", "true_reward", "fit"]
 SURVEY_ITEMS = ["overall_affect", "end_affect", "how_enjoyable", "i_like_you", "conversationalist"]
 TINY = dict(n_conversations=4, mean_turns=16, min_turns=10)
@@ -43,12 +67,15 @@ def conversations(root: Path) -> list[Path]:
 
 
 def read(folder: Path) -> dict[str, pd.DataFrame]:
-    out = {name: pd.read_csv(folder / "transcription" / f"transcript_{name}.csv")
-           for name in ("cliffhanger", "audiophile", "backbiter")}
+    out = {
+        name: pd.read_csv(folder / "transcription" / f"transcript_{name}.csv")
+        for name in ("cliffhanger", "audiophile", "backbiter")
+    }
     for name in ("survey", "audio_video_features", "simulation_truth"):
         out[name] = pd.read_csv(folder / f"{name}.csv")
     out["frames"] = out["audio_video_features"].assign(
-        t=pd.to_timedelta(out["audio_video_features"]["timedelta"]).dt.total_seconds())
+        t=pd.to_timedelta(out["audio_video_features"]["timedelta"]).dt.total_seconds()
+    )
     return out
 
 
@@ -68,11 +95,11 @@ def listener_turn_happiness(folder: Path) -> pd.DataFrame:
 
 
 def within_corr(root: Path) -> float:
-    return float(np.nanmean([listener_turn_happiness(c).corr().iloc[0, 1]
-                             for c in conversations(root)]))
+    return float(np.nanmean([listener_turn_happiness(c).corr().iloc[0, 1] for c in conversations(root)]))
 
 
 # --------------------------------------------------------------------------- #
+
 
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     a = simulate_corpus(tiny(), tmp_path / "a", workers=1, progress=False)
@@ -106,7 +133,7 @@ def test_every_file_and_column(tmp_path):
         assert list(t["audiophile"].columns) == TRANSCRIPT_COLUMNS
         assert list(t["backbiter"].columns) == TRANSCRIPT_COLUMNS + BACKCHANNEL_COLUMNS
         assert list(t["audio_video_features"].columns) == FRAME_COLUMNS
-        assert list(t["simulation_truth"].columns)[:len(TRUTH_COLUMNS)] == TRUTH_COLUMNS
+        assert list(t["simulation_truth"].columns)[: len(TRUTH_COLUMNS)] == TRUTH_COLUMNS
         assert {"user_id", "convo_id", *SURVEY_ITEMS, "age", "sex"} <= set(t["survey"].columns)
         meta = json.loads((folder / "metadata.json").read_text())
         assert meta["convo_id"] == folder.name and meta["simulated"] is True
@@ -141,13 +168,14 @@ def test_transcripts_are_consistent(tmp_path):
         has = bb["backchannel_count"] > 0
         assert (bb.loc[~has, "backchannel_start"].isna()).all()
         assert (bb.loc[has, "backchannel_speaker"] != bb.loc[has, "speaker"]).all()
-        assert ((bb.loc[has, "backchannel_start"] >= bb.loc[has, "start"])
-                & (bb.loc[has, "backchannel_start"] <= bb.loc[has, "stop"])).all()
+        assert (
+            (bb.loc[has, "backchannel_start"] >= bb.loc[has, "start"])
+            & (bb.loc[has, "backchannel_start"] <= bb.loc[has, "stop"])
+        ).all()
 
 
 def test_frames_cover_both_participants_every_second(tmp_path):
-    root = simulate_corpus(tiny(n_conversations=2, frame_dropout=0.2), tmp_path, workers=1,
-                           progress=False)
+    root = simulate_corpus(tiny(n_conversations=2, frame_dropout=0.2), tmp_path, workers=1, progress=False)
     for folder in conversations(root):
         t = read(folder)
         frames, cl = t["frames"], t["cliffhanger"]
@@ -192,16 +220,20 @@ def test_first_speaker_is_the_scored_user(tmp_path):
 
 
 def test_true_rewards_explain_the_score(tmp_path):
-    root = simulate_corpus(SimulationParams(n_conversations=40), tmp_path, workers=2,
-                           progress=False)
+    root = simulate_corpus(SimulationParams(n_conversations=40), tmp_path, workers=2, progress=False)
     rows = []
     for folder in conversations(root):
         t = read(folder)
         user = t["cliffhanger"]["speaker"].iloc[0]
         ai = t["simulation_truth"]["role"] == "AI"
-        rows.append((t["simulation_truth"]["true_reward"].mean(),
-                     10 * t["survey"].set_index("user_id").loc[user, "overall_affect"],
-                     t["simulation_truth"].loc[ai, "true_reward"].median(), ai.sum()))
+        rows.append(
+            (
+                t["simulation_truth"]["true_reward"].mean(),
+                10 * t["survey"].set_index("user_id").loc[user, "overall_affect"],
+                t["simulation_truth"].loc[ai, "true_reward"].median(),
+                ai.sum(),
+            )
+        )
     mean, score, median, n_ai = np.array(rows).T
     assert np.corrcoef(mean, score)[0, 1] > 0.8  # the score is the mean of the turn rewards + noise
     assert 55 < score.mean() < 90 and score.std() > 8
@@ -211,10 +243,10 @@ def test_true_rewards_explain_the_score(tmp_path):
 
 def test_face_happiness_tracks_true_reward_and_face_noise_weakens_it(tmp_path):
     kw = dict(n_conversations=6, mean_turns=60, min_turns=40)
-    clean = within_corr(simulate_corpus(SimulationParams(**kw), tmp_path / "a", workers=1,
-                                        progress=False))
-    noisy = within_corr(simulate_corpus(SimulationParams(**kw, face_noise=4.0), tmp_path / "b",
-                                        workers=1, progress=False))
+    clean = within_corr(simulate_corpus(SimulationParams(**kw), tmp_path / "a", workers=1, progress=False))
+    noisy = within_corr(
+        simulate_corpus(SimulationParams(**kw, face_noise=4.0), tmp_path / "b", workers=1, progress=False)
+    )
     assert clean > 0.2
     assert noisy < clean - 0.1
 
@@ -232,9 +264,12 @@ def test_language_sentiment_is_weak_unless_coupled(tmp_path):
     vader = SentimentIntensityAnalyzer()
 
     def corr(coupling: float) -> float:
-        root = simulate_corpus(tiny(n_conversations=6, mean_turns=60, min_turns=40,
-                                    sentiment_coupling=coupling),
-                               tmp_path / str(coupling), workers=1, progress=False)
+        root = simulate_corpus(
+            tiny(n_conversations=6, mean_turns=60, min_turns=40, sentiment_coupling=coupling),
+            tmp_path / str(coupling),
+            workers=1,
+            progress=False,
+        )
         rs = []
         for folder in conversations(root):
             t = read(folder)
@@ -295,11 +330,19 @@ def test_skip_marker_and_resimulation(tmp_path):
     assert (tmp_path / "notes").is_dir() and is_complete(tmp_path, changed)
 
 
-@pytest.mark.parametrize("bad", [
-    {"n_conversations": 0}, {"min_turns": 2}, {"mean_turns": 5, "min_turns": 10},
-    {"face_noise": -1.0}, {"frame_dropout": 1.5}, {"sentiment_coupling": -0.1},
-    {"listener_mood_mean": 9.0}, {"unknown_knob": 1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"n_conversations": 0},
+        {"min_turns": 2},
+        {"mean_turns": 5, "min_turns": 10},
+        {"face_noise": -1.0},
+        {"frame_dropout": 1.5},
+        {"sentiment_coupling": -0.1},
+        {"listener_mood_mean": 9.0},
+        {"unknown_knob": 1},
+    ],
+)
 def test_invalid_params_raise(bad):
     with pytest.raises(ParamError, match="simulation"):
         load_params("smoke", simulation=bad)
