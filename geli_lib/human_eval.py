@@ -552,8 +552,9 @@ def sign_flip_test(d: Sequence[float], permutations: int = 20000, seed: int = 0)
     Exact whenever the d_i lie on a grid 1/L (L ≤ :data:`MAX_DENOMINATOR`; always so for
     differences of means over at most a few annotators): the null distribution of the
     sum is built by convolution on that grid. With one annotator per item this is
-    McNemar's exact (binomial) test. Otherwise ``permutations`` seeded Monte-Carlo
-    flips, p = (1 + hits) / (1 + flips).
+    McNemar's exact (binomial) test, and exact where scipy's ``permutation_test`` would
+    have to enumerate 2^n sign patterns. Otherwise scipy's ``permutation_test`` with
+    ``permutations`` seeded random sign flips.
     """
     d = np.asarray(d, dtype=float)
     mag = np.abs(d[np.abs(d) > 1e-12])
@@ -573,13 +574,18 @@ def sign_flip_test(d: Sequence[float], permutations: int = 20000, seed: int = 0)
             total = int(a.sum())
             extreme = np.abs(2 * np.arange(total + 1) - total) >= obs
             return float(min(1.0, dist[extreme].sum()))
-    observed = abs(float(d.sum()))
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for start in range(0, permutations, 4096):  # chunks: bounded memory for many items
-        flips = rng.integers(0, 2, size=(min(4096, permutations - start), len(mag))) * 2.0 - 1.0
-        hits += int((np.abs(flips @ mag) >= observed - 1e-9).sum())
-    return (1 + hits) / (1 + permutations)
+    from scipy.stats import permutation_test
+
+    res = permutation_test(
+        (d,),
+        lambda x, axis: x.sum(axis=axis),
+        permutation_type="samples",  # one sample: each difference keeps or flips its sign
+        vectorized=True,
+        n_resamples=permutations,
+        alternative="two-sided",
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.pvalue)
 
 
 def stars(p: float) -> str:
@@ -672,18 +678,18 @@ def table_html(table: pd.DataFrame, stats: pd.DataFrame) -> str:
 def krippendorff_alpha_binary(ones: Sequence[int], counts: Sequence[int]) -> float:
     """Krippendorff's α (nominal) of 0/1 values, unit u holding ``counts[u]`` values of which ``ones[u]`` are 1.
 
-    Units with < 2 values are not pairable and left out. α = 1 − (n − 1)·o₀₁ / (n₀·n₁),
-    with o₀₁ = Σ_u n₀ᵤ·n₁ᵤ / (mᵤ − 1) over pairable units and n, n₀, n₁ their value
-    counts; NaN when only one value occurs.
+    Units with < 2 values are not pairable and left out. Computed by the ``krippendorff`` package;
+    for 0/1 values it is α = 1 − (n − 1)·o₀₁ / (n₀·n₁), with o₀₁ = Σ_u n₀ᵤ·n₁ᵤ / (mᵤ − 1) over
+    pairable units and n, n₀, n₁ their value counts (the test checks it by hand); NaN when only
+    one value occurs.
     """
+    import krippendorff
+
     k, m = np.asarray(ones, float), np.asarray(counts, float)
     k, m = k[m >= 2], m[m >= 2]
-    n, n1 = m.sum(), k.sum()
-    n0 = n - n1
-    if n0 == 0 or n1 == 0:
+    if k.sum() == 0 or (m - k).sum() == 0:  # one value only: the expected disagreement is 0
         return math.nan
-    o01 = float(((m - k) * k / (m - 1)).sum())
-    return float(1 - (n - 1) * o01 / (n0 * n1))
+    return float(krippendorff.alpha(value_counts=np.stack([m - k, k], axis=1), level_of_measurement="nominal"))
 
 
 def percent_agreement(ones: Sequence[int], counts: Sequence[int]) -> float:
