@@ -28,7 +28,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -90,6 +90,7 @@ class SimulationParams:
     """Random seed; the same seed and knobs give byte-identical files."""
 
     def validate(self) -> None:
+        _check_choices(self)
         _check(1 <= self.n_conversations <= 100_000, "n_conversations", "must be in [1, 100000]", self.n_conversations)
         _check(self.min_turns >= 4, "min_turns", "must be >= 4", self.min_turns)
         _check(self.mean_turns >= self.min_turns, "mean_turns", "must be >= min_turns", self.mean_turns)
@@ -116,9 +117,9 @@ class SimulationParams:
 class DataParams:
     """How a corpus is read into canonical form (README, "Real data"; the authors' conventions)."""
 
-    segmentation: str = "cliffhanger"
+    segmentation: Literal["cliffhanger", "audiophile", "backbiter"] = "cliffhanger"
     """CANDOR transcript: cliffhanger (the authors'), audiophile or backbiter."""
-    listener: str = "first_speaker"
+    listener: Literal["first_speaker", "second_speaker"] = "first_speaker"
     """Whose survey is R_GE: ``first_speaker`` (authors': the first speaker is the User) or ``second_speaker``."""
     score_item: str = "overall_affect"
     """CANDOR survey column used as R_GE."""
@@ -128,28 +129,17 @@ class DataParams:
     """Valid range of the raw survey value; values outside are a bad-input error."""
     merge_consecutive: bool = True
     """Merge consecutive rows of the same speaker into one turn (audiophile splits turns on pauses)."""
-    esconv_score: str = "empathy"
+    esconv_score: Literal["empathy", "relevance", "intensity_drop"] = "empathy"
     """ESConv session score: empathy, relevance or intensity_drop (initial - final emotion intensity)."""
     history_turns: int = 20
     """Turns of dialogue history kept for a pair (authors: last 20)."""
     history_chars: int = 4000
     """Left-truncate the history text to at most this many characters (keeps the most recent)."""
-    bad_conversations: str = "skip"
+    bad_conversations: Literal["skip", "error"] = "skip"
     """``skip`` (counted and reported) or ``error`` for empty / one-speaker / unscored conversations."""
 
     def validate(self) -> None:
-        _check(
-            self.segmentation in ("cliffhanger", "audiophile", "backbiter"),
-            "segmentation",
-            "must be cliffhanger, audiophile or backbiter",
-            self.segmentation,
-        )
-        _check(
-            self.listener in ("first_speaker", "second_speaker"),
-            "listener",
-            "must be first_speaker or second_speaker",
-            self.listener,
-        )
+        _check_choices(self)
         _check(self.score_scale > 0, "score_scale", "must be > 0", self.score_scale)
         _check(
             len(self.score_range) == 2 and self.score_range[0] < self.score_range[1],
@@ -157,20 +147,8 @@ class DataParams:
             "must be [low, high] with low < high",
             self.score_range,
         )
-        _check(
-            self.esconv_score in ("empathy", "relevance", "intensity_drop"),
-            "esconv_score",
-            "must be empathy, relevance or intensity_drop",
-            self.esconv_score,
-        )
         _check(self.history_turns >= 1, "history_turns", "must be >= 1", self.history_turns)
         _check(self.history_chars >= 1, "history_chars", "must be >= 1", self.history_chars)
-        _check(
-            self.bad_conversations in ("skip", "error"),
-            "bad_conversations",
-            "must be skip or error",
-            self.bad_conversations,
-        )
 
 
 @dataclass
@@ -187,6 +165,7 @@ class SplitParams:
     """Seed of the shuffle; conversation ids are sorted first, so the split is reproducible."""
 
     def validate(self) -> None:
+        _check_choices(self)
         for name in ("reward_train", "reward_test", "rl"):
             v = getattr(self, name)
             _check(0 <= v <= 1, name, "must be in [0, 1]", v)
@@ -195,11 +174,21 @@ class SplitParams:
 
 
 #: Reward-function methods (GELI Table 1 plus the sum-decomposition and the oracle ceiling).
-REWARD_METHODS = ("mean", "mode", "sum", "ircr", "rudder", "rrd", "va", "ls", "geli", "oracle", "llm")
-GE_METHODS = ("sum", "ircr", "rudder", "rrd")
-LI_SIGNALS = ("va", "ls")
-GE_FORMS = ("mean", "sum")
-ENCODERS = ("minilm", "smollm2")
+#: The choices of a field are its type (``Literal[...]``): :func:`_check_choices` validates every
+#: such field from it, and the tuples below are read off the same types.
+RewardMethod = Literal["mean", "mode", "sum", "ircr", "rudder", "rrd", "va", "ls", "geli", "oracle", "llm"]
+GeMethod = Literal["sum", "ircr", "rudder", "rrd"]
+LiSignal = Literal["va", "ls"]
+GeForm = Literal["mean", "sum"]
+Encoder = Literal["minilm", "smollm2"]
+RrdSampling = Literal["ren", "with_replacement", "without_replacement"]
+#: A method whose head another can continue from ("" = none): not the constants, not the LLM's labels.
+WarmStart = Literal["", "sum", "ircr", "rudder", "rrd", "va", "ls", "geli", "oracle"]
+REWARD_METHODS: tuple[str, ...] = typing.get_args(RewardMethod)
+GE_METHODS: tuple[str, ...] = typing.get_args(GeMethod)
+LI_SIGNALS: tuple[str, ...] = typing.get_args(LiSignal)
+GE_FORMS: tuple[str, ...] = typing.get_args(GeForm)
+ENCODERS: tuple[str, ...] = typing.get_args(Encoder)
 
 
 @dataclass
@@ -211,7 +200,7 @@ class RewardParams:
     ``finetune_encoder`` trains it too.
     """
 
-    encoder: str = "minilm"
+    encoder: Encoder = "minilm"
     """Text encoder: ``minilm`` (all-MiniLM-L6-v2, d=384, mean-pooled and L2-normalised) or ``smollm2`` (SmolLM2-135M
     backbone, mean-pooled last hidden state, d=576)."""
     max_tokens: int = 256
@@ -237,21 +226,21 @@ class RewardParams:
     """Passes over the training conversations (no early stopping)."""
     batch_conversations: int = 8
     """Whole conversations per optimiser step (authors: 1 for GE)."""
-    ge_method: str = "rrd"
+    ge_method: GeMethod = "rrd"
     """GE part of ``geli``: rrd, ircr, rudder or sum (eq. 4)."""
-    li_signal: str = "va"
+    li_signal: LiSignal = "va"
     """LI part of ``geli``: va (visual affect Γ, eq. 7) or ls (VADER language sentiment)."""
     lam: float = 0.5
     """λ of GELI eq. 2: L = λ·L_GE + (1-λ)·L_LI. The paper does not state λ; the authors' training script sets 0.5."""
     K: int = 32
     """RRD sample size |I| per conversation (Table 1: 32 and 160)."""
-    rrd_sampling: str = "ren"
+    rrd_sampling: RrdSampling = "ren"
     """How RRD draws its K indices: ``ren`` (Ren et al. / App. A: K distinct turns, with replacement only when K > T),
     ``with_replacement`` (the authors' code) or ``without_replacement`` (a conversation shorter than K contributes
     each turn once: its exact sum)."""
     rrd_bias_correction: bool = False
     """Ren et al.'s bias-corrected RRD: subtract the Monte-Carlo variance term from the loss."""
-    ge_form: str = "mean"
+    ge_form: GeForm = "mean"
     """How per-turn rewards add up to the session score, in training (L_GE, RRD, IRCR) and evaluation: ``mean`` = the
     authors' fixed-T mean form R ≈ (T̄/T)·Σ_t r̂_t, under which a turn's reward does not depend on the
     conversation's length (a per-turn model r_θ(s_t, a_t) never sees T), or ``sum`` = eq. 3 as written, R ≈ Σ_t
@@ -259,7 +248,7 @@ class RewardParams:
     T_bar: float = 0.0
     """T̄ of the ``mean`` form, the unit of r̂ (a turn's share of the score in a T̄-turn conversation; authors: 160). 0
     = auto: the mean number of AI turns of the training conversations, so r̂ sits on the familiar R/T scale."""
-    warm_start: str = ""
+    warm_start: WarmStart = ""
     """Train this method's head first (e.g. ``va``) and continue from it with this method for ``finetune_epochs``
     epochs (the GELI authors' recipe: a VA head, then GELI); empty = from scratch."""
     finetune_epochs: int = 10
@@ -288,7 +277,7 @@ class RewardParams:
     """AdamW learning rate of the encoder's parameters when ``finetune_encoder`` (the head keeps ``lr``)."""
 
     def validate(self) -> None:
-        _check(self.encoder in ENCODERS, "encoder", f"must be one of {ENCODERS}", self.encoder)
+        _check_choices(self)
         _check(self.max_tokens >= 8, "max_tokens", "must be >= 8", self.max_tokens)
         _check(self.encode_batch_size >= 1, "encode_batch_size", "must be >= 1", self.encode_batch_size)
         _check(self.hidden >= 1, "hidden", "must be >= 1", self.hidden)
@@ -299,25 +288,10 @@ class RewardParams:
         _check(self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay)
         _check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
         _check(self.batch_conversations >= 1, "batch_conversations", "must be >= 1", self.batch_conversations)
-        _check(self.ge_method in GE_METHODS, "ge_method", f"must be one of {GE_METHODS}", self.ge_method)
-        _check(self.li_signal in LI_SIGNALS, "li_signal", f"must be one of {LI_SIGNALS}", self.li_signal)
         _check(0 <= self.lam <= 1, "lam", "must be in [0, 1]", self.lam)
         _check(self.K >= 1, "K", "must be >= 1", self.K)
-        _check(
-            self.rrd_sampling in ("ren", "with_replacement", "without_replacement"),
-            "rrd_sampling",
-            "must be ren, with_replacement or without_replacement",
-            self.rrd_sampling,
-        )
         _check(self.rudder_aux_weight >= 0, "rudder_aux_weight", "must be >= 0", self.rudder_aux_weight)
-        _check(self.ge_form in GE_FORMS, "ge_form", f"must be one of {GE_FORMS}", self.ge_form)
         _check(self.T_bar >= 0 and math.isfinite(self.T_bar), "T_bar", "must be >= 0 (0 = auto)", self.T_bar)
-        _check(
-            self.warm_start in ("",) + tuple(m for m in REWARD_METHODS if m not in ("mean", "mode", "llm")),
-            "warm_start",
-            "must be empty or a trainable method (e.g. va)",
-            self.warm_start,
-        )
         _check(self.finetune_epochs >= 0, "finetune_epochs", "must be >= 0", self.finetune_epochs)
         _check(0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)", self.val_fraction)
         _check(0 < self.li_positive <= 1, "li_positive", "must be in (0, 1]", self.li_positive)
@@ -328,7 +302,8 @@ class RewardParams:
         _check(self.encoder_lr > 0, "encoder_lr", "must be > 0", self.encoder_lr)
 
 
-LLM_BACKENDS = ("reference", "local", "openai")
+LlmBackend = Literal["reference", "local", "openai"]
+LLM_BACKENDS: tuple[str, ...] = typing.get_args(LlmBackend)
 
 
 @dataclass
@@ -339,7 +314,7 @@ class LLMParams:
     variable named by ``api_key_env``.
     """
 
-    backend: str = "local"
+    backend: LlmBackend = "local"
     """Decomposer: ``local`` (SmolLM2-135M-Instruct, offline), ``openai`` (any OpenAI-compatible endpoint) or
     ``reference`` (listener-affect split; not an LLM)."""
     base_url: str = ""
@@ -363,7 +338,7 @@ class LLMParams:
     """An utterance longer than this is cut (marked […]) in the prompt."""
     score_range: tuple[float, float] = (0.0, 100.0)
     """Declared range of the session score R_GE (0-100 scale); a score outside is a bad-input error."""
-    rescale: str = "shift"
+    rescale: Literal["none", "scale", "shift"] = "shift"
     """Enforce eq. 4 on each chunk's labels: ``shift`` (add the same amount to each annotated turn, so the chunk's
     labels sum to its share whatever the sign of the answer's sum), ``scale`` (multiply) or ``none`` (record the
     deviation only). The answer's own deviation is recorded either way."""
@@ -392,7 +367,7 @@ class LLMParams:
     """Seed of the first sample; sample s, re-sample a uses seed + 1000·s + a."""
 
     def validate(self) -> None:
-        _check(self.backend in LLM_BACKENDS, "backend", f"must be one of {LLM_BACKENDS}", self.backend)
+        _check_choices(self)
         _check(bool(self.api_key_env), "api_key_env", "must name an environment variable", self.api_key_env)
         _check(0 <= self.temperature <= 2, "temperature", "must be in [0, 2]", self.temperature)
         _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
@@ -406,7 +381,6 @@ class LLMParams:
             "must be [low, high] with low < high",
             self.score_range,
         )
-        _check(self.rescale in ("none", "scale", "shift"), "rescale", "must be none, scale or shift", self.rescale)
         for name in ("output_retries", "retries", "max_conversations", "consistency_conversations", "threads"):
             _check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
         _check(self.backoff_s >= 0, "backoff_s", "must be >= 0", self.backoff_s)
@@ -414,7 +388,8 @@ class LLMParams:
 
 
 #: RL algorithms of the same TRL release (trl==1.12.0); PPO is the papers'.
-RL_ALGORITHMS = ("ppo", "rloo", "grpo")
+RlAlgorithm = Literal["ppo", "rloo", "grpo"]
+RL_ALGORITHMS: tuple[str, ...] = typing.get_args(RlAlgorithm)
 
 
 @dataclass
@@ -430,7 +405,7 @@ class RLParams:
     uses 0.05; the others keep TRL's discount 1.0 (see :mod:`geli_lib.rl`).
     """
 
-    algorithm: str = "ppo"
+    algorithm: RlAlgorithm = "ppo"
     """ppo (``trl.experimental.ppo``, the papers'), rloo or grpo (same TRL release, same reward as a callable)."""
     reward_fns: list[str] = field(
         default_factory=lambda: ["GELI: RRD + VA", "GE: RRD (K=32)", "LI: Visual Affect", "LI: Language Sentiment"]
@@ -510,7 +485,7 @@ class RLParams:
     """Recompute activations in the backward pass (saves memory on GPU, slows CPU)."""
 
     def validate(self) -> None:
-        _check(self.algorithm in RL_ALGORITHMS, "algorithm", f"must be one of {RL_ALGORITHMS}", self.algorithm)
+        _check_choices(self)
         _check(len(self.reward_fns) >= 1, "reward_fns", "must name at least one reward function", self.reward_fns)
         for name in (
             "steps",
@@ -576,12 +551,13 @@ class EvalParams:
     """Contexts per seed sampled into the annotation kit (GELI: 100; LLM-GELI: 100-150)."""
     human_seed: int = 0
     """Seed of the item sample and of the per-item shuffle of model order (the blinding)."""
-    human_spread: str = "seed"
+    human_spread: Literal["seed", "annotator"] = "seed"
     """What the ± of the human table spans: ``seed`` (per-seed percentages, as the papers) or ``annotator``."""
     permutations: int = 20000
     """Monte-Carlo sign flips of the paired permutation test when exact enumeration is too large."""
 
     def validate(self) -> None:
+        _check_choices(self)
         _check(
             len(self.distinct_n) >= 1 and all(n >= 1 for n in self.distinct_n),
             "distinct_n",
@@ -590,9 +566,6 @@ class EvalParams:
         )
         _check(self.repetition_n >= 1, "repetition_n", "must be >= 1", self.repetition_n)
         _check(self.human_items >= 1, "human_items", "must be >= 1", self.human_items)
-        _check(
-            self.human_spread in ("seed", "annotator"), "human_spread", "must be seed or annotator", self.human_spread
-        )
         _check(self.permutations >= 100, "permutations", "must be >= 100", self.permutations)
         _check(bool(self.base_model), "base_model", "must name a model", self.base_model)
 
@@ -613,6 +586,7 @@ class FeatureParams:
     """Worker processes of ``python -m geli_lib.features`` (one recording per worker)."""
 
     def validate(self) -> None:
+        _check_choices(self)
         _check(0 < self.sample_fps <= 60, "sample_fps", "must be in (0, 60]", self.sample_fps)
         _check(self.detect_width >= 64, "detect_width", "must be >= 64", self.detect_width)
         _check(
@@ -657,6 +631,7 @@ class SlurmParams:
     """Extra ``#SBATCH`` options of each job, e.g. ``["--account=myproject"]``."""
 
     def validate(self) -> None:
+        _check_choices(self)
         _check(self.cores >= 0, "cores", "must be >= 0", self.cores)
         _check(self.gpus in (0, 1), "gpus", "must be 0 or 1 (one GPU per worker; more jobs for more GPUs)", self.gpus)
         _check(self.jobs >= 1, "jobs", "must be >= 1", self.jobs)
@@ -708,6 +683,7 @@ class ComputeParams:
     """The SLURM jobs of ``scheduler: slurm``."""
 
     def validate(self) -> None:
+        _check_choices(self)
         _check(
             self.scheduler in SCHEDULERS or re.fullmatch(r"(tcp|tls)://[^\s/:]+:\d+", self.scheduler) is not None,
             "scheduler",
@@ -735,7 +711,7 @@ class StudyParams:
     """Seed of single-seed steps."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds of multi-seed tables (mean ± sd)."""
-    device: str = "cpu"
+    device: Literal["cpu", "cuda"] = "cpu"
     """torch device: cpu or cuda."""
     notebooks: list[str] = field(default_factory=lambda: ["00_data"])
     """Notebook chain run by ``make study``, in order (names without .ipynb)."""
@@ -775,6 +751,7 @@ class StudyParams:
         return f"{self.study_key}/{ADHOC_DIR}/{self.adhoc}" if self.adhoc else self.study_key
 
     def validate(self) -> None:
+        _check_choices(self)
         _check(self.profile in PROFILES, "profile", f"must be one of {PROFILES}", self.profile)
         _check(self.corpus in CORPORA, "corpus", f"must be one of {CORPORA}", self.corpus)
         _check(
@@ -783,7 +760,6 @@ class StudyParams:
             f"is required for corpus {self.corpus!r}",
             self.data_path,
         )
-        _check(self.device in ("cpu", "cuda"), "device", "must be cpu or cuda", self.device)
         _check(len(self.seeds) >= 1, "seeds", "must list at least one seed", self.seeds)
         c = self.compute
         # Every worker of a local cluster would see the same cuda:0; one GPU runs one task at a time.
@@ -819,6 +795,19 @@ def _check(ok: bool, field_name: str, rule: str, value: Any) -> None:
         raise _FieldError(field_name, f"{rule}, got {value!r}")
 
 
+def _check_choices(obj: Any) -> None:
+    """Every ``Literal[...]``-typed field of the dataclass ``obj`` holds one of the choices its type names."""
+    for name, tp in typing.get_type_hints(type(obj)).items():
+        if typing.get_origin(tp) is Literal:
+            choices = typing.get_args(tp)
+            _check(
+                getattr(obj, name) in choices,
+                name,
+                f"must be one of {', '.join(map(repr, choices))}",
+                getattr(obj, name),
+            )
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert a YAML value to the annotated type, or raise naming ``where``."""
     origin = typing.get_origin(tp)
@@ -834,6 +823,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise _FieldError(where, f"expected a list of {len(args)} values, got {list(value)!r}")
         items = [_coerce(v, args[0] if origin is list else args[i], f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
+    if origin is Literal:  # a choice: a string among the type's
+        choice = _coerce(value, str, where)
+        if choice not in typing.get_args(tp):
+            raise _FieldError(where, f"must be one of {', '.join(map(repr, typing.get_args(tp)))}, got {choice!r}")
+        return choice
     if tp is bool:
         if not isinstance(value, bool):
             raise _FieldError(where, f"expected true/false, got {value!r}")

@@ -1,5 +1,6 @@
 """Profiles load into validated dataclasses; bad values name the file and field."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from geli_lib import params as params_mod
 from geli_lib.io import cache_dir
 from geli_lib.params import (
     PROFILES,
@@ -68,6 +70,21 @@ def test_bad_values_name_file_and_field(override, field):
         load_params("smoke", **override)
     msg = str(e.value)
     assert "smoke.yaml" in msg and field in msg
+
+
+def test_choices_are_validated_from_their_literal_type():
+    with pytest.raises(
+        ParamError,
+        match=r"reward\.rrd_sampling: must be one of 'ren', 'with_replacement', "
+        r"'without_replacement', got 'sometimes'",
+    ):
+        load_params("smoke", reward={"rrd_sampling": "sometimes"})
+    with pytest.raises(ParamError, match=r"rl\.algorithm: expected a string, got 3"):
+        load_params("smoke", rl={"algorithm": 3})
+    bad = dataclasses.replace(load_params("smoke").reward, ge_form="product")  # built in code, not from YAML
+    with pytest.raises(params_mod._FieldError, match="ge_form: must be one of 'mean', 'sum'"):
+        bad.validate()
+    assert params_mod.GE_METHODS == ("sum", "ircr", "rudder", "rrd")  # the tuples are read off the types
 
 
 def test_bad_files(tmp_path: Path):
