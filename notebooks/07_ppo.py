@@ -42,6 +42,13 @@
 # the reference beside it. The cpu profile's algorithm and knobs are in `params/cpu.yaml` (`rl:`),
 # and named in every table and figure.
 #
+# **PPO or RLOO.** PPO (the papers' algorithm) needs a value model to tell a good response from a
+# lucky context: $A_t = \hat r - V(s_t)$, and $V$ is learnt along the way. RLOO samples $k$ responses
+# to the same context and uses the other $k-1$ as the baseline,
+# $A_i = r_i - \frac{1}{k-1}\sum_{j \ne i} r_j$: exact from the first update, which is what a short
+# CPU run needs; the KL to the reference enters its reward, $r_i - \beta\,\mathrm{KL}_i$. Both clip the
+# policy ratio at $1 \pm 0.2$ and update only the LoRA weights.
+#
 # Parameters: `reward_fn` (a reward-table row name, a list, or `"all"` for the profile's set),
 # `steps`, `seed`, `algorithm` (`ppo`, `rloo`, `grpo`), and `esconv_path` / `soda_path` to add
 # out-of-distribution contexts to the generations.
@@ -57,7 +64,7 @@ algorithm = None  # None: the profile's (ppo); or rloo / grpo
 esconv_path = ""  # ESConv JSON: adds its contexts to the generations
 soda_path = ""  # SODA JSON/JSONL: adds its contexts to the generations
 
-# %%
+# %% tags=["hide-input"]
 import pandas as pd
 from IPython.display import display
 
