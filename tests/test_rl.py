@@ -291,12 +291,9 @@ def _stop_after(step: int):
     return Stop()
 
 
-def test_ppo_lora_loop_changes_adapter_writes_curves_and_resumes(world, tmp_path, monkeypatch):
-    from safetensors.torch import load_file
-
-    monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setenv("GELI_PROGRESS", "0")
-    rl = dataclasses.replace(
+def _tiny_rl() -> RLParams:
+    """Two PPO updates of two short responses: the smallest run that moves a LoRA adapter."""
+    return dataclasses.replace(
         load_params("smoke").rl,
         steps=2,
         batch_size=2,
@@ -311,6 +308,14 @@ def test_ppo_lora_loop_changes_adapter_writes_curves_and_resumes(world, tmp_path
         train_contexts=8,
         lr=1e-3,
     )
+
+
+def test_ppo_lora_loop_changes_adapter_writes_curves_and_resumes(world, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("GELI_PROGRESS", "0")
+    rl = _tiny_rl()
     train, test = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     run = tmp_path / "run"
     kw = dict(profile="smoke", seed=0, out_dir=run)
@@ -463,21 +468,7 @@ def test_adaptations_on_a_loopback_cluster_give_the_serial_adapter(world, tmp_pa
     monkeypatch.setenv("GELI_CACHE", str(cache))
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
-    rl = dataclasses.replace(
-        load_params("smoke").rl,
-        steps=2,
-        batch_size=2,
-        mini_batch_size=2,
-        ppo_epochs=1,
-        response_length=8,
-        history_turns=2,
-        max_prompt_tokens=128,
-        save_every=1,
-        train_value_backbone=False,
-        eval_conversations=2,
-        train_contexts=8,
-        lr=1e-3,
-    )
+    rl = _tiny_rl()
     train, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     serial = R.train_rl("GELI", world["folder"], train, rl, "serial", seed=0)
     chosen = {"GELI": world["folder"]}
