@@ -600,3 +600,20 @@ def simulated_corpus(cache_root: Path, **overrides: Any) -> tuple[Any, Any]:
             os.environ.pop("GELI_CACHE")
         else:
             os.environ["GELI_CACHE"] = old
+
+
+def tiny_reward_data(cache_root: Path, **overrides: Any) -> tuple[Any, Any]:
+    """(params, RewardData): a 6-conversation simulated corpus (4 train, 2 held out) with random
+    12-d features instead of an encoder, so reward heads train in a second."""
+    from geli_lib import experiments as ex
+    from geli_lib import reward_model as rm
+    from geli_lib.data import build_pairs
+
+    params, corpus = simulated_corpus(cache_root, simulation={"n_conversations": 6}, **overrides)
+    pairs = build_pairs(corpus, params.data)
+    ids = sorted(pairs["convo_id"].unique())
+    pairs["split"] = np.where(pairs["convo_id"].isin(ids[:4]), "reward_train", "reward_test")
+    feats = np.random.default_rng(0).normal(size=(len(pairs), 12)).astype(np.float32)
+    labels = {"va": rm.visual_affect_labels(corpus, pairs), "ls": rm.sentiment_labels(pairs)}
+    train = rm.make_train_data(corpus, pairs, feats, ids[:4], labels)
+    return params, ex.RewardData(corpus, pairs, feats, labels, train)

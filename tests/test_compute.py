@@ -6,13 +6,11 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from fixtures import simulated_corpus
+from fixtures import tiny_reward_data
 
 from geli_lib import experiments as ex
-from geli_lib import reward_model as rm
 from geli_lib.compute import (
     NoGPUWorkers,
     SchedulerUnreachable,
@@ -21,7 +19,6 @@ from geli_lib.compute import (
     loopback_cluster,
     slurm_cluster,
 )
-from geli_lib.data import build_pairs
 from geli_lib.params import ComputeParams, SlurmParams
 
 #: Seconds a start-up or a run of the loopback cluster may take: generous, because the suite runs
@@ -35,15 +32,8 @@ SEEDS = [0, 1]
 @pytest.fixture(scope="module")
 def reward_data(tmp_path_factory):
     """The smoke profile's reward training on a tiny simulated corpus with random features (no encoder)."""
-    params, corpus = simulated_corpus(tmp_path_factory.mktemp("corpus"), simulation={"n_conversations": 6})
-    params = dataclasses.replace(params, adhoc="")
-    pairs = build_pairs(corpus, params.data)
-    ids = sorted(pairs["convo_id"].unique())
-    pairs["split"] = np.where(pairs["convo_id"].isin(ids[:4]), "reward_train", "reward_test")
-    feats = np.random.default_rng(0).normal(size=(len(pairs), 12)).astype(np.float32)
-    labels = {"va": rm.visual_affect_labels(corpus, pairs), "ls": rm.sentiment_labels(pairs)}
-    train = rm.make_train_data(corpus, pairs, feats, ids[:4], labels)
-    return params, ex.RewardData(corpus, pairs, feats, labels, train)
+    params, data = tiny_reward_data(tmp_path_factory.mktemp("corpus"))
+    return dataclasses.replace(params, adhoc=""), data
 
 
 @pytest.fixture(scope="module")

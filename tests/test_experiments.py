@@ -7,28 +7,16 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures import simulated_corpus
+from fixtures import tiny_reward_data
 
 from geli_lib import experiments as ex
 from geli_lib import reward_model as rm
-from geli_lib.data import build_pairs
 
 
 @pytest.fixture(scope="module")
 def reward_data(tmp_path_factory):
     """RewardData of a tiny simulated corpus with random features (no encoder needed)."""
-    params, corpus = simulated_corpus(
-        tmp_path_factory.mktemp("cache"),
-        simulation={"n_conversations": 6},
-        reward={"epochs": 5, "batch_conversations": 3, "K": 4},
-    )
-    pairs = build_pairs(corpus, params.data)
-    ids = sorted(pairs["convo_id"].unique())
-    pairs["split"] = np.where(pairs["convo_id"].isin(ids[:4]), "reward_train", "reward_test")
-    feats = np.random.default_rng(0).normal(size=(len(pairs), 12)).astype(np.float32)
-    labels = {"va": rm.visual_affect_labels(corpus, pairs), "ls": rm.sentiment_labels(pairs)}
-    train = rm.make_train_data(corpus, pairs, feats, ids[:4], labels)
-    return params, ex.RewardData(corpus, pairs, feats, labels, train)
+    return tiny_reward_data(tmp_path_factory.mktemp("cache"), reward={"epochs": 5, "batch_conversations": 3, "K": 4})
 
 
 def test_run_methods_saves_every_seed_and_lists_by_name(reward_data, tmp_path, monkeypatch):
