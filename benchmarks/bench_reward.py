@@ -84,24 +84,21 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="geli-bench-enc-"))
     try:
         sample = pairs.iloc[: args.throughput_pairs]
-        rm.encode_pairs(
-            sample,
-            encoder=rp.encoder,
-            batch_size=rp.encode_batch_size,
-            progress=False,
-            max_tokens=rp.max_tokens,
-            cache=tmp,
-        )  # warm-up: model load, first batches
+
+        def encode_sample() -> None:
+            rm.encode_pairs(
+                sample,
+                encoder=rp.encoder,
+                batch_size=rp.encode_batch_size,
+                progress=False,
+                max_tokens=rp.max_tokens,
+                cache=tmp,
+            )
+
+        encode_sample()  # warm-up: model load, first batches
         shutil.rmtree(tmp)
         t0 = time.perf_counter()
-        rm.encode_pairs(
-            sample,
-            encoder=rp.encoder,
-            batch_size=rp.encode_batch_size,
-            progress=False,
-            max_tokens=rp.max_tokens,
-            cache=tmp,
-        )
+        encode_sample()
         dt = time.perf_counter() - t0
         print(
             f"encoding: {len(sample)} pairs in {dt:.1f} s = {len(sample) / dt:.1f} pairs/s "
