@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from geli_lib.data import load_candor
-from geli_lib.params import load_params
-from geli_lib.simulation import simulate_corpus
+from geli_lib.core.params import load_params
+from geli_lib.corpus.data import load_candor
+from geli_lib.corpus.simulation import simulate_corpus
 
 
 def main() -> None:

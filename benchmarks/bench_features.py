@@ -9,7 +9,7 @@ i.e. a real-time factor of at least 6 with 2 workers. Prints
 - the real-time factor (video seconds per wall second) of the visual part at
   the default sampling rate, one process; the prosody real-time factor alone
   (Praat f0, intensity, jitter; log energy);
-- the real-time factor of :func:`geli_lib.features.extract_folder` (what the
+- the real-time factor of :func:`geli_lib.listener.features.extract_folder` (what the
   command line runs, audio included) on the same recordings three ways:
   serially in this process, on a local Dask cluster of ``--workers``
   processes (cluster start-up included, as a user pays it), and on a real
@@ -37,10 +37,10 @@ from pathlib import Path
 
 from distributed import Client
 
-from geli_lib import face, prosody
-from geli_lib.compute import dask_client, loopback_cluster
-from geli_lib.features import extract_folder
-from geli_lib.params import FeatureParams
+from geli_lib.core.compute import dask_client, loopback_cluster
+from geli_lib.core.params import FeatureParams
+from geli_lib.listener import face, prosody
+from geli_lib.listener.features import extract_folder
 
 
 def extract(recordings: Path, out: Path, params: FeatureParams, scheduler: str | None = None) -> None:

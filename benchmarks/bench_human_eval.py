@@ -6,7 +6,7 @@ generations, simulates the annotators' answers (each model has its own tick
 rate per question), and times each step: building and writing the kit, reading
 and un-blinding the answers, the table with its 8 × 10 paired tests
 (Monte-Carlo sign flips with several annotators per item), and the agreement.
-It also times the text metrics of :func:`geli_lib.generation_eval.auto_eval`
+It also times the text metrics of :func:`geli_lib.alignment.generation_eval.auto_eval`
 (no reward functions) on the same 2,400 responses. Targets: every step well
 under 10 s on 2 CPU cores, so notebooks 08/09 stay cheap next to PPO.
 
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geli_lib import generation_eval as ge
-from geli_lib import human_eval as he
-from geli_lib.params import DataParams, EvalParams
+from geli_lib.alignment import generation_eval as ge
+from geli_lib.alignment import human_eval as he
+from geli_lib.core.params import DataParams, EvalParams
 
 WORDS = "so i think the weather was really nice today and we went hiking up the hill with my dog".split()
 

@@ -36,9 +36,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from geli_lib import llm
-from geli_lib.data import load_corpus, split_conversations
-from geli_lib.params import load_params
+from geli_lib.core.params import load_params
+from geli_lib.corpus.data import load_corpus, split_conversations
+from geli_lib.reward import llm
 
 
 def _tokens(backend: llm.LocalBackend, folder: Path) -> int:

@@ -30,8 +30,11 @@ os.environ.setdefault("GELI_PROGRESS", "0")
 
 import torch  # noqa: E402
 
-from geli_lib import data, experiments, rl  # noqa: E402
-from geli_lib.params import load_params  # noqa: E402
+from geli_lib.alignment import rl  # noqa: E402
+from geli_lib.core.models import bf16_in_effect  # noqa: E402
+from geli_lib.core.params import load_params  # noqa: E402
+from geli_lib.corpus import data  # noqa: E402
+from geli_lib.reward import experiments  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +42,7 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--steps", type=int, default=3, help="updates to time (>= 2)")
     parser.add_argument("--reward-profile", help="profile whose saved reward function is used (default: --profile)")
-    parser.add_argument("--reward-fn", default="GELI: RRD + VA")
+    parser.add_argument("--reward-fn", default="geli", help="a reward-function id (rl.reward_fns)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the profile's)")
     parser.add_argument("--algorithm", default=None, help="ppo, rloo or grpo (default: the profile's)")
     args = parser.parse_args()
@@ -51,7 +54,7 @@ def main() -> None:
     split = data.split_conversations(corpus.conversations, params.splits)
     train, held_out = rl.rl_contexts(corpus, split, rlp, params.seed)
     saved = experiments.saved_reward_functions(args.reward_profile or args.profile, params.corpus, params.seed)
-    folder = rl.select_reward_functions(saved, [args.reward_fn], rlp)[args.reward_fn]
+    [(name, folder)] = rl.select_reward_functions(saved, [args.reward_fn], rlp).items()
     t_setup = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="geli-bench-ppo-") as tmp:
         os.environ["GELI_RESULTS"] = str(Path(tmp) / "results")
@@ -59,7 +62,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         info = rl.train_rl(
-            args.reward_fn,
+            name,
             folder,
             train,
             rlp,
@@ -73,7 +76,7 @@ def main() -> None:
         )
         t_run = time.perf_counter() - t0
         t0 = time.perf_counter()
-        rows = rl.generations(held_out, {args.reward_fn: info.adapter}, rlp, params.seed, device)
+        rows = rl.generations(held_out, {name: info.adapter}, rlp, params.seed, device)
         t_gen = time.perf_counter() - t0
     secs = info.curves["seconds"].to_numpy()
     steady = float(secs[1:].mean()) if len(secs) > 1 else float(secs[0])
@@ -96,7 +99,8 @@ def main() -> None:
         f"{rlp.algorithm.upper()}, batch {rlp.batch_size} responses"
         f"{f' ({rlp.batch_size // rlp.group_size} prompts x {rlp.group_size})' if rlp.algorithm != 'ppo' else ''}, "
         f"mini-batch {rlp.mini_batch_size}, {rlp.ppo_epochs} PPO epoch(s), {rlp.response_length} response "
-        f"tokens, prompts <= {rlp.max_prompt_tokens} tokens ({rlp.history_turns} turns), lr {rlp.lr:g}"
+        f"tokens, prompts <= {rlp.max_prompt_tokens} tokens ({rlp.history_turns} turns), lr {rlp.lr:g}, "
+        f"policy in {'bf16 autocast' if bf16_in_effect(rlp.bf16, device) else 'float32'}"
     )
     print(
         f"setup {t_setup:.1f} s; first update {secs[0]:.1f} s; steady {steady:.1f} s / update "

@@ -2,7 +2,7 @@
 
 The authors' code passes the K sampled (history, utterance) texts of a
 conversation through the encoder at every optimisation step. With a frozen
-encoder that work is the same every time, so :mod:`geli_lib.reward_model`
+encoder that work is the same every time, so :mod:`geli_lib.reward.reward_model`
 encodes each pair once and trains the head on cached tensors. This script
 trains the same RRD head both ways — same data, seed, batches, RRD samples and
 dropout masks (the naive path fills the sampled turns of the batch with fresh
@@ -27,15 +27,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geli_lib import reward_model as rm
-from geli_lib.data import build_pairs, load_corpus, split_conversations
-from geli_lib.evaluation import evaluate_reward
-from geli_lib.params import load_params
+from geli_lib.core.params import load_params
+from geli_lib.corpus.data import build_pairs, load_corpus, split_conversations
+from geli_lib.reward import reward_model as rm
+from geli_lib.reward.evaluation import evaluate_reward
+from geli_lib.reward.reward_model import encoder as rm_encoder
 
 
 def naive_features(train: rm.TrainData, encoder: str, max_tokens: int, batch_size: int) -> rm.FeatureFn:
     """Encode the sampled turns' texts through the encoder at every call (the authors' scheme)."""
-    tok, model = rm._load_encoder(encoder, "cpu")
+    tok, model = rm_encoder._load_encoder(encoder, "cpu")
 
     def fn(conv: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         x = torch.zeros(len(conv), train.X.shape[1], train.d)
@@ -44,7 +45,7 @@ def naive_features(train: rm.TrainData, encoder: str, max_tokens: int, batch_siz
         flat = [t for pair in texts for t in pair]  # history, response, history, response, ...
         emb = np.concatenate(
             [
-                rm._embed(flat[k : k + batch_size], tok, model, encoder, max_tokens, "cpu")
+                rm_encoder._embed(flat[k : k + batch_size], tok, model, encoder, max_tokens, "cpu")
                 for k in range(0, len(flat), batch_size)
             ]
         )

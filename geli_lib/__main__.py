@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from geli_lib.core.compute import NoGPUWorkers, SchedulerUnreachable
+from geli_lib.core.models import offline_env, prepare_models
+from geli_lib.core.params import ParamError
+from geli_lib.core.runs import StageError, StageInterrupted, build_book, run_study
+
 
 def main(argv: list[str] | None = None) -> int:
+    offline_env()
     parser = argparse.ArgumentParser(prog="python -m geli_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the notebook chain of a profile, then build the book")
@@ -28,10 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("models", help="prepare the offline models once (SmolLM2 from its GGUF)")
     args = parser.parse_args(argv)
 
-    from geli_lib.compute import NoGPUWorkers, SchedulerUnreachable
-    from geli_lib.params import ParamError
-    from geli_lib.runs import StageError, StageInterrupted, build_book, run_study
-
     try:
         if args.command == "run":
             run_study(
@@ -46,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "book":
             build_book(args.profile)
         elif args.command == "models":
-            from geli_lib.models import prepare_models
-
             for name, path in prepare_models().items():
                 print(f"{name}: {path}")
     except StageInterrupted as e:

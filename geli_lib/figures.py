@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from geli_lib.io import atomic_write
-from geli_lib.schema import EMOTIONS
+from geli_lib.core.io import atomic_write
+from geli_lib.core.runs import results_dir
+from geli_lib.corpus.schema import EMOTIONS
 
 #: LLM-GELI App. E.1: CANDOR's overall-affect (×10) distribution, percent per bin.
 CANDOR_SCORE_BINS: dict[str, float] = {
@@ -39,8 +40,6 @@ CANDOR_EMOTIONS: dict[str, float] = {
 
 def save_figure(fig: plt.Figure, profile: str, name: str) -> None:
     """Save ``fig`` atomically as ``results/<profile>/figures/<name>.png``."""
-    from geli_lib.runs import results_dir
-
     path = results_dir(profile, "figures") / f"{name}.png"
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
@@ -192,7 +191,7 @@ def loss_curves(losses: dict[str, list[list[float]]]) -> plt.Figure:
     """Training loss per epoch of each reward function (one line per seed), on a log scale.
 
     ``losses``: method name -> one list of per-epoch losses per seed (``info["loss"]`` of the
-    trained functions, :func:`geli_lib.experiments.saved_info`). Each method's loss has its own
+    trained functions, :func:`geli_lib.reward.experiments.saved_info`). Each method's loss has its own
     unit (eq. 2 mixes two), so each gets its own panel.
     """
     n = len(losses)
@@ -327,7 +326,7 @@ def listener_signals(rows: pd.DataFrame, title: str = "") -> plt.Figure:
 def consistency_bars(table: pd.DataFrame, paper: tuple[float, float] = (89.10, 5.37)) -> plt.Figure:
     """LLM-GELI App. J: per-conversation agreement (%) of two decomposition samples, per variant.
 
-    ``table``: convo_id, variant, agreement (0-1) (:func:`geli_lib.llm.consistency`
+    ``table``: convo_id, variant, agreement (0-1) (:func:`geli_lib.reward.llm.consistency`
     plus a ``variant`` column); the paper's o3-mini mean ± sd is the band.
     """
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(table) + 2.5), 3.0))

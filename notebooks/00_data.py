@@ -39,10 +39,10 @@ data_path = ""
 # %% tags=["hide-input"]
 from IPython.display import display
 
-from geli_lib import data, features, figures
-from geli_lib.io import write_csv
-from geli_lib.params import load_params
-from geli_lib.runs import results_dir, timed
+from geli_lib import figures
+from geli_lib.core import load_params, results_dir, timed, write_csv
+from geli_lib.corpus import data
+from geli_lib.listener import features
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
 results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
@@ -50,7 +50,7 @@ results = params.results_key  # results/<profile>[/<corpus>]: other corpora neve
 # %% [markdown]
 # ## The simulated corpus: what is planted
 #
-# The simulator (`geli_lib.simulation`) draws each conversation top to bottom, so the later
+# The simulator (`geli_lib.corpus.simulation`) draws each conversation top to bottom, so the later
 # notebooks can be checked against a truth no real corpus has:
 #
 # 1. **The listener** has a mood $m \sim \mathcal N(\mu_m, \sigma_m)$ (logit units) that shifts every

@@ -39,7 +39,7 @@
 # (smiling) and matplotlib's portrait of Grace Hopper (not smiling), moved like heads that nod and
 # shake. Point `recordings_dir` at a folder of your own videos (one per listener, optional same-name
 # `.wav`) to process those instead; on the command line:
-# `python -m geli_lib.features RECORDINGS_DIR OUT_DIR`.
+# `python -m geli_lib.listener.features RECORDINGS_DIR OUT_DIR`.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -55,12 +55,10 @@ import json
 import pandas as pd
 from IPython.display import display
 
-from geli_lib import face, figures, prosody
-from geli_lib.data import load_candor, load_corpus
-from geli_lib.features import describe_listener, extract_folder, turn_listener_summary
-from geli_lib.io import cache_dir
-from geli_lib.params import load_params
-from geli_lib.runs import results_dir, timed
+from geli_lib import figures
+from geli_lib.core import cache_dir, load_params, results_dir, timed
+from geli_lib.corpus import load_candor, load_corpus
+from geli_lib.listener import describe_listener, extract_folder, face, prosody, turn_listener_summary
 
 pd.set_option("display.max_colwidth", 120)
 params = load_params(profile, corpus=corpus, data_path=data_path)

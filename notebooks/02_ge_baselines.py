@@ -42,9 +42,9 @@ data_path = ""
 # %% tags=["hide-input"]
 from IPython.display import Markdown, display
 
-from geli_lib import experiments, figures
-from geli_lib.params import load_params
-from geli_lib.runs import timed
+from geli_lib import figures
+from geli_lib.core import load_params, timed
+from geli_lib.reward import experiments
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
 results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
@@ -81,13 +81,14 @@ print(
 
 # %%
 with timed(results, "02: train GE methods"):
-    rows, preds = experiments.run_methods(data, experiments.table1_specs(params, "ge"), params.seeds, params)
+    specs = experiments.table1_specs(params, "ge")
+    rows, preds = experiments.run_methods(data, specs, params.seeds, params)
 experiments.write_rows(results, "ge", rows, data, preds)
 display(experiments.table1(rows))
 
 # %%
 best = experiments.table1_best(rows[rows["family"] != "baseline"], "l_ge_mse")
-mean = experiments.table1_best(rows[rows["method"] == "Mean"], "l_ge_mse")
+mean = experiments.table1_best(rows[rows["method"] == experiments.method_spec(params, "mean").name], "l_ge_mse")
 display(
     Markdown(
         f"Lowest held-out L_GE MSE of a learnt decomposition: **{best.name}** ({best.l_ge_mse:.1f}), "
@@ -101,7 +102,5 @@ display(
 # The training loss per epoch, one line per seed (each method's loss has its own unit).
 
 # %%
-curves = {
-    name: experiments.saved_info(params, name, params.seeds, "loss") for name in preds if name not in ("Mean", "Mode")
-}
+curves = experiments.loss_curves(params, specs, params.seeds)  # Mean and Mode learn nothing
 figures.save_figure(figures.loss_curves(curves), results, "02_loss_curves")

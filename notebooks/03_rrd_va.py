@@ -65,9 +65,9 @@ import inspect
 import torch
 from IPython.display import Code, display
 
-from geli_lib import experiments, figures, losses, reward_model
-from geli_lib.params import load_params
-from geli_lib.runs import timed
+from geli_lib import figures
+from geli_lib.core import load_params, timed
+from geli_lib.reward import experiments, losses, reward_model
 
 params = load_params(
     profile,
@@ -167,7 +167,8 @@ with timed(results, "03: prepare reward data"):
 
 # %%
 with timed(results, "03: train GELI"):
-    rows, preds = experiments.run_methods(data, experiments.table1_specs(params, "geli"), seeds, params)
+    specs = experiments.table1_specs(params, "geli")
+    rows, preds = experiments.run_methods(data, specs, seeds, params)
 experiments.write_rows(results, "geli", rows, data, preds)
 display(experiments.table1(rows))
 
@@ -178,8 +179,7 @@ display(experiments.table1(rows))
 # authors' recipe shows only its fine-tuning epochs (its VA start is trained first).
 
 # %%
-curves = {name: experiments.saved_info(params, name, seeds, "loss") for name in preds}
-fig = figures.loss_curves(curves)
+fig = figures.loss_curves(experiments.loss_curves(params, specs, seeds))
 figures.save_figure(fig, results, "03_loss_curves")
 
 # %% [markdown]

@@ -34,9 +34,9 @@ data_path = ""
 # %% tags=["hide-input"]
 from IPython.display import Markdown, display
 
-from geli_lib import experiments, figures
-from geli_lib.params import load_params
-from geli_lib.runs import timed
+from geli_lib import figures
+from geli_lib.core import load_params, timed
+from geli_lib.reward import experiments
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
 results = params.results_key  # results/<profile>[/<corpus>]: other corpora never overwrite the default
@@ -45,7 +45,8 @@ results = params.results_key  # results/<profile>[/<corpus>]: other corpora neve
 with timed(results, "04: prepare reward data"):
     data = experiments.prepare_reward_data(params)
 with timed(results, "04: train LI methods and oracle"):
-    rows, preds = experiments.run_methods(data, experiments.table1_specs(params, "li"), params.seeds, params)
+    specs = experiments.table1_specs(params, "li")
+    rows, preds = experiments.run_methods(data, specs, params.seeds, params)
 experiments.write_rows(results, "li", rows, data, preds)
 display(experiments.table1(rows))
 
@@ -64,5 +65,5 @@ display(
 # The LI loss (eq. 6) per epoch, one line per seed; the oracle's is the MSE to the planted truth.
 
 # %%
-curves = {name: experiments.saved_info(params, name, params.seeds, "loss") for name in preds}
+curves = experiments.loss_curves(params, specs, params.seeds)
 figures.save_figure(figures.loss_curves(curves), results, "04_loss_curves")

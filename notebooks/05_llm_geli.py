@@ -53,10 +53,9 @@ seed = None  # None: every seed of the profile
 import pandas as pd
 from IPython.display import display
 
-from geli_lib import experiments, figures, llm
-from geli_lib.evaluation import REWARD_TABLE_COLUMNS
-from geli_lib.params import load_params
-from geli_lib.runs import timed
+from geli_lib import figures
+from geli_lib.core import load_params, timed
+from geli_lib.reward import REWARD_TABLE_COLUMNS, experiments, llm
 
 params = load_params(
     profile,
@@ -210,7 +209,7 @@ figures.save_figure(fig, results, "05_decomposition")
 # The reward model sees text only, as in the paper, whichever variant produced its labels.
 
 # %%
-rows, preds = [], {}
+rows, preds, specs = [], {}, []
 with timed(results, "05: distil"):
     for v in variants:
         if not decs[v].labels["label"].notna().any():
@@ -220,17 +219,17 @@ with timed(results, "05: distil"):
             )
             continue
         labelled = llm.distillation_data(data, decs[v].labels)
-        spec = experiments.MethodSpec(llm.distilled_name(v, decomposer), "llm")
-        r, p = experiments.run_methods(labelled, [spec], seeds, params)
+        specs.append(llm.distilled_spec(v, decomposer))
+        r, p = experiments.run_methods(labelled, specs[-1:], seeds, params)
         rows.append(r)
         preds.update(p)
 rows = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(REWARD_TABLE_COLUMNS))
 experiments.write_rows(results, "llm", rows, data, preds)
 if len(rows):
     display(experiments.table1(rows))
-for name in rows["method"].unique():  # labels beyond the head's range are clipped (reward_model._clip_to_range)
-    clipped = experiments.saved_info(params, name, seeds, "labels_clipped")
-    print(f"{name}: {sum(clipped) / len(clipped):.1%} of the labels lay outside the head's range and were clipped")
+for spec in specs:  # labels beyond the head's range are clipped (reward_model.training._clip_to_range)
+    clipped = experiments.saved_info(params, spec.id, seeds, "labels_clipped")
+    print(f"{spec.name}: {sum(clipped) / len(clipped):.1%} of the labels lay outside the head's range and were clipped")
 
 # %% [markdown]
 # ## What the numbers say

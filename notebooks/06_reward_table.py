@@ -38,10 +38,9 @@ face_noises = [0.5, 1.0, 2.0, 4.0]
 import pandas as pd
 from IPython.display import Markdown, display
 
-from geli_lib import experiments, figures
-from geli_lib.io import write_csv
-from geli_lib.params import load_params
-from geli_lib.runs import results_dir, timed
+from geli_lib import figures
+from geli_lib.core import load_params, results_dir, timed, write_csv
+from geli_lib.reward import experiments
 
 params = load_params(profile, corpus=corpus, data_path=data_path)
 results = params.results_key  # results/<profile>[/<corpus>][/adhoc/…]: never over another run's results
@@ -87,12 +86,7 @@ display(Markdown("\n".join(f"- {line}" for line in experiments.readings(rows, pl
 # %%
 pred_table = experiments.read_predictions(study, ["ge", "li", "geli", "llm"])
 first = sorted(pred_table["convo_id"].unique())[0]
-shown = [
-    m
-    for m in pred_table["method"].unique()
-    if m.startswith(("GE: RRD (K=32)", "LI: Visual", "GELI", "LLM GELI", "Oracle"))
-]
-fig = figures.unroll(pred_table, first, shown)
+fig = figures.unroll(pred_table, first, experiments.unroll_methods(params, rows))
 figures.save_figure(fig, results, "06_unroll")
 
 # %% [markdown]

@@ -26,7 +26,7 @@
 # (r = 24, α = 48); the reference is the same model with the adapter switched off. Each context is
 # an AI turn of a conversation the reward functions never saw (the `rl` split), shown to the
 # policy with GELI Fig. 3's prompt. The reward function keeps its own encoder: an adapter decodes
-# the policy's tokens back to text and scores them (see `geli_lib.rl`). Scores are normalised by
+# the policy's tokens back to text and scores them (see `geli_lib.alignment.rl`). Scores are normalised by
 # their running mean and SD (the paper's `use_score_norm`), and the KL weight starts at 0.15 and
 # adapts towards a target KL, as in the authors' TRL version.
 #
@@ -49,7 +49,8 @@
 # CPU run needs; the KL to the reference enters its reward, $r_i - \beta\,\mathrm{KL}_i$. Both clip the
 # policy ratio at $1 \pm 0.2$ and update only the LoRA weights.
 #
-# Parameters: `reward_fn` (a reward-table row name, a list, or `"all"` for the profile's set),
+# Parameters: `reward_fn` (a reward-function id such as `geli`, `rrd_k32`, `va`, `ls`, a list of ids,
+# or `"all"` for the profile's set; tables show their names),
 # `steps`, `seed`, `algorithm` (`ppo`, `rloo`, `grpo`), and `esconv_path` / `soda_path` to add
 # out-of-distribution contexts to the generations.
 
@@ -57,7 +58,7 @@
 profile = "smoke"
 corpus = "simulated"
 data_path = ""
-reward_fn = "all"  # a reward-table row name, a list of names, or "all" (the profile's rl.reward_fns)
+reward_fn = "all"  # a reward-function id (e.g. "geli"), a list of ids, or "all" (the profile's rl.reward_fns)
 steps = None  # None: the profile's rl.steps
 seed = None  # None: the profile's seed
 algorithm = None  # None: the profile's (ppo); or rloo / grpo
@@ -68,10 +69,11 @@ soda_path = ""  # SODA JSON/JSONL: adds its contexts to the generations
 import pandas as pd
 from IPython.display import display
 
-from geli_lib import data, experiments, figures, generation_eval, rl
-from geli_lib.io import write_csv
-from geli_lib.params import load_params
-from geli_lib.runs import results_dir, timed
+from geli_lib import figures
+from geli_lib.alignment import generation_eval, rl
+from geli_lib.core import load_params, results_dir, timed, write_csv
+from geli_lib.corpus import data
+from geli_lib.reward import experiments
 
 overrides = {k: v for k, v in {"steps": steps, "algorithm": algorithm}.items() if v is not None}
 params = load_params(profile, corpus=corpus, data_path=data_path, rl=overrides)
@@ -90,7 +92,7 @@ print(f"{len(train)} RL contexts from the rl split; {len(held_out)} held-out con
 # history longer than `rl.max_prompt_tokens` loses its oldest tokens (left truncation).
 
 # %%
-from geli_lib.models import load_policy
+from geli_lib.core import load_policy
 
 _, tok = load_policy()
 ids, shown = rl.encode_prompt(tok, train["history"].iloc[0], params.rl.max_prompt_tokens)
@@ -191,14 +193,18 @@ display(rows[rows["context_id"] == first][["model", "response"]].set_index("mode
 # base model's, scored by the reward function the model was adapted to (the same scoring as in
 # training). `p` is the paired test over contexts named in `test`; `KL` is the KL to the
 # reference at the last evaluation; the slope is that of the evaluation curve above, with its 95%
-# bootstrap CI over contexts. Written to `tables/rl_summary.csv`.
+# bootstrap CI over contexts. A gain bought by collapsing onto a few phrases is not learning:
+# `collapsed` marks a model whose distinct-2 falls below half the base model's, and `learned` asks
+# for all three (p < 0.05, a slope CI above 0, no collapse). Written to `tables/rl_summary.csv`.
 
 # %%
 in_dist = rows[rows["corpus"] == held_out["corpus"].iloc[0]].reset_index(drop=True)
 per = generation_eval.per_response(in_dist, params.eval, params.data, chosen, params.device)
 stats = generation_eval.cross_reward_stats(in_dist, per, params.eval.base_model, params.eval.permutations)
-summary = rl.rl_summary(stats, runs, params.eval.base_model)
+summary = rl.rl_summary(stats, runs, params.eval.base_model, in_dist)
 write_csv(results_dir(results, "tables") / "rl_summary.csv", summary)
 display(summary.round(4))
+for verdict in ("learned", "collapsed"):
+    print(f"{verdict}:", ", ".join(summary.loc[summary[verdict], "reward function"]) or "none")
 text = per.groupby(in_dist["model"])[["same_as_base", "empty", "repetition", "length"]].mean()
 display(text.round(3))

@@ -48,11 +48,9 @@ import pandas as pd
 from IPython.display import display
 
 from geli_lib import figures
-from geli_lib import generation_eval as ge
-from geli_lib.experiments import saved_reward_functions
-from geli_lib.io import write_csv
-from geli_lib.params import load_params
-from geli_lib.runs import results_dir, timed
+from geli_lib.alignment import generation_eval as ge
+from geli_lib.core import load_params, results_dir, timed, write_csv
+from geli_lib.reward.experiments import by_display_name, saved_reward_functions
 
 pd.set_option("display.max_colwidth", None)  # show whole responses and questions
 params = load_params(profile, corpus=corpus, data_path=data_path)
@@ -89,7 +87,7 @@ display(
 # column, not across columns.
 
 # %%
-reward_fns = saved_reward_functions(profile, params.corpus)
+reward_fns = by_display_name(saved_reward_functions(profile, params.corpus))  # table name -> folder
 if not reward_fns:
     print(
         f"no trained reward functions saved for {profile}/{params.corpus}: run notebooks 02-04 "

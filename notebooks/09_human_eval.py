@@ -46,11 +46,9 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import HTML, display
 
-from geli_lib import generation_eval as ge
-from geli_lib import human_eval as he
-from geli_lib.io import write_csv
-from geli_lib.params import load_params
-from geli_lib.runs import results_dir, timed
+from geli_lib.alignment import generation_eval as ge
+from geli_lib.alignment import human_eval as he
+from geli_lib.core import load_params, results_dir, timed, write_csv
 
 pd.set_option("display.max_colwidth", None)  # show whole responses and questions
 params = load_params(profile, corpus=corpus, data_path=data_path)

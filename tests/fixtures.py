@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geli_lib.schema import FACE_COLUMNS
+from geli_lib.corpus.schema import FACE_COLUMNS
 
 WORDS = (
     "so",
@@ -506,9 +506,9 @@ def write_generations(
     """
     import torch
 
-    from geli_lib.data import load_corpus
-    from geli_lib.models import load_policy
-    from geli_lib.params import load_params
+    from geli_lib.core.models import load_policy
+    from geli_lib.core.params import load_params
+    from geli_lib.corpus.data import load_corpus
 
     corpus = load_corpus(load_params("smoke"), progress=False)
     turns = corpus.turns.sort_values(["convo_id", "turn_idx"])
@@ -587,8 +587,8 @@ def simulated_corpus(cache_root: Path, **overrides: Any) -> tuple[Any, Any]:
     """
     import os
 
-    from geli_lib.data import load_corpus
-    from geli_lib.params import load_params
+    from geli_lib.core.params import load_params
+    from geli_lib.corpus.data import load_corpus
 
     old = os.environ.get("GELI_CACHE")
     os.environ["GELI_CACHE"] = str(cache_root)
@@ -605,9 +605,9 @@ def simulated_corpus(cache_root: Path, **overrides: Any) -> tuple[Any, Any]:
 def tiny_reward_data(cache_root: Path, **overrides: Any) -> tuple[Any, Any]:
     """(params, RewardData): a 6-conversation simulated corpus (4 train, 2 held out) with random
     12-d features instead of an encoder, so reward heads train in a second."""
-    from geli_lib import experiments as ex
-    from geli_lib import reward_model as rm
-    from geli_lib.data import build_pairs
+    from geli_lib.corpus.data import build_pairs
+    from geli_lib.reward import experiments as ex
+    from geli_lib.reward import reward_model as rm
 
     params, corpus = simulated_corpus(cache_root, simulation={"n_conversations": 6}, **overrides)
     pairs = build_pairs(corpus, params.data)

@@ -1,4 +1,4 @@
-"""geli_lib.browser: a real headless Chromium on a tiny static site (no mocks)."""
+"""geli_lib.core.browser: a real headless Chromium on a tiny static site (no mocks)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from geli_lib import browser
+from geli_lib.core import browser
 
 pytestmark = [
     pytest.mark.slow,

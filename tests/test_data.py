@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +20,12 @@ from fixtures import (
     write_soda,
 )
 
-import geli_lib.data as data
-from geli_lib.data import (
+import geli_lib.corpus.data as data
+import geli_lib.corpus.data.candor as data_candor
+import geli_lib.corpus.data.load as data_load
+from geli_lib.core.io import content_key
+from geli_lib.core.params import DataParams, SimulationParams, SplitParams, StudyParams, to_dict
+from geli_lib.corpus.data import (
     DataError,
     build_pairs,
     load_candor,
@@ -33,9 +35,7 @@ from geli_lib.data import (
     split_conversations,
     split_sizes,
 )
-from geli_lib.io import content_key
-from geli_lib.params import DataParams, SimulationParams, SplitParams, StudyParams, to_dict
-from geli_lib.schema import CONVERSATION_COLUMNS, FRAME_COLUMNS, TURN_COLUMNS, Corpus
+from geli_lib.corpus.schema import CONVERSATION_COLUMNS, FRAME_COLUMNS, TURN_COLUMNS, Corpus
 
 
 @pytest.fixture
@@ -152,10 +152,10 @@ def test_candor_without_truth(tmp_path):
 def test_candor_process_pool_matches_in_process(candor, monkeypatch):
     root, _ = candor
     serial = load_candor(root, DataParams(), progress=False, workers=1)
-    monkeypatch.setattr(data, "_POOL_MIN_CONVERSATIONS", 0)
+    monkeypatch.setattr(data_candor, "_POOL_MIN_CONVERSATIONS", 0)
     used = []
-    real = data._load_chunks_in_pool
-    monkeypatch.setattr(data, "_load_chunks_in_pool", lambda *a: used.append(a[3]) or real(*a))
+    real = data_candor._load_chunks_in_pool
+    monkeypatch.setattr(data_candor, "_load_chunks_in_pool", lambda *a: used.append(a[3]) or real(*a))
     pooled = load_candor(root, DataParams(), progress=False, workers=2)
     assert used == [2]
     pd.testing.assert_frame_equal(serial.turns, pooled.turns)
@@ -603,7 +603,7 @@ def test_load_corpus_caches_candor(candor, cache, monkeypatch):
 
     calls = []
     real = data.load_candor
-    monkeypatch.setattr(data, "load_candor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(data_load, "load_candor", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = load_corpus(params, progress=False)
     assert calls == []  # a cache hit: read from parquet
     _frames_equal(first, again)
@@ -642,9 +642,8 @@ def test_load_corpus_simulated(cache, monkeypatch):
         write_candor(out_dir, sim.n_conversations)
         return Path(out_dir)
 
-    monkeypatch.setitem(
-        sys.modules, "geli_lib.simulation", types.SimpleNamespace(simulate_corpus=simulate_corpus, SIMULATOR_VERSION=0)
-    )
+    monkeypatch.setattr(data_load, "simulate_corpus", simulate_corpus)
+    monkeypatch.setattr(data_load, "SIMULATOR_VERSION", 0)
     sim = SimulationParams(n_conversations=2)
     params = StudyParams(simulation=sim)
     c = load_corpus(params, progress=False)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from geli_lib.evaluation import (
+from geli_lib.reward.evaluation import (
     REWARD_TABLE_COLUMNS,
     EvaluationError,
     evaluate_reward,

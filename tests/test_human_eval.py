@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geli_lib import browser
-from geli_lib import human_eval as he
+from geli_lib.alignment import human_eval as he
+from geli_lib.core import browser
 
 MODELS = ("base", "M", "ground truth")
 KIT = "kit1"
@@ -455,7 +455,7 @@ def _text(path: Path) -> str:
 def test_notebooks_08_and_09_at_smoke_on_a_smollm2_fixture(tmp_path, monkeypatch):
     from fixtures import write_generations
 
-    from geli_lib.runs import NOTEBOOK_DIR, results_dir, run_notebook
+    from geli_lib.core.runs import NOTEBOOK_DIR, results_dir, run_notebook
 
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     tables = results_dir("smoke", "tables")

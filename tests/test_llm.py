@@ -24,9 +24,11 @@ import pandas as pd
 import pytest
 import torch
 
-from geli_lib import llm
-from geli_lib import reward_model as rm
-from geli_lib.params import LLMParams, ParamError, RewardParams, load_params
+from geli_lib.core.params import LLMParams, ParamError, RewardParams, load_params
+from geli_lib.reward import llm
+from geli_lib.reward import reward_model as rm
+from geli_lib.reward.llm import prompt as llm_prompt
+from geli_lib.reward.reward_model import training as rm_training
 
 DATA = Path(__file__).parent / "data" / "llm_outputs"
 FAST = LLMParams(retries=1, backoff_s=0.01, timeout_s=5.0, output_retries=1)
@@ -68,7 +70,7 @@ def test_prompt_is_the_papers_with_ids_speakers_and_score(sim):
     p_text = llm.prompt_messages(text)[0]["content"]
     p_mm = llm.prompt_messages(mm)[0]["content"]
     assert "Redistribute the score across each of Speaker A's utterances." in p_text
-    assert f"Final score: {llm._fmt(score)}" in p_text and f"must sum up to: {llm._fmt(score)}." in p_text
+    assert f"Final score: {llm_prompt._fmt(score)}" in p_text and f"must sum up to: {llm_prompt._fmt(score)}." in p_text
     assert "multimodal" not in p_text and "aligned multimodal conversational features" in p_mm
     ai = corpus.turns[(corpus.turns["convo_id"] == cid) & corpus.turns["is_ai"]]
     assert text.turn_ids == tuple(f"A{t}" for t in ai["turn_idx"])
@@ -92,7 +94,7 @@ def test_long_conversation_is_chunked_with_shares_that_add_up():
         assert len(c.transcript) <= 400
         assert math.isclose(c.share, 75.0 * len(c.turn_ids) / 30)
         assert f"part {c.index + 1} of {len(chunks)}" in llm.prompt_messages(c)[0]["content"]
-        assert f"Final score: {llm._fmt(c.share)}" in llm.prompt_messages(c)[0]["content"]
+        assert f"Final score: {llm_prompt._fmt(c.share)}" in llm.prompt_messages(c)[0]["content"]
 
 
 def test_huge_utterance_is_cut_and_marked():
@@ -584,7 +586,7 @@ def test_missing_api_key_and_url_are_clear_errors(monkeypatch):
 @pytest.fixture(scope="module")
 def served_smollm2(tmp_path_factory):
     """``transformers serve`` with the local SmolLM2 checkpoint on a free loopback port (no model hub)."""
-    from geli_lib.models import ModelsNotPrepared, smollm2_path
+    from geli_lib.core.models import ModelsNotPrepared, smollm2_path
 
     try:
         path = str(smollm2_path())
@@ -669,7 +671,7 @@ def test_real_round_trip_through_transformers_serve(served_smollm2, tmp_path, mo
 @pytest.fixture(scope="module")
 def local_smollm2():
     """The local backend (SmolLM2-135M-Instruct, constrained decoding), loaded once for the module."""
-    from geli_lib.models import ModelsNotPrepared
+    from geli_lib.core.models import ModelsNotPrepared
 
     try:
         backend = llm.LocalBackend("cpu", threads=1)
@@ -762,7 +764,7 @@ def test_labels_align_with_pairs():
 @pytest.fixture(scope="module")
 def train_parts(sim):
     """Pairs and features that carry the planted reward (plus noise), as in test_reward_model."""
-    from geli_lib.data import build_pairs
+    from geli_lib.corpus.data import build_pairs
 
     corpus, _ = sim
     pairs = build_pairs(corpus, load_params("smoke").data)
@@ -788,7 +790,7 @@ def test_distillation_fits_the_labels_and_masks_failed_chunks(train_parts):
     assert tr.family == "LLM" and np.isfinite(tr.info["loss"]).all()
     test = pairs["convo_id"].isin(test_ids).to_numpy()
     pred = rm.predict(tr, feats[test])
-    from geli_lib.evaluation import spearman
+    from geli_lib.reward.evaluation import spearman
 
     assert spearman(pred, pairs.loc[test, "true_reward"].to_numpy()) > 0.5
     with pytest.raises(rm.RewardModelError, match="no 'llm' labels"):
@@ -803,11 +805,11 @@ def test_distillation_fits_the_labels_and_masks_failed_chunks(train_parts):
     # clipped labels keep each conversation's sum (eq. 5's labels add up to R), NaN stays NaN
     raw = torch.tensor([[10.0, 0.0, 0.0, float("nan")], [-1.0, 1.0, 0.5, 0.0]])
     mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
-    moved, out = rm._clip_to_range(raw, mask, 4.0)
+    moved, out = rm_training._clip_to_range(raw, mask, 4.0)
     assert out == pytest.approx(1 / 6)
     assert moved[0, :3].tolist() == pytest.approx([4.0, 3.0, 3.0]) and moved[0, 3].isnan()
     assert moved[1, :3].tolist() == pytest.approx([-1.0, 1.0, 0.5])  # in range: unchanged
-    assert rm._clip_to_range(torch.tensor([[20.0, 20.0]]), torch.tensor([[True, True]]), 4.0)[0].tolist() == [
+    assert rm_training._clip_to_range(torch.tensor([[20.0, 20.0]]), torch.tensor([[True, True]]), 4.0)[0].tolist() == [
         [4.0, 4.0]
     ]  # more than the range can hold: capped
     assert np.abs(rm.predict(lumpy, feats)).max() <= lumpy.scale <= 1.25 * 100 / lumpy.T_bar + 1e-6
@@ -819,8 +821,8 @@ def test_distillation_fits_the_labels_and_masks_failed_chunks(train_parts):
 def test_esconv_has_text_only_and_its_truth_is_the_local_feedback(tmp_path):
     from fixtures import write_esconv
 
-    from geli_lib.data import load_esconv
-    from geli_lib.params import DataParams
+    from geli_lib.core.params import DataParams
+    from geli_lib.corpus.data import load_esconv
 
     corpus = load_esconv(write_esconv(tmp_path / "esconv.json"), DataParams())
     assert llm.listener_cues(corpus) == {}  # no video: the notebook runs the text variant only

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from geli_lib.losses import (
+from geli_lib.reward.losses import (
     ReturnPredictor,
     geli_loss,
     ircr_loss,
@@ -113,12 +113,14 @@ def test_sampler_k_larger_than_conversation():
     assert idx.shape == valid.shape == (3, 4) and valid.all()
     assert (idx < lengths[:, None]).all() and (idx >= 0).all()
     assert len(set(idx[1].tolist())) == 4  # K <= T: distinct
-    # replace=False: a short conversation contributes each of its turns once
-    idx, valid = sample_rrd_indices(lengths, 4, replace=False, generator=g)
+    # without replacement: a short conversation contributes each of its turns once
+    idx, valid = sample_rrd_indices(lengths, 4, "without_replacement", generator=g)
     assert valid.sum(1).tolist() == [2, 4, 1]
     assert sorted(idx[0][valid[0]].tolist()) == [0, 1]
-    # replace=True (authors' code): always K valid draws with replacement
-    idx, valid = sample_rrd_indices(lengths, 4, replace=True, generator=g)
+    # with replacement (authors' code): always K valid draws
+    idx, valid = sample_rrd_indices(lengths, 4, "with_replacement", generator=g)
+    with pytest.raises(ValueError, match="'ren', 'with_replacement', 'without_replacement'"):
+        sample_rrd_indices(lengths, 4, "sometimes")  # type: ignore[arg-type]
     assert valid.all() and (idx[2] == 0).all()
 
 
@@ -131,13 +133,13 @@ def test_rrd_equals_sum_loss_when_k_is_t(batch):
     # equal lengths, K = T, no replacement: every sample is the whole conversation
     m3 = torch.tensor([[True, True, True, False]] * 2)
     r3 = torch.tensor([[1.0, 2.0, 3.0, NAN], [4.0, 5.0, 6.0, NAN]], dtype=torch.float64)
-    idx, valid = sample_rrd_indices(m3.sum(1), 3, replace=False)
+    idx, valid = sample_rrd_indices(m3.sum(1), 3, "without_replacement")
     for bc in (False, True):
         assert rrd_loss(r3, m3, R, idx, valid, bias_correction=bc).item() == pytest.approx(
             sum_decomposition_loss(r3, m3, R).item()
         )
-    # mixed lengths, K = T_max, replace=False: the short one is taken whole too
-    idx, valid = sample_rrd_indices(mask.sum(1), 3, replace=False)
+    # mixed lengths, K = T_max, without replacement: the short one is taken whole too
+    idx, valid = sample_rrd_indices(mask.sum(1), 3, "without_replacement")
     assert rrd_loss(r_hat, mask, R, idx, valid).item() == pytest.approx(full.item())
 
 
@@ -147,7 +149,7 @@ def test_rrd_hand_value_and_fixed_t_scale(batch):
     valid = torch.ones(2, 2, dtype=torch.bool)
     # row 0: (3/2)(1 + 3) = 6 -> (7-6)^2 = 1 ; row 1: (2/2)(5 + 5) = 10 -> 0
     assert rrd_loss(r_hat, mask, R, idx, valid).item() == pytest.approx(0.5)
-    # T_fixed = 160 (authors' code): (160/2)*4 = 320, (160/2)*10 = 800
+    # T_bar = 160 (the authors' fixed T): (160/2)*4 = 320, (160/2)*10 = 800
     expect = ((7 - 320) ** 2 + (10 - 800) ** 2) / 2
     assert rrd_loss(r_hat, mask, R, idx, valid, T_bar=160).item() == pytest.approx(expect)
     with pytest.raises(ValueError, match="T_bar"):
@@ -165,30 +167,31 @@ def test_rrd_mask_with_holes_maps_ranks_to_columns():
     assert loss.item() == pytest.approx(1.0)
 
 
-def _all_subsets(x: torch.Tensor, K: int, replace: bool):
+def _all_subsets(x: torch.Tensor, K: int, sampling: str):
     """Every index set of size K with equal probability: the exact expectation over ρ_T."""
     T = len(x)
-    sets = itertools.product(range(T), repeat=K) if replace else itertools.combinations(range(T), K)
+    with_repl = sampling == "with_replacement"
+    sets = itertools.product(range(T), repeat=K) if with_repl else itertools.combinations(range(T), K)
     idx = torch.tensor(list(sets))
     r_hat = x.expand(len(idx), T).clone()
     mask = torch.ones_like(r_hat, dtype=torch.bool)
     return r_hat, mask, idx, torch.ones_like(idx, dtype=torch.bool)
 
 
-@pytest.mark.parametrize("replace", [False, True])
+@pytest.mark.parametrize("sampling", ["without_replacement", "with_replacement"])
 @pytest.mark.parametrize("T_bar", [None, 10.0])
-def test_rrd_bias_correction_exactly_unbiased(replace, T_bar):
+def test_rrd_bias_correction_exactly_unbiased(sampling, T_bar):
     x = torch.tensor([0.5, -1.0, 2.0, 3.5, 0.0, 1.5], dtype=torch.float64)
     T, K, R0 = len(x), 3, 4.0
-    r_hat, mask, idx, valid = _all_subsets(x, K, replace)
+    r_hat, mask, idx, valid = _all_subsets(x, K, sampling)
     R = torch.full((len(idx),), R0, dtype=torch.float64)
     c = T if T_bar is None else T_bar
     target = (R0 - c / T * x.sum().item()) ** 2  # (R - E Ŝ)^2: eq. 4 in the sum or the mean form
     assert sum_decomposition_loss(r_hat[:1], mask[:1], R[:1], T_bar).item() == pytest.approx(target)
-    corrected = rrd_loss(r_hat, mask, R, idx, valid, T_bar=T_bar, bias_correction=True, replace=replace).item()
-    plain = rrd_loss(r_hat, mask, R, idx, valid, T_bar=T_bar, replace=replace).item()
+    corrected = rrd_loss(r_hat, mask, R, idx, valid, T_bar=T_bar, bias_correction=True, sampling=sampling).item()
+    plain = rrd_loss(r_hat, mask, R, idx, valid, T_bar=T_bar, sampling=sampling).item()
     var_pop = x.var(unbiased=False).item()
-    fpc = 1.0 if replace else (T - K) / (T - 1)
+    fpc = 1.0 if sampling == "with_replacement" else (T - K) / (T - 1)
     assert corrected == pytest.approx(target, rel=1e-10, abs=1e-10)
     assert plain == pytest.approx(target + c**2 * var_pop * fpc / K, rel=1e-10)
     assert plain > target
@@ -205,15 +208,15 @@ def test_rrd_bias_correction_monte_carlo_through_sampler():
     r_hat = base.repeat(per_chunk, 1)
     mask = base_mask.repeat(per_chunk, 1)
     R = base_R.repeat(per_chunk)
-    for replace in (None, True):
+    for sampling in ("ren", "with_replacement"):
         corrected, plain = [], []
         for _ in range(n_chunks):
-            idx, valid = sample_rrd_indices(mask.sum(1), 3, replace=replace, generator=g)
-            corrected.append(rrd_loss(r_hat, mask, R, idx, valid, bias_correction=True, replace=replace).item())
+            idx, valid = sample_rrd_indices(mask.sum(1), 3, sampling, generator=g)
+            corrected.append(rrd_loss(r_hat, mask, R, idx, valid, bias_correction=True, sampling=sampling).item())
             plain.append(rrd_loss(r_hat, mask, R, idx, valid).item())
         c, p = torch.tensor(corrected), torch.tensor(plain)
         se = c.std().item() / math.sqrt(n_chunks)
-        assert abs(c.mean().item() - full) < 4 * se + 1e-9, (replace, c.mean().item(), full, se)
+        assert abs(c.mean().item() - full) < 4 * se + 1e-9, (sampling, c.mean().item(), full, se)
         assert p.mean().item() > full + 10 * se  # the plain RRD loss overestimates eq. 4
 
 

@@ -1,4 +1,4 @@
-"""Offline model preparation (geli_lib.models): real conversion, real loads, no mocks.
+"""Offline model preparation (geli_lib.core.models): real conversion, real loads, no mocks.
 
 One GGUF -> transformers conversion (~20 s on 2 cores) is shared by the whole
 session; the "half-done folder is redone" test converts once more on purpose.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from geli_lib import models
+from geli_lib.core import models
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +52,7 @@ def test_not_prepared_error_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("GELI_CACHE", str(tmp_path))
     with pytest.raises(models.ModelsNotPrepared, match="make models"):
         models.smollm2_path()
-    with pytest.raises(models.ModelsNotPrepared, match="python -m geli_lib.models"):
+    with pytest.raises(models.ModelsNotPrepared, match="python -m geli_lib.core.models"):
         models.load_policy()
 
 

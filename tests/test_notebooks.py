@@ -7,7 +7,7 @@ import nbformat
 import pytest
 import yaml
 
-from geli_lib.params import PROFILES, REPO_ROOT, load_params
+from geli_lib.core.params import PROFILES, REPO_ROOT, load_params
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 

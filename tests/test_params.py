@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from geli_lib import params as params_mod
-from geli_lib.io import cache_dir
-from geli_lib.params import (
+from geli_lib.core import params as params_mod
+from geli_lib.core.io import cache_dir
+from geli_lib.core.params import (
     PROFILES,
     REPO_ROOT,
     ComputeParams,
@@ -84,6 +84,8 @@ def test_choices_are_validated_from_their_literal_type():
     bad = dataclasses.replace(load_params("smoke").reward, ge_form="product")  # built in code, not from YAML
     with pytest.raises(params_mod._FieldError, match="ge_form: must be one of 'mean', 'sum'"):
         bad.validate()
+    with pytest.raises(params_mod._FieldError, match=r"reward_fns: must be one of .*got 'rrd'"):
+        params_mod.RLParams(reward_fns=["va", "rrd"]).validate()  # a list of choices: each one checked
     assert params_mod.GE_METHODS == ("sum", "ircr", "rudder", "rrd")  # the tuples are read off the types
 
 
@@ -264,7 +266,7 @@ def test_an_adhoc_papermill_run_never_touches_the_studys_results(tmp_path: Path)
     # its saved reward functions too: under the ad-hoc key, never listed as the study's (07 and 08 read those)
     saved = cache / "reward_functions" / "smoke" / "simulated"
     assert sorted(p.name for p in saved.iterdir()) == ["adhoc"]
-    assert (saved / "adhoc" / "lam=0.1_seed=0" / "geli-rrd-va" / "seed0" / "reward.json").is_file()
+    assert (saved / "adhoc" / "lam=0.1_seed=0" / "geli" / "seed0" / "reward.json").is_file()
 
 
 def test_a_parameter_of_the_notebook_alone_also_gets_its_own_key(tmp_path: Path):
@@ -281,7 +283,7 @@ def test_a_parameter_of_the_notebook_alone_also_gets_its_own_key(tmp_path: Path)
     nb.cells = [
         cell,
         nbformat.v4.new_code_cell(
-            f"from geli_lib.params import load_params\nfrom pathlib import Path\n"
+            f"from geli_lib.core.params import load_params\nfrom pathlib import Path\n"
             f"Path({str(out)!r}).write_text(load_params(profile, corpus=corpus, data_path=data_path).results_key)"
         ),
     ]

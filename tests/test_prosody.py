@@ -1,11 +1,11 @@
-"""geli_lib.prosody on signals with known answers: tones of known pitch, silence, loudness, a video's track."""
+"""geli_lib.listener.prosody on signals with known answers: tones of known pitch, silence, loudness, a video's track."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from geli_lib import prosody as P
+from geli_lib.listener import prosody as P
 
 
 @pytest.mark.parametrize("f0", [110.0, 220.0, 330.0])

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from geli_lib import reward_model as rm
-from geli_lib.evaluation import evaluate_reward
-from geli_lib.params import ParamError, RewardParams, load_params
+from geli_lib.core.io import cache_dir
+from geli_lib.core.params import ParamError, RewardParams, load_params
+from geli_lib.reward import reward_model as rm
+from geli_lib.reward.evaluation import evaluate_reward
+from geli_lib.reward.reward_model import encoder, training
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -22,7 +24,7 @@ def sim(tmp_path_factory):
     """A tiny simulated corpus (8 conversations), its pairs and a train/test split."""
     from fixtures import simulated_corpus
 
-    from geli_lib.data import build_pairs
+    from geli_lib.corpus.data import build_pairs
 
     params, corpus = simulated_corpus(tmp_path_factory.mktemp("cache"), simulation={"n_conversations": 8})
     pairs = build_pairs(corpus, params.data)
@@ -88,7 +90,7 @@ def test_encode_shape_determinism_and_cache_hit(cache_env, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the model was loaded although every pair is cached")
 
-    monkeypatch.setattr(rm, "_load_encoder", boom)
+    monkeypatch.setattr(encoder, "_load_encoder", boom)
     c = rm.encode_pairs(pairs.iloc[[3, 1]], progress=False)  # a reordered subset reuses the cache
     np.testing.assert_array_equal(c, a[[3, 1]])
 
@@ -110,8 +112,8 @@ def test_cache_of_another_encoder_is_rejected(cache_env):
 
 def test_interrupted_encode_keeps_finished_chunks(cache_env, monkeypatch):
     pairs = _pairs(4)
-    monkeypatch.setattr(rm, "CHUNK_PAIRS", 2)
-    real, calls = rm._embed, []
+    monkeypatch.setattr(encoder, "CHUNK_PAIRS", 2)
+    real, calls = encoder._embed, []
 
     def flaky(texts, *a, **k):
         calls.append(len(texts))
@@ -119,17 +121,17 @@ def test_interrupted_encode_keeps_finished_chunks(cache_env, monkeypatch):
             raise KeyboardInterrupt
         return real(texts, *a, **k)
 
-    monkeypatch.setattr(rm, "_embed", flaky)
+    monkeypatch.setattr(encoder, "_embed", flaky)
     with pytest.raises(KeyboardInterrupt):
         rm.encode_pairs(pairs, progress=False, batch_size=2)
-    store = rm.FeatureCache(rm.cache_dir("features") / rm.encoder_id(), rm.encoder_id())
+    store = rm.FeatureCache(cache_dir("features") / rm.encoder_id(), rm.encoder_id())
     assert len(store.rows) == 2  # the first chunk survived; the second was never half-written
-    monkeypatch.setattr(rm, "_embed", real)
+    monkeypatch.setattr(encoder, "_embed", real)
     assert rm.encode_pairs(pairs, progress=False).shape == (4, 768)
 
 
 def test_left_truncation_keeps_the_most_recent_history():
-    tok, _ = rm._load_encoder("minilm", "cpu")
+    tok, _ = encoder._load_encoder("minilm", "cpu")
     hist, resp = rm.pair_texts(
         pd.DataFrame({"history": [" User: blah blah." * 400 + " AI: zebra crossing tonight"], "response": ["sure"]})
     )
@@ -230,7 +232,7 @@ def test_length_free_convention_lets_the_oracle_recover_the_truth(tmp_path_facto
     to the score up to its rounding to 1-10; in the sum form the same head cannot (it never sees T)."""
     from fixtures import simulated_corpus
 
-    from geli_lib.data import build_pairs
+    from geli_lib.corpus.data import build_pairs
 
     _, corpus = simulated_corpus(
         tmp_path_factory.mktemp("noiseless"), simulation={"n_conversations": 16, "score_noise": 0.0}
@@ -267,7 +269,7 @@ def test_warm_start_resumes_from_the_va_head_and_keeps_the_best_validation_epoch
     assert info["n_validation"] == 2 and info["n_conversations"] == 4 and len(info["val_l_ge"]) == 5
     assert info["best_epoch"] == int(np.argmin(info["val_l_ge"]))  # epoch 0 = the VA head itself
     _, val = rm.split_train_data(train, 0.34, seed=0)
-    got = rm._val_l_ge(tuned.head, val.X, val, tuned.T_bar)
+    got = training._val_l_ge(tuned.head, val.X, val, tuned.T_bar)
     assert got == pytest.approx(min(info["val_l_ge"]), rel=1e-5)
     with pytest.raises(ParamError, match="warm_start"):
         load_params("smoke", reward={"warm_start": "mean"})
@@ -358,7 +360,7 @@ def test_finetune_encoder_trains_saves_and_predicts(cache_env):
     va = (pairs["response"].str.contains("!")).to_numpy(float)
     train = rm.make_train_data(None, pairs, feats, li_labels={"va": va, "ls": va})
     p = RewardParams(epochs=2, batch_conversations=2, K=2, finetune_encoder=True, encoder_lr=1e-3, encode_batch_size=8)
-    _, base = rm._load_encoder("minilm", "cpu")
+    _, base = encoder._load_encoder("minilm", "cpu")
     base_w = dict(base.named_parameters())
     for method in ("geli", "rrd"):  # all valid turns (LI part, RRD reads them) / only the K samples
         tr = rm.train_reward_function(method, train, p, seed=0)
@@ -437,7 +439,7 @@ def test_labels_align_with_pairs(sim):
 
 
 def test_step_loss_is_eq_2_and_each_method_a_case_of_it():
-    from geli_lib import losses
+    from geli_lib.reward import losses
 
     mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
     r_hat = torch.tensor([[15.0, 20.0, 10.0, 25.0, 10.0], [20.0, 10.0, 15.0, 0.0, 0.0]])
@@ -455,3 +457,16 @@ def test_step_loss_is_eq_2_and_each_method_a_case_of_it():
     rm.step_loss(r_hat, mask, 0.0, never, target)  # λ = 0 never samples (RNG order of LI methods)
     with pytest.raises(rm.RewardModelError, match="no loss term"):
         rm.step_loss(r_hat, mask, 0.0, l_ge, None)
+
+
+def test_masked_mse_raises_like_li_loss_and_an_unlabelled_batch_has_a_zero_li_term():
+    r_hat = torch.tensor([[0.5, -1.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False]])
+    none = torch.full((1, 3), float("nan"))
+    with pytest.raises(ValueError, match="no valid turn carries an LI label"):
+        training._masked_mse(r_hat, mask, none)
+    assert training._masked_mse(r_hat, mask, torch.tensor([[1.5, -1.0, float("nan")]])).item() == pytest.approx(0.5)
+    for lam in (0.0, 0.5):  # LI alone, GELI: the step on a batch without labels runs, its LI term is 0
+        ge = torch.tensor(4.0)
+        loss = rm.step_loss(r_hat, mask, lam, (lambda: ge) if lam > 0 else None, none)
+        assert loss.item() == pytest.approx(lam * 4.0)

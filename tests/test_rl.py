@@ -19,16 +19,19 @@ import pandas as pd
 import pytest
 import torch
 
-from geli_lib import reward_model as rm
-from geli_lib import rl as R
-from geli_lib.params import ParamError, RewardParams, RLParams, field_docs, load_params, to_dict
+from geli_lib.alignment import rl as R
+from geli_lib.alignment.generation_eval import GENERATION_COLUMNS, reward_history
+from geli_lib.alignment.rl import prompt as rl_prompt
+from geli_lib.core.params import ParamError, RewardParams, RLParams, field_docs, load_params, to_dict
+from geli_lib.reward import reward_model as rm
+from geli_lib.reward.reward_model import encoder as rm_encoder
 
 
 @pytest.fixture(scope="module")
 def tok():
     from transformers import AutoTokenizer
 
-    from geli_lib.models import smollm2_path
+    from geli_lib.core.models import smollm2_path
 
     return AutoTokenizer.from_pretrained(smollm2_path(), local_files_only=True)
 
@@ -38,7 +41,7 @@ def world(tmp_path_factory):
     """A tiny simulated corpus, its splits, and a GELI reward function trained on it and saved."""
     from fixtures import simulated_corpus
 
-    from geli_lib.data import build_pairs, split_conversations
+    from geli_lib.corpus.data import build_pairs, split_conversations
 
     tmp = tmp_path_factory.mktemp("rl")
     params, corpus = simulated_corpus(
@@ -50,6 +53,7 @@ def world(tmp_path_factory):
     feats = rm.encode_pairs(pairs, progress=False, cache=tmp / "features")
     train = rm.make_train_data(corpus, pairs, feats, train_ids)
     trained = rm.train_reward_function("geli", train, RewardParams(epochs=20, K=8), seed=0)
+    trained.info["name"] = "GELI: RRD + VA"  # as experiments.run_methods saves it
     folder = trained.save(tmp / "reward" / "geli")
     return {"params": params, "corpus": corpus, "split": split, "folder": folder, "tmp": tmp}
 
@@ -65,7 +69,7 @@ def test_contexts_lines_and_reward_format(world):
     lines = row["history"].split("\n")
     assert 1 <= len(lines) <= 3 and all(x.startswith(("User: ", "AI: ")) for x in lines)
     # r_θ's input format is data.build_pairs': " User: …" / " AI: …" concatenated
-    assert R.reward_history("User: hi\nAI: yo") == " User: hi AI: yo"
+    assert reward_history("User: hi\nAI: yo") == " User: hi AI: yo"
     train, test = R.rl_contexts(world["corpus"], world["split"], world["params"].rl, seed=0)
     assert set(train["convo_id"]).isdisjoint(test["convo_id"]), "held-out contexts leaked into RL training"
     assert len(test) == world["params"].rl.eval_contexts
@@ -74,7 +78,7 @@ def test_contexts_lines_and_reward_format(world):
 def test_long_context_is_left_truncated(tok):
     history = "\n".join(f"User: line {k} " + "blah " * 20 for k in range(60)) + "\nUser: the last words"
     ids, shown = R.encode_prompt(tok, history, max_prompt_tokens=128)
-    assert len(ids) <= 128 and len(R._prompt_ids(tok, history)) > 128
+    assert len(ids) <= 128 and len(rl_prompt._prompt_ids(tok, history)) > 128
     assert history.endswith(shown) and shown.endswith("the last words") and len(shown) < len(history)
     text = tok.decode(ids)
     assert text.startswith("<|im_start|>system\n" + R.SYSTEM_PROMPT) and text.endswith(R.ASSISTANT_HEADER)
@@ -120,7 +124,7 @@ def test_adapter_gives_r_theta_of_the_decoded_pair(world, tok):
     out = getattr(adapter, adapter.base_model_prefix)(input_ids=ids, attention_mask=mask)
     scores = adapter.score(out.hidden_states[-1])
     assert scores.shape == (2, ids.shape[1], 1)
-    pairs = pd.DataFrame({"history": [R.reward_history(h) for h in histories], "response": responses})
+    pairs = pd.DataFrame({"history": [reward_history(h) for h in histories], "response": responses})
     want = rm.predict_pairs(trained, pairs, cache=world["tmp"] / "features")  # the reward table's r̂
     np.testing.assert_allclose(scores[:, -1, 0].numpy(), want, rtol=1e-4, atol=1e-4)
     assert abs(want[0] - want[1]) > 1e-3, "the two pairs should score differently"
@@ -129,8 +133,8 @@ def test_adapter_gives_r_theta_of_the_decoded_pair(world, tok):
 def test_one_reward_for_training_and_cross_scoring(world, tok):
     """The reward PPO gets (decoded token ids) equals 08's cross-score of the same generations row, to 1e-5,
     also for a history longer than r_θ's history cut (data.history_turns) and its encoder's 256 tokens."""
-    from geli_lib.generation_eval import cross_scores
-    from geli_lib.params import DataParams
+    from geli_lib.alignment.generation_eval import cross_scores
+    from geli_lib.core.params import DataParams
 
     data = DataParams(history_turns=3, history_chars=400)
     long = "\n".join(f"{'User' if k % 2 else 'AI'}: turn {k} " + "tell me more about that " * 6 for k in range(12))
@@ -150,7 +154,7 @@ def test_one_reward_for_training_and_cross_scoring(world, tok):
 
 
 def test_unusable_reward_functions_are_refused(world, tmp_path):
-    from geli_lib.generation_eval import PairScorer
+    from geli_lib.alignment.generation_eval import PairScorer
 
     trained = R.load_trained_reward(world["folder"])
     const = dataclasses.replace(trained, head=None, constant=2.5, method="mean")
@@ -248,8 +252,12 @@ def test_bad_reward_function_files(world, tmp_path):
     (other / "reward.json").write_text(json.dumps(meta))
     with pytest.raises(R.RLError, match="built for encoder 'minilm-0123456789ab"):
         R.load_trained_reward(other)
-    with pytest.raises(R.RLError, match=r"not saved; available: \['GELI'\]"):
-        R.select_reward_functions({"GELI": world["folder"]}, ["GE: RRD (K=32)"], load_params("smoke").rl)
+    rl = load_params("smoke").rl
+    with pytest.raises(R.RLError, match=r"\['rrd_k32'\] not saved; saved: geli \(GELI: RRD \+ VA\)"):
+        R.select_reward_functions({"geli": world["folder"]}, ["rrd_k32"], rl)
+    with pytest.raises(R.RLError, match=r"\['GELI: RRD \+ VA'\] not reward-function ids; valid: mean, mode, "):
+        R.select_reward_functions({"geli": world["folder"]}, "GELI: RRD + VA", rl)  # a display name is not an id
+    assert R.select_reward_functions({"geli": world["folder"]}, "all", rl) == {"GELI: RRD + VA": world["folder"]}
 
 
 def test_rl_params_validated():
@@ -257,6 +265,8 @@ def test_rl_params_validated():
         load_params("smoke", rl={"batch_size": 3, "mini_batch_size": 2})
     with pytest.raises(ParamError, match=r"rl\.algorithm"):
         load_params("smoke", rl={"algorithm": "dpo"})
+    with pytest.raises(ParamError, match=r"rl\.reward_fns\[1\]: must be one of 'mean', .*got 'GELI: RRD \+ VA'"):
+        load_params("smoke", rl={"reward_fns": ["geli", "GELI: RRD + VA"]})  # ids, not table names
     assert load_params("gpu").rl.gamma == 0.05 and load_params("gpu").rl.batch_size == 24
     docs = field_docs(RLParams)
     assert not [f for f in to_dict(RLParams()) if f not in docs], "RLParams fields without a docstring"
@@ -347,7 +357,7 @@ def test_ppo_lora_loop_changes_adapter_writes_curves_and_resumes(world, tmp_path
     assert again.reused and again.curves["step"].tolist() == [1, 2]
 
     rows = R.generations(test.head(2), {"GELI": info.adapter}, dataclasses.replace(rl, gen_tokens=8), seed=0)
-    assert list(rows.columns) == list(R.GENERATION_COLUMNS)
+    assert list(rows.columns) == list(GENERATION_COLUMNS)
     assert sorted(rows["model"].unique()) == ["GELI", "base", "ground truth"] and len(rows) == 6
     truth = rows[rows["model"] == "ground truth"]["response"].tolist()
     assert truth == test.head(2)["response"].tolist()
@@ -356,13 +366,15 @@ def test_ppo_lora_loop_changes_adapter_writes_curves_and_resumes(world, tmp_path
     assert len(saved) == 6 and set(saved["context_id"]) == set(test.head(2)["context_id"])
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
-def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, world, tmp_path, monkeypatch):
+@pytest.mark.parametrize("algorithm,bf16", [("grpo", False), ("rloo", True)])
+def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, bf16, world, tok, tmp_path, monkeypatch):
+    """Also the cpu profile's bf16 path (rloo): the curve's r̂ of the bf16 policy's responses is the float32 r̂."""
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
     rl = dataclasses.replace(
         load_params("smoke").rl,
         algorithm=algorithm,
+        bf16=bf16,
         steps=1,
         batch_size=2,
         group_size=2,
@@ -373,7 +385,7 @@ def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, world, tmp_
         eval_conversations=2,
         train_contexts=4,
     )
-    train, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
+    train, held_out = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     reward = R.TextReward(R.load_trained_reward(world["folder"]), normalise=False)
     got = reward.reward_func(
         prompts=[R.chat_messages("User: hi")],
@@ -381,17 +393,24 @@ def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, world, tmp_
         history=["User: hi"],
     )
     assert got == pytest.approx([float(reward.raw(["User: hi"], ["Hello!"])[0])])
-    info = R.train_rl("GELI", world["folder"], train, rl, "smoke", seed=0, out_dir=tmp_path / "run")
+    curve = held_out.head(2)
+    info = R.train_rl("GELI", world["folder"], train, rl, "smoke", seed=0, out_dir=tmp_path / "run", curve=curve)
     assert info.curves["step"].tolist() == [1] and (info.curves["algorithm"] == algorithm).all()
     assert np.isfinite(info.curves["reward_mean"]).all()
     assert (info.adapter / "adapter_model.safetensors").exists()
+    ev = info.evals
+    assert len(ev) == 4 and (ev["kl"] > -1e-4).all()  # before the first update and after it
+    shown = [rl_prompt.encode_prompt(tok, h, rl.max_prompt_tokens)[1] for h in curve["history"]]
+    for step, rows in ev.groupby("step"):
+        want = reward.raw(shown, rows["response"].tolist()).numpy()
+        np.testing.assert_allclose(rows["reward"].to_numpy(), want, rtol=1e-6, err_msg=f"step {step}")
 
 
 def _toy_reward(folder, target: str):
     """A reward function that scores a response by its MiniLM cosine similarity to ``target``: r̂ = tanh(cos)."""
-    from geli_lib.params import RewardParams
+    from geli_lib.core.params import RewardParams
 
-    tok_e, enc = rm._load_encoder("minilm", "cpu")
+    tok_e, enc = rm_encoder._load_encoder("minilm", "cpu")
     t = torch.from_numpy(rm.pair_features([""], [rm.RESPONSE_PREFIX + target], tok_e, enc, "minilm", 256, "cpu"))
     d = t.shape[1]
     head = rm.RewardHead(d, hidden=4, dropout=0.0, scale=1.0)
@@ -458,9 +477,9 @@ def test_adaptations_on_a_loopback_cluster_give_the_serial_adapter(world, tmp_pa
     the curve are the serial run's, and a finished run is not submitted again."""
     from safetensors.torch import load_file
 
-    from geli_lib.compute import close_grid_clients, loopback_cluster
-    from geli_lib.io import cache_dir
-    from geli_lib.params import ComputeParams
+    from geli_lib.core.compute import close_grid_clients, loopback_cluster
+    from geli_lib.core.io import cache_dir
+    from geli_lib.core.params import ComputeParams
 
     cache = tmp_path / "cache"  # runs land here; the prepared models are the machine's
     (cache).mkdir()
@@ -490,3 +509,33 @@ def test_adaptations_on_a_loopback_cluster_give_the_serial_adapter(world, tmp_pa
     pd.testing.assert_frame_equal(info.curves[cols], serial.curves[cols])
     table = pd.read_csv(tmp_path / "results" / "cluster" / "tables" / "ppo_curves.csv")
     assert table["step"].tolist() == [1, 2] and (table["reward_fn"] == "GELI").all()
+
+
+def test_rl_summary_flags_a_collapsed_policy_and_counts_only_real_learning():
+    """Two runs with the same significant gain and rising curve; one answers every context with one phrase."""
+    evals = pd.DataFrame(
+        [(s, c, 1.0 + 0.1 * s + 0.01 * c, 1.0) for s in (0, 5, 10) for c in range(4)],
+        columns=["step", "context_id", "reward", "kl"],
+    )
+    curves = pd.DataFrame({"algorithm": ["rloo", "rloo"], "step": [1, 10]})
+    runs = {m: R.RunInfo(m, 0, None, curves, 2.0, 0, False, 0.0, evals) for m in ("varied", "parrot")}
+    stats = pd.DataFrame(
+        [("base", m, 1.0, 0.1, np.nan, np.nan, "", 4) for m in runs]
+        + [(m, m, 2.0, 0.1, 1.0, 0.01, "sign-flip", 4) for m in runs],
+        columns=["model", "reward_fn", "mean", "sd_contexts", "diff", "p", "test", "n"],
+    )
+    gens = pd.DataFrame(
+        {
+            "model": ["base"] * 2 + ["varied"] * 2 + ["parrot"] * 2,
+            "response": ["a b c", "d e f", "a b c", "g h i", "sorry for that", "sorry for that"],
+        }
+    )
+    out = R.rl_summary(stats, runs, "base", gens).set_index("reward function")
+    # base: 4 bigrams, all distinct -> 1.0; parrot twice: 4 bigrams, 2 distinct -> 0.5, not below 0.5 x 1.0
+    assert out.loc["varied", "distinct-2 adapted"] == 1.0 and out.loc["parrot", "distinct-2 adapted"] == 0.5
+    assert out.loc["varied", "slope (r̂/update)"] == pytest.approx(0.1)
+    assert not out.loc["varied", "collapsed"] and out.loc["varied", "learned"]
+    gens.loc[len(gens)] = ("parrot", "sorry for that")  # 6 bigrams, 2 distinct: 0.33 < 0.5
+    out = R.rl_summary(stats, runs, "base", gens).set_index("reward function")
+    assert out.loc["parrot", "collapsed"] and not out.loc["parrot", "learned"]
+    assert "collapsed" not in R.rl_summary(stats, runs, "base").columns  # without generations: no claim

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from smoke_tables import compare_tables
 
-from geli_lib.params import REPO_ROOT, load_params
-from geli_lib.runs import BACKUP_DIR, StageError, build_book, run_notebook, run_study
+from geli_lib.core.params import REPO_ROOT, load_params
+from geli_lib.core.runs import BACKUP_DIR, StageError, build_book, run_notebook, run_study
 
 
 def _notebook(path: Path, code: str) -> Path:
@@ -43,7 +44,7 @@ def test_parameters_reach_the_notebook(tmp_path: Path, monkeypatch):
     src = _notebook(
         tmp_path / "ok.ipynb",
         "assert profile == 'cpu', profile\n"
-        "from geli_lib.params import load_params\n"
+        "from geli_lib.core.params import load_params\n"
         "assert load_params(profile).compute.scheduler == 'local'",
     )
     seconds = run_notebook(
@@ -125,7 +126,7 @@ def test_a_signal_rolls_back_what_the_stage_had_written(tmp_path: Path):
         f"""
 from pathlib import Path
 import time
-from geli_lib.io import write_text
+from geli_lib.core.io import write_text
 write_text({str(root / "tables" / "kept.csv")!r}, "a\\nhalf of a new run\\n")
 write_text({str(root / "tables" / "new.csv")!r}, "a\\n1\\n")
 Path({str(marker)!r}).touch()
@@ -134,7 +135,7 @@ time.sleep(120)
     )
     script = f"""
 from pathlib import Path
-from geli_lib.runs import interruptible, run_notebook, stage_rollback
+from geli_lib.core.runs import interruptible, run_notebook, stage_rollback
 with interruptible(), stage_rollback([Path({str(root)!r})]):
     run_notebook(Path({str(src)!r}), Path({str(tmp_path / "out" / "slow.ipynb")!r}), {{}}, progress=False)
 """
@@ -176,7 +177,7 @@ def test_a_rewritten_output_makes_its_stage_run_again(tmp_path: Path):
 @pytest.mark.slow
 def test_a_replaced_saved_reward_function_makes_its_stage_run_again(tmp_path: Path):
     """02 saves its reward functions in the cache, where 06 and 07 read them: they are its outputs too."""
-    from geli_lib.io import cache_dir
+    from geli_lib.core.io import cache_dir
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -244,7 +245,7 @@ def test_smoke_chain_writes_results_and_manifest(smoke_study):
 def test_smoke_chain_writes_the_reward_table_and_figures(smoke_study):
     import pandas as pd
 
-    from geli_lib.evaluation import REWARD_TABLE_COLUMNS
+    from geli_lib.reward.evaluation import REWARD_TABLE_COLUMNS
 
     root, *_ = smoke_study
     out = root / "results" / "smoke"
@@ -255,6 +256,39 @@ def test_smoke_chain_writes_the_reward_table_and_figures(smoke_study):
     assert rows["l_ge_mse"].notna().all() and rows["gt_spearman_within"].notna().all()
     for fig in ("03_unroll", "06_unroll", "06_lambda_sweep", "06_face_noise_sweep"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+
+
+def test_reference_check_allows_cross_machine_drift_and_catches_a_changed_result(tmp_path):
+    """The references are held to the float drift between CPUs (0.1% passes), not to a changed result
+    (a 10% move of one number, a changed label): the check names the table."""
+    import pandas as pd
+    from smoke_tables import REFERENCE_DIR
+
+    tables = tmp_path / "tables"
+    shutil.copytree(REFERENCE_DIR, tables)
+    name = "reward_functions.csv"
+    frame = pd.read_csv(tables / name)
+    frame["gt_pearson"] *= 1.001
+    frame.to_csv(tables / name, index=False)
+    compare_tables(tables)
+    frame.loc[frame["gt_pearson"].abs().idxmax(), "gt_pearson"] *= 1.1
+    frame.to_csv(tables / name, index=False)
+    with pytest.raises(AssertionError, match=f"smoke table {name} differs"):
+        compare_tables(tables)
+    shutil.copy(REFERENCE_DIR / name, tables / name)
+    frame = pd.read_csv(tables / name)
+    frame.loc[0, "method"] = "Mode"
+    frame.to_csv(tables / name, index=False)
+    with pytest.raises(AssertionError, match=f"smoke table {name} differs"):
+        compare_tables(tables)
+
+
+@pytest.mark.slow
+def test_smoke_tables_are_the_references(smoke_study):
+    """Every table of the smoke chain equals its reference in tests/data/smoke_tables/ (timings left out):
+    a change meant to change no result (a move, a rename) is held to that; see tests/smoke_tables.py."""
+    root, *_ = smoke_study
+    compare_tables(root / "results" / "smoke" / "tables")
 
 
 @pytest.mark.slow
@@ -289,7 +323,7 @@ def test_book_builds_strict_and_opens_in_a_browser(smoke_study):
     assert (html / "generated" / "00_data.html").exists()
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("Debian chromium not installed (.ci/run installs it)")
-    from geli_lib.browser import check_html_pages
+    from geli_lib.core.browser import check_html_pages
 
     chain = load_params("smoke").notebooks
     report = check_html_pages(
@@ -339,10 +373,10 @@ def test_00_data_runs_on_real_formats_by_parameters_alone(corpus, tmp_path: Path
 def test_unreachable_scheduler_stops_the_run_before_any_stage(tmp_path: Path, monkeypatch, capsys):
     """``python -m geli_lib run --scheduler ADDRESS``: no scheduler there, an error naming --scheduler, nothing
     written."""
-    import dask  # distributed is imported (geli_lib.compute): leaving config.set() keeps its defaults
+    import dask  # distributed is imported (geli_lib.core.compute): leaving config.set() keeps its defaults
 
     from geli_lib.__main__ import main
-    from geli_lib.compute import free_port
+    from geli_lib.core.compute import free_port
 
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_CACHE", str(tmp_path / "cache"))

@@ -14,9 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geli_lib.params import ParamError, SimulationParams, load_params
-from geli_lib.schema import FACE_COLUMNS, PROSODY
-from geli_lib.simulation import ACTS, MARKER, TOPICS, context_fit, is_complete, simulate_conversation, simulate_corpus
+from geli_lib.core.params import ParamError, SimulationParams, load_params
+from geli_lib.corpus.schema import FACE_COLUMNS, PROSODY
+from geli_lib.corpus.simulation import (
+    ACTS,
+    MARKER,
+    TOPICS,
+    context_fit,
+    is_complete,
+    simulate_conversation,
+    simulate_corpus,
+)
 
 TRANSCRIPT_COLUMNS = [
     "turn_id",

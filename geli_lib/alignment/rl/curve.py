@@ -1,0 +1,110 @@
+"""The evaluation curve: r̂ and KL on held-out contexts during training, and its slope."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from geli_lib.alignment.rl.prompt import strip_role
+from geli_lib.alignment.rl.reward import TextReward
+from geli_lib.core.models import autocast
+
+# --------------------------------------------------------------------------- the evaluation curve
+
+#: Columns of ``tables/rl_eval_curves.csv``: one row per (run, evaluation step, held-out context).
+EVAL_COLUMNS = ("reward_fn", "seed", "corpus", "algorithm", "step", "context_id", "reward", "kl", "words", "response")
+
+
+@torch.no_grad()
+def evaluate_policy(
+    model: Any,
+    tok: Any,
+    prompts: Sequence[Sequence[int]],
+    histories: Sequence[str],
+    reward: TextReward,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    bf16: bool = False,
+) -> pd.DataFrame:
+    """Greedy responses of a LoRA policy to fixed prompts, their r̂ and their KL to the reference.
+
+    ``kl``: Σ over the response's tokens (up to and including EOS) of the exact
+    KL(π_φ(·|s, a_<k) ‖ π_η(·|s, a_<k)) over the vocabulary, π_η being the same
+    model with the adapter off: nats per response, ≥ 0, comparable across
+    algorithms (TRL's own logs estimate it from samples, per token or per response).
+    Columns: ``reward, kl, words, response``, one row per prompt. The model's
+    train/eval mode is restored. ``bf16``: the policy runs under bf16 autocast, as
+    it was trained (``rl.bf16``); r̂ stays float32.
+    """
+    was_training = model.training
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    try:
+        with autocast(bf16, str(model.device)):
+            for i in range(0, len(prompts), batch_size):
+                batch = tok.pad({"input_ids": [list(p) for p in prompts[i : i + batch_size]]}, return_tensors="pt")
+                batch = {k: v.to(model.device) for k, v in batch.items()}
+                seq = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    top_k=None,
+                    top_p=None,
+                    temperature=None,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )
+                n_prompt = batch["input_ids"].shape[1]
+                resp = seq[:, n_prompt:]
+                eos = (resp == tok.eos_token_id).long()
+                keep = (eos.cumsum(1) - eos) == 0  # tokens up to and including the first EOS
+                attn = torch.cat([batch["attention_mask"], keep.long()], 1)
+                pos = (attn.cumsum(-1) - 1).clamp(min=0)
+                # logits only at the positions that predict the response's tokens
+                kw = dict(input_ids=seq, attention_mask=attn, position_ids=pos, logits_to_keep=resp.shape[1] + 1)
+                lp = model(**kw).logits[:, :-1]
+                if hasattr(model, "disable_adapter"):
+                    with model.disable_adapter():
+                        lq = model(**kw).logits[:, :-1]
+                    lp, lq = lp.float().log_softmax(-1), lq.float().log_softmax(-1)
+                    kl = ((lp.exp() * (lp - lq)).sum(-1) * keep).sum(1).cpu().numpy()
+                else:
+                    kl = np.full(len(seq), np.nan)
+                texts = [strip_role(t) for t in tok.batch_decode(resp, skip_special_tokens=True)]
+                r = reward.raw(list(histories[i : i + batch_size]), texts).numpy()
+                rows += [
+                    {"reward": float(a), "kl": float(b), "words": len(t.split()), "response": t}
+                    for a, b, t in zip(r, kl, texts)
+                ]
+    finally:
+        model.train(was_training)
+    return pd.DataFrame(rows, columns=["reward", "kl", "words", "response"])
+
+
+def curve_slope(
+    evals: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Least-squares slope of the mean evaluation reward over steps (r̂ per update), with a bootstrap CI.
+
+    ``evals``: rows of one run (``step``, ``context_id``, ``reward``). The
+    contexts are the independent units: the CI is the percentile interval of
+    the slope over ``n_boot`` resamples of contexts (seeded). NaN with fewer
+    than two steps.
+    """
+    wide = evals.pivot_table(index="context_id", columns="step", values="reward", aggfunc="mean")
+    steps = wide.columns.to_numpy(dtype=float)
+    if len(steps) < 2:
+        return math.nan, math.nan, math.nan
+    x = steps - steps.mean()
+    w = x / (x**2).sum()  # slope = Σ w_k · mean_reward(step_k)
+    y = wide.to_numpy(dtype=float)
+    per_context = np.nansum(y * w, axis=1)  # each context's own slope; the mean of them is the slope of the mean
+    slope = float(per_context.mean())
+    rng = np.random.default_rng(seed)
+    boots = per_context[rng.integers(0, len(per_context), size=(n_boot, len(per_context)))].mean(1)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return slope, float(lo), float(hi)

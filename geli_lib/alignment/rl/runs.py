@@ -1,0 +1,75 @@
+"""Run folders, their keys and the rows of curves merged into tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from geli_lib.core.io import cache_dir, content_key, file_key, write_csv
+from geli_lib.core.params import DataParams, RLParams, to_dict
+from geli_lib.core.runs import results_dir
+from geli_lib.reward.experiments import slug
+
+# --------------------------------------------------------------------------- run folders, curves
+
+
+def run_dir(results_key: str, name: str, seed: int, algorithm: str = "ppo") -> Path:
+    """Cache folder of one adaptation: adapters, resume state, ``done.json``; keyed like the results
+    (:attr:`StudyParams.results_key`), so an ad-hoc or other-corpus run never replaces the study's."""
+    return cache_dir(f"rl/{results_key}/{algorithm}") / slug(name) / f"seed{seed}"
+
+
+#: RLParams fields that do not change a training run (which functions, generations, checkpoint spacing).
+_NOT_TRAINING = ("reward_fns", "eval_contexts", "gen_tokens", "gen_do_sample", "save_every")
+
+
+def tensorboard_dir(results_key: str, algorithm: str, name: str, seed: int) -> Path:
+    """``results/<results_key>/tensorboard/<algorithm>-<name>-seed<seed>``: one adaptation's TensorBoard log."""
+    return results_dir(results_key, f"tensorboard/{algorithm}-{slug(name)}-seed{seed}")
+
+
+def run_key(
+    rl: RLParams,
+    reward_folder: Path,
+    train: pd.DataFrame,
+    seed: int,
+    curve_ids: Sequence[str] = (),
+    data: DataParams | None = None,
+) -> str:
+    """What an adaptation's outputs are valid for: its training parameters, the reward function's files,
+    its prompts, the evaluation contexts and r_θ's history cut."""
+    files = [p for p in sorted(reward_folder.rglob("*")) if p.is_file()]
+    fields = {k: v for k, v in to_dict(rl).items() if k not in _NOT_TRAINING}
+    d = data or DataParams()
+    return content_key(
+        fields, file_key(files), train["context_id"].tolist(), seed, list(curve_ids), [d.history_turns, d.history_chars]
+    )
+
+
+def finished_run(run: Path, key: str) -> dict[str, Any] | None:
+    """``done.json`` of the adaptation in ``run`` when it finished with the inputs of ``key`` (its adapter
+    saved), else None."""
+    done_path = run / "done.json"
+    if not done_path.exists() or not (run / "adapter").is_dir():
+        return None
+    done = json.loads(done_path.read_text())
+    return done if done.get("key") == key else None
+
+
+def merge_rows(path: Path, rows: pd.DataFrame, keys: list[str], columns: Sequence[str]) -> pd.DataFrame:
+    """Replace in the CSV at ``path`` the rows whose ``keys`` values appear in ``rows``; write atomically."""
+    rows = rows.reindex(columns=list(dict.fromkeys([*columns, *rows.columns])))
+    if path.exists() and path.stat().st_size:
+        old = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        for k in keys:  # same dtype on both sides before comparing
+            old[k], rows[k] = old[k].astype(str), rows[k].astype(str)
+        drop = old.set_index(keys).index.isin(rows.set_index(keys).index.unique())
+        rows = pd.concat([old[~drop], rows], ignore_index=True)
+    for k in ("seed", "step", "turn_idx"):
+        if k in rows:
+            rows[k] = pd.to_numeric(rows[k]).astype(int)
+    write_csv(path, rows)
+    return rows
