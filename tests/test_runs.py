@@ -259,8 +259,9 @@ def test_smoke_chain_writes_the_reward_table_and_figures(smoke_study):
 
 
 def test_reference_check_allows_cross_machine_drift_and_catches_a_changed_result(tmp_path):
-    """The references are held to the float drift between CPUs (0.1% passes), not to a changed result
-    (a 10% move of one number, a changed label): the check names the table."""
+    """The references are held to the float drift between CPUs (0.1% everywhere, and the rank swap CI met:
+    GE: RUDDER's Spearman 0.0443 -> 0.0465), not to a changed result (a 10% move of one number, a changed
+    label): the check names the table."""
     import pandas as pd
     from smoke_tables import REFERENCE_DIR
 
@@ -269,6 +270,9 @@ def test_reference_check_allows_cross_machine_drift_and_catches_a_changed_result
     name = "reward_functions.csv"
     frame = pd.read_csv(tables / name)
     frame["gt_pearson"] *= 1.001
+    rudder = (frame["method"] == "GE: RUDDER") & (frame["seed"] == 1)
+    assert round(frame.loc[rudder, "gt_spearman"].item(), 4) == 0.0443
+    frame.loc[rudder, "gt_spearman"] = 0.04650349650349651
     frame.to_csv(tables / name, index=False)
     compare_tables(tables)
     frame.loc[frame["gt_pearson"].abs().idxmax(), "gt_pearson"] *= 1.1
