@@ -11,7 +11,8 @@ folder, with the profile's evaluation curve, and prints seconds per update
 peak RSS (CPU) or peak CUDA memory, and the projected time of the profile's
 whole RL stage.
 
-Run: ``python benchmarks/bench_ppo.py [--profile cpu] [--steps 3] [--reward-profile smoke]``;
+Run: ``python benchmarks/bench_ppo.py [--profile cpu] [--steps 3] [--reward-profile smoke]
+[--rl batch_size=12 ...]`` (``--rl``: try another setting of the profile's ``rl`` block);
 on a GPU: ``python benchmarks/bench_ppo.py --profile gpu --device cuda``. The reward
 function comes from ``--reward-profile`` (default: the profile itself; its
 notebooks 02-04 must have run); its architecture, not its quality, sets the cost.
@@ -29,12 +30,21 @@ from pathlib import Path
 os.environ.setdefault("GELI_PROGRESS", "0")
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from geli_lib.alignment import rl  # noqa: E402
 from geli_lib.core.models import bf16_in_effect  # noqa: E402
 from geli_lib.core.params import load_params  # noqa: E402
 from geli_lib.corpus import data  # noqa: E402
 from geli_lib.reward import experiments  # noqa: E402
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``"batch_size=12"`` -> ``("batch_size", 12)``: the value read as YAML, as in a parameter file."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--rl expects KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def main() -> None:
@@ -45,8 +55,12 @@ def main() -> None:
     parser.add_argument("--reward-fn", default="geli", help="a reward-function id (rl.reward_fns)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the profile's)")
     parser.add_argument("--algorithm", default=None, help="ppo, rloo or grpo (default: the profile's)")
+    parser.add_argument(
+        "--rl", action="append", default=[], metavar="KEY=VALUE", help="an rl parameter to try (repeatable)"
+    )
     args = parser.parse_args()
-    params = load_params(args.profile, rl={"algorithm": args.algorithm} if args.algorithm else None)
+    overrides = dict(_key_value(kv) for kv in args.rl) | ({"algorithm": args.algorithm} if args.algorithm else {})
+    params = load_params(args.profile, rl=overrides or None)
     device = args.device or params.device
     rlp = dataclasses.replace(params.rl, steps=args.steps, save_every=args.steps, eval_every=args.steps)
     t0 = time.perf_counter()
