@@ -326,19 +326,24 @@ def load_policy(device: str = "cpu", dtype: Any = None, cache: Path | None = Non
     return model, tok
 
 
-def bf16_in_effect(requested: bool, device: str) -> bool:
-    """Whether bf16 autocast runs when ``requested`` (``rl.bf16``) on ``device``: where torch has fast bf16
-    kernels (a CUDA GPU that supports it; a CPU whose oneDNN has them: AVX512 or AMX on x86, BF16 on Arm).
-    Elsewhere bf16 is emulated, slower than float32, so the run stays in float32 and says so."""
-    if not requested:
-        return False
+def fast_bf16(device: str) -> bool:
+    """Whether torch has fast bf16 kernels on ``device``: a CUDA GPU that supports it; a CPU whose oneDNN
+    has them (AVX512-bf16 or AMX on x86, BF16 on Arm)."""
     # lazy: torch is not loaded for the CLI's start-up
     import torch
 
     if device.startswith("cuda"):
-        fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    else:
-        fast = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bf16_in_effect(requested: bool, device: str) -> bool:
+    """Whether bf16 autocast runs when ``requested`` (``rl.bf16``) on ``device``: where torch has fast bf16
+    kernels (:func:`fast_bf16`). Elsewhere bf16 is emulated, slower than float32, so the run stays in float32
+    and says so."""
+    if not requested:
+        return False
+    fast = fast_bf16(device)
     if not fast:
         print(f"rl.bf16: no fast bf16 on this {device} (torch would emulate it); running in float32", flush=True)
     return bool(fast)

@@ -44,6 +44,7 @@ import psutil
 
 from geli_lib.core.compute import check_scheduler
 from geli_lib.core.io import cache_dir, content_key, file_key, write_json, write_text
+from geli_lib.core.models import fast_bf16
 from geli_lib.core.params import (
     ADHOC_DIR,
     COMPUTE_ENV,
@@ -195,6 +196,31 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "absent"
     return out
+
+
+def machine() -> dict[str, Any]:
+    """The CPU the timings were measured on: model, usable cores and torch's kernels (AVX512, AMX bf16...).
+
+    Stage times depend on it more than on anything else: the cpu profile's RL update took 17-18.5 s on
+    2 cores of an AMD EPYC with AVX512-bf16 and ~11 s on 2 cores of an Intel Xeon with AMX.
+    """
+    import torch  # lazy: only when a manifest is written
+
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        fields = [line.partition(":")[::2] for line in cpuinfo.read_text().splitlines()]
+        info = {k.strip(): v.strip() for k, v in reversed(fields)}  # the first CPU's values
+        model, flags = info.get("model name", model), set(info.get("flags", "").split())
+    return {
+        "cpu": model,
+        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+        "cpu_fast_bf16": fast_bf16("cpu"),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def notebook_parameters(params: StudyParams) -> dict[str, Any]:
@@ -536,6 +562,7 @@ def write_manifest(params: StudyParams, stages: dict[str, Any], started: str) ->
         "git_commit": git_commit(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "machine": machine(),
         "packages": package_versions(),
         "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -544,6 +571,15 @@ def write_manifest(params: StudyParams, stages: dict[str, Any], started: str) ->
     }
     write_json(results_dir(params.results_key) / "manifest.json", manifest)
     return manifest
+
+
+def _machine_line(manifest: dict[str, Any]) -> str:
+    m = manifest.get("machine") or {}  # manifests written before the field existed have none
+    if not m:
+        return "machine not recorded"
+    flags = ", ".join(m["cpu_flags"]) or "no AVX2"
+    where = m["gpu"] or f"{m['cores']} cores of {m['cpu']} ({flags}; torch kernels {m['torch_cpu_kernels']})"
+    return f"{where}, {m['torch_threads']} torch threads"
 
 
 def _run_record_markdown(manifest: dict[str, Any]) -> str:
@@ -556,7 +592,7 @@ def _run_record_markdown(manifest: dict[str, Any]) -> str:
     return f"""# Run record
 
 These pages were produced by the **{manifest["profile"]}** profile at commit
-`{manifest["git_commit"]}` (Python {manifest["python"]}, {manifest["platform"]}),
+`{manifest["git_commit"]}` (Python {manifest["python"]}, {manifest["platform"]}; {_machine_line(manifest)}),
 finished {manifest["finished"]}. Seeds: {manifest["seeds"]}.
 
 ## Notebook stages
