@@ -204,6 +204,19 @@ def test_book_needs_a_run(tmp_path: Path, monkeypatch):
         build_book("smoke", book_dir=tmp_path / "book")
 
 
+def test_the_manifest_names_the_machine_the_times_were_measured_on():
+    """Stage times depend on the CPU (AMX, AVX512-bf16) more than on anything else: the run record says which."""
+    from geli_lib.core.runs import _machine_line, machine
+
+    m = machine()
+    assert m["cpu"] and m["cores"] >= 1 and m["torch_threads"] >= 1
+    assert set(m["cpu_flags"]) <= {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    assert isinstance(m["cpu_fast_bf16"], bool) and m["gpu"] is None  # the tests run on CPU
+    assert f"{m['cores']} cores of {m['cpu']}" in _machine_line({"machine": m})
+    assert _machine_line({"machine": {**m, "gpu": "NVIDIA H100"}}).startswith("NVIDIA H100")
+    assert _machine_line({}) == "machine not recorded"  # a manifest written before the field existed
+
+
 @pytest.fixture(scope="module")
 def smoke_study(tmp_path_factory):
     """Run the whole smoke chain once into a temporary results root and book copy."""
@@ -238,6 +251,8 @@ def test_smoke_chain_writes_results_and_manifest(smoke_study):
         executed = nbformat.read(out / "notebooks" / f"{nb}.ipynb", as_version=4)
         assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
     assert "00_data: load corpus" in manifest["step_seconds"]
+    assert manifest["machine"]["cores"] >= 1 and manifest["machine"]["cpu"]
+    assert manifest["machine"]["cpu"] in (root / "book" / "generated" / "run_record.md").read_text()
     assert (out / "figures" / "00_score_histogram.png").stat().st_size > 1000
 
 
