@@ -1,0 +1,84 @@
+"""Robustness check: notebook 07's verdict for some reward functions over several seeds, not one.
+
+The study adapts the policy once per reward function, at the profile's seed (07, ``tables/rl_summary.csv``).
+One seed cannot tell a weak effect from noise (at seed 0 on cpu, GE: RRD's gain is significant while its
+slope CI touches 0). This script runs the same adaptation, generations and test for each ``--seeds``
+(the seed picks the reward function trained at that seed in 02-04, the RL and held-out contexts and
+the sampling), prints :func:`geli_lib.alignment.rl.rl_summary` per seed, and adds the rows to
+``results/<profile>/adhoc/rl_seeds/tables/rl_seeds.csv`` (a rerun replaces its own reward functions and
+seeds only); the study's own tables are not touched. The reward
+functions must be saved for every seed (02-04 of the profile train ``seeds``).
+
+Run: ``python benchmarks/rl_seeds.py [--profile cpu] [--reward-fn rrd_k32 geli] [--seeds 0 1 2]``
+(2 cores of a Xeon with AMX: ~2.7 min per reward function and seed on the cpu profile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("GELI_PROGRESS", "0")
+
+import pandas as pd  # noqa: E402
+
+from geli_lib.alignment import generation_eval, rl  # noqa: E402
+from geli_lib.core import load_params, results_dir, write_csv  # noqa: E402
+from geli_lib.corpus import data  # noqa: E402
+from geli_lib.reward import experiments  # noqa: E402
+
+COLUMNS = ["seed", "reward function", "gain", "p", "slope (r̂/update)", "slope 95% CI low", "slope 95% CI high"]
+COLUMNS += ["KL (nats)", "distinct-2 adapted", "collapsed", "learned", "s / update"]
+
+
+def one_seed(profile: str, reward_ids: list[str], seed: int) -> pd.DataFrame:
+    """07's adaptation and 07's summary (base vs adapted under its own reward) for one seed."""
+    params = load_params(profile)
+    key = f"{params.results_key}/adhoc/rl_seeds/seed_{seed}"
+    corpus = data.load_corpus(params)
+    split = data.split_conversations(corpus.conversations, params.splits)
+    train, held_out = rl.rl_contexts(corpus, split, params.rl, seed)
+    saved = experiments.saved_reward_functions(profile, params.corpus, seed)
+    chosen = rl.select_reward_functions(saved, reward_ids, params.rl)
+    curve = rl.curve_contexts(held_out, params.rl)
+    runs = {
+        name: rl.train_rl(
+            name, folder, train, params.rl, profile, params.corpus, seed, params.device,
+            curve=curve, data=params.data, results_key=key,
+        )
+        for name, folder in chosen.items()
+    }  # fmt: skip
+    gens = rl.generations(held_out, {n: r.adapter for n, r in runs.items()}, params.rl, seed, params.device)
+    per = generation_eval.per_response(gens, params.eval, params.data, chosen, params.device)
+    stats = generation_eval.cross_reward_stats(gens, per, params.eval.base_model, params.eval.permutations)
+    return rl.rl_summary(stats, runs, params.eval.base_model, gens).assign(seed=seed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--reward-fn", nargs="+", default=["rrd_k32"], help="reward-function ids (rl.reward_fns)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = parser.parse_args()
+    rows = []
+    for seed in args.seeds:
+        rows.append(one_seed(args.profile, args.reward_fn, seed)[COLUMNS])
+        print(rows[-1].round(4).to_string(index=False), flush=True)
+    table = pd.concat(rows, ignore_index=True)
+    path = results_dir(f"{load_params(args.profile).results_key}/adhoc/rl_seeds", "tables") / "rl_seeds.csv"
+    if path.exists():  # other reward functions or seeds of earlier runs stay; the same ones are replaced
+        old = pd.read_csv(path)
+        same = old.set_index(["seed", "reward function"]).index.isin(table.set_index(["seed", "reward function"]).index)
+        table = pd.concat([old[~same], table], ignore_index=True).sort_values(["reward function", "seed"])
+    write_csv(path, table)
+    for name, part in table.groupby("reward function"):
+        print(
+            f"{name}: learned at {int(part['learned'].sum())} of {len(part)} seeds; gain {part['gain'].mean():+.3f} "
+            f"(sd {part['gain'].std():.3f}), p < 0.05 at {int((part['p'] < 0.05).sum())}, slope CI above 0 at "
+            f"{int((part['slope 95% CI low'] > 0).sum())}"
+        )
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
