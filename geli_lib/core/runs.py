@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -39,7 +40,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-import jupyter_server_mathjax
 import psutil
 
 from geli_lib.core.compute import check_scheduler
@@ -623,7 +623,12 @@ def _install_mathjax(book_dir: Path) -> None:
     target = book_dir / "_mathjax" / "mathjax"
     if (target / "MathJax.js").exists():
         return
-    src = Path(jupyter_server_mathjax.__file__).parent / "static"
+    # located, not imported: importing it pulls jupyter_server and jsonschema (~3 s), which every Dask
+    # worker would pay on its first task, since the workers import geli_lib.core through the features
+    spec = importlib.util.find_spec("jupyter_server_mathjax")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("jupyter-server-mathjax is not installed: run make env (it serves the book's MathJax)")
+    src = Path(spec.origin).parent / "static"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(".mathjax.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
