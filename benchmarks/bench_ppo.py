@@ -30,21 +30,12 @@ from pathlib import Path
 os.environ.setdefault("GELI_PROGRESS", "0")
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 from geli_lib.alignment import rl  # noqa: E402
 from geli_lib.core.models import bf16_in_effect  # noqa: E402
-from geli_lib.core.params import load_params  # noqa: E402
+from geli_lib.core.params import ParamError, key_value, load_params  # noqa: E402
 from geli_lib.corpus import data  # noqa: E402
 from geli_lib.reward import experiments  # noqa: E402
-
-
-def _key_value(text: str) -> tuple[str, object]:
-    """``"batch_size=12"`` -> ``("batch_size", 12)``: the value read as YAML, as in a parameter file."""
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise SystemExit(f"--rl expects KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)
 
 
 def main() -> None:
@@ -59,8 +50,13 @@ def main() -> None:
         "--rl", action="append", default=[], metavar="KEY=VALUE", help="an rl parameter to try (repeatable)"
     )
     args = parser.parse_args()
-    overrides = dict(_key_value(kv) for kv in args.rl) | ({"algorithm": args.algorithm} if args.algorithm else {})
-    params = load_params(args.profile, rl=overrides or None)
+    try:
+        overrides = dict(key_value(kv, "--rl") for kv in args.rl) | (
+            {"algorithm": args.algorithm} if args.algorithm else {}
+        )
+        params = load_params(args.profile, rl=overrides)
+    except ParamError as e:
+        raise SystemExit(f"error: {e}") from None
     device = args.device or params.device
     rlp = dataclasses.replace(params.rl, steps=args.steps, save_every=args.steps, eval_every=args.steps)
     t0 = time.perf_counter()

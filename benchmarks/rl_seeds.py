@@ -9,7 +9,10 @@ the sampling), prints :func:`geli_lib.alignment.rl.rl_summary` per seed, and add
 seeds only); the study's own tables are not touched. The reward
 functions must be saved for every seed (02-04 of the profile train ``seeds``).
 
-Run: ``python benchmarks/rl_seeds.py [--profile cpu] [--reward-fn rrd_k32 geli] [--seeds 0 1 2]``
+``--rl KEY=VALUE`` tries another setting of the profile's ``rl`` block (e.g. ``--rl steps=15``); such a
+run writes under ``adhoc/rl_seeds/<the changed settings>/`` instead, beside the profile's own.
+
+Run: ``python benchmarks/rl_seeds.py [--profile cpu] [--reward-fn rrd_k32 geli] [--seeds 0 1 2] [--rl steps=15]``
 (2 cores of a Xeon with AMX: ~2.7 min per reward function and seed on the cpu profile).
 """
 
@@ -24,6 +27,7 @@ import pandas as pd  # noqa: E402
 
 from geli_lib.alignment import generation_eval, rl  # noqa: E402
 from geli_lib.core import load_params, results_dir, write_csv  # noqa: E402
+from geli_lib.core.params import ParamError, StudyParams, key_value  # noqa: E402
 from geli_lib.corpus import data  # noqa: E402
 from geli_lib.reward import experiments  # noqa: E402
 
@@ -31,10 +35,10 @@ COLUMNS = ["seed", "reward function", "gain", "p", "slope (r̂/update)", "slope 
 COLUMNS += ["KL (nats)", "distinct-2 adapted", "collapsed", "learned", "s / update"]
 
 
-def one_seed(profile: str, reward_ids: list[str], seed: int) -> pd.DataFrame:
+def one_seed(params: StudyParams, reward_ids: list[str], seed: int, out_key: str) -> pd.DataFrame:
     """07's adaptation and 07's summary (base vs adapted under its own reward) for one seed."""
-    params = load_params(profile)
-    key = f"{params.results_key}/adhoc/rl_seeds/seed_{seed}"
+    profile = params.profile
+    key = f"{out_key}/seed_{seed}"
     corpus = data.load_corpus(params)
     split = data.split_conversations(corpus.conversations, params.splits)
     train, held_out = rl.rl_contexts(corpus, split, params.rl, seed)
@@ -59,13 +63,23 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--reward-fn", nargs="+", default=["rrd_k32"], help="reward-function ids (rl.reward_fns)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--rl", action="append", default=[], metavar="KEY=VALUE", help="an rl parameter to try (repeatable)"
+    )
     args = parser.parse_args()
+    try:
+        params = load_params(args.profile, rl=dict(key_value(kv, "--rl") for kv in args.rl))
+    except ParamError as e:
+        raise SystemExit(f"error: {e}") from None
+    # the study's key, not the override's: these runs are ad hoc by construction, named by the changed settings
+    folder = "/".join(filter(None, (f"{load_params(args.profile).results_key}/adhoc/rl_seeds", params.adhoc)))
+    print(f"rl settings changed: {params.adhoc or 'none'}; results under results/{folder}", flush=True)
     rows = []
     for seed in args.seeds:
-        rows.append(one_seed(args.profile, args.reward_fn, seed)[COLUMNS])
+        rows.append(one_seed(params, args.reward_fn, seed, folder)[COLUMNS])
         print(rows[-1].round(4).to_string(index=False), flush=True)
     table = pd.concat(rows, ignore_index=True)
-    path = results_dir(f"{load_params(args.profile).results_key}/adhoc/rl_seeds", "tables") / "rl_seeds.csv"
+    path = results_dir(folder, "tables") / "rl_seeds.csv"
     if path.exists():  # other reward functions or seeds of earlier runs stay; the same ones are replaced
         old = pd.read_csv(path)
         same = old.set_index(["seed", "reward function"]).index.isin(table.set_index(["seed", "reward function"]).index)

@@ -23,6 +23,7 @@ from geli_lib.core.params import (
     check_injected_types,
     field_docs,
     injected_parameters,
+    key_value,
     load_params,
     to_dict,
 )
@@ -172,6 +173,17 @@ def test_changed_parameters_get_their_own_results_key():
 def test_adhoc_name_stays_one_safe_folder_name():
     name = adhoc_name({"rl": {"reward_fns": ["a"]}}, {"rl": {"reward_fns": ["GELI: RRD + VA/../x" * 9]}})
     assert "/" not in name and " " not in name and len(name) <= 80
+
+
+def test_command_line_key_value_reads_yaml_and_names_a_malformed_one():
+    assert key_value("steps=15", "--rl") == ("steps", 15)
+    assert key_value("lr=5.0e-4", "--rl") == ("lr", 5.0e-4)
+    assert key_value("reward_fns=[geli, ls]", "--rl") == ("reward_fns", ["geli", "ls"])
+    for bad in ("steps", "=3"):
+        with pytest.raises(ParamError, match=f"--rl expects KEY=VALUE, got '{bad}'"):
+            key_value(bad, "--rl")
+    params = load_params("cpu", rl=dict([key_value("steps=15", "--rl")]))
+    assert params.rl.steps == 15 and params.adhoc == "rl.steps=15"
 
 
 def test_adhoc_is_not_a_parameter(tmp_path: Path):

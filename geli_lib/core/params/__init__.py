@@ -62,6 +62,7 @@ from geli_lib.core.params.loading import (
     check_injected_types,
     compute_from_env,
     injected_parameters,
+    key_value,
     load_params,
 )
 from geli_lib.core.params.reward import (
@@ -133,6 +134,7 @@ __all__ = [
     "StudyParams",
     "adhoc_name",
     "injected_parameters",
+    "key_value",
     "check_injected_types",
     "compute_from_env",
     "load_params",

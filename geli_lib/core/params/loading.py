@@ -93,6 +93,15 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def key_value(text: str, option: str) -> tuple[str, Any]:
+    """``"batch_size=12"`` -> ``("batch_size", 12)``: a command line's ``option KEY=VALUE``, the value read as
+    YAML as in a parameter file (the field's type is checked by :func:`load_params`)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ParamError(f"{option} expects KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def adhoc_name(profile: dict[str, Any], run: dict[str, Any]) -> str:
     """The folder name of a run whose parameters (``run``, :func:`to_dict`) differ from the
     profile's: ``field=value`` of each difference, joined by ``_``; empty when none differ.
