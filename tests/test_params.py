@@ -182,8 +182,8 @@ def test_command_line_key_value_reads_yaml_and_names_a_malformed_one():
     for bad in ("steps", "=3"):
         with pytest.raises(ParamError, match=f"--rl expects KEY=VALUE, got '{bad}'"):
             key_value(bad, "--rl")
-    params = load_params("cpu", rl=dict([key_value("steps=15", "--rl")]))
-    assert params.rl.steps == 15 and params.adhoc == "rl.steps=15"
+    params = load_params("cpu", rl=dict([key_value("steps=7", "--rl")]))
+    assert params.rl.steps == 7 and params.adhoc == "rl.steps=7"
 
 
 def test_adhoc_is_not_a_parameter(tmp_path: Path):
