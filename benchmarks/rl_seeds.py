@@ -27,7 +27,8 @@ import pandas as pd  # noqa: E402
 
 from geli_lib.alignment import generation_eval, rl  # noqa: E402
 from geli_lib.core import load_params, results_dir, write_csv  # noqa: E402
-from geli_lib.core.params import ParamError, StudyParams, key_value  # noqa: E402
+from geli_lib.core.io import content_key  # noqa: E402
+from geli_lib.core.params import ParamError, StudyParams, key_value, to_dict  # noqa: E402
 from geli_lib.corpus import data  # noqa: E402
 from geli_lib.reward import experiments  # noqa: E402
 
@@ -58,6 +59,19 @@ def one_seed(params: StudyParams, reward_ids: list[str], seed: int, out_key: str
     return rl.rl_summary(stats, runs, params.eval.base_model, gens).assign(seed=seed)
 
 
+def merge_rows(old: pd.DataFrame | None, new: pd.DataFrame, path: object) -> pd.DataFrame:
+    """``new`` rows with the earlier rows of ``path`` that ran the same rl settings: other reward functions or
+    seeds stay, the same ones are replaced; rows of other settings are dropped, never mixed with these."""
+    if old is None:
+        return new
+    mine = old["rl settings"].eq(new["rl settings"].iloc[0]) if "rl settings" in old else old["seed"].isna()
+    if not mine.all():
+        print(f"{path}: {int((~mine).sum())} rows of other rl settings dropped", flush=True)
+    old = old[mine]
+    same = old.set_index(["seed", "reward function"]).index.isin(new.set_index(["seed", "reward function"]).index)
+    return pd.concat([old[~same], new], ignore_index=True).sort_values(["reward function", "seed"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default="cpu")
@@ -71,20 +85,18 @@ def main() -> None:
         params = load_params(args.profile, rl=dict(key_value(kv, "--rl") for kv in args.rl))
     except ParamError as e:
         raise SystemExit(f"error: {e}") from None
-    # the study's key, not the override's: these runs are ad hoc by construction, named by the changed settings
-    folder = "/".join(filter(None, (f"{load_params(args.profile).results_key}/adhoc/rl_seeds", params.adhoc)))
+    # under the study's key, not results_key's adhoc/<changes>: these runs are ad hoc by construction
+    folder = "/".join(filter(None, (f"{params.study_key}/adhoc/rl_seeds", params.adhoc)))
     print(f"rl settings changed: {params.adhoc or 'none'}; results under results/{folder}", flush=True)
     rows = []
     for seed in args.seeds:
         rows.append(one_seed(params, args.reward_fn, seed, folder)[COLUMNS])
         print(rows[-1].round(4).to_string(index=False), flush=True)
-    table = pd.concat(rows, ignore_index=True)
+    settings = content_key(to_dict(params.rl))  # the profile's rl block can change between runs of one folder
+    table = pd.concat(rows, ignore_index=True).assign(**{"rl settings": settings})
     path = results_dir(folder, "tables") / "rl_seeds.csv"
-    if path.exists():  # other reward functions or seeds of earlier runs stay; the same ones are replaced
-        old = pd.read_csv(path)
-        same = old.set_index(["seed", "reward function"]).index.isin(table.set_index(["seed", "reward function"]).index)
-        table = pd.concat([old[~same], table], ignore_index=True).sort_values(["reward function", "seed"])
-    write_csv(path, table)
+    write_csv(path, merge_rows(pd.read_csv(path) if path.exists() else None, table, path))
+    table = pd.read_csv(path)
     for name, part in table.groupby("reward function"):
         print(
             f"{name}: learned at {int(part['learned'].sum())} of {len(part)} seeds; gain {part['gain'].mean():+.3f} "
