@@ -539,3 +539,22 @@ def test_rl_summary_flags_a_collapsed_policy_and_counts_only_real_learning():
     out = R.rl_summary(stats, runs, "base", gens).set_index("reward function")
     assert out.loc["parrot", "collapsed"] and not out.loc["parrot", "learned"]
     assert "collapsed" not in R.rl_summary(stats, runs, "base").columns  # without generations: no claim
+
+
+def test_adaptive_kl_weight_by_hand_and_its_floor():
+    """Ziegler et al.'s controller: β·(1 + clip(KL/target − 1, ±0.2)·batch/horizon), then the floor."""
+    from geli_lib.alignment.rl.ppo import next_kl_coef
+
+    rl = RLParams(algorithm="rloo", batch_size=16, group_size=4, mini_batch_size=4, kl_target=3.0, kl_horizon=64.0)
+    assert next_kl_coef(0.2, 3.3, rl) == pytest.approx(0.2 * (1 + 0.1 * 16 / 64))  # 10% over: 0.205
+    assert next_kl_coef(0.2, 30.0, rl) == pytest.approx(0.2 * 1.05)  # the error is clipped at +0.2
+    assert next_kl_coef(0.2, 0.0, rl) == pytest.approx(0.2 * 0.95)  # ... and at -0.2
+    fast = dataclasses.replace(rl, kl_horizon=16.0, kl_coef_min=0.1)
+    assert next_kl_coef(0.2, 9.0, fast) == pytest.approx(0.24)  # +20% per update above the target
+    beta = 0.2
+    for _ in range(5):  # a policy that has not moved yet: 0.2 -> 0.16 -> 0.128 -> 0.1 (floor) -> 0.1
+        beta = next_kl_coef(beta, 0.0, fast)
+    assert beta == 0.1
+    assert next_kl_coef(0.2, 0.0, dataclasses.replace(fast, kl_coef_min=0.0)) == pytest.approx(0.16)
+    with pytest.raises(ParamError, match=r"rl\.kl_coef_min: must be >= 0, got -1"):
+        load_params("smoke", rl={"kl_coef_min": -1})

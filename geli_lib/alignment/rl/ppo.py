@@ -159,6 +159,14 @@ def _tensorboard(tb_dir: Path) -> Any:
     return TensorBoardCallback(SummaryWriter(log_dir=str(tb_dir)))
 
 
+def next_kl_coef(beta: float, kl: float, rl: RLParams) -> float:
+    """The KL weight after an update whose responses were ``kl`` nats from the reference: Ziegler et al. 2019's
+    adaptive controller (TRL 0.x ``AdaptiveKLController``), β·(1 + clip(KL/target − 1, ±0.2)·batch/horizon),
+    kept at or above ``rl.kl_coef_min``."""
+    err = float(np.clip(kl / rl.kl_target - 1, -0.2, 0.2))
+    return max(beta * (1 + err * rl.batch_size / rl.kl_horizon), rl.kl_coef_min)
+
+
 def _monitor(
     name: str,
     seed: int,
@@ -224,9 +232,8 @@ def _monitor(
                 }
             )
             self.t0 = now
-            if rl.adaptive_kl and beta_holder is not None:  # Ziegler et al. 2019 / TRL 0.x AdaptiveKLController
-                err = float(np.clip(kl / rl.kl_target - 1, -0.2, 0.2))
-                setattr(beta_holder, attr, getattr(beta_holder, attr) * (1 + err * rl.batch_size / rl.kl_horizon))
+            if rl.adaptive_kl and beta_holder is not None:
+                setattr(beta_holder, attr, next_kl_coef(getattr(beta_holder, attr), kl, rl))
             reward.step = step + 1
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001

@@ -59,6 +59,10 @@ class RLParams:
     """Target KL (nats per response) of the adaptive controller (TRL 0.x default 6)."""
     kl_horizon: float = 10000.0
     """Horizon of the adaptive controller, in episodes (TRL 0.x default 10000)."""
+    kl_coef_min: float = 0.0
+    """Floor of the adaptive KL weight (0: none, as in Ziegler et al.'s controller). A short horizon lets the
+    weight rise fast once the KL passes the target, but also lets it fall fast in the first updates, before the
+    policy has moved at all; the floor bounds that fall."""
     score_norm: bool = True
     """Normalise r_θ's scores by their running mean and SD before PPO (paper: use_score_norm = true); for rloo / grpo:
     standardise the advantages (RLOO ``normalize_advantages``, GRPO ``scale_rewards="group"``)."""
@@ -141,7 +145,7 @@ class RLParams:
         )
         for name in ("lr", "temperature", "kl_target", "kl_horizon"):
             _check(getattr(self, name) > 0, name, "must be > 0", getattr(self, name))
-        for name in ("cliprange", "cliprange_value", "vf_coef", "kl_coef"):
+        for name in ("cliprange", "cliprange_value", "vf_coef", "kl_coef", "kl_coef_min"):
             _check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
         for name in ("gamma", "gae_lambda"):
             _check(0 <= getattr(self, name) <= 1, name, "must be in [0, 1]", getattr(self, name))
