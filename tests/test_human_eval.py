@@ -374,6 +374,9 @@ def test_local_form_saves_a_csv_that_the_analysis_reads(tmp_path):
         while not list(downloads.glob("*.csv")) and time.monotonic() < deadline:
             time.sleep(0.2)
         driver.refresh()  # answers survive a reload (local storage)
+        deadline = time.monotonic() + 10  # CI once read the field before the reloaded page had restored it
+        while driver.find_element("id", "annotator").get_attribute("value") != "ann-1" and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert driver.find_element("id", "annotator").get_attribute("value") == "ann-1"
         assert "2 complete" in driver.find_element("id", "progress").text
     assert "Saved 2 of 4 items" in status and "2 incomplete" in status
