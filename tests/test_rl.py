@@ -221,6 +221,17 @@ def test_score_normalisation_matches_running_moments(world):
     assert mean == pytest.approx(float(raw.mean())) and words == pytest.approx(np.mean([1, 6, 1, 6]))
 
 
+def test_rloo_reward_callable_is_standardised_before_the_kl_penalty(world):
+    """TRL's RLOO subtracts β·KL from what the callable returns: with score_norm it must be PPO's normalised score."""
+    reward = R.TextReward(R.load_trained_reward(world["folder"]), normalise=True)
+    h = ["User: hi", "User: my cat is sick", "User: hi", "User: what do you do?"]
+    r = ["Hello!", "Oh no, I am so sorry.", "no", "I love jigsaw puzzles, do you?"]
+    raw = reward.raw(h, r)
+    got = reward.reward_func(prompts=[R.chat_messages(x) for x in h], completions=[f"AI: {x}" for x in r], history=h)
+    np.testing.assert_allclose(got, ((raw - raw.mean()) / raw.std()).numpy(), atol=1e-4)
+    assert reward.moments.count == pytest.approx(4) and reward.pop_log()[0] == pytest.approx(float(raw.mean()))
+
+
 def test_empty_response_is_scored(world, tok):
     reward = R.TextReward(R.load_trained_reward(world["folder"]), normalise=False)
     ids, mask = _trl_batch(tok, ["User: hi"], [""])  # EOS right away
@@ -395,6 +406,8 @@ def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, bf16, world
     assert got == pytest.approx([float(reward.raw(["User: hi"], ["Hello!"])[0])])
     curve = held_out.head(2)
     info = R.train_rl("GELI", world["folder"], train, rl, "smoke", seed=0, out_dir=tmp_path / "run", curve=curve)
+    moments = json.loads((tmp_path / "run" / "progress.json").read_text())["moments"]  # resume state of score norm
+    assert moments["count"] == pytest.approx(rl.batch_size * rl.steps)
     assert info.curves["step"].tolist() == [1] and (info.curves["algorithm"] == algorithm).all()
     assert np.isfinite(info.curves["reward_mean"]).all()
     assert (info.adapter / "adapter_model.safetensors").exists()

@@ -46,8 +46,11 @@ top to bottom:
    trainer is rebuilt for the remaining updates and the state loaded into it
    (its prompt order then differs: the data loader is re-seeded with seed + step).
 6. **RLOO / GRPO** (option ``algorithm``): the same prompts and the same r_θ as
-   a plain reward callable (:meth:`TextReward.reward_func`), the TRL trainers'
-   own checkpoints and ``resume_from_checkpoint``.
+   a plain reward callable (:meth:`TextReward.reward_func`), standardised by the
+   same running moments before TRL subtracts β·KL (so β is in units of the
+   score's SD for every reward function, as in PPO), the TRL trainers' own
+   checkpoints and ``resume_from_checkpoint`` (the moments resume from
+   ``progress.json``).
 
 Multi-GPU: the same entry point runs under ``accelerate launch`` (TRL shards the
 rollouts over processes); see the README.

@@ -568,6 +568,8 @@ def _train_group(
             saved = json.loads(progress.read_text())
             curves += [c for c in saved["curves"] if c["step"] <= start]
             evals += [e for e in saved["evals"] if e["step"] <= start]
+            if "moments" in saved:
+                reward.moments = RunningMoments(**saved["moments"])
     config = Config(
         output_dir=str(run / "trl"),
         seed=seed,
@@ -602,7 +604,7 @@ def _train_group(
     holder["trainer"] = trainer
 
     def save(step: int, args: Any) -> None:
-        write_json(progress, {"curves": curves, "evals": evals})
+        write_json(progress, {"curves": curves, "evals": evals, "moments": dataclasses.asdict(reward.moments)})
 
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(_monitor(name, seed, corpus, rl, reward, 0, curves, evals, save, evaluate, holder))

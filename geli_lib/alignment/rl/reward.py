@@ -191,19 +191,19 @@ class TextReward(nn.Module):
     def reward_func(
         self, prompts: list[Any], completions: list[Any], history: list[str] | None = None, **_: Any
     ) -> list[float]:
-        """The same r_θ as a TRL reward callable (RLOO / GRPO): raw r̂ per completion.
+        """The same r_θ as a TRL reward callable (RLOO / GRPO), normalised like PPO's score (``normalise``).
 
+        TRL's RLOO subtracts β·KL from this score before its leave-one-out baseline,
+        so β is in the score's units: on raw r̂ a reward function with a wide range
+        (Language Sentiment's spans ~10 points, GELI's ~1) would pay almost nothing
+        for KL. Standardised, β means the same for every reward function.
         ``history`` comes from the dataset column of the same name; conversational
         completions are lists of messages.
         """
         texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
         if history is None:
             history = [_USER_RE.search(str(p)).group(1) if isinstance(p, str) else p[-1]["content"] for p in prompts]
-        texts = [strip_role(t) for t in texts]
-        r = self.raw([str(h) for h in history], texts)
-        self.log.append(r)
-        self.words += [len(x.split()) for x in texts]
-        return r.tolist()
+        return self([str(h) for h in history], [strip_role(t) for t in texts]).tolist()
 
 
 class _ScoreBackbone(nn.Module):

@@ -64,7 +64,8 @@ class RLParams:
     weight rise fast once the KL passes the target, but also lets it fall fast in the first updates, before the
     policy has moved at all; the floor bounds that fall."""
     score_norm: bool = True
-    """Normalise r_θ's scores by their running mean and SD before PPO (paper: use_score_norm = true); for rloo / grpo:
+    """Normalise r_θ's scores by their running mean and SD before the KL penalty (paper: use_score_norm = true), so
+    the KL weight is in units of the score's SD whatever the reward function's range; for rloo / grpo also
     standardise the advantages (RLOO ``normalize_advantages``, GRPO ``scale_rewards="group"``)."""
     response_length: int = 48
     """Most new tokens per response during RL (paper: 32-128)."""
