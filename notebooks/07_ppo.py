@@ -27,7 +27,8 @@
 # an AI turn of a conversation the reward functions never saw (the `rl` split), shown to the
 # policy with GELI Fig. 3's prompt. The reward function keeps its own encoder: an adapter decodes
 # the policy's tokens back to text and scores them (see `geli_lib.alignment.rl`). Scores are normalised by
-# their running mean and SD (the paper's `use_score_norm`), and the KL weight starts at 0.15 and
+# their running mean and SD (the paper's `use_score_norm`), so the KL weight is in units of the score's SD
+# whatever the reward function's range; it starts at `rl.kl_coef` (0.15 in the authors' script) and
 # adapts towards a target KL, as in the authors' TRL version.
 #
 # **One reward.** Training, the curves below and notebook 08's cross-scores call the same function,
@@ -46,7 +47,7 @@
 # lucky context: $A_t = \hat r - V(s_t)$, and $V$ is learnt along the way. RLOO samples $k$ responses
 # to the same context and uses the other $k-1$ as the baseline,
 # $A_i = r_i - \frac{1}{k-1}\sum_{j \ne i} r_j$: exact from the first update, which is what a short
-# CPU run needs; the KL to the reference enters its reward, $r_i - \beta\,\mathrm{KL}_i$. Both clip the
+# CPU run needs; the KL to the reference enters its (normalised) reward, $r_i - \beta\,\mathrm{KL}_i$. Both clip the
 # policy ratio at $1 \pm 0.2$ and update only the LoRA weights.
 #
 # Parameters: `reward_fn` (a reward-function id such as `geli`, `rrd_k32`, `va`, `ls`, a list of ids,

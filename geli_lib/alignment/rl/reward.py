@@ -195,8 +195,9 @@ class TextReward(nn.Module):
 
         TRL's RLOO subtracts β·KL from this score before its leave-one-out baseline,
         so β is in the score's units: on raw r̂ a reward function with a wide range
-        (Language Sentiment's spans ~10 points, GELI's ~1) would pay almost nothing
-        for KL. Standardised, β means the same for every reward function.
+        pays less for the same KL (on cpu a batch's SD of r̂ is ~1.8 for Language
+        Sentiment, ~0.75 for GELI, GE: RRD and Visual Affect). Standardised, β
+        means the same for every reward function.
         ``history`` comes from the dataset column of the same name; conversational
         completions are lists of messages.
         """
