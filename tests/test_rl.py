@@ -409,6 +409,7 @@ def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, bf16, world
     moments = json.loads((tmp_path / "run" / "progress.json").read_text())["moments"]  # resume state of score norm
     assert moments["count"] == pytest.approx(rl.batch_size * rl.steps)
     assert info.curves["step"].tolist() == [1] and (info.curves["algorithm"] == algorithm).all()
+    assert info.curves["kl_coef"].tolist() == [pytest.approx(rl.kl_coef)]  # the weight the update was penalised with
     assert np.isfinite(info.curves["reward_mean"]).all()
     assert (info.adapter / "adapter_model.safetensors").exists()
     ev = info.evals
@@ -530,7 +531,7 @@ def test_rl_summary_flags_a_collapsed_policy_and_counts_only_real_learning():
         [(s, c, 1.0 + 0.1 * s + 0.01 * c, 1.0) for s in (0, 5, 10) for c in range(4)],
         columns=["step", "context_id", "reward", "kl"],
     )
-    curves = pd.DataFrame({"algorithm": ["rloo", "rloo"], "step": [1, 10]})
+    curves = pd.DataFrame({"algorithm": ["rloo", "rloo"], "step": [1, 10], "kl_coef": [0.7, 0.8]})
     runs = {m: R.RunInfo(m, 0, None, curves, 2.0, 0, False, 0.0, evals) for m in ("varied", "parrot")}
     stats = pd.DataFrame(
         [("base", m, 1.0, 0.1, np.nan, np.nan, "", 4) for m in runs]
@@ -547,6 +548,7 @@ def test_rl_summary_flags_a_collapsed_policy_and_counts_only_real_learning():
     # base: 4 bigrams, all distinct -> 1.0; parrot twice: 4 bigrams, 2 distinct -> 0.5, not below 0.5 x 1.0
     assert out.loc["varied", "distinct-2 adapted"] == 1.0 and out.loc["parrot", "distinct-2 adapted"] == 0.5
     assert out.loc["varied", "slope (r̂/update)"] == pytest.approx(0.1)
+    assert out.loc["varied", "KL weight (start)"] == 0.7  # the weight before the controller moved it
     assert not out.loc["varied", "collapsed"] and out.loc["varied", "learned"]
     gens.loc[len(gens)] = ("parrot", "sorry for that")  # 6 bigrams, 2 distinct: 0.33 < 0.5
     out = R.rl_summary(stats, runs, "base", gens).set_index("reward function")

@@ -124,8 +124,9 @@ def rl_summary(
     ``stats``: :func:`geli_lib.alignment.generation_eval.cross_reward_stats` of the
     generations (models named by their reward function). Columns: reward
     function, algorithm, updates, base / adapted mean and sd over contexts, the
-    gain, its p and the test's name, n contexts, the KL to the reference at the
-    last evaluation (mean over the curve's contexts; nats per greedy response),
+    gain, its p and the test's name, n contexts, the KL weight the run started
+    from (before the adaptive controller moved it), the KL to the reference at
+    the last evaluation (mean over the curve's contexts; nats per greedy response),
     the slope of the evaluation curve (r̂ per update) with its 95% bootstrap CI
     over contexts (:func:`curve_slope`), seconds per update. With ``gens`` (the
     generations the stats were scored on: ``model``, ``response``): distinct-2 of
@@ -156,6 +157,7 @@ def rl_summary(
                 "p": o["p"] if o is not None else math.nan,
                 "test": o["test"] if o is not None else "",
                 "n contexts": int(o["n"]) if o is not None else 0,
+                "KL weight (start)": float(info.curves["kl_coef"].iloc[0]) if len(info.curves) else math.nan,
                 "KL (nats)": float(last["kl"].mean()) if len(last) else math.nan,
                 "slope (r̂/update)": slope,
                 "slope 95% CI low": lo,
