@@ -35,9 +35,13 @@ def generate(
     max_new_tokens: int,
     do_sample: bool = False,
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int = 32,
 ) -> list[str]:
-    """Responses of ``model`` to token-id prompts (left-padded batches), decoded without special tokens."""
+    """Responses of ``model`` to token-id prompts (left-padded batches), decoded without special tokens.
+
+    Batches of 32, not 8: a decode step's fixed cost (PEFT's LoRA hooks, generate's own) dominates on CPU;
+    64 held-out contexts of the cpu profile, 12 tokens: 17.4 -> 8.7 s per adapted model, 7.2 -> 4.5 s for the base.
+    """
     model.eval()
     out: list[str] = []
     torch.manual_seed(seed)
