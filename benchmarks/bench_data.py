@@ -1,8 +1,9 @@
-"""Benchmark: simulate and load a corpus of the gpu profile's size (1,656 × ~160 turns).
+"""Benchmark: simulate and load a corpus of the gpu profile's size (1,656 × ~160 turns), then pair and summarise it.
 
-Target (foundation issue): simulating and loading take under one minute together on
-2 cores. Prints seconds per phase, rows, MB written and throughput, and the time of a
-skipped re-simulation. Run: `make benchmark` or
+Targets: simulating and loading take under one minute together on 2 cores (foundation
+issue); the reward models' (history, response) pairs and the per-turn listener summary
+(eq. 7's Γ) of that corpus take under 10 s each. Prints seconds per phase, rows, MB
+written and throughput, and the time of a skipped re-simulation. Run: `make benchmark` or
 `python benchmarks/bench_data.py [--profile gpu] [--workers 2] [--out DIR]`.
 """
 
@@ -15,8 +16,9 @@ import time
 from pathlib import Path
 
 from geli_lib.core.params import load_params
-from geli_lib.corpus.data import load_candor
+from geli_lib.corpus.data import build_pairs, load_candor
 from geli_lib.corpus.simulation import simulate_corpus
+from geli_lib.listener.features import turn_listener_summary
 
 
 def main() -> None:
@@ -53,6 +55,14 @@ def main() -> None:
         print(f"load:     {t_load:6.1f} s  ({n / t_load:6.1f} conversations/s)")
         total = t_sim + t_load
         print(f"total:    {total:6.1f} s  (target < 60 s: {'met' if total < 60 else 'NOT met'})")
+        for name, step in (
+            ("pairs", lambda: build_pairs(corpus, params.data)),
+            ("listener summary", lambda: turn_listener_summary(corpus)),
+        ):
+            t0 = time.perf_counter()
+            rows = len(step())
+            took = time.perf_counter() - t0
+            print(f"{name}: {took:6.1f} s  ({rows:,} AI turns; target < 10 s: {'met' if took < 10 else 'NOT met'})")
     finally:
         if args.out is None:
             shutil.rmtree(out, ignore_errors=True)

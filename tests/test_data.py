@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -727,8 +726,8 @@ def test_pairs_carry_local_feedback(tmp_path):
     assert row["history"] == " User: Hi, I feel stressed about work."
 
 
-def test_pairs_speed():
-    """~130k AI turns (CANDOR scale) in a few seconds."""
+def test_pairs_at_candor_scale():
+    """~130k AI turns (CANDOR scale): one pair per AI turn. Its time is benchmarks/bench_data.py's (target < 10 s)."""
     n_conv, n_turns = 1656, 160
     conv_ids = np.repeat([f"c{k:05d}" for k in range(n_conv)], n_turns)
     idx = np.tile(np.arange(n_turns), n_conv)
@@ -764,9 +763,5 @@ def test_pairs_speed():
             "has_truth": False,
         }
     )
-    corpus = Corpus("x", convs, turns)
-    t0 = time.perf_counter()
-    pairs = build_pairs(corpus, DataParams())
-    elapsed = time.perf_counter() - t0
+    pairs = build_pairs(Corpus("x", convs, turns), DataParams())
     assert len(pairs) == n_conv * n_turns // 2
-    assert elapsed < 10, elapsed

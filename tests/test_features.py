@@ -187,8 +187,9 @@ def test_corpus_without_timing_gives_empty_summary(tmp_path):
     assert s.empty and list(s.columns[: len(SUMMARY_COLUMNS)]) == list(SUMMARY_COLUMNS)
 
 
-def test_summary_speed():
-    """CANDOR scale: ~1.6M listener frames and ~130k AI turns in a few seconds."""
+def test_summary_at_candor_scale():
+    """CANDOR scale: ~1.6M listener frames and ~130k AI turns, each turn summarised over its frames. Its time is
+    benchmarks/bench_data.py's (target < 10 s)."""
     rng = np.random.default_rng(0)
     n_conv, n_sec, n_ai = 800, 2000, 80
     cids = np.array([f"c{k:04d}" for k in range(n_conv)], dtype=object)
@@ -230,12 +231,8 @@ def test_summary_speed():
             "has_truth": False,
         }
     )
-    corpus = Corpus("x", conv, turns, frames)
-    t0 = time.perf_counter()
-    s = turn_listener_summary(corpus)
-    elapsed = time.perf_counter() - t0
+    s = turn_listener_summary(Corpus("x", conv, turns, frames))
     assert len(s) == n_conv * n_ai and (s["n_frames"] == 11).all()
-    assert elapsed < 10, elapsed
 
 
 def test_new_columns_nod_no_pitch_slope_and_2s_label():
