@@ -32,8 +32,11 @@
 # adapts towards a target KL, as in the authors' TRL version.
 #
 # **One reward.** Training, the curves below and notebook 08's cross-scores call the same function,
-# `generation_eval.PairScorer`, on (the history the policy was shown, its response): what the policy
-# climbs is what we report.
+# `generation_eval.PairScorer`, on (the dialogue before the turn, the policy's response): what the
+# policy climbs is what we report. The policy is shown only the last `rl.history_turns` turns (a cost
+# of generation); the reward function scores in the dialogue it was trained on, whose last
+# `data.history_turns` turns are r_θ's s_t: shown only the policy's turns, its turn-level agreement with
+# the planted truth halves (README, "One reward").
 #
 # **Learning, measured.** A batch's mean reward mostly says which contexts were drawn. So the
 # policy is also evaluated on a *fixed* set of held-out contexts (greedy responses) before the first
@@ -90,7 +93,8 @@ print(f"{len(train)} RL contexts from the rl split; {len(held_out)} held-out con
 # ## What the policy sees
 #
 # The system prompt of GELI Fig. 3, then the last turns of the dialogue as the user message. A
-# history longer than `rl.max_prompt_tokens` loses its oldest tokens (left truncation).
+# history longer than `rl.max_prompt_tokens` loses its oldest tokens (left truncation). The reward
+# function reads the whole dialogue before the turn (`reward_history`), cut to its own training format.
 
 # %%
 from geli_lib.core import load_policy

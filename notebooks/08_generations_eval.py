@@ -50,7 +50,7 @@ from IPython.display import display
 from geli_lib import figures
 from geli_lib.alignment import generation_eval as ge
 from geli_lib.core import load_params, results_dir, timed, write_csv
-from geli_lib.reward.experiments import by_display_name, saved_reward_functions
+from geli_lib.reward.experiments import ORACLE, by_display_name, saved_reward_functions
 
 pd.set_option("display.max_colwidth", None)  # show whole responses and questions
 params = load_params(profile, corpus=corpus, data_path=data_path)
@@ -124,6 +124,25 @@ display(
     .round(4)
     .rename(columns={"model": "adapted to (scored by its own reward)"})
 )
+
+# %% [markdown]
+# ## A collapse control: one sentence in every context
+#
+# An adapted model whose responses collapse onto one sentence (distinct-2 above, `collapsed` in
+# notebook 07's summary) may have found what its reward function rewards *whatever was said*.
+# The control: take each adapted model's most frequent response, give it in **every** held-out
+# context, and score it beside the real speaker's reply under the model's own reward function and,
+# on the simulated corpus, the oracle trained on the planted truth. The last column is the share of
+# contexts where the fixed sentence beats the real reply: near 1 under its own reward and low under
+# the oracle means the reward function prefers that sentence regardless of the dialogue, a
+# maximiser no KL weight keeps diverse when the reference model already likes the sentence.
+
+# %%
+probe_fns = {n: reward_fns[n] for n in [*adapted, ORACLE.name] if n in reward_fns}
+probe = ge.modal_response_probe(gens, per, probe_fns, params.data, models=adapted, device=params.device)
+write_csv(results_dir(results, "tables") / "modal_probe.csv", probe)
+own_or_oracle = (probe["reward_fn"] == probe["model"]) | (probe["reward_fn"] == ORACLE.name)
+display(probe[own_or_oracle].round(3).set_index(["model", "reward_fn"]))
 
 # %%
 fig = figures.auto_eval_bars(rows)

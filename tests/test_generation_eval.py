@@ -224,6 +224,21 @@ def test_cross_scoring_with_a_trained_reward_function(corpus_pairs, tmp_path, mo
     got = rows[(rows["metric"] == "reward: LI: Language Sentiment") & (rows["model"] == "base")]["value"]
     np.testing.assert_allclose(got.to_numpy(), want[(gens["model"] == "base").to_numpy()][:3], rtol=1e-5)
 
+    # The collapse control: the adapted model's most frequent reply, given in every context, vs the real reply
+    truth = gens[gens["model"] == "ground truth"]
+    replies = ["Great, wonderful, amazing!", "Great, wonderful, amazing!", "I hate it."] * 2
+    gens = pd.concat([gens, truth.assign(model="LS", response=replies[: len(truth)])], ignore_index=True)
+    per = ge.per_response(gens, params.eval, params.data, folders)
+    probe = ge.modal_response_probe(gens, per, folders, params.data, models=["LS"])
+    assert list(probe.columns) == list(ge.PROBE_COLUMNS) and len(probe) == 3  # one per seed, one reward fn
+    row = probe[probe["seed"] == 0].iloc[0]
+    assert row["modal response"] == "Great, wonderful, amazing!" and row["share of its responses"] == 1.0
+    modal = scorer(truth["history"].tolist()[:2], ["Great, wonderful, amazing!"] * 2)
+    real = scorer(truth["history"].tolist()[:2], truth["response"].tolist()[:2])
+    assert row["modal r̂"] == pytest.approx(modal.mean(), rel=1e-5)
+    assert row["ground truth r̂"] == pytest.approx(real.mean(), rel=1e-5)
+    assert row["modal beats ground truth"] == (modal > real).mean() and row["n"] == 2
+
 
 # --------------------------------------------------------------------------- notebook 08
 

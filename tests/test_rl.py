@@ -63,11 +63,21 @@ def world(tmp_path_factory):
 
 def test_contexts_lines_and_reward_format(world):
     ctx = R.dialogue_contexts(world["corpus"], history_turns=3)
-    assert list(ctx.columns) == ["corpus", "convo_id", "turn_idx", "context_id", "history", "response"]
+    assert list(ctx.columns) == list(rl_prompt.CONTEXT_COLUMNS)
+    assert list(rl_prompt.CONTEXT_COLUMNS) == [
+        *("corpus", "convo_id", "turn_idx", "context_id", "history", "reward_history", "response")
+    ]
     row = ctx.iloc[0]
     assert row["context_id"] == f"{row['convo_id']}:{row['turn_idx']}"
     lines = row["history"].split("\n")
     assert 1 <= len(lines) <= 3 and all(x.startswith(("User: ", "AI: ")) for x in lines)
+    # r_θ's s_t is the whole dialogue before the turn; the policy's history is its last 3 turns
+    turns = world["corpus"].turns
+    for r in ctx.sample(20, random_state=0).itertuples():
+        before = turns[(turns["convo_id"] == r.convo_id) & (turns["turn_idx"] < r.turn_idx)]
+        full = r.reward_history.split("\n")
+        assert len(full) == len(before) and full[-len(r.history.split("\n")) :] == r.history.split("\n")
+    assert (ctx["reward_history"].str.count("\n") > ctx["history"].str.count("\n")).any()
     # r_θ's input format is data.build_pairs': " User: …" / " AI: …" concatenated
     assert reward_history("User: hi\nAI: yo") == " User: hi AI: yo"
     train, test = R.rl_contexts(world["corpus"], world["split"], world["params"].rl, seed=0)
@@ -151,6 +161,19 @@ def test_one_reward_for_training_and_cross_scoring(world, tok):
     np.testing.assert_allclose(in_training, reported, rtol=0, atol=1e-5)
     full = R.TextReward(trained, "GELI", normalise=False).raw(shown, responses).numpy()  # no history cut
     assert abs(full[1] - reported[1]) > 1e-4, "the history cut should matter for the long history"
+
+    # The policy is shown a 128-token prompt; r_θ scores in the dialogue state (reward_histories): the
+    # decoded prompt of PPO maps back to it, and 08 scores generations whose history is that state.
+    contexts = pd.DataFrame({"history": histories, "reward_history": histories})
+    reward.histories = R.reward_histories(tok, [contexts], 128)
+    cut = [R.encode_prompt(tok, h, 128)[1] for h in histories]
+    assert cut[1] != histories[1], "the long history should be cut for the policy"
+    ids, mask = _trl_batch(tok, cut, responses)
+    in_training = R.RewardAdapter(reward, tok).backbone(input_ids=ids, attention_mask=mask).hidden_states[-1]
+    reported = cross_scores(gens.assign(history=histories), {"GELI": world["folder"]}, data)["reward: GELI"]
+    np.testing.assert_allclose(in_training[:, -1, 0].numpy(), reported.to_numpy(), rtol=0, atol=1e-5)
+    with pytest.raises(R.RLError, match="not one of the RL contexts'"):
+        reward.raw(["User: a history no context has"], ["hi"])
 
 
 def test_unusable_reward_functions_are_refused(world, tmp_path):
@@ -369,6 +392,9 @@ def test_ppo_lora_loop_changes_adapter_writes_curves_and_resumes(world, tmp_path
 
     rows = R.generations(test.head(2), {"GELI": info.adapter}, dataclasses.replace(rl, gen_tokens=8), seed=0)
     assert list(rows.columns) == list(GENERATION_COLUMNS)
+    # 08 scores the generations in the dialogue state training scored in
+    for model, g in rows.groupby("model"):
+        assert g["history"].tolist() == test.head(2)["reward_history"].tolist(), model
     assert sorted(rows["model"].unique()) == ["GELI", "base", "ground truth"] and len(rows) == 6
     truth = rows[rows["model"] == "ground truth"]["response"].tolist()
     assert truth == test.head(2)["response"].tolist()
@@ -414,9 +440,10 @@ def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, bf16, world
     assert (info.adapter / "adapter_model.safetensors").exists()
     ev = info.evals
     assert len(ev) == 4 and (ev["kl"] > -1e-4).all()  # before the first update and after it
-    shown = [rl_prompt.encode_prompt(tok, h, rl.max_prompt_tokens)[1] for h in curve["history"]]
+    # the curve scores in r_θ's dialogue state, not in the 2 turns the policy was shown
+    assert (curve["reward_history"] != curve["history"]).any()
     for step, rows in ev.groupby("step"):
-        want = reward.raw(shown, rows["response"].tolist()).numpy()
+        want = reward.raw(curve["reward_history"].tolist(), rows["response"].tolist()).numpy()
         np.testing.assert_allclose(rows["reward"].to_numpy(), want, rtol=1e-6, err_msg=f"step {step}")
 
 
@@ -532,27 +559,29 @@ def test_rl_summary_flags_a_collapsed_policy_and_counts_only_real_learning():
         columns=["step", "context_id", "reward", "kl"],
     )
     curves = pd.DataFrame({"algorithm": ["rloo", "rloo"], "step": [1, 10], "kl_coef": [0.7, 0.8]})
-    runs = {m: R.RunInfo(m, 0, None, curves, 2.0, 0, False, 0.0, evals) for m in ("varied", "parrot")}
+    runs = {m: R.RunInfo(m, 0, None, curves, 2.0, 0, False, 0.0, evals) for m in ("varied", "loop", "parrot")}
     stats = pd.DataFrame(
         [("base", m, 1.0, 0.1, np.nan, np.nan, "", 4) for m in runs]
         + [(m, m, 2.0, 0.1, 1.0, 0.01, "sign-flip", 4) for m in runs],
         columns=["model", "reward_fn", "mean", "sd_contexts", "diff", "p", "test", "n"],
     )
-    gens = pd.DataFrame(
-        {
-            "model": ["base"] * 2 + ["varied"] * 2 + ["parrot"] * 2,
-            "response": ["a b c", "d e f", "a b c", "g h i", "sorry for that", "sorry for that"],
-        }
-    )
+    replies = {
+        "base": ["a b c", "d e f"],
+        "varied": ["a b c", "g h i"],  # 4 bigrams, all distinct: 1.0; top share 1/2, not above 1/2
+        "loop": ["so so so so", "ok ok ok ok"],  # 6 bigrams, 2 distinct: 0.33 < 0.5 x base's 1.0
+        # one sentence for 2 of 3 contexts, the third long and varied: distinct-2 12/14 but top share 2/3
+        "parrot": ["sorry for that", "sorry for that", "one two three four five six seven eight nine ten eleven"],
+    }
+    gens = pd.DataFrame([(m, r) for m, rs in replies.items() for r in rs], columns=["model", "response"])
     out = R.rl_summary(stats, runs, "base", gens).set_index("reward function")
-    # base: 4 bigrams, all distinct -> 1.0; parrot twice: 4 bigrams, 2 distinct -> 0.5, not below 0.5 x 1.0
-    assert out.loc["varied", "distinct-2 adapted"] == 1.0 and out.loc["parrot", "distinct-2 adapted"] == 0.5
+    assert out.loc["varied", "distinct-2 adapted"] == 1.0 and out.loc["varied", "top response share"] == 0.5
     assert out.loc["varied", "slope (r̂/update)"] == pytest.approx(0.1)
     assert out.loc["varied", "KL weight (start)"] == 0.7  # the weight before the controller moved it
     assert not out.loc["varied", "collapsed"] and out.loc["varied", "learned"]
-    gens.loc[len(gens)] = ("parrot", "sorry for that")  # 6 bigrams, 2 distinct: 0.33 < 0.5
-    out = R.rl_summary(stats, runs, "base", gens).set_index("reward function")
-    assert out.loc["parrot", "collapsed"] and not out.loc["parrot", "learned"]
+    assert out.loc["loop", "distinct-2 adapted"] == pytest.approx(1 / 3) and out.loc["loop", "collapsed"]
+    assert out.loc["parrot", "distinct-2 adapted"] == pytest.approx(12 / 14)
+    assert out.loc["parrot", "top response share"] == pytest.approx(2 / 3) and out.loc["parrot", "collapsed"]
+    assert not out.loc["loop", "learned"] and not out.loc["parrot", "learned"]
     assert "collapsed" not in R.rl_summary(stats, runs, "base").columns  # without generations: no claim
 
 

@@ -3,14 +3,15 @@
 Human evaluation (GELI Table 2, LLM-GELI Tables 1-3) is the papers' verdict, but
 it costs money; these cheap signals come first. Input: ``tables/generations.csv``
 written by notebook 07 (:data:`GENERATION_COLUMNS`, one row per corpus, seed,
-context and model; ``history`` holds one utterance per line, ``User: …`` /
-``AI: …``). Per (corpus, seed, model), over that model's responses:
+context and model; ``history`` holds the dialogue before the turn, one
+utterance per line, ``User: …`` / ``AI: …``: r_θ's s_t, of which the policy was
+shown only the last ``rl.history_turns`` turns). Per (corpus, seed, model), over that model's responses:
 
 - ``reward: <name>``: mean r̂ under every trained reward function
   (cross-scoring: a model adapted to one reward function is scored by all the
   others, so reward hacking shows as a high score only on its own row).
   Scored by :class:`PairScorer`, **the same function RL training calls** on
-  (history shown to the policy, response): the history goes through
+  (dialogue before the turn, response): the history goes through
   :func:`reward_history` (r_θ's input format, its ``history_turns`` /
   ``history_chars`` cut), both texts through r_θ's encoder (its 256-token cut
   from the left), then the head. Constant reward functions (Mean, Mode) score
@@ -21,7 +22,7 @@ context and model; ``history`` holds one utterance per line, ``User: …`` /
   responses (Li et al. 2016): diversity.
 - ``length``: words per response.
 - ``context_overlap``: share of a response's content words (lower-cased, minus
-  :data:`STOPWORDS`) that occur in its dialogue history: a specificity proxy
+  :data:`STOPWORDS`) that occur in the dialogue before it: a specificity proxy
   ("That's nice" scores 0; a reply that picks up the user's topic scores high).
 - ``repetition``: share of a response's word n-grams that repeat an earlier
   n-gram of the same response (degenerate loops of RL-tuned policies).
@@ -154,19 +155,24 @@ def reward_pairs(gens: pd.DataFrame, data: DataParams) -> pd.DataFrame:
 
 #: Frozen text encoders loaded by :class:`PairScorer`, by (name, device): never trained, so shared.
 _FROZEN_ENCODERS: dict[tuple[str, str], tuple[object, object]] = {}
+#: Their embeddings of texts already scored, by (name, device, max_tokens): 08 scores the same texts under
+#: every reward function, RL scores a history once per sampled response. Emptied past :data:`MEMO_TEXTS`.
+_FROZEN_MEMO: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
+#: Most texts :data:`_FROZEN_MEMO` keeps per encoder (384 floats each for MiniLM: ~150 MB at most).
+MEMO_TEXTS = 100_000
 
 
 class PairScorer:
     """r̂ = r_θ(s_t, a_t) of (history lines, response) texts: the one scoring of RL and evaluation.
 
     RL training (:class:`geli_lib.alignment.rl.TextReward`), notebook 07's evaluation
-    curves and notebook 08's cross-scores all call this. ``histories`` are in
-    the policy's line format (``User: …`` / ``AI: …``, one per line: what the
-    policy was shown); they become r_θ's input by :func:`reward_history` with
-    ``data`` (its ``history_turns`` / ``history_chars`` cut), responses get r_θ's
-    ``" AI: "`` prefix, both are embedded by r_θ's encoder (frozen MiniLM, or its
-    own fine-tuned encoder; cut from the left at ``max_tokens``) and the head
-    scores their concatenation. Texts are encoded now, in batches of
+    curves and notebook 08's cross-scores all call this. ``histories`` are in the
+    policy's line format (``User: …`` / ``AI: …``, one per line: the dialogue before
+    the turn, :func:`geli_lib.alignment.rl.reward_histories`); they become r_θ's input
+    by :func:`reward_history` with ``data`` (its ``history_turns`` / ``history_chars``
+    cut), responses get r_θ's ``" AI: "`` prefix, both are embedded by r_θ's encoder
+    (frozen MiniLM, or its own fine-tuned encoder; cut from the left at ``max_tokens``)
+    and the head scores their concatenation. Texts are encoded now, in batches of
     ``batch_size``, never read from the feature cache, so the score of a pair
     does not depend on where it is called from.
     """
@@ -176,6 +182,7 @@ class PairScorer:
     ):
         self.trained, self.data = trained, data or DataParams()
         self.device, self.batch_size = device, batch_size
+        self.memo: dict[str, np.ndarray] = {}  # a fine-tuned encoder's texts: this scorer's own
         if trained.constant is not None:
             self.tok, self.encoder = None, None
         elif trained.finetuned:
@@ -185,6 +192,7 @@ class PairScorer:
             if key not in _FROZEN_ENCODERS:
                 _FROZEN_ENCODERS[key] = _load_encoder(trained.encoder_name, device)
             self.tok, self.encoder = _FROZEN_ENCODERS[key]
+            self.memo = _FROZEN_MEMO.setdefault((*key, trained.params.max_tokens), {})
         if self.encoder is not None:
             self.encoder.requires_grad_(False)
         if trained.head is not None:
@@ -209,7 +217,10 @@ class PairScorer:
                 self.trained.params.max_tokens,
                 self.device,
                 self.batch_size,
+                self.memo,
             )
+            if len(self.memo) > MEMO_TEXTS:
+                self.memo.clear()
             out = self.trained.head(torch.from_numpy(feats).to(self.device))
         return out.float().cpu().numpy().astype(np.float64).reshape(-1)
 
@@ -280,7 +291,7 @@ def cross_scores(
     """r̂ of every response under every (non-constant) reward function: one ``reward: <name>`` column each.
 
     ``reward_functions``: name -> saved folder (``experiments.saved_reward_functions``).
-    Scored by :class:`PairScorer` on the history shown to the policy: the score RL optimised.
+    Scored by :class:`PairScorer` on the dialogue before the turn: the score RL optimised.
     """
     out = pd.DataFrame(index=gens.index)
     hist, resp = gens["history"].astype(str).tolist(), gens["response"].astype(str).tolist()
@@ -405,6 +416,56 @@ def vs_base(
     return pd.DataFrame(
         rows, columns=["corpus", "model", "mean", "sd", "sd_contexts", "n_seeds", "n", "diff", "p", "test"]
     )
+
+
+#: Columns of :func:`modal_response_probe`.
+PROBE_COLUMNS: tuple[str, ...] = (
+    "corpus",
+    "seed",
+    "model",
+    "modal response",
+    "share of its responses",
+    "reward_fn",
+    "modal r̂",
+    "ground truth r̂",
+    "modal beats ground truth",
+    "n",
+)
+
+
+def modal_response_probe(
+    gens: pd.DataFrame,
+    per: pd.DataFrame,
+    reward_functions: Mapping[str, str | Path],
+    data: DataParams,
+    models: Sequence[str],
+    truth_model: str = "ground truth",
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """A collapse control: each model's most frequent response, given in *every* context, against the real reply.
+
+    Per (corpus, seed) and model of ``models``: the response it gives most often, scored in each
+    context of the ``truth_model`` rows under every reward function of ``reward_functions`` (same
+    :class:`PairScorer` as RL), beside the real reply's score from ``per`` (:func:`per_response`).
+    A reward function under which one fixed sentence beats the speaker's own reply in most contexts
+    rewards that sentence whatever was said: its maximiser is a single reply, a collapse that no KL
+    weight prevents when the sentence is one the reference model already likes. Rows: :data:`PROBE_COLUMNS`.
+    """
+    truth = gens[gens["model"] == truth_model]
+    rows = []
+    for (corpus, seed, model), g in gens[gens["model"].isin(models)].groupby(["corpus", "seed", "model"]):
+        counts = g["response"].value_counts()
+        modal = str(counts.index[0])
+        ctx = truth[(truth["corpus"] == corpus) & (truth["seed"] == seed)]
+        probe = cross_scores(ctx.assign(response=modal), reward_functions, data, device)
+        for col in probe.columns:
+            real = per.loc[ctx.index, col].to_numpy(float)
+            mine = probe[col].to_numpy(float)
+            rows.append(
+                (corpus, seed, model, modal, counts.iloc[0] / len(g), col.removeprefix(REWARD_PREFIX))
+                + (float(mine.mean()), float(real.mean()), float((mine > real).mean()), len(ctx))
+            )
+    return pd.DataFrame(rows, columns=list(PROBE_COLUMNS))
 
 
 def cross_reward_stats(

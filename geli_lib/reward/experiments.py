@@ -102,6 +102,8 @@ class MethodSpec:
 
 #: Visual affect alone (LI, eq. 6 on Γ of eq. 7): Table 1's row and the reference of :func:`readings`.
 VISUAL_AFFECT = MethodSpec("va", "LI: Visual Affect", "va")
+#: r_θ trained on the simulator's planted per-turn truth (simulated corpus only): the ceiling and the gold reward.
+ORACLE = MethodSpec("oracle", "Oracle (planted truth)", "oracle")
 
 
 def table1_specs(params: StudyParams, group: str) -> list[MethodSpec]:
@@ -118,7 +120,7 @@ def table1_specs(params: StudyParams, group: str) -> list[MethodSpec]:
         "li": [
             VISUAL_AFFECT,
             MethodSpec("ls", "LI: Language Sentiment", "ls"),
-            MethodSpec("oracle", "Oracle (planted truth)", "oracle"),
+            ORACLE,
         ],
         "geli": geli_variants(params),
     }

@@ -14,7 +14,9 @@ top to bottom:
    message. A history longer than ``max_prompt_tokens`` allows is
    **left-truncated** at the token level: the oldest tokens go (the first line
    may then start mid-utterance), the template and the latest turns stay. The
-   reward model sees exactly the history the policy saw.
+   reward model does not see that cut: it scores the response in the dialogue
+   so far (``reward_history``, :func:`reward_histories`), the s_t of its training
+   pairs; with only the policy's 2-turn history on cpu, its turn-level validity halves.
 3. **Reward** (:class:`TextReward`): r_θ keeps its own encoder and tokenizer
    (MiniLM, or its fine-tuned encoder). TRL 1.12's PPOTrainer wants a
    ``*ForSequenceClassification`` model that reads the policy's token ids, so
@@ -76,6 +78,7 @@ from geli_lib.alignment.rl.prompt import (
     chat_messages,
     dialogue_contexts,
     encode_prompt,
+    reward_histories,
     rl_contexts,
     sample_contexts,
     split_prompt_response,
@@ -100,6 +103,7 @@ __all__ = [
     "sample_contexts",
     "chat_messages",
     "encode_prompt",
+    "reward_histories",
     "strip_role",
     "split_prompt_response",
     "RunningMoments",

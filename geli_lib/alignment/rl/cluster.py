@@ -92,12 +92,10 @@ def adapt_on_cluster(
     if compute.scheduler == "serial":
         return []
     key_of = results_key or profile
-    curve_ids = [] if curve is None else curve["context_id"].tolist()
     todo = [
         n
         for n, folder in chosen.items()
-        if finished_run(run_dir(key_of, n, seed, rl.algorithm), run_key(rl, folder, train, seed, curve_ids, data))
-        is None
+        if finished_run(run_dir(key_of, n, seed, rl.algorithm), run_key(rl, folder, train, seed, curve, data)) is None
     ]
     calls = [(n, _folder_files(chosen[n]), rl, profile, corpus, seed, device, curve, data) for n in todo]
     for name, files in zip(todo, run_grid(_adapt_task, train, calls, compute, device)):

@@ -88,19 +88,21 @@ def generations(
 
     ``contexts``: rows of :func:`dialogue_contexts` (any corpus). One row per
     (context, model) in the :data:`GENERATION_COLUMNS` contract; the history is
-    the one shown to the models (left-truncated to ``max_prompt_tokens``). With
+    the context's ``reward_history`` (the dialogue state r_θ scores in, as in
+    training), of which the models were shown the last ``rl.history_turns`` turns
+    left-truncated to ``max_prompt_tokens`` (``history`` without it). With
     ``rl.bf16`` the models generate under bf16 autocast, as they were trained.
     """
     base, tok = load_policy(device)
-    enc = [encode_prompt(tok, h, rl.max_prompt_tokens) for h in contexts["history"]]
-    prompts, shown = [e[0] for e in enc], [e[1] for e in enc]
+    prompts = [encode_prompt(tok, h, rl.max_prompt_tokens)[0] for h in contexts["history"]]
+    scored = contexts["reward_history"] if "reward_history" in contexts else contexts["history"]
     models: dict[str, list[str]] = {"ground truth": contexts["response"].astype(str).tolist()}
     with autocast(bf16_in_effect(rl.bf16, device), device):
         models["base"] = generate(base, tok, prompts, rl.gen_tokens, rl.gen_do_sample, seed)
         for name, folder in adapters.items():
             adapted = load_adapted(folder, device, rl)
             models[name] = generate(adapted, tok, prompts, rl.gen_tokens, rl.gen_do_sample, seed)
-    meta = contexts[["corpus", "context_id", "convo_id", "turn_idx"]].assign(seed=seed, history=shown)
+    meta = contexts[["corpus", "context_id", "convo_id", "turn_idx"]].assign(seed=seed, history=scored.to_numpy())
     rows = [meta.assign(model=m, response=r) for m, r in models.items()]
     return pd.concat(rows, ignore_index=True)[list(GENERATION_COLUMNS)]
 
@@ -118,6 +120,10 @@ def write_generations(profile: str, rows: pd.DataFrame) -> pd.DataFrame:
 #: An adapted model whose distinct-2 falls below this share of the base model's has collapsed onto a few phrases:
 #: its reward gain is not learning (issue: "a policy that gains reward by collapsing does not count").
 COLLAPSE_DISTINCT2 = 0.5
+#: ... or whose most frequent response is more than this share of its responses: one sentence whatever was said.
+#: distinct-2 alone missed it (cpu, seed 0: GELI gave one sentence to 51 of 64 contexts at distinct-2 0.18,
+#: above half the base's 0.34, because the other 13 responses were varied); the base's own share is 0.39.
+COLLAPSE_TOP_SHARE = 0.5
 
 
 def rl_summary(
@@ -134,11 +140,15 @@ def rl_summary(
     the slope of the evaluation curve (r̂ per update) with its 95% bootstrap CI
     over contexts (:func:`curve_slope`), seconds per update. With ``gens`` (the
     generations the stats were scored on: ``model``, ``response``): distinct-2 of
-    the base's and the adapted model's responses, ``collapsed`` when the adapted
-    one is below :data:`COLLAPSE_DISTINCT2` × the base's, and ``learned``: p <
-    0.05, the slope's CI above 0 and not collapsed.
+    the base's and the adapted model's responses, the share of the adapted model's
+    responses equal to its most frequent one, ``collapsed`` when its distinct-2 is
+    below :data:`COLLAPSE_DISTINCT2` × the base's or that share is above
+    :data:`COLLAPSE_TOP_SHARE`, and ``learned``: p < 0.05, the slope's CI above 0
+    and not collapsed.
     """
-    d2 = {} if gens is None else {m: distinct_n(g["response"].tolist(), 2) for m, g in gens.groupby("model")}
+    by_model = {} if gens is None else dict(list(gens.groupby("model")["response"]))
+    d2 = {m: distinct_n(r.tolist(), 2) for m, r in by_model.items()}
+    top = {m: float(r.value_counts(normalize=True).iloc[0]) for m, r in by_model.items() if len(r)}
     rows = []
     for name, info in runs.items():
         own = stats[(stats["model"] == name) & (stats["reward_fn"] == name)]
@@ -172,7 +182,11 @@ def rl_summary(
         if gens is not None:
             row = rows[-1]
             row["distinct-2 base"], row["distinct-2 adapted"] = d2.get(base, math.nan), d2.get(name, math.nan)
-            row["collapsed"] = bool(row["distinct-2 adapted"] < COLLAPSE_DISTINCT2 * row["distinct-2 base"])
+            row["top response share"] = top.get(name, math.nan)
+            row["collapsed"] = bool(
+                row["distinct-2 adapted"] < COLLAPSE_DISTINCT2 * row["distinct-2 base"]
+                or row["top response share"] > COLLAPSE_TOP_SHARE
+            )
             row["learned"] = bool(row["p"] < 0.05 and lo > 0 and not row["collapsed"])
     return pd.DataFrame(rows)
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from geli_lib.alignment.rl.curve import EVAL_COLUMNS, evaluate_policy
-from geli_lib.alignment.rl.prompt import RLError, chat_messages, encode_prompt
+from geli_lib.alignment.rl.prompt import RLError, chat_messages, encode_prompt, reward_histories
 from geli_lib.alignment.rl.reward import (
     RewardAdapter,
     RunningMoments,
@@ -370,8 +370,7 @@ def train_rl(
     reward = TextReward(trained, name, normalise=rl.score_norm, data=data, device=device)
     check_reward_for_rl(trained, name, reward.scorer)
     run = Path(out_dir) if out_dir else run_dir(results_key or profile, name, seed, rl.algorithm)
-    curve_ids = [] if curve is None else curve["context_id"].tolist()
-    key = run_key(rl, reward_folder, train, seed, curve_ids, data)
+    key = run_key(rl, reward_folder, train, seed, curve, data)
     run_keys = ["reward_fn", "seed", "corpus", "algorithm"]
 
     def write_tables(frame: pd.DataFrame, ev: pd.DataFrame) -> None:
@@ -411,6 +410,7 @@ def train_rl(
     random.seed(seed + start)
     policy, tok = load_policy(device)
     policy.generation_config.pad_token_id = tok.pad_token_id
+    reward.histories = reward_histories(tok, [train] if curve is None else [train, curve], rl.max_prompt_tokens)
     reward.step = start + 1
     curves: list[dict[str, Any]] = list(state["curves"]) if state else []
     evals: list[dict[str, Any]] = list(state.get("evals", [])) if state else []

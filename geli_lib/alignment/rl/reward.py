@@ -137,7 +137,9 @@ class TextReward(nn.Module):
     gives the normalised score PPO optimises and updates the running moments.
     The mean and SD of each batch's raw scores accumulate in ``log`` until
     :meth:`pop_log`. ``step`` (set by the trainer's monitor) names the update
-    in errors.
+    in errors. ``histories`` (set by :func:`train_rl`, :func:`reward_histories`) maps
+    each history shown to the policy to the dialogue state r_θ scores in; when set,
+    a history outside it is an error rather than a silently shorter s_t.
     """
 
     def __init__(
@@ -158,9 +160,18 @@ class TextReward(nn.Module):
         self.step = 1
         self.log: list[torch.Tensor] = []
         self.words: list[int] = []
+        self.histories: dict[str, str] = {}
 
     def raw(self, histories: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         """r̂ (B,) float32 of each (history lines, response) pair; RLError on a non-finite score."""
+        if self.histories:
+            unknown = [h for h in histories if h not in self.histories]
+            if unknown:
+                raise RLError(
+                    f"update {self.step}: reward function {self.name!r} was given a history that is not one "
+                    f"of the RL contexts' (first: {unknown[0][-120:]!r})"
+                )
+            histories = [self.histories[h] for h in histories]
         out = torch.from_numpy(self.scorer(list(histories), list(responses))).float()
         bad = ~torch.isfinite(out)
         if bad.any():

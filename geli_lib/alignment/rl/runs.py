@@ -36,17 +36,24 @@ def run_key(
     reward_folder: Path,
     train: pd.DataFrame,
     seed: int,
-    curve_ids: Sequence[str] = (),
+    curve: pd.DataFrame | None = None,
     data: DataParams | None = None,
 ) -> str:
     """What an adaptation's outputs are valid for: its training parameters, the reward function's files,
-    its prompts, the evaluation contexts and r_θ's history cut."""
+    its prompts and the dialogue states r_θ scores them in, the evaluation contexts and r_θ's history cut."""
     files = [p for p in sorted(reward_folder.rglob("*")) if p.is_file()]
     fields = {k: v for k, v in to_dict(rl).items() if k not in _NOT_TRAINING}
     d = data or DataParams()
-    return content_key(
-        fields, file_key(files), train["context_id"].tolist(), seed, list(curve_ids), [d.history_turns, d.history_chars]
-    )
+    texts = [
+        frame[col].astype(str).tolist()
+        for frame in (train, curve)
+        if frame is not None
+        for col in ("history", "reward_history")
+        if col in frame
+    ]
+    curve_ids = [] if curve is None else curve["context_id"].tolist()
+    cut = [d.history_turns, d.history_chars]
+    return content_key(fields, file_key(files), train["context_id"].tolist(), seed, curve_ids, cut, texts)
 
 
 def finished_run(run: Path, key: str) -> dict[str, Any] | None:

@@ -74,7 +74,7 @@ class RLParams:
     max_prompt_tokens: int = 512
     """Prompt budget: a longer dialogue history is left-truncated (oldest tokens dropped) to fit."""
     history_turns: int = 10
-    """Turns of dialogue history shown to the policy (the reward model sees the same lines)."""
+    """Turns of dialogue history shown to the policy (the reward model scores in its own ``data.history_turns``)."""
     lora_r: int = 24
     """LoRA rank (paper: 24)."""
     lora_alpha: int = 48

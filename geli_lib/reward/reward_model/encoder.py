@@ -138,16 +138,22 @@ def pair_features(
     max_tokens: int,
     device: str,
     batch_size: int = 64,
+    memo: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """[enc(history) | enc(response)] (N, 2d) of each pair, encoded now (no cache): texts a
-    fine-tuned encoder must re-read, or responses that are new at every PPO step."""
-    parts = [
-        _embed(t[i : i + batch_size], tok, model, encoder, max_tokens, device)
-        for t in (hist, resp)
-        for i in range(0, len(t), batch_size)
-    ]
-    n_h = -(-len(hist) // batch_size)
-    return np.hstack([np.concatenate(parts[:n_h]), np.concatenate(parts[n_h:])])
+    fine-tuned encoder must re-read, or responses that are new at every PPO step.
+
+    Each distinct text is encoded once, in batches of similar lengths: a history shared by a
+    group of responses, and, through ``memo`` (text -> embedding, filled here; only for one
+    encoder), texts already encoded by an earlier call, e.g. by another reward function on the
+    same frozen encoder.
+    """
+    memo = {} if memo is None else memo
+    todo = sorted((t for t in dict.fromkeys([*hist, *resp]) if t not in memo), key=len)
+    for i in range(0, len(todo), batch_size):
+        batch = todo[i : i + batch_size]
+        memo.update(zip(batch, _embed(batch, tok, model, encoder, max_tokens, device)))
+    return np.hstack([np.stack([memo[t] for t in hist]), np.stack([memo[t] for t in resp])])
 
 
 class FeatureCache:
