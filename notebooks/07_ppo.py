@@ -199,7 +199,8 @@ display(rows[rows["context_id"] == first][["model", "response"]].set_index("mode
 # training). `p` is the paired test over contexts named in `test`; `KL` is the KL to the
 # reference at the last evaluation; the slope is that of the evaluation curve above, with its 95%
 # bootstrap CI over contexts. A gain bought by collapsing onto a few phrases is not learning:
-# `collapsed` marks a model whose distinct-2 falls below half the base model's, and `learned` asks
+# `collapsed` marks a model whose distinct-2 falls below half the base model's or that gives one
+# sentence to more than half of the contexts (`top response share`), and `learned` asks
 # for all three (p < 0.05, a slope CI above 0, no collapse). Written to `tables/rl_summary.csv`.
 
 # %%
