@@ -156,8 +156,8 @@ def reward_histories(tok: Any, contexts: Sequence[pd.DataFrame], max_prompt_toke
     The policy sees the last ``rl.history_turns`` turns, cut to ``max_prompt_tokens``
     (a cost of generation); r_θ was trained on (s_t, a_t) with s_t the dialogue so far
     (``data.history_turns`` turns), and scores every response in that s_t. With only the
-    shown turns, its turn-level Spearman with the planted truth on the cpu corpus's held-out
-    AI turns halves (GELI 0.19 -> 0.09, GE: RRD 0.19 -> 0.09; README, "One reward").
+    shown turns, its turn-level Spearman with the planted truth over 600 real AI turns of the
+    cpu profile's rl split halves (GELI 0.19 -> 0.09, GE: RRD 0.19 -> 0.09; README, "One reward").
     """
     out: dict[str, str] = {}
     for frame in contexts:
