@@ -162,18 +162,19 @@ def test_one_reward_for_training_and_cross_scoring(world, tok):
     full = R.TextReward(trained, "GELI", normalise=False).raw(shown, responses).numpy()  # no history cut
     assert abs(full[1] - reported[1]) > 1e-4, "the history cut should matter for the long history"
 
-    # The policy is shown a 128-token prompt; r_θ scores in the dialogue state (reward_histories): the
-    # decoded prompt of PPO maps back to it, and 08 scores generations whose history is that state.
+    # The policy is shown a 128-token prompt; r_θ scores in the dialogue state (reward_histories): PPO's
+    # decoded prompt maps back to it, and 08 scores generations whose history is that state.
     contexts = pd.DataFrame({"history": histories, "reward_history": histories})
-    reward.histories = R.reward_histories(tok, [contexts], 128)
+    adapter = R.RewardAdapter(reward, tok, R.reward_histories(tok, contexts, 128))
     cut = [R.encode_prompt(tok, h, 128)[1] for h in histories]
     assert cut[1] != histories[1], "the long history should be cut for the policy"
     ids, mask = _trl_batch(tok, cut, responses)
-    in_training = R.RewardAdapter(reward, tok).backbone(input_ids=ids, attention_mask=mask).hidden_states[-1]
+    in_training = adapter.backbone(input_ids=ids, attention_mask=mask).hidden_states[-1]
     reported = cross_scores(gens.assign(history=histories), {"GELI": world["folder"]}, data)["reward: GELI"]
     np.testing.assert_allclose(in_training[:, -1, 0].numpy(), reported.to_numpy(), rtol=0, atol=1e-5)
+    ids, mask = _trl_batch(tok, ["User: a history no context has"], ["hi"])
     with pytest.raises(R.RLError, match="not one of the RL contexts'"):
-        reward.raw(["User: a history no context has"], ["hi"])
+        adapter.backbone(input_ids=ids, attention_mask=mask)
 
 
 def test_unusable_reward_functions_are_refused(world, tmp_path):

@@ -168,7 +168,7 @@ class PairScorer:
     RL training (:class:`geli_lib.alignment.rl.TextReward`), notebook 07's evaluation
     curves and notebook 08's cross-scores all call this. ``histories`` are in the
     policy's line format (``User: …`` / ``AI: …``, one per line: the dialogue before
-    the turn, :func:`geli_lib.alignment.rl.reward_histories`); they become r_θ's input
+    the turn, :func:`geli_lib.alignment.rl.scoring_histories`); they become r_θ's input
     by :func:`reward_history` with ``data`` (its ``history_turns`` / ``history_chars``
     cut), responses get r_θ's ``" AI: "`` prefix, both are embedded by r_θ's encoder
     (frozen MiniLM, or its own fine-tuned encoder; cut from the left at ``max_tokens``)

@@ -15,7 +15,7 @@ top to bottom:
    **left-truncated** at the token level: the oldest tokens go (the first line
    may then start mid-utterance), the template and the latest turns stay. The
    reward model does not see that cut: it scores the response in the dialogue
-   so far (``reward_history``, :func:`reward_histories`), the s_t of its training
+   so far (``reward_history``, :func:`scoring_histories`), the s_t of its training
    pairs; with only the policy's 2-turn history on cpu, its turn-level validity halves.
 3. **Reward** (:class:`TextReward`): r_θ keeps its own encoder and tokenizer
    (MiniLM, or its fine-tuned encoder). TRL 1.12's PPOTrainer wants a
@@ -81,6 +81,7 @@ from geli_lib.alignment.rl.prompt import (
     reward_histories,
     rl_contexts,
     sample_contexts,
+    scoring_histories,
     split_prompt_response,
     strip_role,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "chat_messages",
     "encode_prompt",
     "reward_histories",
+    "scoring_histories",
     "strip_role",
     "split_prompt_response",
     "RunningMoments",

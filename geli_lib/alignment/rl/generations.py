@@ -15,7 +15,7 @@ from geli_lib.alignment.generation_eval import GENERATION_COLUMNS, distinct_n
 from geli_lib.alignment.rl.cluster import adapt_on_cluster
 from geli_lib.alignment.rl.curve import curve_slope
 from geli_lib.alignment.rl.ppo import RunInfo, _quiet, curve_contexts, train_rl
-from geli_lib.alignment.rl.prompt import RLError, encode_prompt, rl_contexts, strip_role
+from geli_lib.alignment.rl.prompt import RLError, encode_prompt, rl_contexts, scoring_histories, strip_role
 from geli_lib.alignment.rl.reward import check_adapter
 from geli_lib.alignment.rl.runs import merge_rows
 from geli_lib.core.models import autocast, bf16_in_effect, load_policy, offline_env, smollm2_path
@@ -95,14 +95,14 @@ def generations(
     """
     base, tok = load_policy(device)
     prompts = [encode_prompt(tok, h, rl.max_prompt_tokens)[0] for h in contexts["history"]]
-    scored = contexts["reward_history"] if "reward_history" in contexts else contexts["history"]
     models: dict[str, list[str]] = {"ground truth": contexts["response"].astype(str).tolist()}
     with autocast(bf16_in_effect(rl.bf16, device), device):
         models["base"] = generate(base, tok, prompts, rl.gen_tokens, rl.gen_do_sample, seed)
         for name, folder in adapters.items():
             adapted = load_adapted(folder, device, rl)
             models[name] = generate(adapted, tok, prompts, rl.gen_tokens, rl.gen_do_sample, seed)
-    meta = contexts[["corpus", "context_id", "convo_id", "turn_idx"]].assign(seed=seed, history=scored.to_numpy())
+    states = scoring_histories(contexts).to_numpy()
+    meta = contexts[["corpus", "context_id", "convo_id", "turn_idx"]].assign(seed=seed, history=states)
     rows = [meta.assign(model=m, response=r) for m, r in models.items()]
     return pd.concat(rows, ignore_index=True)[list(GENERATION_COLUMNS)]
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from geli_lib.alignment.rl.curve import EVAL_COLUMNS, evaluate_policy
-from geli_lib.alignment.rl.prompt import RLError, chat_messages, encode_prompt, reward_histories
+from geli_lib.alignment.rl.prompt import RLError, chat_messages, encode_prompt, reward_histories, scoring_histories
 from geli_lib.alignment.rl.reward import (
     RewardAdapter,
     RunningMoments,
@@ -298,13 +298,13 @@ def _evaluator(
     """``evaluate(step) -> rows`` of :data:`EVAL_COLUMNS` on the fixed held-out contexts (None without any)."""
     if curve is None or curve.empty:
         return None
-    enc = [encode_prompt(tok, h, rl.max_prompt_tokens) for h in curve["history"]]
-    prompts, shown = [e[0] for e in enc], [e[1] for e in enc]
+    prompts = [encode_prompt(tok, h, rl.max_prompt_tokens)[0] for h in curve["history"]]
+    states = scoring_histories(curve).tolist()
 
     def evaluate(step: int) -> list[dict[str, Any]]:
         trainer = holder["trainer"]
         model = trainer.accelerator.unwrap_model(trainer.policy_model if rl.algorithm == "ppo" else trainer.model)
-        out = evaluate_policy(model, tok, prompts, shown, reward, rl.response_length, bf16=rl.bf16)
+        out = evaluate_policy(model, tok, prompts, states, reward, rl.response_length, bf16=rl.bf16)
         meta = {"reward_fn": name, "seed": seed, "corpus": corpus, "algorithm": rl.algorithm, "step": step}
         return [{**meta, "context_id": c, **row} for c, row in zip(curve["context_id"], out.to_dict("records"))]
 
@@ -410,7 +410,6 @@ def train_rl(
     random.seed(seed + start)
     policy, tok = load_policy(device)
     policy.generation_config.pad_token_id = tok.pad_token_id
-    reward.histories = reward_histories(tok, [train] if curve is None else [train, curve], rl.max_prompt_tokens)
     reward.step = start + 1
     curves: list[dict[str, Any]] = list(state["curves"]) if state else []
     evals: list[dict[str, Any]] = list(state.get("evals", [])) if state else []
@@ -461,7 +460,7 @@ def train_rl(
     # Re-seeded per start step: a resumed run draws fresh prompt batches instead of replaying the first ones.
     config = _ppo_config(rl, run, seed + start, rl.steps - start, kl_coef, device)
     value = _value_model(smollm2_path(), tok.pad_token_id, device, rl.train_value_backbone)
-    adapter_reward = RewardAdapter(reward, tok)
+    adapter_reward = RewardAdapter(reward, tok, reward_histories(tok, train, rl.max_prompt_tokens))
 
     def save(step: int, args: Any) -> None:
         trainer = holder["trainer"]
@@ -556,8 +555,10 @@ def _train_group(
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    histories = [encode_prompt(tok, h, rl.max_prompt_tokens)[1] for h in train["history"]]
-    dataset = Dataset.from_dict({"prompt": [chat_messages(h) for h in histories], "history": histories})
+    shown = [encode_prompt(tok, h, rl.max_prompt_tokens)[1] for h in train["history"]]
+    # the reward callable gets the dataset's "history" column: the dialogue state r_θ scores in
+    states = scoring_histories(train).tolist()
+    dataset = Dataset.from_dict({"prompt": [chat_messages(h) for h in shown], "history": states})
     Config, Trainer = (RLOOConfig, RLOOTrainer) if rl.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
     last = sorted((run / "trl").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     start = int(last[-1].name.split("-")[1]) if last else 0

@@ -137,9 +137,8 @@ class TextReward(nn.Module):
     gives the normalised score PPO optimises and updates the running moments.
     The mean and SD of each batch's raw scores accumulate in ``log`` until
     :meth:`pop_log`. ``step`` (set by the trainer's monitor) names the update
-    in errors. ``histories`` (set by :func:`train_rl`, :func:`reward_histories`) maps
-    each history shown to the policy to the dialogue state r_θ scores in; when set,
-    a history outside it is an error rather than a silently shorter s_t.
+    in errors. Histories are the dialogue state r_θ scores in (a context's
+    ``reward_history``), not the policy's shorter prompt.
     """
 
     def __init__(
@@ -160,18 +159,9 @@ class TextReward(nn.Module):
         self.step = 1
         self.log: list[torch.Tensor] = []
         self.words: list[int] = []
-        self.histories: dict[str, str] = {}
 
     def raw(self, histories: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         """r̂ (B,) float32 of each (history lines, response) pair; RLError on a non-finite score."""
-        if self.histories:
-            unknown = [h for h in histories if h not in self.histories]
-            if unknown:
-                raise RLError(
-                    f"update {self.step}: reward function {self.name!r} was given a history that is not one "
-                    f"of the RL contexts' (first: {unknown[0][-120:]!r})"
-                )
-            histories = [self.histories[h] for h in histories]
         out = torch.from_numpy(self.scorer(list(histories), list(responses))).float()
         bad = ~torch.isfinite(out)
         if bad.any():
@@ -219,11 +209,26 @@ class TextReward(nn.Module):
 
 
 class _ScoreBackbone(nn.Module):
-    """Decodes the policy's ids, scores them with r_θ, returns the score as ``hidden_states[-1]`` (B, L, 1)."""
+    """Decodes the policy's ids, scores them with r_θ, returns the score as ``hidden_states[-1]`` (B, L, 1).
 
-    def __init__(self, reward: TextReward, tok: Any):
+    The ids hold only the prompt the policy was shown; ``histories``
+    (:func:`reward_histories`) gives back the dialogue state r_θ scores in. When set, a
+    prompt outside it is an error rather than a silently shorter s_t.
+    """
+
+    def __init__(self, reward: TextReward, tok: Any, histories: dict[str, str] | None = None):
         super().__init__()
-        self.reward, self.tok = reward, tok
+        self.reward, self.tok, self.histories = reward, tok, histories or {}
+
+    def _state(self, shown: str) -> str:
+        if not self.histories:
+            return shown
+        if shown not in self.histories:
+            raise RLError(
+                f"update {self.reward.step}: reward function {self.reward.name!r} was given a prompt that is "
+                f"not one of the RL contexts' (its history ends: {shown[-120:]!r})"
+            )
+        return self.histories[shown]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> SimpleNamespace:
         texts = [
@@ -231,7 +236,7 @@ class _ScoreBackbone(nn.Module):
             for ids, m in zip(input_ids, attention_mask)
         ]
         pairs = [split_prompt_response(t, self.tok.eos_token) for t in texts]
-        score = self.reward([h for h, _ in pairs], [r for _, r in pairs]).to(input_ids.device)
+        score = self.reward([self._state(h) for h, _ in pairs], [r for _, r in pairs]).to(input_ids.device)
         hidden = score.view(-1, 1, 1).expand(input_ids.shape[0], input_ids.shape[1], 1)
         return SimpleNamespace(hidden_states=(hidden,))
 
@@ -246,7 +251,7 @@ class RewardAdapter(nn.Module):
 
     base_model_prefix = "backbone"
 
-    def __init__(self, reward: TextReward, tok: Any):
+    def __init__(self, reward: TextReward, tok: Any, histories: dict[str, str] | None = None):
         super().__init__()
-        self.backbone = _ScoreBackbone(reward, tok)
+        self.backbone = _ScoreBackbone(reward, tok, histories)
         self.score = nn.Identity()
