@@ -62,7 +62,7 @@ def main() -> None:
     t0 = time.perf_counter()
     corpus = data.load_corpus(params, progress=False)
     split = data.split_conversations(corpus.conversations, params.splits)
-    train, held_out = rl.rl_contexts(corpus, split, rlp, params.seed)
+    train, held_out, curve = rl.rl_contexts(corpus, split, rlp, params.seed)
     saved = experiments.saved_reward_functions(args.reward_profile or args.profile, params.corpus, params.seed)
     [(name, folder)] = rl.select_reward_functions(saved, [args.reward_fn], rlp).items()
     t_setup = time.perf_counter() - t0
@@ -81,7 +81,7 @@ def main() -> None:
             params.seed,
             device,
             out_dir=Path(tmp) / "run",
-            curve=rl.curve_contexts(held_out, rlp),
+            curve=curve,
             data=params.data,
         )
         t_run = time.perf_counter() - t0

@@ -43,10 +43,9 @@ def one_seed(params: StudyParams, reward_ids: list[str], seed: int, out_key: str
     key = f"{out_key}/seed_{seed}"
     corpus = data.load_corpus(params)
     split = data.split_conversations(corpus.conversations, params.splits)
-    train, held_out = rl.rl_contexts(corpus, split, params.rl, seed)
+    train, held_out, curve = rl.rl_contexts(corpus, split, params.rl, seed)
     saved = experiments.saved_reward_functions(profile, params.corpus, seed)
     chosen = rl.select_reward_functions(saved, reward_ids, params.rl)
-    curve = rl.curve_contexts(held_out, params.rl)
     runs = {
         name: rl.train_rl(
             name, folder, train, params.rl, profile, params.corpus, seed, params.device,

@@ -86,8 +86,11 @@ seed = params.seed if seed is None else int(seed)
 with timed(results, "07: contexts"):
     dialogues = data.load_corpus(params)
     split = data.split_conversations(dialogues.conversations, params.splits)
-    train, held_out = rl.rl_contexts(dialogues, split, params.rl, seed)
-print(f"{len(train)} RL contexts from the rl split; {len(held_out)} held-out contexts for generations")
+    train, held_out, curve = rl.rl_contexts(dialogues, split, params.rl, seed)
+print(
+    f"{len(train)} RL contexts from the rl split; {len(held_out)} held-out contexts for generations, "
+    f"{len(curve)} others of the same conversations for the curve"
+)
 
 # %% [markdown]
 # ## What the policy sees
@@ -112,7 +115,6 @@ print(tok.decode(ids))
 
 # %%
 chosen = rl.select_reward_functions(experiments.saved_reward_functions(profile, corpus, seed), reward_fn, params.rl)
-curve = rl.curve_contexts(held_out, params.rl)
 if params.compute.scheduler != "serial":
     with timed(results, f"07: {params.rl.algorithm} on the cluster"):
         rl.adapt_on_cluster(

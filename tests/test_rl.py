@@ -80,9 +80,16 @@ def test_contexts_lines_and_reward_format(world):
     assert (ctx["reward_history"].str.count("\n") > ctx["history"].str.count("\n")).any()
     # r_θ's input format is data.build_pairs': " User: …" / " AI: …" concatenated
     assert reward_history("User: hi\nAI: yo") == " User: hi AI: yo"
-    train, test = R.rl_contexts(world["corpus"], world["split"], world["params"].rl, seed=0)
+    rl = world["params"].rl
+    train, test, curve = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     assert set(train["convo_id"]).isdisjoint(test["convo_id"]), "held-out contexts leaked into RL training"
-    assert len(test) == world["params"].rl.eval_contexts
+    assert len(test) == rl.eval_contexts and 0 < len(curve) <= rl.curve_contexts
+    # the curve (which chooses the update kept) is of the held-out conversations, never of the tested contexts
+    assert set(curve["convo_id"]).isdisjoint(train["convo_id"])
+    assert set(curve["context_id"]).isdisjoint(test["context_id"])
+    everything = dataclasses.replace(rl, eval_contexts=10_000)
+    with pytest.raises(R.RLError, match="curve_contexts"):
+        R.rl_contexts(world["corpus"], world["split"], everything, seed=0)
 
 
 def test_long_context_is_left_truncated(tok):
@@ -361,7 +368,7 @@ def test_ppo_lora_loop_changes_adapter_writes_curves_and_resumes(world, tmp_path
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
     rl = _tiny_rl()
-    train, test = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
+    train, test, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     run = tmp_path / "run"
     kw = dict(profile="smoke", seed=0, out_dir=run)
     with pytest.raises(_Interrupt):
@@ -423,7 +430,7 @@ def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, bf16, world
         eval_conversations=2,
         train_contexts=4,
     )
-    train, held_out = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
+    train, held_out, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     reward = R.TextReward(R.load_trained_reward(world["folder"]), normalise=False)
     got = reward.reward_func(
         prompts=[R.chat_messages("User: hi")],
@@ -491,6 +498,7 @@ def test_rl_reward_rises_on_a_toy_reward(world, tmp_path, monkeypatch):
         history_turns=2,
         max_prompt_tokens=128,
         eval_conversations=2,
+        eval_contexts=8,
         train_contexts=16,
         curve_contexts=4,
         eval_every=3,
@@ -499,10 +507,8 @@ def test_rl_reward_rises_on_a_toy_reward(world, tmp_path, monkeypatch):
         kl_coef=0.05,
         adaptive_kl=False,
     )
-    train, test = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
-    info = R.train_rl(
-        "toy", folder, train, rl, "smoke", seed=0, out_dir=tmp_path / "run", curve=R.curve_contexts(test, rl)
-    )
+    train, _, curve = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
+    info = R.train_rl("toy", folder, train, rl, "smoke", seed=0, out_dir=tmp_path / "run", curve=curve)
     ev = info.evals.groupby("step")["reward"].mean()
     assert ev.index.tolist() == [0, 3, 6]
     assert ev.loc[6] > ev.loc[0] + 0.03, f"held-out reward did not rise: {ev.round(3).to_dict()}"
@@ -510,6 +516,13 @@ def test_rl_reward_rises_on_a_toy_reward(world, tmp_path, monkeypatch):
     assert info.evals.loc[info.evals["step"] == 0, "kl"].abs().max() < 1e-4  # LoRA B = 0: the reference itself
     saved = pd.read_csv(tmp_path / "results" / "smoke" / "tables" / "rl_eval_curves.csv")
     assert len(saved) == len(info.evals)
+    # the adapter kept is the one evaluated at the last update whose curve responses had not collapsed
+    assert info.kept_step == R.kept_step(info.evals)
+    evaluated = tmp_path / "run" / "evaluated" / f"step{info.kept_step}" / "adapter_model.safetensors"
+    assert evaluated.read_bytes() == (info.adapter / "adapter_model.safetensors").read_bytes()
+    assert R.train_rl("toy", folder, train, rl, "smoke", seed=0, out_dir=tmp_path / "run", curve=curve).kept_step == (
+        info.kept_step
+    )  # a finished run reused: the same update kept
 
 
 @pytest.mark.slow
@@ -530,7 +543,7 @@ def test_adaptations_on_a_loopback_cluster_give_the_serial_adapter(world, tmp_pa
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
     rl = _tiny_rl()
-    train, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
+    train, _, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     serial = R.train_rl("GELI", world["folder"], train, rl, "serial", seed=0)
     chosen = {"GELI": world["folder"]}
     with loopback_cluster(tmp_path / "logs", n_workers=1, timeout=300) as cluster:
@@ -584,6 +597,29 @@ def test_rl_summary_flags_a_collapsed_policy_and_counts_only_real_learning():
     assert out.loc["parrot", "top response share"] == pytest.approx(2 / 3) and out.loc["parrot", "collapsed"]
     assert not out.loc["loop", "learned"] and not out.loc["parrot", "learned"]
     assert "collapsed" not in R.rl_summary(stats, runs, "base").columns  # without generations: no claim
+    # a run that kept update 5: its slope and KL stop there (0.1 per update either way here; KL 2.0 at step 5)
+    early = R.RunInfo("varied", 0, None, curves, 2.0, 0, False, 0.0, evals.assign(kl=evals["step"] / 2.5), 5)
+    row = R.rl_summary(stats, {"varied": early}, "base", gens).iloc[0]
+    assert row["kept update"] == 5 and row["KL (nats)"] == pytest.approx(2.0) and row["learned"]
+    assert out.loc["varied", "kept update"] == 10  # kept_step None: the last update
+
+
+def test_kept_step_is_the_last_evaluation_before_collapse_or_after_recovery():
+    base = ["a b c", "d e f", "g h i", "j k l"]
+    stages = {
+        0: base,
+        5: ["a b x", "d e y", "g h z", "j k w"],  # moved, varied
+        10: ["sorry for that"] * 3 + ["j k l"],  # one sentence for 3 of 4: collapsed
+        15: ["a b c d", "e f g h", "sorry for that", "i j k l"],  # recovered
+        20: ["so so so so", "so so so so", "ok ok ok ok", "no no no no"],  # top share 1/2, distinct-2 low
+    }
+    evals = pd.DataFrame([(s, f"c{i}", r) for s, rs in stages.items() for i, r in enumerate(rs)],
+                         columns=["step", "context_id", "response"])  # fmt: skip
+    assert R.collapsed(stages[10], base) and R.collapsed(stages[20], base) and not R.collapsed(stages[15], base)
+    assert R.top_share(stages[10]) == 0.75
+    assert R.kept_step(evals) == 15
+    assert R.kept_step(evals[evals["step"] <= 10]) == 5
+    assert R.kept_step(evals[evals["step"].isin([0, 10])]) == 0  # collapsed at once: the base's own adapter
 
 
 def test_adaptive_kl_weight_by_hand_and_its_floor():

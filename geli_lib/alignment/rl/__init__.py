@@ -38,7 +38,15 @@ top to bottom:
    authors' TRL 0.x (Ziegler et al. 2019): β ← β·(1 + clip(KL/target − 1,
    ±0.2)·n/horizon) after every update. "gamma = 0.05" (App. F) is TRL's GAE
    discount (see :class:`geli_lib.core.params.RLParams`); it is used by the gpu profile.
-5. **Logging and checkpoints**: per update, the mean raw r̂, the KL (summed over
+5. **The update kept** (``rl.keep_uncollapsed``, :func:`kept_step`): every
+   evaluation's adapter is saved; the run keeps the last one whose greedy
+   responses to the curve contexts have not collapsed against the base's
+   (:func:`collapsed`: distinct-2 under half, or one response for over half the
+   contexts). Training runs all ``steps`` updates and the curves show them all;
+   only the adapter 08 generates with, and the summary's slope and KL, stop at
+   the kept update. The curve contexts are other contexts of the held-out
+   conversations than the ones 08 tests on, so the test never chose the update.
+6. **Logging and checkpoints**: per update, the mean raw r̂, the KL (summed over
    the response, nats) and more go to ``tables/ppo_curves.csv`` and to
    TensorBoard (``results/<results key>/tensorboard/<run>``). Every ``save_every``
    updates the adapter is saved (``adapter-step<N>``) with the resume state
@@ -47,7 +55,7 @@ top to bottom:
    unless its inputs change. TRL's PPOTrainer cannot resume by itself: the
    trainer is rebuilt for the remaining updates and the state loaded into it
    (its prompt order then differs: the data loader is re-seeded with seed + step).
-6. **RLOO / GRPO** (option ``algorithm``): the same prompts and the same r_θ as
+7. **RLOO / GRPO** (option ``algorithm``): the same prompts and the same r_θ as
    a plain reward callable (:meth:`TextReward.reward_func`), standardised by the
    same running moments before TRL subtracts β·KL (so β is in units of the
    score's SD for every reward function, as in PPO), the TRL trainers' own
@@ -59,9 +67,17 @@ rollouts over processes); see the README.
 """
 
 from geli_lib.alignment.rl.cluster import adapt_on_cluster
-from geli_lib.alignment.rl.curve import EVAL_COLUMNS, curve_slope, evaluate_policy
-from geli_lib.alignment.rl.generations import (
+from geli_lib.alignment.rl.curve import (
     COLLAPSE_DISTINCT2,
+    COLLAPSE_TOP_SHARE,
+    EVAL_COLUMNS,
+    collapsed,
+    curve_slope,
+    evaluate_policy,
+    kept_step,
+    top_share,
+)
+from geli_lib.alignment.rl.generations import (
     generate,
     generations,
     load_adapted,
@@ -70,7 +86,7 @@ from geli_lib.alignment.rl.generations import (
     select_reward_functions,
     write_generations,
 )
-from geli_lib.alignment.rl.ppo import CURVE_COLUMNS, LORA_TARGETS, RunInfo, curve_contexts, train_rl
+from geli_lib.alignment.rl.ppo import CURVE_COLUMNS, LORA_TARGETS, RunInfo, train_rl
 from geli_lib.alignment.rl.prompt import (
     ASSISTANT_HEADER,
     SYSTEM_PROMPT,
@@ -117,6 +133,10 @@ __all__ = [
     "EVAL_COLUMNS",
     "evaluate_policy",
     "curve_slope",
+    "collapsed",
+    "top_share",
+    "kept_step",
+    "COLLAPSE_TOP_SHARE",
     "run_dir",
     "tensorboard_dir",
     "run_key",
@@ -125,7 +145,6 @@ __all__ = [
     "LORA_TARGETS",
     "CURVE_COLUMNS",
     "RunInfo",
-    "curve_contexts",
     "train_rl",
     "adapt_on_cluster",
     "generate",

@@ -1,4 +1,4 @@
-"""The evaluation curve: r̂ and KL on held-out contexts during training, and its slope."""
+"""The evaluation curve: r̂ and KL on held-out contexts during training, its slope, and the update kept."""
 
 from __future__ import annotations
 
@@ -9,9 +9,35 @@ import numpy as np
 import pandas as pd
 import torch
 
+from geli_lib.alignment.generation_eval import distinct_n
 from geli_lib.alignment.rl.prompt import strip_role
 from geli_lib.alignment.rl.reward import TextReward
 from geli_lib.core.models import autocast
+
+# --------------------------------------------------------------------------- collapse
+
+#: An adapted model whose distinct-2 falls below this share of the base model's has collapsed onto a few phrases:
+#: its reward gain is not learning (issue: "a policy that gains reward by collapsing does not count").
+COLLAPSE_DISTINCT2 = 0.5
+#: ... or whose most frequent response is more than this share of its responses: one sentence whatever was said.
+#: distinct-2 alone missed it (cpu, seed 0: GELI gave one sentence to 51 of 64 contexts at distinct-2 0.18,
+#: above half the base's 0.34, because the other 13 responses were varied); the base's own share is 0.39.
+COLLAPSE_TOP_SHARE = 0.5
+
+
+def top_share(responses: Sequence[str]) -> float:
+    """The share of ``responses`` equal to the most frequent one (NaN when there are none)."""
+    return float(pd.Series(list(responses)).value_counts(normalize=True).iloc[0]) if len(responses) else math.nan
+
+
+def collapsed(responses: Sequence[str], base_responses: Sequence[str]) -> bool:
+    """Whether a model's responses have collapsed, against the base model's to the same contexts: distinct-2
+    below :data:`COLLAPSE_DISTINCT2` × the base's, or one response over :data:`COLLAPSE_TOP_SHARE` of them."""
+    return bool(
+        distinct_n(list(responses), 2) < COLLAPSE_DISTINCT2 * distinct_n(list(base_responses), 2)
+        or top_share(responses) > COLLAPSE_TOP_SHARE
+    )
+
 
 # --------------------------------------------------------------------------- the evaluation curve
 
@@ -108,3 +134,14 @@ def curve_slope(
     boots = per_context[rng.integers(0, len(per_context), size=(n_boot, len(per_context)))].mean(1)
     lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
     return slope, float(lo), float(hi)
+
+
+def kept_step(evals: pd.DataFrame) -> int:
+    """The update whose adapter a run keeps: the last evaluation step at which the policy's greedy responses to the
+    curve contexts have not :func:`collapsed` against its responses at the first step (the base's, before any
+    update). A reward function whose maximiser is one sentence pulls the policy there (08's modal probe); the
+    updates after it has collapsed buy reward by collapse, which does not count, so the run keeps the adapter from
+    before. ``evals``: rows of one run (``step``, ``response``)."""
+    by_step = {int(s): g["response"].astype(str).tolist() for s, g in evals.groupby("step")}
+    first = min(by_step)
+    return max(s for s, responses in by_step.items() if s == first or not collapsed(responses, by_step[first]))

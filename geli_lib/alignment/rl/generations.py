@@ -13,8 +13,8 @@ import torch
 
 from geli_lib.alignment.generation_eval import GENERATION_COLUMNS, distinct_n
 from geli_lib.alignment.rl.cluster import adapt_on_cluster
-from geli_lib.alignment.rl.curve import curve_slope
-from geli_lib.alignment.rl.ppo import RunInfo, _quiet, curve_contexts, train_rl
+from geli_lib.alignment.rl.curve import collapsed, curve_slope, top_share
+from geli_lib.alignment.rl.ppo import RunInfo, _quiet, train_rl
 from geli_lib.alignment.rl.prompt import RLError, encode_prompt, rl_contexts, scoring_histories, strip_role
 from geli_lib.alignment.rl.reward import check_adapter
 from geli_lib.alignment.rl.runs import merge_rows
@@ -117,15 +117,6 @@ def write_generations(profile: str, rows: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-#: An adapted model whose distinct-2 falls below this share of the base model's has collapsed onto a few phrases:
-#: its reward gain is not learning (issue: "a policy that gains reward by collapsing does not count").
-COLLAPSE_DISTINCT2 = 0.5
-#: ... or whose most frequent response is more than this share of its responses: one sentence whatever was said.
-#: distinct-2 alone missed it (cpu, seed 0: GELI gave one sentence to 51 of 64 contexts at distinct-2 0.18,
-#: above half the base's 0.34, because the other 13 responses were varied); the base's own share is 0.39.
-COLLAPSE_TOP_SHARE = 0.5
-
-
 def rl_summary(
     stats: pd.DataFrame, runs: dict[str, RunInfo], base: str = "base", gens: pd.DataFrame | None = None
 ) -> pd.DataFrame:
@@ -133,27 +124,29 @@ def rl_summary(
 
     ``stats``: :func:`geli_lib.alignment.generation_eval.cross_reward_stats` of the
     generations (models named by their reward function). Columns: reward
-    function, algorithm, updates, base / adapted mean and sd over contexts, the
+    function, algorithm, updates, the update whose adapter the run kept
+    (:func:`kept_step`), base / adapted mean and sd over contexts, the
     gain, its p and the test's name, n contexts, the KL weight the run started
     from (before the adaptive controller moved it), the KL to the reference at
-    the last evaluation (mean over the curve's contexts; nats per greedy response),
-    the slope of the evaluation curve (r̂ per update) with its 95% bootstrap CI
-    over contexts (:func:`curve_slope`), seconds per update. With ``gens`` (the
+    the kept update (mean over the curve's contexts; nats per greedy response),
+    the slope of the evaluation curve (r̂ per update) up to the kept update with its
+    95% bootstrap CI over contexts (:func:`curve_slope`), seconds per update. With ``gens`` (the
     generations the stats were scored on: ``model``, ``response``): distinct-2 of
     the base's and the adapted model's responses, the share of the adapted model's
-    responses equal to its most frequent one, ``collapsed`` when its distinct-2 is
-    below :data:`COLLAPSE_DISTINCT2` × the base's or that share is above
-    :data:`COLLAPSE_TOP_SHARE`, and ``learned``: p < 0.05, the slope's CI above 0
+    responses equal to its most frequent one, ``collapsed`` (:func:`collapsed`
+    against the base's responses), and ``learned``: p < 0.05, the slope's CI above 0
     and not collapsed.
     """
-    by_model = {} if gens is None else dict(list(gens.groupby("model")["response"]))
-    d2 = {m: distinct_n(r.tolist(), 2) for m, r in by_model.items()}
-    top = {m: float(r.value_counts(normalize=True).iloc[0]) for m, r in by_model.items() if len(r)}
+    by_model = (
+        {} if gens is None else {m: r.fillna("").astype(str).tolist() for m, r in gens.groupby("model")["response"]}
+    )
     rows = []
     for name, info in runs.items():
         own = stats[(stats["model"] == name) & (stats["reward_fn"] == name)]
         ref = stats[(stats["model"] == base) & (stats["reward_fn"] == name)]
-        ev = info.evals
+        last_update = int(info.curves["step"].max()) if len(info.curves) else 0
+        kept = last_update if info.kept_step is None else info.kept_step
+        ev = info.evals[info.evals["step"] <= kept] if not info.evals.empty else info.evals
         slope, lo, hi = curve_slope(ev) if not ev.empty else (math.nan,) * 3
         last = ev[ev["step"] == ev["step"].max()] if not ev.empty else ev
         o = own.iloc[0] if len(own) else None
@@ -162,7 +155,8 @@ def rl_summary(
             {
                 "reward function": name,
                 "algorithm": str(info.curves["algorithm"].iloc[0]) if len(info.curves) else "",
-                "updates": int(info.curves["step"].max()) if len(info.curves) else 0,
+                "updates": last_update,
+                "kept update": kept,
                 "base r̂": b["mean"] if b is not None else math.nan,
                 "base sd": b["sd_contexts"] if b is not None else math.nan,
                 "adapted r̂": o["mean"] if o is not None else math.nan,
@@ -181,12 +175,10 @@ def rl_summary(
         )
         if gens is not None:
             row = rows[-1]
-            row["distinct-2 base"], row["distinct-2 adapted"] = d2.get(base, math.nan), d2.get(name, math.nan)
-            row["top response share"] = top.get(name, math.nan)
-            row["collapsed"] = bool(
-                row["distinct-2 adapted"] < COLLAPSE_DISTINCT2 * row["distinct-2 base"]
-                or row["top response share"] > COLLAPSE_TOP_SHARE
-            )
+            mine, theirs = by_model.get(name, []), by_model.get(base, [])
+            row["distinct-2 base"], row["distinct-2 adapted"] = distinct_n(theirs, 2), distinct_n(mine, 2)
+            row["top response share"] = top_share(mine)
+            row["collapsed"] = collapsed(mine, theirs)
             row["learned"] = bool(row["p"] < 0.05 and lo > 0 and not row["collapsed"])
     return pd.DataFrame(rows)
 
@@ -245,12 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     seed = params.seed if args.seed is None else args.seed
     dialogues = data.load_corpus(params)
     split = data.split_conversations(dialogues.conversations, params.splits)
-    train, held_out = rl_contexts(dialogues, split, params.rl, seed)
+    train, held_out, curve = rl_contexts(dialogues, split, params.rl, seed)
     wanted = "all" if args.reward_fn == ["all"] else args.reward_fn
     chosen = select_reward_functions(
         experiments.saved_reward_functions(args.profile, params.corpus, seed), wanted, params.rl
     )
-    curve = curve_contexts(held_out, params.rl)
     if params.compute.scheduler != "serial" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RLError(
             "compute.scheduler (--scheduler) and accelerate launch exclude each other: "

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from geli_lib.alignment.rl.curve import EVAL_COLUMNS, evaluate_policy
+from geli_lib.alignment.rl.curve import EVAL_COLUMNS, evaluate_policy, kept_step
 from geli_lib.alignment.rl.prompt import RLError, chat_messages, encode_prompt, reward_histories, scoring_histories
 from geli_lib.alignment.rl.reward import (
     RewardAdapter,
@@ -144,6 +144,12 @@ class RunInfo:
     peak_rss_gb: float
     evals: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=list(EVAL_COLUMNS)))
     """Rows of :data:`EVAL_COLUMNS`: the policy on the fixed held-out contexts (empty without ``curve``)."""
+    kept_step: int | None = None
+    """The update whose adapter ``adapter`` holds (:func:`kept_step` with ``rl.keep_uncollapsed``; None: the last)."""
+
+
+#: The run folder's subfolder of the adapters evaluated on the curve, one per evaluation step.
+EVAL_ADAPTERS = "evaluated"
 
 
 def _peak_rss_gb() -> float:
@@ -294,8 +300,10 @@ def _evaluator(
     name: str,
     seed: int,
     corpus: str,
+    run: Path,
 ) -> Any:
-    """``evaluate(step) -> rows`` of :data:`EVAL_COLUMNS` on the fixed held-out contexts (None without any)."""
+    """``evaluate(step) -> rows`` of :data:`EVAL_COLUMNS` on the fixed held-out contexts (None without any); the
+    adapter evaluated is saved as ``run/<EVAL_ADAPTERS>/step<N>``, so that the run can keep it (:func:`kept_step`)."""
     if curve is None or curve.empty:
         return None
     prompts = [encode_prompt(tok, h, rl.max_prompt_tokens)[0] for h in curve["history"]]
@@ -305,6 +313,7 @@ def _evaluator(
         trainer = holder["trainer"]
         model = trainer.accelerator.unwrap_model(trainer.policy_model if rl.algorithm == "ppo" else trainer.model)
         out = evaluate_policy(model, tok, prompts, states, reward, rl.response_length, bf16=rl.bf16)
+        model.save_pretrained(run / EVAL_ADAPTERS / f"step{step}")
         meta = {"reward_fn": name, "seed": seed, "corpus": corpus, "algorithm": rl.algorithm, "step": step}
         return [{**meta, "context_id": c, **row} for c, row in zip(curve["context_id"], out.to_dict("records"))]
 
@@ -318,11 +327,6 @@ def _score_norm_option(rl: RLParams) -> dict[str, Any]:
     if rl.algorithm == "rloo":
         return {"normalize_advantages": rl.score_norm}
     return {"scale_rewards": "group" if rl.score_norm else "none"}
-
-
-def curve_contexts(held_out: pd.DataFrame, rl: RLParams) -> pd.DataFrame:
-    """The fixed held-out contexts of the evaluation curve: the first ``rl.curve_contexts`` of ``held_out``."""
-    return held_out.head(rl.curve_contexts).reset_index(drop=True)
 
 
 @_quiet()
@@ -387,7 +391,10 @@ def train_rl(
         check_adapter(run / "adapter", rl, smollm2_path())
         curves, evals = pd.DataFrame(done["curves"]), pd.DataFrame(done.get("evals", []))
         write_tables(curves, evals)
-        return RunInfo(name, seed, run / "adapter", curves, done["seconds_per_step"], 0, True, _peak_rss_gb(), evals)
+        return RunInfo(
+            name, seed, run / "adapter", curves, done["seconds_per_step"], 0, True, _peak_rss_gb(), evals,
+            done.get("kept_step"),
+        )  # fmt: skip
     key_path = run / "key.json"
     if run.exists() and (not key_path.exists() or json.loads(key_path.read_text()).get("key") != key):
         shutil.rmtree(run)  # outputs of other inputs: start clean
@@ -415,17 +422,24 @@ def train_rl(
     evals: list[dict[str, Any]] = list(state.get("evals", [])) if state else []
     tb_dir = tensorboard_dir(results_key or profile, rl.algorithm, name, seed) if write_results else run / "tensorboard"
     holder: dict[str, Any] = {}
-    evaluate = _evaluator(holder, tok, curve, reward, rl, name, seed, corpus)
+    evaluate = _evaluator(holder, tok, curve, reward, rl, name, seed, corpus, run)
 
     def finish(trainer: Any, model: Any, t_train: float, first: int) -> RunInfo:
         seconds = t_train / max(rl.steps - first, 1)
         frame, ev = pd.DataFrame(curves), pd.DataFrame(evals, columns=list(EVAL_COLUMNS))
+        kept = kept_step(ev) if rl.keep_uncollapsed and not ev.empty else rl.steps
         if trainer.accelerator.is_main_process:  # under `accelerate launch`, one writer
-            model.save_pretrained(run / "adapter")
+            shutil.rmtree(run / "adapter", ignore_errors=True)
+            if kept < rl.steps:
+                shutil.copytree(run / EVAL_ADAPTERS / f"step{kept}", run / "adapter")
+                print(f"{name} (seed {seed}): collapsed after update {kept}; its adapter is kept", flush=True)
+            else:
+                model.save_pretrained(run / "adapter")
             write_tables(frame, ev)
-            write_json(done_path, {"key": key, "curves": curves, "evals": evals, "seconds_per_step": seconds})
+            done = {"key": key, "curves": curves, "evals": evals, "seconds_per_step": seconds, "kept_step": kept}
+            write_json(done_path, done)
             shutil.rmtree(state_dir, ignore_errors=True)  # only for resuming (a trained value backbone: ~1.6 GB)
-        return RunInfo(name, seed, run / "adapter", frame, seconds, first, False, _peak_rss_gb(), ev)
+        return RunInfo(name, seed, run / "adapter", frame, seconds, first, False, _peak_rss_gb(), ev, kept)
 
     if rl.algorithm != "ppo":
         return _train_group(

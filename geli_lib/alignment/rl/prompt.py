@@ -78,12 +78,17 @@ def dialogue_contexts(corpus: Any, convo_ids: Sequence[str] | None = None, histo
     return pd.DataFrame(rows, columns=list(CONTEXT_COLUMNS))
 
 
-def rl_contexts(corpus: Any, split: pd.Series, rl: RLParams, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, held_out) contexts of the ``rl`` split: ``eval_conversations`` conversations are held out.
+def rl_contexts(
+    corpus: Any, split: pd.Series, rl: RLParams, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, held_out, curve) contexts of the ``rl`` split: ``eval_conversations`` conversations are held out.
 
-    The held-out side keeps ``eval_contexts`` contexts (seeded choice); the train
-    side keeps ``train_contexts`` (0 = all). Raises :class:`RLError` when the split
-    has too few conversations.
+    The held-out side keeps ``eval_contexts`` contexts (seeded choice): the paired test of adapted vs base runs
+    on them. ``curve``: ``curve_contexts`` other contexts of the same held-out conversations, the fixed contexts
+    the evaluation curve scores during training; disjoint from ``held_out``, because the curve also chooses the
+    update a run keeps (:func:`geli_lib.alignment.rl.curve.kept_step`), so the test's contexts never chose it.
+    The train side keeps ``train_contexts`` (0 = all). Raises :class:`RLError` when the split has too few
+    conversations, or the held-out conversations too few contexts for both.
     """
     ids = sorted(split[split == "rl"].index.astype(str))
     if len(ids) < rl.eval_conversations + 1:
@@ -94,10 +99,18 @@ def rl_contexts(corpus: Any, split: pd.Series, rl: RLParams, seed: int) -> tuple
     rng = np.random.default_rng(seed)
     held = set(rng.choice(ids, rl.eval_conversations, replace=False).tolist())
     train = dialogue_contexts(corpus, [c for c in ids if c not in held], rl.history_turns)
-    test = dialogue_contexts(corpus, sorted(held), rl.history_turns)
+    held_contexts = dialogue_contexts(corpus, sorted(held), rl.history_turns)
     if rl.train_contexts and len(train) > rl.train_contexts:
         train = train.sample(rl.train_contexts, random_state=seed).sort_index()
-    return train.reset_index(drop=True), sample_contexts(test, rl.eval_contexts, seed)
+    test = sample_contexts(held_contexts, rl.eval_contexts, seed)
+    rest = held_contexts[~held_contexts["context_id"].isin(test["context_id"])]
+    if rl.curve_contexts and rest.empty:
+        raise RLError(
+            f"the {rl.eval_conversations} held-out conversations have {len(held_contexts)} contexts, all taken by "
+            f"eval_contexts ({rl.eval_contexts}); the curve needs curve_contexts ({rl.curve_contexts}) others "
+            "(raise eval_conversations or lower eval_contexts)"
+        )
+    return train.reset_index(drop=True), test, sample_contexts(rest, rl.curve_contexts, seed)
 
 
 def sample_contexts(contexts: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

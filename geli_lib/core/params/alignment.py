@@ -91,10 +91,14 @@ class RLParams:
     eval_contexts: int = 8
     """Held-out contexts per corpus in generations.csv: the paired test of adapted vs base runs over them."""
     curve_contexts: int = 8
-    """Fixed held-out contexts (the first of the held-out set) the evaluation curve scores, greedy, every
-    ``eval_every`` updates."""
+    """Fixed contexts of the held-out conversations, other than the ``eval_contexts``, that the evaluation curve
+    scores, greedy, every ``eval_every`` updates."""
     eval_every: int = 10
     """Updates between two points of the evaluation curve (plus one before the first update)."""
+    keep_uncollapsed: bool = True
+    """Keep the adapter of the last evaluation at which the curve's responses had not collapsed (distinct-2 under
+    half the base's, or one response for over half the contexts), not the last update's: reward bought by
+    collapse does not count, and a learned reward's maximiser can be one sentence. False: the last update's."""
     gen_tokens: int = 64
     """Most new tokens of a generation in generations.csv."""
     gen_do_sample: bool = False
