@@ -345,7 +345,9 @@ def consistency_bars(table: pd.DataFrame, paper: tuple[float, float] = (89.10, 5
     return fig
 
 
-def rl_eval_curves(evals: pd.DataFrame, curves: pd.DataFrame | None = None) -> plt.Figure:
+def rl_eval_curves(
+    evals: pd.DataFrame, curves: pd.DataFrame | None = None, kept: dict[str, int] | None = None
+) -> plt.Figure:
     """GELI Figs. 7-10, measured: reward and KL of the policy on fixed held-out contexts per update.
 
     One column per reward function. Top: mean r̂ of the greedy responses to the
@@ -353,6 +355,8 @@ def rl_eval_curves(evals: pd.DataFrame, curves: pd.DataFrame | None = None) -> p
     contexts, and (thin, grey) the batch means of the sampled training responses
     (``tables/ppo_curves.csv``). Bottom: the mean KL to the reference (nats per
     response). Titles name the algorithm; several seeds are separate lines.
+    ``kept``: reward function -> the update whose adapter the run kept (a dotted
+    line, drawn when it is not the last: the curve's responses collapsed after it).
     """
     source = evals if len(evals) else (curves if curves is not None else evals)
     names = list(dict.fromkeys(source["reward_fn"]))
@@ -375,6 +379,12 @@ def rl_eval_curves(evals: pd.DataFrame, curves: pd.DataFrame | None = None) -> p
                 axes[0, j].plot(g["step"], g["reward_mean"], lw=0.8, color="0.6", label=f"train batches, seed {seed}")
                 if ev.empty:
                     axes[1, j].plot(g["step"], g["kl"], marker="o", ms=3, color="tab:red")
+        last = source.loc[source["reward_fn"] == name, "step"].max()
+        if kept and name in kept and kept[name] < last:
+            for ax in axes[:, j]:
+                ax.axvline(kept[name], color="0.3", ls=":", lw=1.2)
+            axes[0, j].annotate(f"kept: update {kept[name]}", (kept[name], 0.02), xycoords=("data", "axes fraction"),
+                                fontsize=7, ha="right", rotation=90)  # fmt: skip
         axes[0, j].set_title(f"{name} ({alg.upper()})" if alg else name, fontsize=10)
         axes[1, j].set_xlabel("update")
     axes[0, 0].set_ylabel("mean reward r̂")

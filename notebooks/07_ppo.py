@@ -160,11 +160,20 @@ print(
 # each batch draws other contexts). Bottom: the KL between policy and reference on the held-out
 # responses (nats per response). A curve that rises with a KL that stays bounded is the paper's
 # picture of a reward the policy can climb without drifting far from the base model.
+#
+# A learned reward can be maximised by one sentence whatever was said (08's collapse control), and a
+# policy that finds it gains reward by collapse, which does not count. So each run keeps the adapter
+# of the last evaluation whose greedy responses to the curve's contexts have not collapsed (distinct-2
+# under half the base's, or one response for over half the contexts; `rl.keep_uncollapsed`): a
+# dotted line marks it where it is not the last update. The curve's contexts are other turns of the
+# held-out conversations than the ones tested below, so the test never chose the update.
 
 # %%
 curves = pd.concat([r.curves for r in runs.values()], ignore_index=True)
 evals = pd.concat([r.evals for r in runs.values()], ignore_index=True)
-fig = figures.rl_eval_curves(evals, curves)
+kept = {n: r.kept_step for n, r in runs.items()}
+print("update kept:", ", ".join(f"{n} {k} of {params.rl.steps}" for n, k in kept.items()))
+fig = figures.rl_eval_curves(evals, curves, kept)
 figures.save_figure(fig, results, "07_ppo_curves")
 
 # %% [markdown]
@@ -199,8 +208,8 @@ display(rows[rows["context_id"] == first][["model", "response"]].set_index("mode
 # On the held-out contexts of the simulated corpus: each adapted model's greedy responses and the
 # base model's, scored by the reward function the model was adapted to (the same scoring as in
 # training). `p` is the paired test over contexts named in `test`; `KL` is the KL to the
-# reference at the last evaluation; the slope is that of the evaluation curve above, with its 95%
-# bootstrap CI over contexts. A gain bought by collapsing onto a few phrases is not learning:
+# reference at the kept update; the slope is that of the evaluation curve above up to the kept
+# update, with its 95% bootstrap CI over contexts. A gain bought by collapsing onto a few phrases is not learning:
 # `collapsed` marks a model whose distinct-2 falls below half the base model's or that gives one
 # sentence to more than half of the contexts (`top response share`), and `learned` asks
 # for all three (p < 0.05, a slope CI above 0, no collapse). Written to `tables/rl_summary.csv`.

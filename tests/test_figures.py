@@ -1,0 +1,35 @@
+"""Figures: what a reader is meant to see is drawn."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd  # noqa: E402
+
+from geli_lib import figures  # noqa: E402
+
+
+def _evals() -> pd.DataFrame:
+    rows = [
+        (name, 0, "simulated", "rloo", step, f"c{c}", 1.0 + 0.1 * step + 0.01 * c, 0.2 * step, 5, "a b c")
+        for name in ("GELI", "LS")
+        for step in (0, 5, 10)
+        for c in range(3)
+    ]
+    cols = ["reward_fn", "seed", "corpus", "algorithm", "step", "context_id", "reward", "kl", "words", "response"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _vertical_lines(ax) -> list[float]:  # noqa: ANN001
+    return [float(line.get_xdata()[0]) for line in ax.lines if len(set(line.get_xdata())) == 1]
+
+
+def test_rl_eval_curves_marks_the_kept_update_only_where_it_is_not_the_last():
+    fig = figures.rl_eval_curves(_evals(), kept={"GELI": 5, "LS": 10})
+    geli_top, ls_top = fig.axes[0], fig.axes[1]
+    assert _vertical_lines(geli_top) == [5.0] and _vertical_lines(fig.axes[2]) == [5.0]  # reward and KL panels
+    assert _vertical_lines(ls_top) == []  # kept its last update: nothing to mark
+    assert "RLOO" in geli_top.get_title()
+    assert _vertical_lines(figures.rl_eval_curves(_evals()).axes[0]) == []
