@@ -33,7 +33,15 @@ from geli_lib.corpus import data  # noqa: E402
 from geli_lib.reward import experiments  # noqa: E402
 
 COLUMNS = ["seed", "reward function", "gain", "p", "slope (r̂/update)", "slope 95% CI low", "slope 95% CI high"]
-COLUMNS += ["KL weight (start)", "KL (nats)", "distinct-2 adapted", "top response share", "collapsed", "learned"]
+COLUMNS += [
+    "kept update",
+    "KL weight (start)",
+    "KL (nats)",
+    "distinct-2 adapted",
+    "top response share",
+    "collapsed",
+    "learned",
+]
 COLUMNS += ["s / update"]
 
 
