@@ -324,6 +324,12 @@ def test_smoke_chain_writes_curves_generations_and_auto_eval(smoke_study):
     assert {"base", "ground truth"} <= set(gens["model"]) and len(set(gens["model"])) >= 3
     auto = pd.read_csv(tables / "auto_eval.csv")
     assert set(auto["model"]) == set(gens["model"])
+    # issue 12, item 4: the plumbing check checks something: an adapted response differs from the base's
+    wide = gens.pivot_table(index="context_id", columns="model", values="response", aggfunc="first")
+    adapted = [m for m in wide.columns if m not in ("base", "ground truth")]
+    assert (wide[adapted].ne(wide["base"], axis=0)).any().any(), "every adapted response equals the base's"
+    summary = pd.read_csv(tables / "rl_summary.csv")
+    assert (summary["kept update"] >= 1).all() and (summary["kept update"] <= summary["updates"]).all()
 
 
 @pytest.mark.slow
