@@ -22,6 +22,7 @@ import torch
 from geli_lib.alignment import rl as R
 from geli_lib.alignment.generation_eval import GENERATION_COLUMNS, reward_history
 from geli_lib.alignment.rl import prompt as rl_prompt
+from geli_lib.core.models import bf16_in_effect
 from geli_lib.core.params import ParamError, RewardParams, RLParams, field_docs, load_params, to_dict
 from geli_lib.reward import reward_model as rm
 from geli_lib.reward.reward_model import encoder as rm_encoder
@@ -483,7 +484,7 @@ def _toy_reward(folder, target: str):
     return trained.save(folder)
 
 
-def test_rl_reward_rises_on_a_toy_reward(world, tmp_path, monkeypatch):
+def test_rl_reward_rises_on_a_toy_reward(world, tok, tmp_path, monkeypatch):
     """A real short PPO run (the papers' algorithm and the cpu profile's): reward on fixed held-out contexts goes up."""
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
@@ -516,10 +517,18 @@ def test_rl_reward_rises_on_a_toy_reward(world, tmp_path, monkeypatch):
     assert info.evals.loc[info.evals["step"] == 0, "kl"].abs().max() < 1e-4  # LoRA B = 0: the reference itself
     saved = pd.read_csv(tmp_path / "results" / "smoke" / "tables" / "rl_eval_curves.csv")
     assert len(saved) == len(info.evals)
-    # the adapter kept is the one evaluated at the last update whose curve responses had not collapsed
+    # the adapter kept is the one evaluated at the last update whose curve responses had not collapsed: it gives
+    # that evaluation's greedy responses again
     assert info.kept_step == R.kept_step(info.evals)
-    evaluated = tmp_path / "run" / "evaluated" / f"step{info.kept_step}" / "adapter_model.safetensors"
-    assert evaluated.read_bytes() == (info.adapter / "adapter_model.safetensors").read_bytes()
+    prompts = [R.encode_prompt(tok, h, rl.max_prompt_tokens)[0] for h in curve["history"]]
+    reward = R.TextReward(R.load_trained_reward(folder), normalise=False)
+    again = R.evaluate_policy(
+        R.load_adapted(info.adapter, rl=rl), tok, prompts, R.scoring_histories(curve).tolist(), reward,
+        rl.response_length, bf16=bf16_in_effect(rl.bf16, "cpu"),
+    )  # fmt: skip
+    kept = info.evals[info.evals["step"] == info.kept_step]
+    assert again["response"].tolist() == kept["response"].tolist()
+    assert not (tmp_path / "run" / "evaluated").exists()  # the other evaluated adapters are gone once chosen
     assert R.train_rl("toy", folder, train, rl, "smoke", seed=0, out_dir=tmp_path / "run", curve=curve).kept_step == (
         info.kept_step
     )  # a finished run reused: the same update kept

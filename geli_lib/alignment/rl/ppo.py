@@ -432,9 +432,10 @@ def train_rl(
             shutil.rmtree(run / "adapter", ignore_errors=True)
             if kept < rl.steps:
                 shutil.copytree(run / EVAL_ADAPTERS / f"step{kept}", run / "adapter")
-                print(f"{name} (seed {seed}): collapsed after update {kept}; its adapter is kept", flush=True)
+                print(f"{name} (seed {seed}): the curve's responses collapsed after update {kept}; kept", flush=True)
             else:
                 model.save_pretrained(run / "adapter")
+            shutil.rmtree(run / EVAL_ADAPTERS, ignore_errors=True)  # only for choosing (cpu: ~29 MB each)
             write_tables(frame, ev)
             done = {"key": key, "curves": curves, "evals": evals, "seconds_per_step": seconds, "kept_step": kept}
             write_json(done_path, done)
