@@ -371,3 +371,11 @@ def test_compute_section_loads_and_makes_no_run_ad_hoc(tmp_path: Path, monkeypat
     monkeypatch.setenv("GELI_WORKERS", "0")
     with pytest.raises(ParamError, match=r"override compute.workers: must be >= 1.*\$GELI_SCHEDULER / \$GELI_WORKERS"):
         load_params("smoke")
+
+
+def test_a_float_in_exponent_notation_without_a_dot_is_a_number():
+    """YAML 1.1 reads ``1e-3`` as a string; a learning rate is written that way more often than not."""
+    assert load_params("smoke", rl={"lr": "1e-3"}).rl.lr == 1e-3
+    assert load_params("smoke", rl={"kl_coef": "2E+1"}).rl.kl_coef == 20.0
+    with pytest.raises(ParamError, match="expected a number, got '1e-3x'"):
+        load_params("smoke", rl={"lr": "1e-3x"})

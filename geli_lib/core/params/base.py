@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import inspect
 import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,8 @@ ADHOC_DIR = "adhoc"
 RUNNER_PARAMETERS = ("profile", "corpus", "data_path")
 #: Largest integer any parameter takes (a larger one is a typo, not a setting).
 MAX_INT = 2**31 - 1
+#: A number in exponent notation without a dot (``1e-3``), which YAML 1.1 reads as a string.
+_EXPONENT = re.compile(r"[+-]?\d+[eE][+-]?\d+")
 
 
 class ParamError(ValueError):
@@ -83,6 +86,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise _FieldError(where, f"expected an integer of at most {MAX_INT}, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; learning rates are written so
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _FieldError(where, f"expected a number, got {value!r}")
         if not math.isfinite(value):  # YAML reads .inf and .nan as numbers
