@@ -10,7 +10,7 @@ the score is divided by the total SD, so the KL weight β weighs ``β / ratio`` 
 can move.
 
 Run: ``python benchmarks/response_spread.py [--profile cpu] [--seed 0] [--contexts 48] [--group 4]``
-(2 cores of a Xeon with AMX, cpu profile: ~75 s).
+(2 cores of an AMD EPYC, cpu profile: ~30 s).
 """
 
 from __future__ import annotations
