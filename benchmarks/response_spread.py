@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from geli_lib.alignment import rl  # noqa: E402
-from geli_lib.alignment.rl.prompt import encode_prompt, scoring_histories, strip_role  # noqa: E402
+from geli_lib.alignment.rl.prompt import encode_prompt, scoring_histories  # noqa: E402
 from geli_lib.alignment.rl.reward import TextReward, load_trained_reward  # noqa: E402
 from geli_lib.core import load_params  # noqa: E402
 from geli_lib.core.models import load_policy  # noqa: E402
@@ -47,25 +47,10 @@ def main() -> None:
     model, tok = load_policy(params.device, torch.bfloat16 if params.rl.bf16 else None)
     tok.padding_side = "left"
     prompts = [encode_prompt(tok, h, params.rl.max_prompt_tokens)[0] for h in contexts["history"]]
-    torch.manual_seed(args.seed)
-    responses: list[str] = []
-    with torch.no_grad():
-        for i in range(0, len(prompts), 16):
-            batch = tok.pad({"input_ids": [list(p) for p in prompts[i : i + 16]]}, return_tensors="pt")
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            seq = model.generate(
-                **batch,
-                max_new_tokens=params.rl.response_length,
-                do_sample=True,
-                temperature=params.rl.temperature,
-                top_k=0,
-                top_p=1.0,
-                num_return_sequences=args.group,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-            )
-            texts = tok.batch_decode(seq[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-            responses += [strip_role(t) for t in texts]
+    repeated = [p for p in prompts for _ in range(args.group)]  # a context's group is consecutive
+    responses = rl.generate(
+        model, tok, repeated, params.rl.response_length, True, args.seed, temperature=params.rl.temperature
+    )
     states = np.repeat(scoring_histories(contexts).to_numpy(), args.group).tolist()
     saved = experiments.saved_reward_functions(params.profile, params.corpus, args.seed)
     chosen = rl.select_reward_functions(saved, params.rl.reward_fns, params.rl)

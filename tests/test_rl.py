@@ -648,3 +648,18 @@ def test_adaptive_kl_weight_by_hand_and_its_floor():
     assert next_kl_coef(0.2, 0.0, dataclasses.replace(fast, kl_coef_min=0.0)) == pytest.approx(0.16)
     with pytest.raises(ParamError, match=r"rl\.kl_coef_min: must be >= 0, got -1"):
         load_params("smoke", rl={"kl_coef_min": -1})
+
+
+def test_generate_samples_at_the_temperature_it_is_given():
+    """``generate(do_sample=True, temperature=t)`` samples at t (the RL rollouts' 0.7, response_spread.py), seeded."""
+    from geli_lib.core.models import load_policy
+
+    model, tok = load_policy()
+    tok.padding_side = "left"
+    histories = ["User: I just got back from a trip to Spain.", "User: My dog has been ill all week."]
+    prompts = [R.encode_prompt(tok, h, 128)[0] for h in histories]
+    greedy = R.generate(model, tok, prompts, 10)
+    cold = R.generate(model, tok, prompts, 10, do_sample=True, seed=3, temperature=0.01)
+    assert cold == greedy  # near-zero temperature: the argmax token, whatever the seed
+    hot = [R.generate(model, tok, prompts, 10, do_sample=True, seed=s, temperature=2.0) for s in (3, 3, 4)]
+    assert hot[0] == hot[1] and hot[0] != hot[2] and hot[0] != greedy  # seeded, and it does sample

@@ -36,8 +36,11 @@ def generate(
     do_sample: bool = False,
     seed: int = 0,
     batch_size: int = 32,
+    temperature: float = 1.0,
 ) -> list[str]:
     """Responses of ``model`` to token-id prompts (left-padded batches), decoded without special tokens.
+
+    ``do_sample``: pure sampling (no top-k / top-p cut) at ``temperature``, seeded by ``seed``; greedy otherwise.
 
     Batches of 32, not 8: a decode step's fixed cost (PEFT's LoRA hooks, generate's own) dominates on CPU;
     64 held-out contexts of the cpu profile, 12 tokens: 17.4 -> 8.7 s per adapted model, 7.2 -> 4.5 s for the base.
@@ -49,7 +52,7 @@ def generate(
         batch = tok.pad({"input_ids": [list(p) for p in prompts[i : i + batch_size]]}, return_tensors="pt")
         batch = {k: v.to(model.device) for k, v in batch.items()}
         kw = (
-            {"do_sample": True, "top_k": 0, "top_p": 1.0}
+            {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": temperature}
             if do_sample
             else {"do_sample": False, "top_k": None, "top_p": None, "temperature": None}
         )
