@@ -514,7 +514,7 @@ def test_rl_reward_rises_on_a_toy_reward(world, tok, tmp_path, monkeypatch):
     assert ev.index.tolist() == [0, 3, 6]
     assert ev.loc[6] > ev.loc[0] + 0.03, f"held-out reward did not rise: {ev.round(3).to_dict()}"
     assert (info.curves["algorithm"] == rl.algorithm).all() and np.isfinite(info.curves["kl"]).all()
-    assert info.evals.loc[info.evals["step"] == 0, "kl"].abs().max() < 1e-4  # LoRA B = 0: the reference itself
+    assert (info.evals.loc[info.evals["step"] == 0, "kl"] == 0).all()  # LoRA B = 0: the reference itself
     saved = pd.read_csv(tmp_path / "results" / "smoke" / "tables" / "rl_eval_curves.csv")
     assert len(saved) == len(info.evals)
     # the adapter kept is the one evaluated at the last update whose curve responses had not collapsed: it gives
@@ -663,3 +663,50 @@ def test_generate_samples_at_the_temperature_it_is_given():
     assert cold == greedy  # near-zero temperature: the argmax token, whatever the seed
     hot = [R.generate(model, tok, prompts, 10, do_sample=True, seed=s, temperature=2.0) for s in (3, 3, 4)]
     assert hot[0] == hot[1] and hot[0] != hot[2] and hot[0] != greedy  # seeded, and it does sample
+
+
+
+def _full_forward_kl(model, tok, prompts: list[list[int]], max_new_tokens: int) -> np.ndarray:
+    """The KL of greedy responses by its definition: policy and reference each run over prompt + response (left
+    padded, one batch: the evaluator's batch of the same prompts generates the same responses)."""
+    batch = tok.pad({"input_ids": prompts}, return_tensors="pt")
+    with torch.no_grad():
+        seq = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, top_k=None, top_p=None,
+                             temperature=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+        resp = seq[:, batch["input_ids"].shape[1] :]
+        eos = (resp == tok.eos_token_id).long()
+        keep = (eos.cumsum(1) - eos) == 0
+        attn = torch.cat([batch["attention_mask"], keep.long()], 1)
+        kw = dict(input_ids=seq, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0))
+        lp = model(**kw).logits[:, -resp.shape[1] - 1 : -1].float().log_softmax(-1)
+        with model.disable_adapter():
+            lq = model(**kw).logits[:, -resp.shape[1] - 1 : -1].float().log_softmax(-1)
+    return ((lp.exp() * (lp - lq)).sum(-1) * keep).sum(1).numpy()
+
+
+def test_policy_evaluator_kl_is_the_full_forward_kl_and_zero_before_the_first_update(world, tok):
+    """The evaluator runs policy and reference only over the response (the reference's prompt states kept from its
+    first call): its KL equals the definition's (both models over prompt + response), is the same at a second
+    call (the kept states are restored), and is exactly 0 for an adapter whose B = 0, as before any update."""
+    from peft import get_peft_model
+
+    from geli_lib.core.models import load_policy
+
+    histories = ["User: I just got back from a trip to Spain.", "User: My dog has been ill all week.\nAI: Oh no."]
+    tok.padding_side = "left"
+    prompts = [R.encode_prompt(tok, h, 128)[0] for h in histories]
+    assert len(set(map(len, prompts))) == 2  # one is left-padded
+    reward = R.TextReward(R.load_trained_reward(world["folder"]), normalise=False)
+    base, _ = load_policy()
+    policy = get_peft_model(base, R.ppo._lora_config(load_params("cpu").rl)).eval()
+    before = R.PolicyEvaluator(tok, prompts, histories, reward, 8)(policy)
+    assert (before["kl"] == 0.0).all(), before["kl"].tolist()
+    torch.manual_seed(0)
+    for module in policy.modules():  # move the adapter: B = 0 -> random, as updates would
+        if hasattr(module, "lora_B") and "default" in module.lora_B:
+            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.05)
+    evaluator = R.PolicyEvaluator(tok, prompts, histories, reward, 8)
+    first, second = evaluator(policy), evaluator(policy)
+    pd.testing.assert_frame_equal(first, second)
+    assert (first["kl"] > 1e-3).all(), first["kl"].tolist()
+    np.testing.assert_allclose(first["kl"], _full_forward_kl(policy, tok, prompts, 8), rtol=1e-3, atol=1e-4)

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from geli_lib.alignment.rl.curve import EVAL_COLUMNS, evaluate_policy, kept_step
+from geli_lib.alignment.rl.curve import EVAL_COLUMNS, PolicyEvaluator, kept_step
 from geli_lib.alignment.rl.prompt import RLError, chat_messages, encode_prompt, reward_histories, scoring_histories
 from geli_lib.alignment.rl.reward import (
     RewardAdapter,
@@ -307,12 +307,14 @@ def _evaluator(
     if curve is None or curve.empty:
         return None
     prompts = [encode_prompt(tok, h, rl.max_prompt_tokens)[0] for h in curve["history"]]
-    states = scoring_histories(curve).tolist()
+    policy_evaluator = PolicyEvaluator(
+        tok, prompts, scoring_histories(curve).tolist(), reward, rl.response_length, bf16=rl.bf16
+    )
 
     def evaluate(step: int) -> list[dict[str, Any]]:
         trainer = holder["trainer"]
         model = trainer.accelerator.unwrap_model(trainer.policy_model if rl.algorithm == "ppo" else trainer.model)
-        out = evaluate_policy(model, tok, prompts, states, reward, rl.response_length, bf16=rl.bf16)
+        out = policy_evaluator(model)
         model.save_pretrained(run / EVAL_ADAPTERS / f"step{step}")
         meta = {"reward_fn": name, "seed": seed, "corpus": corpus, "algorithm": rl.algorithm, "step": step}
         return [{**meta, "context_id": c, **row} for c, row in zip(curve["context_id"], out.to_dict("records"))]
