@@ -44,6 +44,10 @@ def collapsed(responses: Sequence[str], base_responses: Sequence[str]) -> bool:
 #: Columns of ``tables/rl_eval_curves.csv``: one row per (run, evaluation step, held-out context).
 EVAL_COLUMNS = ("reward_fn", "seed", "corpus", "algorithm", "step", "context_id", "reward", "kl", "words", "response")
 
+#: Curve contexts per generation batch. Greedy responses under bf16 depend on which prompts share a batch (their
+#: padding: 14% of 64 responses changed between batches of 16 and 64), so it is part of a run's key.
+CURVE_BATCH = 64
+
 
 class PolicyEvaluator:
     """Greedy responses of a LoRA policy to fixed prompts, their r̂ and their KL to the reference, at every
@@ -62,8 +66,8 @@ class PolicyEvaluator:
     the first update) the KL is exactly 0. The model's train/eval mode is restored.
 
     ``bf16``: the policy runs under bf16 autocast, as it was trained (``rl.bf16``); r̂ stays float32.
-    ``batch_size``: prompts per generation; greedy responses under bf16 depend on which prompts share a batch
-    (their padding), so a run's evaluations and any re-evaluation of its adapters must use the same.
+    ``batch_size``: prompts per generation (:data:`CURVE_BATCH`); a re-evaluation of a run's adapters must use the
+    run's.
     """
 
     def __init__(
@@ -73,7 +77,7 @@ class PolicyEvaluator:
         histories: Sequence[str],
         reward: TextReward,
         max_new_tokens: int,
-        batch_size: int = 64,
+        batch_size: int = CURVE_BATCH,
         bf16: bool = False,
     ) -> None:
         self.tok, self.reward, self.max_new_tokens, self.bf16 = tok, reward, max_new_tokens, bf16
@@ -154,7 +158,7 @@ def evaluate_policy(
     histories: Sequence[str],
     reward: TextReward,
     max_new_tokens: int,
-    batch_size: int = 64,
+    batch_size: int = CURVE_BATCH,
     bf16: bool = False,
 ) -> pd.DataFrame:
     """One evaluation of ``model`` on ``prompts`` (:class:`PolicyEvaluator`; a run keeps one evaluator)."""
