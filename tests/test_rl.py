@@ -522,10 +522,10 @@ def test_rl_reward_rises_on_a_toy_reward(world, tok, tmp_path, monkeypatch):
     assert info.kept_step == R.kept_step(info.evals)
     prompts = [R.encode_prompt(tok, h, rl.max_prompt_tokens)[0] for h in curve["history"]]
     reward = R.TextReward(R.load_trained_reward(folder), normalise=False)
-    again = R.evaluate_policy(
-        R.load_adapted(info.adapter, rl=rl), tok, prompts, R.scoring_histories(curve).tolist(), reward,
-        rl.response_length, bf16=bf16_in_effect(rl.bf16, "cpu"),
-    )  # fmt: skip
+    again = R.PolicyEvaluator(
+        tok, prompts, R.scoring_histories(curve).tolist(), reward, rl.response_length,
+        bf16=bf16_in_effect(rl.bf16, "cpu"),
+    )(R.load_adapted(info.adapter, rl=rl))  # fmt: skip
     kept = info.evals[info.evals["step"] == info.kept_step]
     assert again["response"].tolist() == kept["response"].tolist()
     assert not (tmp_path / "run" / "evaluated").exists()  # the other evaluated adapters are gone once chosen
@@ -665,14 +665,21 @@ def test_generate_samples_at_the_temperature_it_is_given():
     assert hot[0] == hot[1] and hot[0] != hot[2] and hot[0] != greedy  # seeded, and it does sample
 
 
-
 def _full_forward_kl(model, tok, prompts: list[list[int]], max_new_tokens: int) -> np.ndarray:
     """The KL of greedy responses by its definition: policy and reference each run over prompt + response (left
     padded, one batch: the evaluator's batch of the same prompts generates the same responses)."""
     batch = tok.pad({"input_ids": prompts}, return_tensors="pt")
     with torch.no_grad():
-        seq = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, top_k=None, top_p=None,
-                             temperature=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+        seq = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            top_k=None,
+            top_p=None,
+            temperature=None,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
         resp = seq[:, batch["input_ids"].shape[1] :]
         eos = (resp == tok.eos_token_id).long()
         keep = (eos.cumsum(1) - eos) == 0

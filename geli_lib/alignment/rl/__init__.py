@@ -74,7 +74,6 @@ from geli_lib.alignment.rl.curve import (
     PolicyEvaluator,
     collapsed,
     curve_slope,
-    evaluate_policy,
     kept_step,
     top_share,
 )
@@ -133,7 +132,6 @@ __all__ = [
     "RewardAdapter",
     "EVAL_COLUMNS",
     "PolicyEvaluator",
-    "evaluate_policy",
     "curve_slope",
     "collapsed",
     "top_share",

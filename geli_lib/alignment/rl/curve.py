@@ -67,7 +67,7 @@ class PolicyEvaluator:
 
     ``bf16``: the policy runs under bf16 autocast, as it was trained (``rl.bf16``); r̂ stays float32.
     ``batch_size``: prompts per generation (:data:`CURVE_BATCH`); a re-evaluation of a run's adapters must use the
-    run's.
+    run's. For one evaluation: ``PolicyEvaluator(...)(model)``.
     """
 
     def __init__(
@@ -149,20 +149,6 @@ class PolicyEvaluator:
             reference_states.crop(-length)  # back to the prompt's states for the next call
         lp, lq = lp.float().log_softmax(-1), lq.float().log_softmax(-1)
         return texts, ((lp.exp() * (lp - lq)).sum(-1) * keep).sum(1).cpu().numpy()
-
-
-def evaluate_policy(
-    model: Any,
-    tok: Any,
-    prompts: Sequence[Sequence[int]],
-    histories: Sequence[str],
-    reward: TextReward,
-    max_new_tokens: int,
-    batch_size: int = CURVE_BATCH,
-    bf16: bool = False,
-) -> pd.DataFrame:
-    """One evaluation of ``model`` on ``prompts`` (:class:`PolicyEvaluator`; a run keeps one evaluator)."""
-    return PolicyEvaluator(tok, prompts, histories, reward, max_new_tokens, batch_size, bf16)(model)
 
 
 def curve_slope(
