@@ -717,3 +717,62 @@ def test_policy_evaluator_kl_is_the_full_forward_kl_and_zero_before_the_first_up
     pd.testing.assert_frame_equal(first, second)
     assert (first["kl"] > 1e-3).all(), first["kl"].tolist()
     np.testing.assert_allclose(first["kl"], _full_forward_kl(policy, tok, prompts, 8), rtol=1e-3, atol=1e-4)
+
+
+def test_shared_prompt_logps_equal_trls_full_forward_with_each_prompt_run_once(tok):
+    """RLOO / GRPO's log-probabilities with each distinct prompt run once: values, entropies and LoRA gradients
+    equal TRL's own per-row forward over prompt + completion (left-padded prompts, completions padded after EOS,
+    rows of one prompt not adjacent), and the model sees each prompt's tokens once."""
+    import types
+
+    from peft import get_peft_model
+    from trl import RLOOTrainer
+
+    from geli_lib.alignment.rl.shared_prompt import SharedPromptLogps
+    from geli_lib.core.models import load_policy
+
+    tok.padding_side = "left"
+    histories = [
+        "User: I just got back from a trip to Spain.",
+        "User: My dog has been ill all week.\nAI: Oh no.",
+        "User: Hi",
+    ]
+    batch = tok([R.encode_prompt(tok, h, 128)[1] for h in histories], padding=True, return_tensors="pt")
+    order = torch.tensor([0, 1, 2, 0, 2, 1, 1, 0])  # 3 prompts, 8 completions
+    gen = torch.Generator().manual_seed(0)
+    completion = torch.randint(100, 40000, (len(order), 6), generator=gen)
+    completion_mask = torch.ones_like(completion)
+    for row, end in [(1, 2), (4, 4)]:  # EOS then padding
+        completion[row, end:], completion_mask[row, end:] = tok.pad_token_id, 0
+    ids = torch.cat([batch["input_ids"][order], completion], 1)
+    mask = torch.cat([batch["attention_mask"][order], completion_mask], 1)
+    assert (batch["attention_mask"] == 0).any()  # some prompt is left-padded
+
+    base, _ = load_policy()
+    policy = get_peft_model(base, R.ppo._lora_config(load_params("cpu").rl)).train()
+    torch.manual_seed(0)
+    for module in policy.modules():  # a moved adapter, so its gradients are not those of B = 0
+        if hasattr(module, "lora_B") and "default" in module.lora_B:
+            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.05)
+    trainer = types.SimpleNamespace(model_kwarg_keys={"logits_to_keep"}, temperature=0.7)
+    tokens_seen = []
+    hook = policy.get_input_embeddings().register_forward_hook(lambda m, args, out: tokens_seen.append(args[0].numel()))
+
+    def run(method):
+        policy.zero_grad()
+        tokens_seen.clear()
+        logps, entropies, _ = method(trainer, policy, ids, mask, completion.shape[1], compute_entropy=True)
+        (logps * completion_mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+        return logps.detach(), entropies, grads, sum(tokens_seen)
+
+    full = run(RLOOTrainer._get_per_token_logps_and_entropies)
+    shared = run(SharedPromptLogps._get_per_token_logps_and_entropies)
+    hook.remove()
+    kept = completion_mask.bool()
+    np.testing.assert_allclose(shared[0][kept], full[0][kept], atol=1e-4)
+    np.testing.assert_allclose(shared[1][kept], full[1][kept], atol=1e-4)
+    for name, grad in full[2].items():  # float32 sums in another order: relative to the gradient's norm
+        assert float((shared[2][name] - grad).norm() / grad.norm()) < 1e-4, name
+    assert full[3] == ids.numel()
+    assert shared[3] == 3 * batch["input_ids"].shape[1] + len(order) * (completion.shape[1] - 1)

@@ -31,6 +31,7 @@ from geli_lib.alignment.rl.reward import (
     load_trained_reward,
 )
 from geli_lib.alignment.rl.runs import finished_run, merge_rows, run_dir, run_key, tensorboard_dir
+from geli_lib.alignment.rl.shared_prompt import with_shared_prompt
 from geli_lib.core.io import progress_enabled, write_json
 from geli_lib.core.models import bf16_in_effect, load_policy, offline_env, smollm2_path
 from geli_lib.core.params import DataParams, RLParams
@@ -577,6 +578,7 @@ def _train_group(
     states = scoring_histories(train).tolist()
     dataset = Dataset.from_dict({"prompt": [chat_messages(h) for h in shown], "history": states})
     Config, Trainer = (RLOOConfig, RLOOTrainer) if rl.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
+    Trainer = with_shared_prompt(Trainer)
     last = sorted((run / "trl").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     start = int(last[-1].name.split("-")[1]) if last else 0
     progress = run / "progress.json"
