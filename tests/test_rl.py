@@ -728,7 +728,7 @@ def test_shared_prompt_logps_equal_trls_full_forward_with_each_prompt_run_once(t
     from peft import get_peft_model
     from trl import RLOOTrainer
 
-    from geli_lib.alignment.rl.shared_prompt import SharedPromptLogps
+    from geli_lib.alignment.rl.group import GroupTrainer
     from geli_lib.core.models import load_policy
 
     tok.padding_side = "left"
@@ -767,7 +767,7 @@ def test_shared_prompt_logps_equal_trls_full_forward_with_each_prompt_run_once(t
         return logps.detach(), entropies, grads, sum(tokens_seen)
 
     full = run(RLOOTrainer._get_per_token_logps_and_entropies)
-    shared = run(SharedPromptLogps._get_per_token_logps_and_entropies)
+    shared = run(GroupTrainer._get_per_token_logps_and_entropies)
     hook.remove()
     kept = completion_mask.bool()
     np.testing.assert_allclose(shared[0][kept], full[0][kept], atol=1e-4)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from geli_lib.alignment.rl.curve import EVAL_COLUMNS, PolicyEvaluator, kept_step
+from geli_lib.alignment.rl.group import group_trainer
 from geli_lib.alignment.rl.prompt import RLError, chat_messages, encode_prompt, reward_histories, scoring_histories
 from geli_lib.alignment.rl.reward import (
     RewardAdapter,
@@ -31,9 +32,8 @@ from geli_lib.alignment.rl.reward import (
     load_trained_reward,
 )
 from geli_lib.alignment.rl.runs import finished_run, merge_rows, run_dir, run_key, tensorboard_dir
-from geli_lib.alignment.rl.shared_prompt import with_shared_prompt
 from geli_lib.core.io import progress_enabled, write_json
-from geli_lib.core.models import bf16_in_effect, load_policy, offline_env, smollm2_path
+from geli_lib.core.models import base_linears_to_bf16, bf16_in_effect, load_policy, offline_env, smollm2_path
 from geli_lib.core.params import DataParams, RLParams
 from geli_lib.core.runs import results_dir
 
@@ -578,7 +578,9 @@ def _train_group(
     states = scoring_histories(train).tolist()
     dataset = Dataset.from_dict({"prompt": [chat_messages(h) for h in shown], "history": states})
     Config, Trainer = (RLOOConfig, RLOOTrainer) if rl.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
-    Trainer = with_shared_prompt(Trainer)
+    Trainer = group_trainer(Trainer)  # each prompt once per group; sampling under the run's autocast
+    if rl.bf16:
+        base_linears_to_bf16(policy)  # what autocast computes with, cast once instead of at every call
     last = sorted((run / "trl").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     start = int(last[-1].name.split("-")[1]) if last else 0
     progress = run / "progress.json"

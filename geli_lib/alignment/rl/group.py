@@ -1,17 +1,24 @@
-"""Log-probabilities of a group's completions with their shared prompt run once (RLOO / GRPO).
+"""TRL's RLOO and GRPO trainers as the cpu profile runs them: each prompt run once per group, in bf16.
 
 RLOO and GRPO sample ``group_size`` completions per prompt, and TRL scores each
 (prompt + completion) row on its own: three passes per update (the sampling
 policy's log-probs, the reference's for the KL term, and the policy's again with
 gradients for the loss) each run every prompt ``group_size`` times. On the cpu
-profile a row is ~128 prompt tokens and 12 completion tokens, so ~90% of that
-work repeats a prompt already run. Here each distinct prompt runs once; its key
-and value states are then indexed out to the rows that share it (gradients flow
-back through the indexing to the one prompt pass) and the completions run over
-them. The positions, masks and causal attention are those of the full row, so
-the log-probabilities equal the full forward's up to floating-point rounding
-(tests/test_shared_prompt.py checks values and LoRA gradients against TRL's own
-full forward).
+profile a row is ~128 prompt tokens and 12 completion tokens, so most of that
+work repeats a prompt already run. :func:`shared_prompt_logps` runs each distinct
+prompt once; its key and value states are indexed out to the rows that share it
+(gradients flow back through the indexing to the one prompt pass) and the
+completions run over them. Positions, masks and causal attention are those of the
+full row, so the log-probabilities equal the full forward's up to floating-point
+rounding (tests/test_rl.py checks values, entropies and LoRA gradients against
+TRL's own per-row forward).
+
+TRL samples its completions with the bare model, outside the autocast that
+accelerate puts around the model's forward: in a bf16 run the policy sampled in
+float32 and scored its samples in bf16. :class:`GroupTrainer` samples under the
+same autocast, so the frozen base can be stored in bf16
+(:func:`geli_lib.core.models.base_linears_to_bf16`) and samples and scores come
+from one policy.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from typing import Any
 
 import torch
 
-#: Part of a run's key (:func:`runs.run_key`): the log-probabilities' rounding differs from the full forward's
-#: (relative ~3e-5 in float32), so an adaptation trained with the full forward is not taken for one trained with this.
-LOGPS = "prompt once per group"
+from geli_lib.core.models import autocast
+
+#: Part of a run's key (:func:`runs.run_key`): an adaptation trained by TRL's own trainers (per-row log-probs,
+#: float32 sampling) is not taken for one trained by :class:`GroupTrainer`.
+GROUP_TRAINER = "prompt once per group; sampling under autocast"
 
 
 def shared_prompt_logps(
@@ -76,12 +85,20 @@ def shared_prompt_logps(
     return logps, entropies
 
 
-class SharedPromptLogps:
-    """Mixin for TRL's ``RLOOTrainer`` / ``GRPOTrainer``: their per-token log-probabilities through
-    :func:`shared_prompt_logps`. Multimodal inputs and MoE auxiliary losses go to the trainer's own method.
-    ``batch_size`` (TRL's chunking of rows to bound memory) is not used: all rows run at once."""
+class GroupTrainer:
+    """Mixin for TRL's ``RLOOTrainer`` / ``GRPOTrainer`` (:func:`group_trainer`): per-token log-probabilities
+    through :func:`shared_prompt_logps` and sampling under the run's bf16 autocast (``args.bf16``).
+
+    Multimodal inputs and MoE auxiliary losses go to the trainer's own method. ``batch_size`` (TRL's chunking of
+    rows to bound memory) is not used: all rows run at once."""
 
     temperature: float  # the trainer's sampling temperature
+    args: Any  # the trainer's config
+    accelerator: Any
+
+    def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
+        with autocast(bool(self.args.bf16), self.accelerator.device.type):
+            return super()._generate_single_turn(*args, **kwargs)  # type: ignore[misc]
 
     def _get_per_token_logps_and_entropies(  # noqa: PLR0913 (TRL's signature)
         self,
@@ -104,6 +121,6 @@ class SharedPromptLogps:
         return logps, entropies, None
 
 
-def with_shared_prompt(trainer_cls: type) -> type:
-    """``trainer_cls`` (TRL's ``RLOOTrainer`` or ``GRPOTrainer``) with :class:`SharedPromptLogps`'s log-probs."""
-    return type(f"SharedPrompt{trainer_cls.__name__}", (SharedPromptLogps, trainer_cls), {})
+def group_trainer(trainer_cls: type) -> type:
+    """``trainer_cls`` (TRL's ``RLOOTrainer`` or ``GRPOTrainer``) with :class:`GroupTrainer`'s passes."""
+    return type(f"Group{trainer_cls.__name__}", (GroupTrainer, trainer_cls), {})
