@@ -193,3 +193,33 @@ def test_fer_weights_open_with_h5py():
         n_arrays = []
         f.visititems(lambda name, obj: n_arrays.append(name) if isinstance(obj, h5py.Dataset) else None)
     assert len(n_arrays) > 10
+
+
+def test_base_linears_in_bf16_give_autocast_the_same_arithmetic(policy):
+    """The policy's linear weights stored in bf16 (what autocast casts them to at every call) give the same logits
+    and LoRA gradients under bf16 autocast, bit for bit; LoRA stays float32, the embedding (tied to the output
+    layer) stays float32 while the output layer gets its own bf16 copy."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base = policy[0]
+    stored = copy.deepcopy(base)
+    models.base_linears_to_bf16(stored)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"], init_lora_weights=False)
+    ids = torch.randint(100, 40000, (2, 24), generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for model in (copy.deepcopy(base), stored):
+        torch.manual_seed(0)  # the same random LoRA weights (B != 0) in both
+        lora = get_peft_model(model, config).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = lora(input_ids=ids).logits
+        logits.float().logsumexp(-1).sum().backward()
+        grads = {n: p.grad for n, p in lora.named_parameters() if p.requires_grad}
+        outputs.append((logits.detach(), grads, {p.dtype for p in grads.values()}))
+    assert torch.equal(outputs[0][0], outputs[1][0])
+    assert all(torch.equal(outputs[0][1][n], g) for n, g in outputs[1][1].items()) and outputs[1][1]
+    assert outputs[1][2] == {torch.float32}
+    assert stored.lm_head.weight.dtype == torch.bfloat16 and stored.model.embed_tokens.weight.dtype == torch.float32
+    assert stored.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
