@@ -60,7 +60,11 @@ top to bottom:
    same running moments before TRL subtracts β·KL (so β is in units of the
    score's SD for every reward function, as in PPO), the TRL trainers' own
    checkpoints and ``resume_from_checkpoint`` (the moments resume from
-   ``progress.json``).
+   ``progress.json``). The trainers run through :func:`group_trainer`
+   (``rl/group.py``): each distinct prompt is run once per log-probability pass
+   and its states shared by its group's completions (:func:`shared_prompt_logps`),
+   and completions are sampled under the run's bf16 autocast, with the frozen
+   base stored in bf16 (:func:`geli_lib.core.models.base_linears_to_bf16`).
 
 Multi-GPU: the same entry point runs under ``accelerate launch`` (TRL shards the
 rollouts over processes); see the README.
@@ -86,6 +90,7 @@ from geli_lib.alignment.rl.generations import (
     select_reward_functions,
     write_generations,
 )
+from geli_lib.alignment.rl.group import group_trainer, shared_prompt_logps
 from geli_lib.alignment.rl.ppo import CURVE_COLUMNS, LORA_TARGETS, RunInfo, train_rl
 from geli_lib.alignment.rl.prompt import (
     ASSISTANT_HEADER,
@@ -146,6 +151,8 @@ __all__ = [
     "CURVE_COLUMNS",
     "RunInfo",
     "train_rl",
+    "group_trainer",
+    "shared_prompt_logps",
     "adapt_on_cluster",
     "generate",
     "load_adapted",
