@@ -768,6 +768,8 @@ def test_shared_prompt_logps_equal_trls_full_forward_with_each_prompt_run_once(t
 
     full = run(RLOOTrainer._get_per_token_logps_and_entropies)
     shared = run(GroupTrainer._get_per_token_logps_and_entropies)
+    again = run(GroupTrainer._get_per_token_logps_and_entropies)  # the same gradients, bit for bit
+    assert all(torch.equal(again[2][name], grad) for name, grad in shared[2].items())
     hook.remove()
     kept = completion_mask.bool()
     np.testing.assert_allclose(shared[0][kept], full[0][kept], atol=1e-4)

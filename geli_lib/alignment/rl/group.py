@@ -34,6 +34,14 @@ from geli_lib.core.models import autocast
 GROUP_TRAINER = "prompt once per group; sampling under autocast"
 
 
+def _to_rows(values: torch.Tensor, rows_of: torch.Tensor) -> torch.Tensor:
+    """``values`` (prompts, ...) as (rows, ...), each row its prompt's: a product with the one-hot ``rows_of``
+    (rows, prompts), exact in any dtype. Not indexing: on CPU its backward adds float32 rows with atomic adds in
+    an order that changes from run to run, and two runs of one seed parted after a few updates."""
+    flat = values.reshape(values.shape[0], -1)
+    return (rows_of.to(flat.dtype) @ flat).reshape(rows_of.shape[0], *values.shape[1:])
+
+
 def shared_prompt_logps(
     model: Any,
     input_ids: torch.Tensor,
@@ -59,16 +67,18 @@ def shared_prompt_logps(
     first_row = torch.full((n_prompts,), len(rows), device=input_ids.device).scatter_reduce(
         0, row_to_prompt, rows, reduce="amin"
     )
+    rows_of = torch.nn.functional.one_hot(row_to_prompt, n_prompts)  # (rows, prompts)
     head = model(
         input_ids=input_ids[first_row, :prompt_len],
         attention_mask=attention_mask[first_row, :prompt_len],
         use_cache=True,
         logits_to_keep=1,  # only the last prompt position predicts a completion token
     )
-    logits = [head.logits[row_to_prompt, -1:]]
+    logits = [_to_rows(head.logits[:, -1:], rows_of)]
     if logits_to_keep > 1:
         cache = head.past_key_values
-        cache.batch_select_indices(row_to_prompt)  # each row gets its prompt's states, gradients included
+        for layer in cache.layers:  # each row gets its prompt's states, gradients included
+            layer.keys, layer.values = _to_rows(layer.keys, rows_of), _to_rows(layer.values, rows_of)
         tail = model(
             input_ids=input_ids[:, prompt_len:-1],  # the last token predicts nothing that is scored
             attention_mask=attention_mask[:, :-1],
