@@ -61,16 +61,11 @@ def shared_prompt_logps(
 
     prompt_len = input_ids.size(1) - logits_to_keep
     prompt = torch.cat([input_ids[:, :prompt_len], attention_mask[:, :prompt_len]], dim=1)
-    _, row_to_prompt = torch.unique(prompt, dim=0, return_inverse=True)
-    n_prompts = int(row_to_prompt.max()) + 1
-    rows = torch.arange(len(row_to_prompt), device=input_ids.device)
-    first_row = torch.full((n_prompts,), len(rows), device=input_ids.device).scatter_reduce(
-        0, row_to_prompt, rows, reduce="amin"
-    )
-    rows_of = torch.nn.functional.one_hot(row_to_prompt, n_prompts)  # (rows, prompts)
+    prompts, row_to_prompt = torch.unique(prompt, dim=0, return_inverse=True)
+    rows_of = torch.nn.functional.one_hot(row_to_prompt, len(prompts))  # (rows, prompts)
     head = model(
-        input_ids=input_ids[first_row, :prompt_len],
-        attention_mask=attention_mask[first_row, :prompt_len],
+        input_ids=prompts[:, :prompt_len],
+        attention_mask=prompts[:, prompt_len:],
         use_cache=True,
         logits_to_keep=1,  # only the last prompt position predicts a completion token
     )
