@@ -30,8 +30,9 @@ import torch
 from geli_lib.core.models import autocast
 
 #: Part of a run's key (:func:`runs.run_key`): an adaptation trained by TRL's own trainers (per-row log-probs,
-#: float32 sampling) is not taken for one trained by :class:`GroupTrainer`.
-GROUP_TRAINER = "prompt once per group; sampling under autocast"
+#: float32 sampling), or by this trainer before its rows took their prompt's states by a one-hot product (whose
+#: runs parted from a rerun after a few updates), is not taken for one trained by :class:`GroupTrainer` now.
+GROUP_TRAINER = "prompt once per group, rows by one-hot product; sampling under autocast"
 
 
 def _to_rows(values: torch.Tensor, rows_of: torch.Tensor) -> torch.Tensor:
