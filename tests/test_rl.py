@@ -326,6 +326,23 @@ def test_merge_rows_replaces_only_its_keys(tmp_path):
     assert pd.read_csv(path).shape == (2, 4)
 
 
+def test_run_key_changes_with_how_the_group_trainer_computes(tmp_path, monkeypatch):
+    """A cached adaptation is reused only for the same inputs and the same trainer arithmetic: the determinism fix
+    of the group trainer changed its gradients' last bits, so runs trained before it must be retrained."""
+    from geli_lib.alignment.rl import runs
+
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    train = pd.DataFrame({"context_id": ["c:1", "c:3"], "history": ["User: hi", "User: so"]})
+    rl = RLParams()
+    key = runs.run_key(rl, tmp_path, train, 0)
+    assert runs.run_key(rl, tmp_path, train, 0) == key
+    assert runs.run_key(rl, tmp_path, train, 1) != key
+    assert runs.run_key(dataclasses.replace(rl, lr=rl.lr * 2), tmp_path, train, 0) != key
+    assert runs.run_key(dataclasses.replace(rl, gen_tokens=7), tmp_path, train, 0) == key  # not training
+    monkeypatch.setattr(runs, "GROUP_TRAINER", runs.GROUP_TRAINER + "; another gradient path")
+    assert runs.run_key(rl, tmp_path, train, 0) != key
+
+
 # --------------------------------------------------------------------------- a real PPO loop
 
 
