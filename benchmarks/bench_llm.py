@@ -6,7 +6,8 @@ sampling) twice on the same chunks, each into a fresh temporary cache:
 
 * **constrained** (the default, ``llm.constrained: true``): decoding masked by
   lm-format-enforcer to ``{"A1": <number>, "A3": <number>, …}`` with exactly the
-  chunk's ids, so every answer parses at the first attempt;
+  chunk's ids, so every answer parses at the first attempt; the tokens the grammar
+  forces skip the model (jump-forward), so it needs fewer forward passes than tokens;
 * **unconstrained** (the old path): free decoding after a ``{"<first id>":``
   prefill, stopped at the first ``}``; an unusable answer is re-sampled
   (``llm.output_retries``) and then the chunk fails.
@@ -70,14 +71,14 @@ def main() -> None:
     print(
         f"{len(ids)} conversations, {len(chunks)} chunks, {n_ai} AI turns; torch threads while generating: "
         f"{threads or torch.get_num_threads()}; sampling: temperature {params.llm.temperature}, "
-        f"output_retries {params.llm.output_retries}, rescale {params.llm.rescale}"
+        f"output_retries {params.llm.output_retries}, rescale {params.llm.rescale}; bf16 asked: {params.llm.bf16}"
     )
 
     modes = {"constrained": True, "unconstrained": False}
     with tempfile.TemporaryDirectory() as tmp:
         backends, caches, seconds, decs, load_s = {}, {}, {}, {}, {}
         for mode, constrained in modes.items():
-            backends[mode] = llm.LocalBackend(params.device, threads, constrained, bound)
+            backends[mode] = llm.LocalBackend(params.device, threads, constrained, bound, params.llm.bf16)
             caches[mode] = llm.ResponseCache(Path(tmp) / mode)
             t0 = time.perf_counter()
             backends[mode]._load()
@@ -100,7 +101,9 @@ def main() -> None:
         }
         tokens = {m: _tokens(backends[m], caches[m].folder) for m in modes}
 
-        hit_backend = llm.LocalBackend(params.device, threads, True, bound)  # a fresh process's view: nothing loaded
+        hit_backend = llm.LocalBackend(
+            params.device, threads, True, bound, params.llm.bf16
+        )  # a fresh process's view: nothing loaded
         t0 = time.perf_counter()
         again = llm.decompose(
             chunks, hit_backend, params.llm, llm.ResponseCache(caches["constrained"].folder), progress=False
@@ -115,7 +118,7 @@ def main() -> None:
             f"{mode:>13}: model load {load_s[mode]:.1f} s (once per process); {s:.1f} s for {len(ids)} "
             f"conversations = {60 * len(ids) / s:.2f} conversations/min ({s / len(ids):.1f} s each); "
             f"{backends[mode].calls} calls for {len(chunks)} chunks, {tokens[mode]} generated tokens = "
-            f"{tokens[mode] / s:.1f} tokens/s"
+            f"{tokens[mode] / s:.1f} tokens/s in {backends[mode].forwards} forward passes"
         )
     print(
         f"constrained vs unconstrained: {seconds['unconstrained'] / seconds['constrained']:.2f}x the "

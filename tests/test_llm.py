@@ -693,6 +693,12 @@ def test_local_cache_key_names_the_decoding_constraint(local_smollm2):
     assert len(keys) == 3
     assert llm.make_backend(LLMParams(constrained=False)).model == free.model
     assert llm.make_backend(LLMParams()).model == local_smollm2.model
+    # bf16 weights answer differently: the id names the dtype in effect (float32 where bf16 is not fast)
+    from geli_lib.core.models import fast_bf16
+
+    half = llm.make_backend(LLMParams(bf16=True))
+    assert half.model.endswith("-bf16") == half.bf16 == fast_bf16("cpu")
+    assert (half.model != local_smollm2.model) == fast_bf16("cpu")
 
 
 def test_constrained_decoding_scores_every_id_on_a_real_smollm2_call(local_smollm2, sim, tmp_path):
@@ -842,3 +848,69 @@ def test_distilled_rows_name_a_non_llm_decomposer():
         == "LLM GELI: Language Only [reference decomposer, not an LLM]"
     )
     assert llm.DISTILLED == {"text": "LLM GELI: Language Only", "multimodal": "LLM GELI: Multimodal"}
+
+
+# --------------------------------------------------------------------------- jump-forward decoding
+
+
+def test_next_token_greedy_nucleus_and_order_of_the_allowed_set():
+    """Greedy takes the most likely allowed token; top_p keeps the smallest set reaching its mass; the
+    pick depends on the allowed tokens, not on the order lm-format-enforcer lists them in."""
+    logits = torch.full((10,), -5.0)
+    logits[[2, 5, 7]] = torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    g = torch.Generator()
+    assert llm.next_token(logits, [2, 5, 7], 0.0, 1.0, g) == 2
+    assert llm.next_token(logits, [5, 7], 0.0, 1.0, g) == 5  # the mask: 2 is not allowed
+    # mass 0.6 of the three reaches top_p 0.5: only token 2 is ever drawn
+    assert {llm.next_token(logits, [2, 5, 7], 1.0, 0.5, g.manual_seed(s)) for s in range(50)} == {2}
+    # top_p 0.8: 2 and 5 (0.9 >= 0.8), never 7
+    drawn = [llm.next_token(logits, [2, 5, 7], 1.0, 0.8, g.manual_seed(s)) for s in range(200)]
+    assert set(drawn) == {2, 5} and 0.55 < drawn.count(2) / 200 < 0.8  # 0.6 / 0.9 = 0.67
+    # top_p 1: all three, about in proportion
+    drawn = [llm.next_token(logits, [2, 5, 7], 1.0, 1.0, g.manual_seed(s)) for s in range(400)]
+    assert set(drawn) == {2, 5, 7} and 0.04 < drawn.count(7) / 400 < 0.17
+
+
+def test_jump_forward_equals_token_by_token_decoding_with_fewer_forward_passes(local_smollm2):
+    """On a real chunk, greedy jump-forward decoding gives the answer that transformers' generate gives
+    under the same grammar one token per forward pass, in fewer passes (ids and separators are forced);
+    sampling is a function of the request's seed only (the allowed lists arrive in any order)."""
+    from lmformatenforcer import RegexParser, TokenEnforcer
+
+    b, ch = local_smollm2, _chunk(4)
+    ids = b._prompt_ids(llm.prompt_messages(ch))
+    budget = llm.answer_max_chars(ch, b.bound) + 1
+
+    def enforcer():
+        return TokenEnforcer(b._lmfe, RegexParser(llm.answer_pattern(ch, b.bound)))
+
+    e = enforcer()
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        ref = b._lm.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            pad_token_id=b._tok.pad_token_id,
+            prefix_allowed_tokens_fn=lambda _b, s: e.get_allowed_tokens(s.tolist()).allowed_tokens,
+            max_new_tokens=budget,
+            do_sample=False,
+        )[0, len(ids) :].tolist()
+    e = enforcer()
+    out, forwards = llm.constrained_decode(
+        b._lm, ids, lambda s: e.get_allowed_tokens(s).allowed_tokens, budget, b._tok.eos_token_id, 0.0, 1.0, 0
+    )
+    assert out == ref and out[-1] == b._tok.eos_token_id
+    assert list(json.loads(b._tok.decode(out, skip_special_tokens=True))) == list(ch.turn_ids)
+    assert forwards < 0.8 * len(out)
+
+    def sampled(seed: int, shuffle: bool) -> list[int]:
+        e, rng = enforcer(), np.random.default_rng(seed + 99)
+
+        def allowed(s: list[int]) -> list[int]:
+            a = list(e.get_allowed_tokens(s).allowed_tokens)
+            return rng.permutation(a).tolist() if shuffle else a
+
+        return llm.constrained_decode(b._lm, ids, allowed, budget, b._tok.eos_token_id, 1.0, 1.0, seed)[0]
+
+    assert sampled(3, False) == sampled(3, True)
+    assert len({tuple(sampled(s, False)) for s in range(4)}) > 1  # the seed matters

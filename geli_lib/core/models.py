@@ -337,15 +337,15 @@ def fast_bf16(device: str) -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def bf16_in_effect(requested: bool, device: str) -> bool:
-    """Whether bf16 autocast runs when ``requested`` (``rl.bf16``) on ``device``: where torch has fast bf16
+def bf16_in_effect(requested: bool, device: str, field: str = "rl.bf16") -> bool:
+    """Whether bf16 runs when ``requested`` (the parameter ``field``) on ``device``: where torch has fast bf16
     kernels (:func:`fast_bf16`). Elsewhere bf16 is emulated, slower than float32, so the run stays in float32
     and says so."""
     if not requested:
         return False
     fast = fast_bf16(device)
     if not fast:
-        print(f"rl.bf16: no fast bf16 on this {device} (torch would emulate it); running in float32", flush=True)
+        print(f"{field}: no fast bf16 on this {device} (torch would emulate it); running in float32", flush=True)
     return bool(fast)
 
 

@@ -33,7 +33,8 @@ base URL and model from parameters or ``GELI_LLM_BASE_URL`` /
 transformers, offline; its decoding is constrained by lm-format-enforcer to
 the JSON object ``{"A1": <number>, "A3": <number>, …}`` with exactly the
 chunk's ids in order and bounded numbers, :func:`answer_pattern`, so every
-answer parses and scores every turn) and ``reference`` (:class:`ReferenceDecomposer`, a
+answer parses and scores every turn; :func:`constrained_decode` appends the
+tokens the grammar forces without a forward pass) and ``reference`` (:class:`ReferenceDecomposer`, a
 deterministic split of the score by the listener's affect: **not an LLM**, a
 yardstick for the LLMs).
 
@@ -68,6 +69,7 @@ label.
 """
 
 from geli_lib.reward.llm.backends import (
+    DECODER_VERSION,
     GRAMMAR_VERSION,
     NUMBER_DECIMALS,
     Backend,
@@ -77,8 +79,10 @@ from geli_lib.reward.llm.backends import (
     ReferenceDecomposer,
     answer_max_chars,
     answer_pattern,
+    constrained_decode,
     lmfe_tokenizer_data,
     make_backend,
+    next_token,
     number_pattern,
 )
 from geli_lib.reward.llm.cache import ResponseCache
@@ -154,11 +158,14 @@ __all__ = [
     "Backend",
     "ReferenceDecomposer",
     "GRAMMAR_VERSION",
+    "DECODER_VERSION",
     "NUMBER_DECIMALS",
     "number_pattern",
     "answer_pattern",
     "answer_max_chars",
     "lmfe_tokenizer_data",
+    "next_token",
+    "constrained_decode",
     "LocalBackend",
     "OpenAIBackend",
     "make_backend",
