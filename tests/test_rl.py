@@ -327,8 +327,9 @@ def test_merge_rows_replaces_only_its_keys(tmp_path):
 
 
 def test_run_key_changes_with_how_the_group_trainer_computes(tmp_path, monkeypatch):
-    """A cached adaptation is reused only for the same inputs and the same trainer arithmetic: the determinism fix
-    of the group trainer changed its gradients' last bits, so runs trained before it must be retrained."""
+    """A cached adaptation is reused only for the same inputs and the same arithmetic: the determinism fixes
+    of the group trainer and of r̂'s text encoding changed gradients' and rewards' last bits, so runs trained
+    before them must be retrained."""
     from geli_lib.alignment.rl import runs
 
     (tmp_path / "model.pt").write_bytes(b"weights")
@@ -340,6 +341,10 @@ def test_run_key_changes_with_how_the_group_trainer_computes(tmp_path, monkeypat
     assert runs.run_key(dataclasses.replace(rl, lr=rl.lr * 2), tmp_path, train, 0) != key
     assert runs.run_key(dataclasses.replace(rl, gen_tokens=7), tmp_path, train, 0) == key  # not training
     monkeypatch.setattr(runs, "GROUP_TRAINER", runs.GROUP_TRAINER + "; another gradient path")
+    assert runs.run_key(rl, tmp_path, train, 0) != key
+    monkeypatch.undo()
+    assert runs.run_key(rl, tmp_path, train, 0) == key
+    monkeypatch.setattr(runs, "SCORING_BATCH", 64)  # r̂'s texts encoded in batches, as before the fix
     assert runs.run_key(rl, tmp_path, train, 0) != key
 
 

@@ -160,6 +160,15 @@ _FROZEN_ENCODERS: dict[tuple[str, str], tuple[object, object]] = {}
 _FROZEN_MEMO: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
 #: Most texts :data:`_FROZEN_MEMO` keeps per encoder (384 floats each for MiniLM: ~150 MB at most).
 MEMO_TEXTS = 100_000
+#: Texts per encoder call when scoring: one. A text's embedding then depends on the text alone. In a batch it
+#: moves in its last bits (~2e-7) with the batch's shape, and through the shared memo a run's rewards followed
+#: what the process had scored before: at 64 texts per call, LI: Visual Affect (cpu, seed 0) run alone and run
+#: after GELI in one process sampled the same first two updates and then parted (batch reward 1.74 vs 1.67 at
+#: update 3); notebook 07, which runs four reward functions in one process, and ``python -m
+#: geli_lib.alignment.rl --reward-fn va`` gave two different Visual Affect runs. One text per call: the same
+#: run either way. MiniLM encoded 64 held-out histories in 2.1 s alone (2.5 s in batches: no padding) and 64
+#: responses in 0.5 s (0.2 s).
+SCORING_BATCH = 1
 
 
 class PairScorer:
@@ -172,16 +181,15 @@ class PairScorer:
     by :func:`reward_history` with ``data`` (its ``history_turns`` / ``history_chars``
     cut), responses get r_θ's ``" AI: "`` prefix, both are embedded by r_θ's encoder
     (frozen MiniLM, or its own fine-tuned encoder; cut from the left at ``max_tokens``)
-    and the head scores their concatenation. Texts are encoded now, in batches of
-    ``batch_size``, never read from the feature cache, so the score of a pair
-    does not depend on where it is called from.
+    and the head scores their concatenation. Texts are encoded now, each on its
+    own (:data:`SCORING_BATCH`), never read from the feature cache, so the score
+    of a pair does not depend on where it is called from, nor on what the
+    process scored before.
     """
 
-    def __init__(
-        self, trained: TrainedReward, data: DataParams | None = None, device: str = "cpu", batch_size: int = 64
-    ):
+    def __init__(self, trained: TrainedReward, data: DataParams | None = None, device: str = "cpu"):
         self.trained, self.data = trained, data or DataParams()
-        self.device, self.batch_size = device, batch_size
+        self.device = device
         self.memo: dict[str, np.ndarray] = {}  # a fine-tuned encoder's texts: this scorer's own
         if trained.constant is not None:
             self.tok, self.encoder = None, None
@@ -216,7 +224,7 @@ class PairScorer:
                 self.trained.encoder_name,
                 self.trained.params.max_tokens,
                 self.device,
-                self.batch_size,
+                SCORING_BATCH,
                 self.memo,
             )
             if len(self.memo) > MEMO_TEXTS:

@@ -146,14 +146,13 @@ class TextReward(nn.Module):
         trained: TrainedReward,
         name: str = "",
         normalise: bool = True,
-        batch_size: int = 64,
         data: DataParams | None = None,
         device: str = "cpu",
     ):
         super().__init__()
         self.trained, self.name = trained, name or trained.method
-        self.normalise, self.batch_size = normalise, batch_size
-        self.scorer = PairScorer(trained, data, device, batch_size)
+        self.normalise = normalise
+        self.scorer = PairScorer(trained, data, device)
         self.head = trained.head
         self.moments = RunningMoments()
         self.step = 1

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from geli_lib.alignment.generation_eval import SCORING_BATCH
 from geli_lib.alignment.rl.curve import CURVE_BATCH
 from geli_lib.alignment.rl.group import GROUP_TRAINER
 from geli_lib.core.io import cache_dir, content_key, file_key, write_csv
@@ -43,7 +44,8 @@ def run_key(
 ) -> str:
     """What an adaptation's outputs are valid for: its training parameters, the reward function's files,
     its prompts and the dialogue states r_θ scores them in, the evaluation contexts and their batching
-    (:data:`CURVE_BATCH`: it picks the update kept), how RLOO / GRPO compute (:data:`GROUP_TRAINER`) and
+    (:data:`CURVE_BATCH`: it picks the update kept), how RLOO / GRPO compute (:data:`GROUP_TRAINER`), how r̂
+    encodes texts (:data:`~geli_lib.alignment.generation_eval.SCORING_BATCH`: the rewards' last bits) and
     r_θ's history cut."""
     files = [p for p in sorted(reward_folder.rglob("*")) if p.is_file()]
     fields = {k: v for k, v in to_dict(rl).items() if k not in _NOT_TRAINING}
@@ -58,7 +60,9 @@ def run_key(
     curve_ids = [] if curve is None else curve["context_id"].tolist()
     cut = [d.history_turns, d.history_chars]
     ids = train["context_id"].tolist()
-    return content_key(fields, file_key(files), ids, seed, curve_ids, CURVE_BATCH, GROUP_TRAINER, cut, texts)
+    return content_key(
+        fields, file_key(files), ids, seed, curve_ids, CURVE_BATCH, GROUP_TRAINER, SCORING_BATCH, cut, texts
+    )
 
 
 def finished_run(run: Path, key: str) -> dict[str, Any] | None:
