@@ -286,7 +286,7 @@ def test_reference_check_allows_cross_machine_drift_and_catches_a_changed_result
     frame = pd.read_csv(tables / name)
     frame["gt_pearson"] *= 1.001
     rudder = (frame["method"] == "GE: RUDDER") & (frame["seed"] == 1)
-    assert round(frame.loc[rudder, "gt_spearman"].item(), 4) == 0.0443
+    assert round(frame.loc[rudder, "gt_spearman"].item(), 4) == 0.0445
     frame.loc[rudder, "gt_spearman"] = 0.04650349650349651
     frame.to_csv(tables / name, index=False)
     compare_tables(tables)
