@@ -741,6 +741,62 @@ def test_policy_evaluator_kl_is_the_full_forward_kl_and_zero_before_the_first_up
     np.testing.assert_allclose(first["kl"], _full_forward_kl(policy, tok, prompts, 8), rtol=1e-3, atol=1e-4)
 
 
+def test_a_runs_first_evaluation_reuses_the_base_responses_of_an_earlier_run_exactly(world, tok):
+    """07's runs share the base's evaluation: a policy at B = 0 on the same prompts (after another LoRA init, as
+    the next run's) gets the first one's rows without running the model, and they equal what an empty memo
+    computes; another thread computes its own; a moved adapter is evaluated afresh."""
+    import threading
+
+    from peft import get_peft_model
+
+    from geli_lib.alignment.rl import curve
+    from geli_lib.core.models import load_policy
+
+    histories = ["User: I just got back from a trip to Spain.", "User: My dog has been ill all week.\nAI: Oh no."]
+    tok.padding_side = "left"
+    prompts = [R.encode_prompt(tok, h, 128)[0] for h in histories]
+    reward = R.TextReward(R.load_trained_reward(world["folder"]), normalise=False)
+    lora = R.ppo._lora_config(load_params("cpu").rl)
+
+    def reinit(model, part, **normal):  # another LoRA init (lora_A) or an update's move (lora_B)
+        for module in model.modules():
+            if hasattr(module, part) and "default" in getattr(module, part):
+                torch.nn.init.normal_(getattr(module, part)["default"].weight, **normal)
+
+    def evaluate(model):
+        tokens = []
+        hook = model.get_input_embeddings().register_forward_hook(lambda m, a, out: tokens.append(a[0].numel()))
+        try:
+            return R.PolicyEvaluator(tok, prompts, histories, reward, 8)(model), sum(tokens)
+        finally:
+            hook.remove()
+
+    curve._SHARED.__dict__.clear()  # an earlier test may have evaluated these prompts
+    torch.manual_seed(0)
+    policy = get_peft_model(load_policy()[0], lora).eval()
+    assert R.at_base(policy)
+    rows, ran = evaluate(policy)
+    reinit(policy, "lora_A", std=0.1)
+    assert R.at_base(policy)
+    again, ran_again = evaluate(policy)
+    assert ran > 0 and ran_again == 0
+    pd.testing.assert_frame_equal(rows, again)
+    curve._SHARED.__dict__.clear()
+    fresh, ran_fresh = evaluate(policy)
+    assert ran_fresh > 0
+    pd.testing.assert_frame_equal(rows, fresh)
+    elsewhere = {}
+    thread = threading.Thread(target=lambda: elsewhere.update(out=evaluate(policy)))
+    thread.start()
+    thread.join()
+    assert elsewhere["out"][1] > 0
+    pd.testing.assert_frame_equal(rows, elsewhere["out"][0])
+    reinit(policy, "lora_B", std=0.05)
+    assert not R.at_base(policy)
+    moved, ran_moved = evaluate(policy)
+    assert ran_moved > 0 and (moved["kl"] > 1e-3).all()
+
+
 def test_shared_prompt_logps_equal_trls_full_forward_with_each_prompt_run_once(tok):
     """RLOO / GRPO's log-probabilities with each distinct prompt run once: values, entropies and LoRA gradients
     equal TRL's own per-row forward over prompt + completion (left-padded prompts, completions padded after EOS,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -48,6 +50,25 @@ EVAL_COLUMNS = ("reward_fn", "seed", "corpus", "algorithm", "step", "context_id"
 #: padding: 14% of 64 responses changed between batches of 16 and 64), so it is part of a run's key.
 CURVE_BATCH = 64
 
+#: What every run of this thread computes alike on one set of prompts (:class:`PolicyEvaluator`): the reference's
+#: prompt states and the base's greedy responses (KL 0) at each run's first evaluation. Per thread, as a Dask worker
+#: with several threads runs several adaptations at once; the latest set of prompts only (~190 MB on the cpu profile).
+_SHARED = threading.local()
+
+
+def _base_id(model: Any) -> str:
+    """The base weights under a policy: its checkpoint and the dtypes its frozen weights are stored in (the
+    group trainers store them in bf16); a memo of its outputs is valid for another policy with the same id."""
+    dtypes = sorted({str(p.dtype) for n, p in model.named_parameters() if "lora_" not in n})
+    return f"{getattr(model.config, '_name_or_path', '')}|{','.join(dtypes)}"
+
+
+def at_base(model: Any) -> bool:
+    """Whether a LoRA policy is its base model exactly: every ``lora_B`` is 0, as before the first update (the
+    adapter then adds exact zeros)."""
+    bs = [p for n, p in model.named_parameters() if "lora_B" in n]
+    return bool(bs) and all(not p.any() for p in bs)
+
 
 class PolicyEvaluator:
     """Greedy responses of a LoRA policy to fixed prompts, their r̂ and their KL to the reference, at every
@@ -59,7 +80,9 @@ class PolicyEvaluator:
     algorithms (TRL's own logs estimate it from samples, per token or per response).
 
     The reference's states of the prompts do not change during a run (the adapter is off), so they are computed
-    at the first call and kept (~3 MB per context at 128 prompt tokens in bf16); the policy's are the ones its
+    at the first call and kept (~3 MB per context at 128 prompt tokens in bf16), for the next runs of the thread
+    on the same prompts too, as are the base's responses at a run's first evaluation (:func:`at_base`): 07's four
+    runs evaluate the base once (~10 s each run on the cpu profile). The policy's states are the ones its
     generation left. Each call then runs both models only over the response's tokens, where the first
     implementation ran both over prompt + response after generating: 64 contexts of the cpu profile took ~16 s
     a call, now ~7 s. Policy and reference compute their logits the same way, so with the adapter's B = 0 (before
@@ -86,7 +109,15 @@ class PolicyEvaluator:
              list(histories[i : i + batch_size]))
             for i in range(0, len(prompts), batch_size)
         ]  # fmt: skip
-        self.reference_states: dict[int, Any] = {}
+        blob = repr((list(map(list, prompts)), max_new_tokens, batch_size, bf16)).encode()
+        self.key = hashlib.sha1(blob).hexdigest()
+
+    def _shared(self, model: Any) -> tuple[dict[int, Any], dict[int, tuple[list[str], np.ndarray]]]:
+        """This thread's memo for these prompts under ``model``'s base: (reference states, base responses) by batch."""
+        key = (self.key, _base_id(model))
+        if getattr(_SHARED, "key", None) != key:
+            _SHARED.key, _SHARED.reference, _SHARED.base = key, {}, {}
+        return _SHARED.reference, _SHARED.base
 
     @torch.no_grad()
     def __call__(self, model: Any) -> pd.DataFrame:
@@ -94,10 +125,18 @@ class PolicyEvaluator:
         was_training = model.training
         model.eval()
         rows: list[dict[str, Any]] = []
+        reference, base = self._shared(model)
+        is_base = at_base(model)
         try:
             with autocast(self.bf16, str(model.device)):
                 for b, (batch, histories) in enumerate(self.batches):
-                    texts, kl = self._respond(model, b, {k: v.to(model.device) for k, v in batch.items()})
+                    if is_base and b in base:
+                        texts, kl = base[b]
+                    else:
+                        on_device = {k: v.to(model.device) for k, v in batch.items()}
+                        texts, kl = self._respond(model, b, on_device, reference)
+                        if is_base:
+                            base[b] = texts, kl
                     r = self.reward.raw(histories, texts).numpy()
                     rows += [
                         {"reward": float(a), "kl": float(c), "words": len(t.split()), "response": t}
@@ -107,8 +146,10 @@ class PolicyEvaluator:
             model.train(was_training)
         return pd.DataFrame(rows, columns=["reward", "kl", "words", "response"])
 
-    def _respond(self, model: Any, b: int, batch: dict[str, torch.Tensor]) -> tuple[list[str], np.ndarray]:
-        """Batch ``b``'s greedy responses and their KL to the reference."""
+    def _respond(
+        self, model: Any, b: int, batch: dict[str, torch.Tensor], reference: dict[int, Any]
+    ) -> tuple[list[str], np.ndarray]:
+        """Batch ``b``'s greedy responses and their KL to the reference (whose prompt states ``reference`` keeps)."""
         tok = self.tok
         out = model.generate(
             **batch,
@@ -139,12 +180,12 @@ class PolicyEvaluator:
         policy_states.crop(-(policy_states.get_seq_length() - (n - 1)))
         lp = model(**step, past_key_values=policy_states, use_cache=True).logits
         with model.disable_adapter():
-            if b not in self.reference_states:
+            if b not in reference:
                 prompt_pos = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
                 states = model(**batch, position_ids=prompt_pos, use_cache=True, logits_to_keep=1).past_key_values
                 states.crop(-1)
-                self.reference_states[b] = states
-            reference_states = self.reference_states[b]
+                reference[b] = states
+            reference_states = reference[b]
             lq = model(**step, past_key_values=reference_states, use_cache=True).logits
             reference_states.crop(-length)  # back to the prompt's states for the next call
         lp, lq = lp.float().log_softmax(-1), lq.float().log_softmax(-1)
