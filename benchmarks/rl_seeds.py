@@ -9,6 +9,11 @@ the sampling), prints :func:`geli_lib.alignment.rl.rl_summary` per seed, and add
 seeds only); the study's own tables are not touched. The reward
 functions must be saved for every seed (02-04 of the profile train ``seeds``).
 
+It also answers 08's question over seeds: each seed's generations are kept
+(``<folder>/seed_<s>/tables/generations.csv``), and every model of the table's seeds is scored under 08's
+judges (every saved reward function, its lowest seed, as 08 scores them) into
+``tables/cross_rewards.csv``: mean ± sd over seeds, paired test vs base over (seed, context).
+
 ``--rl KEY=VALUE`` tries another setting of the profile's ``rl`` block (e.g. ``--rl steps=15``); such a
 run writes under ``adhoc/rl_seeds/<the changed settings>/`` instead, beside the profile's own.
 
@@ -62,9 +67,24 @@ def one_seed(params: StudyParams, reward_ids: list[str], seed: int, out_key: str
         for name, folder in chosen.items()
     }  # fmt: skip
     gens = rl.generations(held_out, {n: r.adapter for n, r in runs.items()}, params.rl, seed, params.device)
+    rl.write_generations(key, gens)
     per = generation_eval.per_response(gens, params.eval, params.data, chosen, params.device)
     stats = generation_eval.cross_reward_stats(gens, per, params.eval.base_model, params.eval.permutations)
     return rl.rl_summary(stats, runs, params.eval.base_model, gens).assign(seed=seed)
+
+
+def cross_rewards(params: StudyParams, table: pd.DataFrame, folder: str) -> pd.DataFrame:
+    """08's cross-reward statistics over the seeds of ``table`` (rl_seeds.csv): base, ground truth and each
+    seed's adapted models in it, scored under 08's judges."""
+    gens = []
+    for seed, part in table.groupby("seed"):
+        g = generation_eval.read_generations(results_dir(f"{folder}/seed_{seed}", "tables") / "generations.csv")
+        keep = {params.eval.base_model, "ground truth", *part["reward function"]}
+        gens.append(g[g["model"].isin(keep) & g["seed"].eq(seed)])
+    gens = pd.concat(gens, ignore_index=True)
+    judges = experiments.by_display_name(experiments.saved_reward_functions(params.profile, params.corpus))
+    per = generation_eval.per_response(gens, params.eval, params.data, judges, params.device)
+    return generation_eval.cross_reward_stats(gens, per, params.eval.base_model, params.eval.permutations)
 
 
 def merge_rows(old: pd.DataFrame | None, new: pd.DataFrame, path: object) -> pd.DataFrame:
@@ -111,7 +131,12 @@ def main() -> None:
             f"(sd {part['gain'].std():.3f}), p < 0.05 at {int((part['p'] < 0.05).sum())}, slope CI above 0 at "
             f"{int((part['slope 95% CI low'] > 0).sum())}"
         )
-    print(f"written to {path}")
+    stats = cross_rewards(params, table, folder)
+    write_csv(results_dir(folder, "tables") / "cross_rewards.csv", stats)
+    cross = generation_eval.cross_reward_table(stats, order=[params.eval.base_model])
+    print(f"cross-reward table, seeds {sorted(table['seed'].unique())} ({cross.attrs['note']}):")
+    print(cross.to_string())
+    print(f"written to {path} and {path.parent / 'cross_rewards.csv'}")
 
 
 if __name__ == "__main__":
