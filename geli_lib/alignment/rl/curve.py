@@ -57,10 +57,10 @@ _SHARED = threading.local()
 
 
 def _base_id(model: Any) -> str:
-    """The base weights under a policy: its checkpoint and the dtypes its frozen weights are stored in (the
-    group trainers store them in bf16); a memo of its outputs is valid for another policy with the same id."""
+    """The base weights under a policy: its checkpoint, the dtypes its frozen weights are stored in (the group
+    trainers store them in bf16) and its device; a memo of its outputs is valid for another policy with the same id."""
     dtypes = sorted({str(p.dtype) for n, p in model.named_parameters() if "lora_" not in n})
-    return f"{getattr(model.config, '_name_or_path', '')}|{','.join(dtypes)}"
+    return f"{getattr(model.config, '_name_or_path', '')}|{','.join(dtypes)}|{model.device}"
 
 
 def at_base(model: Any) -> bool:
@@ -79,14 +79,15 @@ class PolicyEvaluator:
     model with the adapter off: nats per response, ≥ 0, comparable across
     algorithms (TRL's own logs estimate it from samples, per token or per response).
 
-    The reference's states of the prompts do not change during a run (the adapter is off), so they are computed
-    at the first call and kept (~3 MB per context at 128 prompt tokens in bf16), for the next runs of the thread
-    on the same prompts too, as are the base's responses at a run's first evaluation (:func:`at_base`): 07's four
-    runs evaluate the base once (~10 s each run on the cpu profile). The policy's states are the ones its
-    generation left. Each call then runs both models only over the response's tokens, where the first
-    implementation ran both over prompt + response after generating: 64 contexts of the cpu profile took ~16 s
-    a call, now ~7 s. Policy and reference compute their logits the same way, so with the adapter's B = 0 (before
-    the first update) the KL is exactly 0. The model's train/eval mode is restored.
+    The reference's states of the prompts do not change during a run (the adapter is off), so they are computed at
+    the first call and kept (~3 MB per context at 128 prompt tokens in bf16), for the next runs of the thread on the
+    same prompts too, as are the base's responses at a run's first evaluation (:func:`at_base`): 07's four runs
+    evaluate the base once (the base on the cpu profile's 64 curve contexts, reference states included: 18 s; from
+    the memo 40 ms, r̂ aside). The policy's states are the ones its generation left. Each call then runs both models
+    only over the response's tokens, where the first implementation ran both over prompt + response after
+    generating: 64 contexts of the cpu profile took ~16 s a call, now ~7 s. Policy and reference compute their
+    logits the same way, so with the adapter's B = 0 (before the first update) the KL is exactly 0. The model's
+    train/eval mode is restored.
 
     ``bf16``: the policy runs under bf16 autocast, as it was trained (``rl.bf16``); r̂ stays float32.
     ``batch_size``: prompts per generation (:data:`CURVE_BATCH`); a re-evaluation of a run's adapters must use the
