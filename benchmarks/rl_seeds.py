@@ -80,7 +80,7 @@ def cross_rewards(params: StudyParams, table: pd.DataFrame, folder: str) -> pd.D
     for seed, part in table.groupby("seed"):
         g = generation_eval.read_generations(results_dir(f"{folder}/seed_{seed}", "tables") / "generations.csv")
         keep = {params.eval.base_model, "ground truth", *part["reward function"]}
-        gens.append(g[g["model"].isin(keep) & g["seed"].eq(seed)])
+        gens.append(g[g["model"].isin(keep)])
     gens = pd.concat(gens, ignore_index=True)
     judges = experiments.by_display_name(experiments.saved_reward_functions(params.profile, params.corpus))
     per = generation_eval.per_response(gens, params.eval, params.data, judges, params.device)
