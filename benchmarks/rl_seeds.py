@@ -18,7 +18,8 @@ judges (every saved reward function, its lowest seed, as 08 scores them) into
 run writes under ``adhoc/rl_seeds/<the changed settings>/`` instead, beside the profile's own.
 
 Run: ``python benchmarks/rl_seeds.py [--profile cpu] [--reward-fn rrd_k32 geli] [--seeds 0 1 2] [--rl steps=15]``
-(2 cores of a Xeon with AMX: ~2.7 min per reward function and seed on the cpu profile).
+(2 cores of a Xeon with AMX: ~2.7 min per reward function and seed on the cpu profile, one after the other;
+``rl.workers`` of them train at once, as in 07).
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def one_seed(params: StudyParams, reward_ids: list[str], seed: int, out_key: str
     train, held_out, curve = rl.rl_contexts(corpus, split, params.rl, seed)
     saved = experiments.saved_reward_functions(profile, params.corpus, seed)
     chosen = rl.select_reward_functions(saved, reward_ids, params.rl)
+    rl.adapt_on_cluster(
+        chosen, train, params.rl, profile, params.compute, params.corpus, seed, params.device,
+        curve=curve, data=params.data, results_key=key,
+    )  # fmt: skip
     runs = {
         name: rl.train_rl(
             name, folder, train, params.rl, profile, params.corpus, seed, params.device,

@@ -111,11 +111,13 @@ print(tok.decode(ids))
 #
 # Each run saves its adapter every `rl.save_every` updates and resumes from there if stopped; a
 # finished run with the same inputs is reused. With `compute.scheduler` set to a Dask cluster (README,
-# "More than one machine") the runs train there at once, and the loop below reads them back.
+# "More than one machine") the runs train there at once, and the loop below reads them back; so with
+# `rl.workers` > 1, which trains that many at once in worker processes of this machine, each with
+# `rl.threads` torch threads (the cpu profile: 2 × 1 on 2 cores).
 
 # %%
 chosen = rl.select_reward_functions(experiments.saved_reward_functions(profile, corpus, seed), reward_fn, params.rl)
-if params.compute.scheduler != "serial":
+if rl.adaptations_compute(params.compute, params.rl).scheduler != "serial":
     with timed(results, f"07: {params.rl.algorithm} on the cluster"):
         rl.adapt_on_cluster(
             chosen,

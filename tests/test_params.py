@@ -342,6 +342,9 @@ SLURM_OK = (
             "device: cuda\ncompute:\n  scheduler: local\n",
             "compute.workers: must be 1 with device cuda and scheduler local",
         ),
+        ("device: cuda\nrl:\n  workers: 2\n  threads: 1\n", "rl.workers: must be 1 with device cuda"),
+        ("rl:\n  workers: 2\n", "rl.threads: must be >= 1 with workers > 1"),
+        ("rl:\n  workers: 0\n", "rl.workers: must be >= 1, got 0"),
     ],
 )
 def test_bad_compute_sections_name_file_and_setting(tmp_path: Path, text, message):

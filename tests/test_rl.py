@@ -340,6 +340,11 @@ def test_run_key_changes_with_how_the_group_trainer_computes(tmp_path, monkeypat
     assert runs.run_key(rl, tmp_path, train, 1) != key
     assert runs.run_key(dataclasses.replace(rl, lr=rl.lr * 2), tmp_path, train, 0) != key
     assert runs.run_key(dataclasses.replace(rl, gen_tokens=7), tmp_path, train, 0) == key  # not training
+    # how many train at once changes nothing; each one's torch threads may change the last bits
+    assert runs.run_key(dataclasses.replace(rl, threads=1, workers=2), tmp_path, train, 0) == (
+        runs.run_key(dataclasses.replace(rl, threads=1), tmp_path, train, 0)
+    )
+    assert runs.run_key(dataclasses.replace(rl, threads=1), tmp_path, train, 0) != key
     monkeypatch.setattr(runs, "GROUP_TRAINER", runs.GROUP_TRAINER + "; another gradient path")
     assert runs.run_key(rl, tmp_path, train, 0) != key
     monkeypatch.undo()
@@ -595,6 +600,42 @@ def test_adaptations_on_a_loopback_cluster_give_the_serial_adapter(world, tmp_pa
     pd.testing.assert_frame_equal(info.curves[cols], serial.curves[cols])
     table = pd.read_csv(tmp_path / "results" / "cluster" / "tables" / "ppo_curves.csv")
     assert table["step"].tolist() == [1, 2] and (table["reward_fn"] == "GELI").all()
+
+
+@pytest.mark.slow
+def test_rl_workers_train_at_once_on_a_local_cluster_and_each_gives_its_serial_adapter(world, tmp_path, monkeypatch):
+    """rl.workers > 1 (the cpu profile's 2 x 1 thread): the unfinished adaptations train as tasks of a local
+    cluster, two at once, each with rl.threads torch threads; each adapter and curve is the one a serial run
+    with those threads gives, and train_rl then reads them as finished runs."""
+    from safetensors.torch import load_file
+
+    from geli_lib.core.compute import close_grid_clients
+    from geli_lib.core.io import cache_dir
+    from geli_lib.core.params import ComputeParams
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(cache_dir("models"))
+    monkeypatch.setenv("GELI_CACHE", str(cache))
+    monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("GELI_PROGRESS", "0")
+    rl = dataclasses.replace(_tiny_rl(), threads=1)
+    train, _, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
+    chosen = {"GELI": world["folder"], "GELI again": world["folder"]}
+    serial = {n: R.train_rl(n, f, train, rl, "serial", seed=0) for n, f in chosen.items()}
+    assert R.adaptations_compute(ComputeParams(), rl) == ComputeParams()  # 1 worker: here, one after the other
+    at_once = dataclasses.replace(rl, workers=2)
+    try:
+        assert R.adapt_on_cluster(chosen, train, at_once, "local", ComputeParams(), seed=0) == list(chosen)
+    finally:
+        close_grid_clients()
+    for name, want in serial.items():
+        info = R.train_rl(name, chosen[name], train, at_once, "local", seed=0)
+        assert info.reused
+        got, ref = (load_file(a / "adapter_model.safetensors") for a in (info.adapter, want.adapter))
+        assert sorted(got) == sorted(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+        cols = ["step", "reward_mean", "kl"]
+        pd.testing.assert_frame_equal(info.curves[cols], want.curves[cols])
 
 
 def test_rl_summary_flags_a_collapsed_policy_and_counts_only_real_learning():

@@ -237,20 +237,27 @@ def task_threads(compute: ComputeParams) -> int:
     return compute.threads or torch.get_num_threads()
 
 
-def _in_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` with ``threads`` torch threads (where the task runs), put back afterwards.
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch runs with ``threads`` threads in the block (0: as it is), put back afterwards.
 
-    Set in the task's own thread: torch's OpenMP pool size is per calling thread.
+    Set in the calling thread: torch's OpenMP pool size is per calling thread.
     """
     # lazy: torch is not loaded for the CLI's start-up
     import torch
 
     was = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or was)
     try:
-        return fn(*args)
+        yield
     finally:
         torch.set_num_threads(was)
+
+
+def _in_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` with ``threads`` torch threads (where the task runs)."""
+    with torch_threads(threads):
+        return fn(*args)
 
 
 def run_grid(

@@ -70,7 +70,7 @@ Multi-GPU: the same entry point runs under ``accelerate launch`` (TRL shards the
 rollouts over processes); see the README.
 """
 
-from geli_lib.alignment.rl.cluster import adapt_on_cluster
+from geli_lib.alignment.rl.cluster import adapt_on_cluster, adaptations_compute
 from geli_lib.alignment.rl.curve import (
     COLLAPSE_DISTINCT2,
     COLLAPSE_TOP_SHARE,
@@ -156,6 +156,7 @@ __all__ = [
     "group_trainer",
     "shared_prompt_logps",
     "adapt_on_cluster",
+    "adaptations_compute",
     "generate",
     "load_adapted",
     "generations",

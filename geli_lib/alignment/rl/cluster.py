@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ import pandas as pd
 from geli_lib.alignment.rl.ppo import train_rl
 from geli_lib.alignment.rl.runs import finished_run, run_dir, run_key, tensorboard_dir
 from geli_lib.core.compute import run_grid
+from geli_lib.core.io import progress_enabled
 from geli_lib.core.params import ComputeParams, DataParams, RLParams
 
 
@@ -66,6 +68,15 @@ def _adapt_task(
         }
 
 
+def adaptations_compute(compute: ComputeParams, rl: RLParams) -> ComputeParams:
+    """Where the adaptations train: ``compute``'s cluster, or, with ``compute.scheduler`` serial and ``rl.workers``
+    > 1, a local cluster of ``rl.workers`` processes of ``rl.threads`` torch threads each (the result is each
+    run's alone: :attr:`RLParams.threads` is part of its key)."""
+    if compute.scheduler != "serial" or rl.workers == 1:
+        return compute
+    return dataclasses.replace(compute, scheduler="local", workers=rl.workers, threads=rl.threads)
+
+
 def adapt_on_cluster(
     chosen: dict[str, Path],
     train: pd.DataFrame,
@@ -80,7 +91,8 @@ def adapt_on_cluster(
     results_key: str | None = None,
 ) -> list[str]:
     """Run the adaptations of ``chosen`` (name -> reward-function folder) that have not finished as Dask tasks,
-    where ``compute`` says; return their names. ``serial``: nothing (:func:`train_rl` trains them here).
+    where ``compute`` and ``rl.workers`` say (:func:`adaptations_compute`); return their names. ``serial`` with
+    ``rl.workers`` 1: nothing (:func:`train_rl` trains them here).
 
     Each task gets the reward function's files and trains in a temporary folder of its
     worker (:func:`_adapt_task`, the same :func:`train_rl`, with this process's torch
@@ -89,6 +101,7 @@ def adapt_on_cluster(
     with the same arguments then reads the finished run (and writes its table rows)
     like any finished one. An interrupted task starts over: its resume state was on the worker.
     """
+    compute = adaptations_compute(compute, rl)
     if compute.scheduler == "serial":
         return []
     key_of = results_key or profile
@@ -98,7 +111,7 @@ def adapt_on_cluster(
         if finished_run(run_dir(key_of, n, seed, rl.algorithm), run_key(rl, folder, train, seed, curve, data)) is None
     ]
     calls = [(n, _folder_files(chosen[n]), rl, profile, corpus, seed, device, curve, data) for n in todo]
-    for name, files in zip(todo, run_grid(_adapt_task, train, calls, compute, device)):
+    for name, files in zip(todo, run_grid(_adapt_task, train, calls, compute, device, progress=progress_enabled())):
         run = run_dir(key_of, name, seed, rl.algorithm)
         shutil.rmtree(run, ignore_errors=True)  # a partial run of this process: the worker's is complete
         _unpack(

@@ -115,7 +115,7 @@ class PolicyEvaluator:
 
     def _shared(self, model: Any) -> tuple[dict[int, Any], dict[int, tuple[list[str], np.ndarray]]]:
         """This thread's memo for these prompts under ``model``'s base: (reference states, base responses) by batch."""
-        key = (self.key, _base_id(model))
+        key = (self.key, _base_id(model), torch.get_num_threads())  # another thread count: other last bits
         if getattr(_SHARED, "key", None) != key:
             _SHARED.key, _SHARED.reference, _SHARED.base = key, {}, {}
         return _SHARED.reference, _SHARED.base

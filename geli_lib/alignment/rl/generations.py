@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from geli_lib.alignment.generation_eval import GENERATION_COLUMNS, distinct_n
-from geli_lib.alignment.rl.cluster import adapt_on_cluster
+from geli_lib.alignment.rl.cluster import adapt_on_cluster, adaptations_compute
 from geli_lib.alignment.rl.curve import collapsed, curve_slope, top_share
 from geli_lib.alignment.rl.ppo import RunInfo, _quiet, train_rl
 from geli_lib.alignment.rl.prompt import RLError, encode_prompt, rl_contexts, scoring_histories, strip_role
@@ -245,9 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     chosen = select_reward_functions(
         experiments.saved_reward_functions(args.profile, params.corpus, seed), wanted, params.rl
     )
-    if params.compute.scheduler != "serial" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if (
+        adaptations_compute(params.compute, params.rl).scheduler != "serial"
+        and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    ):
         raise RLError(
-            "compute.scheduler (--scheduler) and accelerate launch exclude each other: "
+            "compute.scheduler (--scheduler) or rl.workers > 1 and accelerate launch exclude each other: "
             "every process would submit the same runs"
         )
     adapt_on_cluster(

@@ -32,6 +32,7 @@ from geli_lib.alignment.rl.reward import (
     load_trained_reward,
 )
 from geli_lib.alignment.rl.runs import finished_run, merge_rows, run_dir, run_key, tensorboard_dir
+from geli_lib.core.compute import torch_threads
 from geli_lib.core.io import progress_enabled, write_json
 from geli_lib.core.models import base_linears_to_bf16, bf16_in_effect, load_policy, offline_env, smollm2_path
 from geli_lib.core.params import DataParams, RLParams
@@ -361,12 +362,49 @@ def train_rl(
     ``tables/rl_eval_curves.csv`` (rows of this reward function, seed, corpus
     and algorithm replaced) and returns a :class:`RunInfo`. A finished run with
     the same inputs is reused; an interrupted one resumes. ``callbacks`` are
-    extra ``transformers.TrainerCallback`` objects; ``out_dir`` replaces the
+    extra ``transformers.TrainerCallback`` objects; training runs with ``rl.threads``
+    torch threads (0: this thread's count); ``out_dir`` replaces the
     cache folder of adapters and resume state (:func:`run_dir`). Without
     ``write_results`` nothing goes to the results folder: the TensorBoard log
     stays in ``out_dir/tensorboard`` and the tables are left to the caller (a
-    Dask task of :func:`train_rl_runs`, whose client writes them).
+    Dask task of :func:`adapt_on_cluster`, whose client writes them).
     """
+    with torch_threads(rl.threads):
+        return _adapt(
+            name,
+            reward_folder,
+            train,
+            rl,
+            profile,
+            corpus=corpus,
+            seed=seed,
+            device=device,
+            callbacks=callbacks,
+            out_dir=out_dir,
+            curve=curve,
+            data=data,
+            results_key=results_key,
+            write_results=write_results,
+        )
+
+
+def _adapt(
+    name: str,
+    reward_folder: str | Path,
+    train: pd.DataFrame,
+    rl: RLParams,
+    profile: str,
+    corpus: str = "simulated",
+    seed: int = 0,
+    device: str = "cpu",
+    callbacks: Sequence[Any] = (),
+    out_dir: str | Path | None = None,
+    curve: pd.DataFrame | None = None,
+    data: DataParams | None = None,
+    results_key: str | None = None,
+    write_results: bool = True,
+) -> RunInfo:
+    """:func:`train_rl` in the threads it set."""
     offline_env()
     rl.validate()
     rl = dataclasses.replace(rl, bf16=bf16_in_effect(rl.bf16, device))  # the run key holds what runs

@@ -25,8 +25,9 @@ def run_dir(results_key: str, name: str, seed: int, algorithm: str = "ppo") -> P
     return cache_dir(f"rl/{results_key}/{algorithm}") / slug(name) / f"seed{seed}"
 
 
-#: RLParams fields that do not change a training run (which functions, generations, checkpoint spacing).
-_NOT_TRAINING = ("reward_fns", "eval_contexts", "gen_tokens", "gen_do_sample", "save_every")
+#: RLParams fields that do not change a training run (which functions, generations, checkpoint spacing, how many
+#: train at once).
+_NOT_TRAINING = ("reward_fns", "eval_contexts", "gen_tokens", "gen_do_sample", "save_every", "workers")
 
 
 def tensorboard_dir(results_key: str, algorithm: str, name: str, seed: int) -> Path:

@@ -115,6 +115,14 @@ class RLParams:
     (:func:`geli_lib.core.models.bf16_in_effect`)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (saves memory on GPU, slows CPU)."""
+    threads: int = 0
+    """torch threads of each adaptation, wherever it trains; 0: the process's own count. Part of a run's key:
+    matrix products may sum in another order on another thread count, and a sampled run then goes elsewhere."""
+    workers: int = 1
+    """Adaptations trained at once on this machine when ``compute.scheduler`` is ``serial``, each in a worker
+    process of a local Dask cluster with ``threads`` threads (:func:`geli_lib.alignment.rl.adapt_on_cluster`);
+    1: one after the other in the notebook's process. Changes no result (so it needs ``threads`` >= 1), only
+    the wall time: on 2 cores, two 1-thread adaptations train ~1.45x faster than one 2-thread one after the other."""
 
     def validate(self) -> None:
         _check_choices(self)
@@ -162,6 +170,15 @@ class RLParams:
             self.max_prompt_tokens,
         )
         _check(self.train_contexts >= 0, "train_contexts", "must be >= 0", self.train_contexts)
+        _check(self.threads >= 0, "threads", "must be >= 0", self.threads)
+        _check(self.workers >= 1, "workers", "must be >= 1", self.workers)
+        _check(
+            self.workers == 1 or self.threads >= 1,
+            "threads",
+            "must be >= 1 with workers > 1 (each adaptation's threads, so that its result does not depend on how "
+            "many train at once)",
+            self.threads,
+        )
         _check(self.eval_conversations >= 1, "eval_conversations", "must be >= 1", self.eval_conversations)
 
 

@@ -86,6 +86,12 @@ class StudyParams:
             c.workers,
         )
         _check(
+            not (self.device == "cuda" and self.rl.workers != 1),
+            "rl.workers",
+            "must be 1 with device cuda (the adaptations would share one GPU)",
+            self.rl.workers,
+        )
+        _check(
             not (self.device == "cuda" and c.scheduler == "slurm" and c.slurm.gpus == 0),
             "compute.slurm.gpus",
             "must be 1 with device cuda (the jobs need a GPU)",
