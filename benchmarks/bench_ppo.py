@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -29,13 +30,48 @@ from pathlib import Path
 
 os.environ.setdefault("GELI_PROGRESS", "0")
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from geli_lib.alignment import rl  # noqa: E402
+from geli_lib.core.compute import close_grid_clients, run_grid  # noqa: E402
 from geli_lib.core.models import bf16_in_effect  # noqa: E402
-from geli_lib.core.params import ParamError, key_value, load_params  # noqa: E402
+from geli_lib.core.params import ParamError, RLParams, StudyParams, key_value, load_params  # noqa: E402
 from geli_lib.corpus import data  # noqa: E402
 from geli_lib.reward import experiments  # noqa: E402
+
+
+def side_by_side(
+    name: str,
+    folder: Path,
+    train: pd.DataFrame,
+    curve: pd.DataFrame,
+    rlp: RLParams,
+    params: StudyParams,
+    device: str,
+    tmp: Path,
+) -> tuple[rl.RunInfo, float]:
+    """``rlp.workers`` copies of the adaptation at once on the local cluster 07 trains on (:func:`rl.adapt_task`
+    tasks); the first copy's run, and the wall time of all of them, the cluster's start included."""
+    calls = [
+        (name, rl.folder_files(folder), rlp, params.profile, params.corpus, params.seed, device, curve, params.data)
+    ]
+    t0 = time.perf_counter()
+    try:
+        outs = run_grid(rl.adapt_task, train, calls * rlp.workers, rl.adaptations_compute(params.compute, rlp), device)
+    finally:
+        close_grid_clients()
+    t_run = time.perf_counter() - t0
+    done = json.loads(outs[0]["done.json"])
+    curves = pd.DataFrame(done["curves"])
+    evals = pd.DataFrame(done["evals"], columns=list(rl.EVAL_COLUMNS))
+    run = tmp / "run"
+    rl.unpack({k: v for k, v in outs[0].items() if k.startswith("adapter/")}, run)
+    info = rl.RunInfo(
+        name, params.seed, run / "adapter", curves, done["seconds_per_step"], 0, False, done["peak_rss_gb"], evals,
+        done["kept_step"],
+    )  # fmt: skip
+    return info, t_run
 
 
 def main() -> None:
@@ -71,20 +107,23 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        info = rl.train_rl(
-            name,
-            folder,
-            train,
-            rlp,
-            args.profile,
-            params.corpus,
-            params.seed,
-            device,
-            out_dir=Path(tmp) / "run",
-            curve=curve,
-            data=params.data,
-        )
-        t_run = time.perf_counter() - t0
+        if rlp.workers > 1:
+            info, t_run = side_by_side(name, folder, train, curve, rlp, params, device, Path(tmp))
+        else:
+            info = rl.train_rl(
+                name,
+                folder,
+                train,
+                rlp,
+                args.profile,
+                params.corpus,
+                params.seed,
+                device,
+                out_dir=Path(tmp) / "run",
+                curve=curve,
+                data=params.data,
+            )
+            t_run = time.perf_counter() - t0
         t0 = time.perf_counter()
         rows = rl.generations(held_out, {name: info.adapter}, rlp, params.seed, device)
         t_gen = time.perf_counter() - t0
@@ -95,8 +134,9 @@ def main() -> None:
     overhead = t_run - secs.sum()  # model loading, trainer construction, evaluation points, saving
     t_point = overhead / max(n_eval, 1) if n_eval else 0.0  # an upper bound: loading counts in
     points = params.rl.steps // params.rl.eval_every + 1 + (params.rl.steps % params.rl.eval_every > 0)
+    rounds = -(-n_fns // rlp.workers)  # rl.workers adaptations train at once
     projected = (
-        n_fns * (params.rl.steps * steady + overhead + max(points - n_eval, 0) * t_point) + t_gen * (n_fns + 1) / 2
+        rounds * (params.rl.steps * steady + overhead + max(points - n_eval, 0) * t_point) + t_gen * (n_fns + 1) / 2
     )
     mem = (
         f"peak CUDA memory {torch.cuda.max_memory_allocated() / 1024**3:.2f} GiB"
@@ -112,6 +152,12 @@ def main() -> None:
         f"tokens, prompts <= {rlp.max_prompt_tokens} tokens ({rlp.history_turns} turns), lr {rlp.lr:g}, "
         f"policy in {'bf16 autocast' if bf16_in_effect(rlp.bf16, device) else 'float32'}"
     )
+    if rlp.workers > 1:
+        print(
+            f"{rlp.workers} copies of the adaptation side by side, each in a worker process with {rlp.threads} torch "
+            f"thread(s) (rl.workers, rl.threads), as 07 trains them; per update of one copy, and the copies' "
+            f"wall time from the cluster's start"
+        )
     print(
         f"setup {t_setup:.1f} s; first update {secs[0]:.1f} s; steady {steady:.1f} s / update "
         f"(updates: {', '.join(f'{s:.1f}' for s in secs)}); load/build/evaluate/save overhead {overhead:.1f} s "
@@ -120,7 +166,7 @@ def main() -> None:
     print(f"generations: {len(rows)} rows ({len(held_out)} contexts × base, adapted, truth) in {t_gen:.1f} s")
     print(
         f"projected RL stage of the {args.profile} profile (07 training + generations): {n_fns} reward functions "
-        f"× {params.rl.steps} updates + {points} evaluation points = {projected / 60:.1f} min"
+        f"× {params.rl.steps} updates + {points} evaluation points, {rlp.workers} at once = {projected / 60:.1f} min"
     )
     print(
         f"reward r̂ per update: {', '.join(f'{r:.3f}' for r in info.curves['reward_mean'])}; "

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from geli_lib.alignment import generation_eval as ge
+from geli_lib.core.compute import torch_threads
 from geli_lib.core.params import DataParams, EvalParams, load_params
 
 
@@ -259,15 +260,20 @@ def test_a_texts_embedding_does_not_depend_on_what_the_process_scored_before(cor
     ge._FROZEN_MEMO.clear()
     together = ge.PairScorer(ls, params.data)
     together(hist, resp)
+    together_memo = dict(together.memo)  # the shared memo is emptied below
     alone: dict[str, np.ndarray] = {}
     for h, r in zip(hist, resp):
         ge._FROZEN_MEMO.clear()
         scorer = ge.PairScorer(ls, params.data)
         scorer([h], [r])
         alone.update(scorer.memo)
-    assert set(alone) == set(together.memo) and len(alone) == 80
-    differ = [t for t in alone if not np.array_equal(alone[t], together.memo[t])]
+    assert set(alone) == set(together_memo) and len(alone) == 80
+    differ = [t for t in alone if not np.array_equal(alone[t], together_memo[t])]
     assert not differ, f"{len(differ)} of 80 embeddings depend on their batch"
+    # nor on the thread count of earlier work: another count has its own memo
+    with torch_threads(1 if torch.get_num_threads() > 1 else 2):
+        assert together.memo == {}
+    assert together.memo is ge._FROZEN_MEMO[(*together._memo_key, torch.get_num_threads())]
 
 
 # --------------------------------------------------------------------------- notebook 08

@@ -155,9 +155,12 @@ def reward_pairs(gens: pd.DataFrame, data: DataParams) -> pd.DataFrame:
 
 #: Frozen text encoders loaded by :class:`PairScorer`, by (name, device): never trained, so shared.
 _FROZEN_ENCODERS: dict[tuple[str, str], tuple[object, object]] = {}
-#: Their embeddings of texts already scored, by (name, device, max_tokens): 08 scores the same texts under
-#: every reward function, RL scores a history once per sampled response. Emptied past :data:`MEMO_TEXTS`.
-_FROZEN_MEMO: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
+#: Their embeddings of texts already scored, by (name, device, max_tokens, torch threads): 08 scores the same texts
+#: under every reward function, RL scores a history once per sampled response. By thread count too: matrix
+#: products may sum in another order on another count, and a 1-thread RL run (rl.threads) that reused
+#: embeddings of its process's earlier 2-thread work trained another adapter than the same run in a fresh
+#: process. Emptied past :data:`MEMO_TEXTS`.
+_FROZEN_MEMO: dict[tuple[str, str, int, int], dict[str, np.ndarray]] = {}
 #: Most texts :data:`_FROZEN_MEMO` keeps per encoder (384 floats each for MiniLM: ~150 MB at most).
 MEMO_TEXTS = 100_000
 #: Texts per encoder call when scoring: one. A text's embedding then depends on the text alone. In a batch it
@@ -190,7 +193,8 @@ class PairScorer:
     def __init__(self, trained: TrainedReward, data: DataParams | None = None, device: str = "cpu"):
         self.trained, self.data = trained, data or DataParams()
         self.device = device
-        self.memo: dict[str, np.ndarray] = {}  # a fine-tuned encoder's texts: this scorer's own
+        self._memo_key: tuple[str, str, int] | None = None  # a frozen encoder's: shared (_FROZEN_MEMO)
+        self._own_memo: dict[int, dict[str, np.ndarray]] = {}  # a fine-tuned encoder's: this scorer's own
         if trained.constant is not None:
             self.tok, self.encoder = None, None
         elif trained.finetuned:
@@ -200,11 +204,19 @@ class PairScorer:
             if key not in _FROZEN_ENCODERS:
                 _FROZEN_ENCODERS[key] = _load_encoder(trained.encoder_name, device)
             self.tok, self.encoder = _FROZEN_ENCODERS[key]
-            self.memo = _FROZEN_MEMO.setdefault((*key, trained.params.max_tokens), {})
+            self._memo_key = (*key, trained.params.max_tokens)
         if self.encoder is not None:
             self.encoder.requires_grad_(False)
         if trained.head is not None:
             trained.head.to(device).eval()
+
+    @property
+    def memo(self) -> dict[str, np.ndarray]:
+        """Embeddings of the texts this encoder has scored at the present torch thread count."""
+        threads = torch.get_num_threads()
+        if self._memo_key is None:
+            return self._own_memo.setdefault(threads, {})
+        return _FROZEN_MEMO.setdefault((*self._memo_key, threads), {})
 
     def __call__(self, histories: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """r̂ (N,) float64 of each pair (NaN passes through: callers decide what a non-finite score means)."""
@@ -225,10 +237,10 @@ class PairScorer:
                 self.trained.params.max_tokens,
                 self.device,
                 SCORING_BATCH,
-                self.memo,
+                memo := self.memo,
             )
-            if len(self.memo) > MEMO_TEXTS:
-                self.memo.clear()
+            if len(memo) > MEMO_TEXTS:
+                memo.clear()
             out = self.trained.head(torch.from_numpy(feats).to(self.device))
         return out.float().cpu().numpy().astype(np.float64).reshape(-1)
 

@@ -70,7 +70,7 @@ Multi-GPU: the same entry point runs under ``accelerate launch`` (TRL shards the
 rollouts over processes); see the README.
 """
 
-from geli_lib.alignment.rl.cluster import adapt_on_cluster, adaptations_compute
+from geli_lib.alignment.rl.cluster import adapt_on_cluster, adapt_task, adaptations_compute, folder_files, unpack
 from geli_lib.alignment.rl.curve import (
     COLLAPSE_DISTINCT2,
     COLLAPSE_TOP_SHARE,
@@ -157,6 +157,9 @@ __all__ = [
     "shared_prompt_logps",
     "adapt_on_cluster",
     "adaptations_compute",
+    "adapt_task",
+    "folder_files",
+    "unpack",
     "generate",
     "load_adapted",
     "generations",

@@ -16,13 +16,13 @@ from geli_lib.core.io import progress_enabled
 from geli_lib.core.params import ComputeParams, DataParams, RLParams
 
 
-def _folder_files(folder: Path) -> dict[str, bytes]:
+def folder_files(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` by its path relative to it (what a Dask task sends or returns)."""
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _unpack(files: dict[str, bytes], folder: Path) -> Path:
-    """Write :func:`_folder_files`' files under ``folder``, in their (sorted) order."""
+def unpack(files: dict[str, bytes], folder: Path) -> Path:
+    """Write :func:`folder_files`' files under ``folder``, in their (sorted) order."""
     for rel, blob in files.items():
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +30,7 @@ def _unpack(files: dict[str, bytes], folder: Path) -> Path:
     return folder
 
 
-def _adapt_task(
+def adapt_task(
     train: pd.DataFrame,
     name: str,
     reward_files: dict[str, bytes],
@@ -49,7 +49,7 @@ def _adapt_task(
         run = Path(tmp) / "run"
         train_rl(
             name,
-            _unpack(reward_files, Path(tmp) / "reward"),
+            unpack(reward_files, Path(tmp) / "reward"),
             train,
             rl,
             profile,
@@ -63,7 +63,7 @@ def _adapt_task(
         )
         return {
             rel: blob
-            for rel, blob in _folder_files(run).items()
+            for rel, blob in folder_files(run).items()
             if rel == "done.json" or rel.split("/")[0] in ("adapter", "tensorboard")
         }
 
@@ -95,7 +95,7 @@ def adapt_on_cluster(
     ``rl.workers`` 1: nothing (:func:`train_rl` trains them here).
 
     Each task gets the reward function's files and trains in a temporary folder of its
-    worker (:func:`_adapt_task`, the same :func:`train_rl`, with this process's torch
+    worker (:func:`adapt_task`, the same :func:`train_rl`, with this process's torch
     threads; with ``device`` cuda, on a worker offering ``GPU``). This process writes
     what comes back into :func:`run_dir` and :func:`tensorboard_dir`, so :func:`train_rl`
     with the same arguments then reads the finished run (and writes its table rows)
@@ -110,14 +110,14 @@ def adapt_on_cluster(
         for n, folder in chosen.items()
         if finished_run(run_dir(key_of, n, seed, rl.algorithm), run_key(rl, folder, train, seed, curve, data)) is None
     ]
-    calls = [(n, _folder_files(chosen[n]), rl, profile, corpus, seed, device, curve, data) for n in todo]
-    for name, files in zip(todo, run_grid(_adapt_task, train, calls, compute, device, progress=progress_enabled())):
+    calls = [(n, folder_files(chosen[n]), rl, profile, corpus, seed, device, curve, data) for n in todo]
+    for name, files in zip(todo, run_grid(adapt_task, train, calls, compute, device, progress=progress_enabled())):
         run = run_dir(key_of, name, seed, rl.algorithm)
         shutil.rmtree(run, ignore_errors=True)  # a partial run of this process: the worker's is complete
-        _unpack(
+        unpack(
             {rel.split("/", 1)[1]: b for rel, b in files.items() if rel.startswith("tensorboard/")},
             tensorboard_dir(key_of, rl.algorithm, name, seed),
         )
         # adapter/ before done.json (sorted order): done.json, the completeness marker, last
-        _unpack({rel: b for rel, b in files.items() if not rel.startswith("tensorboard/")}, run)
+        unpack({rel: b for rel, b in files.items() if not rel.startswith("tensorboard/")}, run)
     return todo

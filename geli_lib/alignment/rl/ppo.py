@@ -433,8 +433,8 @@ def _adapt(
         curves, evals = pd.DataFrame(done["curves"]), pd.DataFrame(done.get("evals", []))
         write_tables(curves, evals)
         return RunInfo(
-            name, seed, run / "adapter", curves, done["seconds_per_step"], 0, True, _peak_rss_gb(), evals,
-            done.get("kept_step"),
+            name, seed, run / "adapter", curves, done["seconds_per_step"], 0, True,
+            done.get("peak_rss_gb", float("nan")), evals, done.get("kept_step"),
         )  # fmt: skip
     key_path = run / "key.json"
     if run.exists() and (not key_path.exists() or json.loads(key_path.read_text()).get("key") != key):
@@ -479,6 +479,7 @@ def _adapt(
             shutil.rmtree(run / EVAL_ADAPTERS, ignore_errors=True)  # only for choosing (cpu: ~29 MB each)
             write_tables(frame, ev)
             done = {"key": key, "curves": curves, "evals": evals, "seconds_per_step": seconds, "kept_step": kept}
+            done["peak_rss_gb"] = _peak_rss_gb()  # of the process that trained it (a Dask worker's, say)
             write_json(done_path, done)
             shutil.rmtree(state_dir, ignore_errors=True)  # only for resuming (a trained value backbone: ~1.6 GB)
         return RunInfo(name, seed, run / "adapter", frame, seconds, first, False, _peak_rss_gb(), ev, kept)
