@@ -38,7 +38,8 @@ from geli_lib.core.params import ParamError, StudyParams, key_value, to_dict  # 
 from geli_lib.corpus import data  # noqa: E402
 from geli_lib.reward import experiments  # noqa: E402
 
-COLUMNS = ["seed", "reward function", "gain", "p", "slope (r̂/update)", "slope 95% CI low", "slope 95% CI high"]
+COLUMNS = ["seed", "reward function", "base r̂", "base sd", "adapted r̂", "adapted sd", "gain", "p"]
+COLUMNS += ["slope (r̂/update)", "slope 95% CI low", "slope 95% CI high"]
 COLUMNS += [
     "kept update",
     "KL weight (start)",
