@@ -24,7 +24,9 @@ from geli_lib.core.compute import (
     dashboard_link,
     dask_client,
     free_port,
+    grid_results,
     loopback_cluster,
+    run_grid,
     slurm_cluster,
 )
 from geli_lib.core.params import ComputeParams, SlurmParams
@@ -186,6 +188,25 @@ def test_slurm_job_script_asks_for_the_section_and_needs_no_sbatch():
     assert "--gres" not in cpu_script and "--resources" not in cpu_script
     with pytest.raises(ValueError, match="compute.slurm.walltime: is required"):
         slurm_cluster(dataclasses.replace(slurm, walltime=""))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["serial", "local"])
+def test_grid_results_arrive_as_each_task_finishes_and_a_failure_keeps_the_earlier_ones(scheduler):
+    """An adaptation takes minutes: its caller writes each result as it arrives (grid_results), so what
+    finished before a failing (or interrupted) task is not lost; run_grid keeps the calls' order."""
+    import operator
+
+    compute = ComputeParams(scheduler=scheduler, workers=1)
+    try:
+        got = []
+        with pytest.raises(ZeroDivisionError):
+            for i, value in grid_results(operator.truediv, 1.0, [(2.0,), (0.0,), (4.0,)], compute):
+                got.append((i, value))
+        assert got == [(0, 0.5)]  # one worker, one task at a time: the first finished before the second failed
+        assert run_grid(operator.truediv, 1.0, [(2.0,), (4.0,)], compute) == [0.5, 0.25]
+    finally:
+        close_grid_clients()
 
 
 def test_local_cluster_workers_keep_the_thread_limits_but_not_the_malloc_trim_threshold():

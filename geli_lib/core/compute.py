@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
 
 import dask
-from distributed import Client, Future, LocalCluster, progress
+from distributed import Client, Future, LocalCluster, as_completed, progress
 
 from geli_lib.core.params import SCHEDULERS, ComputeParams, SlurmParams
 
@@ -260,6 +260,44 @@ def _in_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
 
+def grid_results(
+    fn: Callable[..., T],
+    shared: Any,
+    calls: Sequence[tuple[Any, ...]],
+    compute: ComputeParams,
+    device: str = "cpu",
+    progress: bool = False,
+) -> Iterator[tuple[int, T]]:
+    """``(i, fn(shared, *calls[i]))`` for every call, as each one finishes, run where ``compute`` says.
+
+    The caller can write each result as it arrives, so an interrupted grid keeps
+    what finished (an adaptation takes minutes). ``serial``: here, one after the
+    other, as torch is set up in this process. Otherwise one Dask task per call
+    on :func:`grid_client`: ``shared`` (the data every task reads) is sent to the
+    workers once, each task runs with :func:`task_threads` torch threads and,
+    with ``device`` cuda, the resource ``GPU=1``. A task's exception is raised
+    here when its turn comes. ``fn`` must not write files the caller reads: on
+    another machine they would not be here.
+    """
+    if compute.scheduler == "serial" or not calls:
+        for i, call in enumerate(calls):
+            yield i, fn(shared, *call)
+        return
+    client = grid_client(compute, device)
+    threads = task_threads(compute)
+    resources = {"GPU": 1} if device == "cuda" else None
+    data = client.scatter(shared, hash=False)
+    futures = [client.submit(_in_threads, threads, fn, data, *call, resources=resources, pure=False) for call in calls]
+    index = {f.key: i for i, f in enumerate(futures)}
+    if progress:
+        start_progress_bar(client, futures)
+    try:
+        for future in as_completed(futures):
+            yield index[future.key], future.result()
+    finally:
+        client.cancel([data, *futures])
+
+
 def run_grid(
     fn: Callable[..., T],
     shared: Any,
@@ -268,28 +306,9 @@ def run_grid(
     device: str = "cpu",
     progress: bool = False,
 ) -> list[T]:
-    """``[fn(shared, *call) for call in calls]``, run where ``compute`` says; results in the order of ``calls``.
-
-    ``serial``: here, one after the other, as torch is set up in this process.
-    Otherwise one Dask task per call on :func:`grid_client`: ``shared`` (the
-    data every task reads) is sent to the workers once, each task runs with
-    :func:`task_threads` torch threads and, with ``device`` cuda, the resource
-    ``GPU=1``. A task's exception is raised here. ``fn`` must not write files
-    the caller reads: on another machine they would not be here.
-    """
-    if compute.scheduler == "serial" or not calls:
-        return [fn(shared, *call) for call in calls]
-    client = grid_client(compute, device)
-    threads = task_threads(compute)
-    resources = {"GPU": 1} if device == "cuda" else None
-    data = client.scatter(shared, hash=False)
-    futures = [client.submit(_in_threads, threads, fn, data, *call, resources=resources, pure=False) for call in calls]
-    if progress:
-        start_progress_bar(client, futures)
-    try:
-        return client.gather(futures)
-    finally:
-        client.cancel([data, *futures])
+    """``[fn(shared, *call) for call in calls]``, run where ``compute`` says (:func:`grid_results`), in order."""
+    done = dict(grid_results(fn, shared, calls, compute, device, progress))
+    return [done[i] for i in range(len(calls))]
 
 
 def dashboard_link(client: Client) -> str | None:

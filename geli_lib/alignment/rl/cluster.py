@@ -11,7 +11,7 @@ import pandas as pd
 
 from geli_lib.alignment.rl.ppo import train_rl
 from geli_lib.alignment.rl.runs import finished_run, run_dir, run_key, tensorboard_dir
-from geli_lib.core.compute import run_grid
+from geli_lib.core.compute import grid_results
 from geli_lib.core.io import progress_enabled
 from geli_lib.core.params import ComputeParams, DataParams, RLParams
 
@@ -97,9 +97,10 @@ def adapt_on_cluster(
     Each task gets the reward function's files and trains in a temporary folder of its
     worker (:func:`adapt_task`, the same :func:`train_rl`, with this process's torch
     threads; with ``device`` cuda, on a worker offering ``GPU``). This process writes
-    what comes back into :func:`run_dir` and :func:`tensorboard_dir`, so :func:`train_rl`
-    with the same arguments then reads the finished run (and writes its table rows)
-    like any finished one. An interrupted task starts over: its resume state was on the worker.
+    what comes back into :func:`run_dir` and :func:`tensorboard_dir` as each task finishes,
+    so :func:`train_rl` with the same arguments then reads the finished run (and writes its
+    table rows) like any finished one, and a stopped stage keeps the runs that finished. An
+    interrupted task starts over: its resume state was on the worker.
     """
     compute = adaptations_compute(compute, rl)
     if compute.scheduler == "serial":
@@ -111,7 +112,8 @@ def adapt_on_cluster(
         if finished_run(run_dir(key_of, n, seed, rl.algorithm), run_key(rl, folder, train, seed, curve, data)) is None
     ]
     calls = [(n, folder_files(chosen[n]), rl, profile, corpus, seed, device, curve, data) for n in todo]
-    for name, files in zip(todo, run_grid(adapt_task, train, calls, compute, device, progress=progress_enabled())):
+    for i, files in grid_results(adapt_task, train, calls, compute, device, progress=progress_enabled()):
+        name = todo[i]  # written as each finishes: a stopped 07 keeps the runs that had
         run = run_dir(key_of, name, seed, rl.algorithm)
         shutil.rmtree(run, ignore_errors=True)  # a partial run of this process: the worker's is complete
         unpack(
