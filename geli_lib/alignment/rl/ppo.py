@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -13,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -333,7 +334,19 @@ def _score_norm_option(rl: RLParams) -> dict[str, Any]:
     return {"scale_rewards": "group" if rl.score_norm else "none"}
 
 
+def _in_rl_threads(fn: Callable[..., RunInfo]) -> Callable[..., RunInfo]:
+    """An adaptation runs with ``rl.threads`` torch threads (its fourth argument), wherever it trains."""
+
+    @functools.wraps(fn)
+    def adapt(name: str, folder: str | Path, train: pd.DataFrame, rl: RLParams, *args: Any, **kw: Any) -> RunInfo:
+        with torch_threads(rl.threads):
+            return fn(name, folder, train, rl, *args, **kw)
+
+    return adapt
+
+
 @_quiet()
+@_in_rl_threads
 def train_rl(
     name: str,
     reward_folder: str | Path,
@@ -369,42 +382,6 @@ def train_rl(
     stays in ``out_dir/tensorboard`` and the tables are left to the caller (a
     Dask task of :func:`adapt_on_cluster`, whose client writes them).
     """
-    with torch_threads(rl.threads):
-        return _adapt(
-            name,
-            reward_folder,
-            train,
-            rl,
-            profile,
-            corpus=corpus,
-            seed=seed,
-            device=device,
-            callbacks=callbacks,
-            out_dir=out_dir,
-            curve=curve,
-            data=data,
-            results_key=results_key,
-            write_results=write_results,
-        )
-
-
-def _adapt(
-    name: str,
-    reward_folder: str | Path,
-    train: pd.DataFrame,
-    rl: RLParams,
-    profile: str,
-    corpus: str = "simulated",
-    seed: int = 0,
-    device: str = "cpu",
-    callbacks: Sequence[Any] = (),
-    out_dir: str | Path | None = None,
-    curve: pd.DataFrame | None = None,
-    data: DataParams | None = None,
-    results_key: str | None = None,
-    write_results: bool = True,
-) -> RunInfo:
-    """:func:`train_rl` in the threads it set."""
     offline_env()
     rl.validate()
     rl = dataclasses.replace(rl, bf16=bf16_in_effect(rl.bf16, device))  # the run key holds what runs
