@@ -34,7 +34,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from geli_lib.alignment import rl  # noqa: E402
-from geli_lib.core.compute import close_grid_clients, run_grid  # noqa: E402
+from geli_lib.core.compute import close_grid_clients, grid_results  # noqa: E402
 from geli_lib.core.models import bf16_in_effect  # noqa: E402
 from geli_lib.core.params import ParamError, RLParams, StudyParams, key_value, load_params  # noqa: E402
 from geli_lib.corpus import data  # noqa: E402
@@ -58,7 +58,8 @@ def side_by_side(
     ]
     t0 = time.perf_counter()
     try:
-        outs = run_grid(rl.adapt_task, train, calls * rlp.workers, rl.adaptations_compute(params.compute, rlp), device)
+        where = rl.adaptations_compute(params.compute, rlp)
+        outs = dict(grid_results(rl.adapt_task, train, calls * rlp.workers, where, device))
     finally:
         close_grid_clients()
     t_run = time.perf_counter() - t0

@@ -26,7 +26,6 @@ from geli_lib.core.compute import (
     free_port,
     grid_results,
     loopback_cluster,
-    run_grid,
     slurm_cluster,
 )
 from geli_lib.core.params import ComputeParams, SlurmParams
@@ -194,7 +193,7 @@ def test_slurm_job_script_asks_for_the_section_and_needs_no_sbatch():
 @pytest.mark.parametrize("scheduler", ["serial", "local"])
 def test_grid_results_arrive_as_each_task_finishes_and_a_failure_keeps_the_earlier_ones(scheduler):
     """An adaptation takes minutes: its caller writes each result as it arrives (grid_results), so what
-    finished before a failing (or interrupted) task is not lost; run_grid keeps the calls' order."""
+    finished before a failing (or interrupted) task is not lost; each result comes with its call's index."""
     import operator
 
     compute = ComputeParams(scheduler=scheduler, workers=1)
@@ -204,7 +203,7 @@ def test_grid_results_arrive_as_each_task_finishes_and_a_failure_keeps_the_earli
             for i, value in grid_results(operator.truediv, 1.0, [(2.0,), (0.0,), (4.0,)], compute):
                 got.append((i, value))
         assert got == [(0, 0.5)]  # one worker, one task at a time: the first finished before the second failed
-        assert run_grid(operator.truediv, 1.0, [(2.0,), (4.0,)], compute) == [0.5, 0.25]
+        assert sorted(grid_results(operator.truediv, 1.0, [(2.0,), (4.0,)], compute)) == [(0, 0.5), (1, 0.25)]
     finally:
         close_grid_clients()
 

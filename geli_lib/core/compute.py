@@ -7,7 +7,7 @@ long extraction needs: a task whose worker dies is run again on another worker
 (up to ``distributed.scheduler.allowed-failures`` times), a progress bar, and a
 dashboard in the browser.
 
-The reward-function grid (:func:`run_grid`) follows the study's ``compute``
+The reward-function grid (:func:`grid_results`) follows the study's ``compute``
 parameters (:class:`geli_lib.core.params.ComputeParams`): ``serial`` runs the tasks
 in this process as before; ``local``, an address or ``slurm`` send them to Dask
 workers. Tasks return their results and this process writes them, since workers
@@ -155,7 +155,7 @@ _GRID_CLIENTS: dict[tuple[Any, ...], tuple[Client, ExitStack]] = {}
 
 
 def grid_client(compute: ComputeParams, device: str = "cpu") -> Client:
-    """The Dask client :func:`run_grid` submits to, started on first use and kept for the process.
+    """The Dask client :func:`grid_results` submits to, started on first use and kept for the process.
 
     ``local``: an embedded LocalCluster of ``compute.workers`` processes; an
     address: that scheduler (:class:`SchedulerUnreachable` naming
@@ -296,19 +296,6 @@ def grid_results(
             yield index[future.key], future.result()
     finally:
         client.cancel([data, *futures])
-
-
-def run_grid(
-    fn: Callable[..., T],
-    shared: Any,
-    calls: Sequence[tuple[Any, ...]],
-    compute: ComputeParams,
-    device: str = "cpu",
-    progress: bool = False,
-) -> list[T]:
-    """``[fn(shared, *call) for call in calls]``, run where ``compute`` says (:func:`grid_results`), in order."""
-    done = dict(grid_results(fn, shared, calls, compute, device, progress))
-    return [done[i] for i in range(len(calls))]
 
 
 def dashboard_link(client: Client) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence, cast
 
 import torch
 
-from geli_lib.core.compute import run_grid
+from geli_lib.core.compute import grid_results
 from geli_lib.core.io import cache_dir, content_key, file_key, progress_bar
 from geli_lib.core.params import GE_METHODS, REWARD_METHODS, ComputeParams, RewardParams, to_dict
 from geli_lib.reward import losses
@@ -459,7 +459,7 @@ def train_grid(
     """:func:`train_cached` of each ``(method, params, seed)`` in ``runs``, the misses trained where
     ``compute`` says, in the order of ``runs``.
 
-    Cache hits are read here; only the misses become tasks (:func:`geli_lib.core.compute.run_grid`).
+    Cache hits are read here; only the misses become tasks (:func:`geli_lib.core.compute.grid_results`).
     Their results come back to this process, which writes the cache: a worker on
     another machine has another disk. The serial path is :func:`train_cached` itself.
     """
@@ -467,7 +467,8 @@ def train_grid(
         return [train_cached(m, train, p, s, progress=progress, device=device) for m, p, s in runs]
     folders = [trained_folder(m, train, p, s) for m, p, s in runs]
     todo = [i for i, f in enumerate(folders) if f is None or not (f / "reward.json").is_file()]
-    fresh = dict(zip(todo, run_grid(_train_task, train, [(*runs[i], device) for i in todo], compute, device, progress)))
+    calls = [(*runs[i], device) for i in todo]
+    fresh = {todo[j]: r for j, r in grid_results(_train_task, train, calls, compute, device, progress)}
     # a run not in ``fresh`` was a cache hit, so it has a folder
     return [_keep(fresh[i], f) if i in fresh else TrainedReward.load(cast(Path, f)) for i, f in enumerate(folders)]
 
