@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from geli_lib.alignment import rl  # noqa: E402
-from geli_lib.alignment.rl.prompt import encode_prompt, scoring_histories  # noqa: E402
+from geli_lib.alignment.best_of_n import sample_groups  # noqa: E402
+from geli_lib.alignment.rl.prompt import scoring_histories  # noqa: E402
 from geli_lib.alignment.rl.reward import TextReward, load_trained_reward  # noqa: E402
 from geli_lib.core import load_params  # noqa: E402
 from geli_lib.core.models import load_policy  # noqa: E402
@@ -45,12 +46,11 @@ def main() -> None:
     train, _, _ = rl.rl_contexts(corpus, split, params.rl, args.seed)
     contexts = train.sample(min(args.contexts, len(train)), random_state=args.seed)
     model, tok = load_policy(params.device, torch.bfloat16 if params.rl.bf16 else None)
-    tok.padding_side = "left"
-    prompts = [encode_prompt(tok, h, params.rl.max_prompt_tokens)[0] for h in contexts["history"]]
-    repeated = [p for p in prompts for _ in range(args.group)]  # a context's group is consecutive
-    responses = rl.generate(
-        model, tok, repeated, params.rl.response_length, True, args.seed, temperature=params.rl.temperature
-    )
+    groups = sample_groups(
+        model, tok, contexts["history"].tolist(), args.group, params.rl.response_length, params.rl.temperature,
+        params.rl.max_prompt_tokens, args.seed,
+    )  # fmt: skip
+    responses = [r for group in groups for r in group]  # a context's group is consecutive
     states = np.repeat(scoring_histories(contexts).to_numpy(), args.group).tolist()
     saved = experiments.saved_reward_functions(params.profile, params.corpus, args.seed)
     chosen = rl.select_reward_functions(saved, params.rl.reward_fns, params.rl)

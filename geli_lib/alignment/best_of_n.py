@@ -1,0 +1,135 @@
+"""Best-of-n: what selection alone buys under a reward function, the training-free control for RL.
+
+Draw n responses per context from the base policy at the RL rollouts' temperature and keep the one r̂
+scores highest (best-of-n, Stiennon et al. 2020; Nakano et al. 2021). No weight moves, and the picked
+responses' distribution is at most log n − (n−1)/n nats from the base's (:func:`kl_bound`). Two readings:
+
+- **Are there gains without collapse?** If best-of-n raises a reward while its picks stay varied
+  (distinct-2, the share of the most frequent pick) and RL on the same reward collapses onto one
+  sentence, the reward has non-degenerate gains and the optimiser missed them; if best-of-n's gains
+  come with collapse too, the reward pays for it.
+- **Are the gains the truth's?** The picks are scored under every judge, the oracle (trained on the
+  simulation's planted truth) among them: a reward whose picks do not raise the oracle is optimised
+  against itself (GELI Sec. 5.3's question, asked without RL's noise).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from geli_lib.alignment.generation_eval import PAIRED_TEST, distinct_n, paired_p
+from geli_lib.alignment.rl.curve import collapsed, top_share
+from geli_lib.alignment.rl.generations import generate
+from geli_lib.alignment.rl.prompt import encode_prompt
+
+#: A scorer: r̂ of (histories, responses) pairs (:class:`~geli_lib.alignment.generation_eval.PairScorer`).
+Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+
+
+def kl_bound(n: int) -> float:
+    """KL(best-of-n ‖ base) ≤ log n − (n−1)/n nats (Stiennon et al. 2020, App. G.3; Beirami et al. 2024 show
+    it is an upper bound, reached when no two samples tie)."""
+    if n < 1:
+        raise ValueError(f"best-of-n needs n >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+def sample_groups(
+    model: Any, tok: Any, histories: Sequence[str], n: int, max_new_tokens: int, temperature: float,
+    max_prompt_tokens: int, seed: int = 0,
+) -> list[list[str]]:  # fmt: skip
+    """``n`` sampled responses of ``model`` to each history (the policy's prompt), context-major: ``out[c][k]``.
+
+    Draw k of every context comes from one seeded generation pass (seed ``seed`` · 10⁴ + k), so the first k draws
+    are the same whatever ``n`` (best-of-2 picks among best-of-8's first two).
+    """
+    tok.padding_side = "left"
+    prompts = [encode_prompt(tok, h, max_prompt_tokens)[0] for h in histories]
+    draws = [
+        generate(model, tok, prompts, max_new_tokens, True, seed * 10_000 + k, temperature=temperature)
+        for k in range(n)
+    ]
+    return [list(group) for group in zip(*draws)]
+
+
+def pick_best(scores: np.ndarray, n: int) -> np.ndarray:
+    """Per row of ``scores`` (contexts × draws), the index of the highest of the first ``n`` (the first on ties)."""
+    if not 1 <= n <= scores.shape[1]:
+        raise ValueError(f"best-of-{n} needs 1 <= n <= {scores.shape[1]} draws")
+    return np.argmax(scores[:, :n], axis=1)
+
+
+def best_of_n(
+    states: Sequence[str],
+    samples: Sequence[Sequence[str]],
+    scorers: Mapping[str, Scorer],
+    selectors: Sequence[str],
+    ns: Sequence[int],
+    greedy: Sequence[str] | None = None,
+    permutations: int = 20000,
+) -> pd.DataFrame:
+    """One row per (selector, n): best-of-n under ``selector``, scored by every scorer.
+
+    ``states``: r_θ's dialogue state per context; ``samples[c]``: the draws for context c
+    (:func:`sample_groups`); ``scorers``: name -> r̂ (every judge, the selectors among them). Columns:
+    ``selected by``, ``n``, ``KL bound (nats)`` (:func:`kl_bound`), ``r̂: <judge>`` (mean over contexts of the
+    picks' scores), ``gain`` and ``p`` (the selector's own r̂, picks vs each context's first draw, i.e.
+    best-of-1; :data:`PAIRED_TEST`), ``distinct-2``, ``top response share`` and ``collapsed``
+    (:func:`~geli_lib.alignment.rl.curve.collapsed` against the first draws). With ``greedy`` (the base's
+    greedy responses to the same contexts, as 07 and 08 test the adapted policies): ``gain vs greedy`` and
+    ``p vs greedy`` (the picks against them, the comparison RL's verdict makes), and a last row,
+    ``selected by`` = ``greedy base``, n 0.
+    """
+    unknown = [s for s in selectors if s not in scorers]
+    if unknown:
+        raise ValueError(f"selectors {unknown} are not among the scorers: {list(scorers)}")
+    width = {len(g) for g in samples}
+    if len(width) != 1:
+        raise ValueError(f"every context needs the same number of draws; got {sorted(width)}")
+    draws = np.array([list(g) for g in samples], dtype=object)  # contexts × draws
+    n_ctx, n_draws = draws.shape
+    flat_states = np.repeat(np.asarray(states, dtype=object), n_draws).tolist()
+    scores = {
+        name: np.asarray(f(flat_states, draws.ravel().tolist())).reshape(n_ctx, n_draws) for name, f in scorers.items()
+    }
+    at_greedy = (
+        {} if greedy is None else {name: np.asarray(f(list(states), list(greedy))) for name, f in scorers.items()}
+    )
+    rows = []
+    rows_idx = np.arange(n_ctx)
+    first = draws[:, 0].tolist()
+    for selector in selectors:
+        for n in ns:
+            picked = pick_best(scores[selector], n)
+            responses = draws[rows_idx, picked].tolist()
+            own = scores[selector][rows_idx, picked]
+            row: dict[str, Any] = {"selected by": selector, "n": n, "KL bound (nats)": kl_bound(n)}
+            row |= {f"r̂: {name}": float(s[rows_idx, picked].mean()) for name, s in scores.items()}
+            row["gain"] = float((own - scores[selector][:, 0]).mean())
+            row["p"] = paired_p(own, scores[selector][:, 0], permutations) if n > 1 else 1.0
+            if greedy is not None:
+                row["gain vs greedy"] = float((own - at_greedy[selector]).mean())
+                row["p vs greedy"] = paired_p(own, at_greedy[selector], permutations)
+            row["test"] = PAIRED_TEST
+            row |= _diversity(responses, first)
+            rows.append(row)
+    if greedy is not None:
+        row = {"selected by": "greedy base", "n": 0, "KL bound (nats)": math.nan}
+        row |= {f"r̂: {name}": float(s.mean()) for name, s in at_greedy.items()}
+        row |= {"gain": math.nan, "p": math.nan, "gain vs greedy": 0.0, "p vs greedy": math.nan, "test": ""}
+        row |= _diversity(list(greedy), first)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _diversity(responses: list[str], reference: list[str]) -> dict[str, Any]:
+    """distinct-2, the most frequent response's share, and whether they collapsed against ``reference``."""
+    return {
+        "distinct-2": distinct_n(responses, 2),
+        "top response share": top_share(responses),
+        "collapsed": collapsed(responses, reference),
+    }
