@@ -45,7 +45,8 @@ def test_best_of_n_by_hand_a_varied_pick_and_a_collapsed_one():
         ["Hello there", "I am so sorry"],
     ]
     greedy = ["ok", "ok", "ok", "ok"]
-    table = bon.best_of_n(states, samples, {"words": _words, "sorry": _sorry}, ["words", "sorry"], [1, 2], greedy)
+    judges = {"words": _words, "sorry": _sorry}
+    table = bon.best_of_n(states, samples, judges, ["words", "sorry"], [1, 2], greedy, tested=["sorry"])
     row = table.set_index(["selected by", "n"])
     # best-of-2 by length: draws 2 everywhere; gains 2, 1, 1, 2 words -> mean 1.5, all positive:
     # exact two-sided sign-flip p = 2 / 2^4 = 0.125
@@ -53,6 +54,10 @@ def test_best_of_n_by_hand_a_varied_pick_and_a_collapsed_one():
     assert row.loc[("words", 2), "gain"] == pytest.approx(1.5)
     assert row.loc[("words", 2), "p"] == pytest.approx(0.125)
     assert row.loc[("words", 2), "r̂: sorry"] == pytest.approx(3 / 4)  # the judge that did not pick
+    # ... tested: +1 apology at contexts 2-4, none at context 1 -> mean 0.75; exact p: 2 of 2^3 sign patterns
+    # of the three nonzero differences reach |mean| 0.75: 0.25
+    assert row.loc[("words", 2), "gain: sorry"] == pytest.approx(0.75)
+    assert row.loc[("words", 2), "p: sorry"] == pytest.approx(0.25)
     assert row.loc[("words", 1), "gain"] == 0.0 and row.loc[("words", 1), "p"] == 1.0
     # against greedy "ok" (1 word): +4, +3, +3, +3
     assert row.loc[("words", 2), "gain vs greedy"] == pytest.approx(3.25)
@@ -66,6 +71,8 @@ def test_best_of_n_by_hand_a_varied_pick_and_a_collapsed_one():
 def test_best_of_n_refuses_an_unknown_selector_and_ragged_draws():
     with pytest.raises(ValueError, match="not among the scorers"):
         bon.best_of_n(["s"], [["a"]], {"words": _words}, ["sorry"], [1])
+    with pytest.raises(ValueError, match=r"\['oracle'\] are not among"):
+        bon.best_of_n(["s"], [["a"]], {"words": _words}, ["words"], [1], tested=["oracle"])
     with pytest.raises(ValueError, match="same number of draws"):
         bon.best_of_n(["s", "t"], [["a"], ["a", "b"]], {"words": _words}, ["words"], [1])
 

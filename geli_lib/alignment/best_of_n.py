@@ -71,6 +71,7 @@ def best_of_n(
     ns: Sequence[int],
     greedy: Sequence[str] | None = None,
     permutations: int = 20000,
+    tested: Sequence[str] = (),
 ) -> pd.DataFrame:
     """One row per (selector, n): best-of-n under ``selector``, scored by every scorer.
 
@@ -82,11 +83,12 @@ def best_of_n(
     (:func:`~geli_lib.alignment.rl.curve.collapsed` against the first draws). With ``greedy`` (the base's
     greedy responses to the same contexts, as 07 and 08 test the adapted policies): ``gain vs greedy`` and
     ``p vs greedy`` (the picks against them, the comparison RL's verdict makes), and a last row,
-    ``selected by`` = ``greedy base``, n 0.
+    ``selected by`` = ``greedy base``, n 0. For each judge of ``tested`` (the oracle): ``gain: <judge>`` and
+    ``p: <judge>``, its r̂ of the picks against the first draws, tested as the selector's own.
     """
-    unknown = [s for s in selectors if s not in scorers]
+    unknown = [s for s in [*selectors, *tested] if s not in scorers]
     if unknown:
-        raise ValueError(f"selectors {unknown} are not among the scorers: {list(scorers)}")
+        raise ValueError(f"selectors or tested judges {unknown} are not among the scorers: {list(scorers)}")
     width = {len(g) for g in samples}
     if len(width) != 1:
         raise ValueError(f"every context needs the same number of draws; got {sorted(width)}")
@@ -114,6 +116,10 @@ def best_of_n(
             if greedy is not None:
                 row["gain vs greedy"] = float((own - at_greedy[selector]).mean())
                 row["p vs greedy"] = paired_p(own, at_greedy[selector], permutations)
+            for judge in tested:
+                picked_scores = scores[judge][rows_idx, picked]
+                row[f"gain: {judge}"] = float((picked_scores - scores[judge][:, 0]).mean())
+                row[f"p: {judge}"] = paired_p(picked_scores, scores[judge][:, 0], permutations) if n > 1 else 1.0
             row["test"] = PAIRED_TEST
             row |= _diversity(responses, first)
             rows.append(row)
