@@ -4,7 +4,8 @@ For each ``--seeds``: the 64 held-out contexts 08 tests the adapted models on, `
 each (``rl.temperature``, as RL's rollouts; ``rl.gen_tokens`` tokens, as 08's generations) and the base's
 greedy response; every draw is scored by that seed's reward functions of ``rl.reward_fns`` and the oracle
 (the one scoring of training and evaluation, ``PairScorer``); best-of-1, 2, 4, … under each reward function
-is scored by all of them (:func:`geli_lib.alignment.best_of_n.best_of_n`). Read it beside
+is scored by all of them (:func:`geli_lib.alignment.best_of_n.control`, which 07 runs at the profile's seed
+with ``eval.best_of_n`` draws). Read it beside
 ``adhoc/rl_seeds`` (``benchmarks/rl_seeds.py``): where RL collapses and best-of-n does not, the reward has
 gains without collapse that the optimiser missed; the oracle column says whether the picks are better for the
 planted truth or only for the reward that picked them.
@@ -26,46 +27,22 @@ os.environ.setdefault("GELI_PROGRESS", "0")
 import pandas as pd  # noqa: E402
 
 from geli_lib.alignment import rl  # noqa: E402
-from geli_lib.alignment.best_of_n import best_of_n, sample_groups  # noqa: E402
-from geli_lib.alignment.generation_eval import PairScorer  # noqa: E402
-from geli_lib.alignment.rl.prompt import encode_prompt, scoring_histories  # noqa: E402
+from geli_lib.alignment.best_of_n import control  # noqa: E402
 from geli_lib.core import load_params, results_dir, write_csv  # noqa: E402
-from geli_lib.core.models import autocast, bf16_in_effect, load_policy  # noqa: E402
 from geli_lib.core.params import StudyParams  # noqa: E402
 from geli_lib.corpus import data  # noqa: E402
 from geli_lib.reward import experiments  # noqa: E402
-from geli_lib.reward.reward_model import TrainedReward  # noqa: E402
-
-ORACLE_ID = experiments.ORACLE.id
 
 
 def one_seed(params: StudyParams, seed: int, n: int) -> pd.DataFrame:
-    """The best-of-n table of one seed (its held-out contexts, its reward functions)."""
+    """The best-of-n table of one seed (its held-out contexts, its reward functions), as 07 computes it."""
     corpus = data.load_corpus(params)
     split = data.split_conversations(corpus.conversations, params.splits)
     _, held_out, _ = rl.rl_contexts(corpus, split, params.rl, seed)
     saved = experiments.saved_reward_functions(params.profile, params.corpus, seed)
     selectors = rl.select_reward_functions(saved, params.rl.reward_fns, params.rl)
-    judges = dict(selectors)
-    if ORACLE_ID in saved:
-        judges |= experiments.by_display_name({ORACLE_ID: saved[ORACLE_ID]})
-    scorers = {
-        name: PairScorer(TrainedReward.load(folder), params.data, params.device) for name, folder in judges.items()
-    }
-    model, tok = load_policy(params.device)
-    tok.padding_side = "left"
-    histories = held_out["history"].tolist()
-    with autocast(bf16_in_effect(params.rl.bf16, params.device), params.device):
-        samples = sample_groups(
-            model, tok, histories, n, params.rl.gen_tokens, params.rl.temperature, params.rl.max_prompt_tokens, seed
-        )
-        prompts = [encode_prompt(tok, h, params.rl.max_prompt_tokens)[0] for h in histories]
-        greedy = rl.generate(model, tok, prompts, params.rl.gen_tokens)
-    ns = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]
-    states = scoring_histories(held_out).tolist()
-    truth = [name for name in scorers if name not in selectors]  # the oracle, where the corpus has one
-    table = best_of_n(states, samples, scorers, list(selectors), ns, greedy, params.eval.permutations, truth)
-    return table.assign(seed=seed, **{"n contexts": len(held_out)})
+    truth = experiments.by_display_name({k: v for k, v in saved.items() if k == experiments.ORACLE.id})
+    return control(held_out, selectors, truth, params.rl, params.data, n, seed, params.device, params.eval.permutations)
 
 
 def over_seeds(table: pd.DataFrame) -> pd.DataFrame:

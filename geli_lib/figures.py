@@ -393,3 +393,45 @@ def rl_eval_curves(
         axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def best_of_n(table: pd.DataFrame, rl_summary: pd.DataFrame | None = None, truth: str | None = None) -> plt.Figure:
+    """07's control: best-of-n of the base policy per reward function (``tables/best_of_n.csv``, one seed).
+
+    One panel per reward function: its gain under itself over the base's greedy replies against n (log
+    scale), RL's gain (``rl_summary``, the same comparison) dashed. With a ``truth`` judge (the oracle), a
+    last panel: its mean r̂ of every reward function's picks, the greedy base's dashed. The x labels give
+    the KL bound log n − (n−1)/n.
+    """
+    picks = table[table["n"] > 0]
+    greedy = table[table["selected by"] == "greedy base"]
+    names = list(dict.fromkeys(picks["selected by"]))
+    with_truth = bool(truth) and f"r̂: {truth}" in table
+    cols = len(names) + with_truth
+    fig, axes = plt.subplots(1, cols, figsize=(3.0 * cols, 3.2), squeeze=False)
+    rl = {} if rl_summary is None else rl_summary.set_index("reward function")["gain"].to_dict()
+    for i, name in enumerate(names):
+        g, ax, colour = picks[picks["selected by"] == name], axes[0, i], f"C{i}"
+        ax.plot(g["n"], g["gain vs greedy"], marker="o", ms=3, color=colour, label="best-of-n")
+        if name in rl:
+            ax.axhline(rl[name], color=colour, ls="--", lw=1, label="RL (kept update)")
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7)
+        if with_truth:
+            axes[0, -1].plot(g["n"], g[f"r̂: {truth}"], marker="o", ms=3, color=colour, label=name)
+    axes[0, 0].set_ylabel("own r̂ over the greedy base")
+    if with_truth:
+        ax = axes[0, -1]
+        if len(greedy):
+            ax.axhline(float(greedy[f"r̂: {truth}"].iloc[0]), color="k", ls="--", lw=1, label="greedy base")
+        ax.set_title(f"the picks under {truth}", fontsize=9)
+        ax.set_ylabel("mean r̂")
+        ax.legend(fontsize=6)
+    ns = sorted(picks["n"].unique())
+    for ax in axes[0]:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [f"{n}\n≤{np.log(n) - (n - 1) / n:.2f}" for n in ns], fontsize=7)
+        ax.set_xlabel("best-of-n (KL bound, nats)", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -71,10 +71,10 @@ soda_path = ""  # SODA JSON/JSONL: adds its contexts to the generations
 
 # %% tags=["hide-input"]
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from geli_lib import figures
-from geli_lib.alignment import generation_eval, rl
+from geli_lib.alignment import best_of_n, generation_eval, rl
 from geli_lib.core import load_params, results_dir, timed, write_csv
 from geli_lib.corpus import data
 from geli_lib.reward import experiments
@@ -227,3 +227,28 @@ for verdict in ("learned", "collapsed"):
     print(f"{verdict}:", ", ".join(summary.loc[summary[verdict], "reward function"]) or "none")
 text = per.groupby(in_dist["model"])[["same_as_base", "empty", "repetition", "length"]].mean()
 display(text.round(3))
+
+# %% [markdown]
+# ## A control: what selection alone buys (best-of-n)
+#
+# RL moves the policy's weights; the simplest way to please a reward function moves none. Sample $n$
+# responses from the **base** policy for each held-out context (at RL's rollout temperature) and keep
+# the one the reward function scores highest. The picks' distribution is at most
+# $\log n - \frac{n-1}{n}$ nats from the base's (1.2 nats at $n = 8$), less than the KL of a run that moved.
+# If best-of-n raises a reward with varied picks where RL collapsed, the reward has gains without
+# collapse and the optimiser missed them; the oracle, trained on the simulation's planted truth, says
+# whether the picks are better for the truth or only for the reward that picked them. Each panel
+# compares with the base's greedy replies, as the table above does for RL (dashed line).
+# `eval.best_of_n` draws per context; written to `tables/best_of_n.csv`.
+
+# %%
+if params.eval.best_of_n:
+    saved = experiments.saved_reward_functions(profile, corpus, seed)
+    truth = experiments.by_display_name({k: v for k, v in saved.items() if k == experiments.ORACLE.id})
+    with timed(results, "07: best-of-n control"):
+        bon = best_of_n.control(held_out, chosen, truth, params.rl, params.data, params.eval.best_of_n, seed,
+                                params.device, params.eval.permutations)  # fmt: skip
+    write_csv(results_dir(results, "tables") / "best_of_n.csv", bon)
+    display(Markdown(best_of_n.reading(bon, summary)))
+    fig = figures.best_of_n(bon, summary, next(iter(truth), None))
+    figures.save_figure(fig, results, "07_best_of_n")

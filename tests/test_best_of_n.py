@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from geli_lib.alignment import best_of_n as bon
@@ -87,3 +88,18 @@ def test_sample_groups_draws_from_the_policy_and_its_first_draws_do_not_depend_o
     assert len(three) == 2 and all(len(g) == 3 for g in three)
     assert [g[:2] for g in three] == two
     assert len({r for g in three for r in g}) > 1  # sampled, not one greedy reply repeated
+
+
+def test_reading_states_the_largest_n_against_rl_in_numbers_and_refuses_several_seeds():
+    states = [f"User: topic {i}" for i in range(4)]
+    samples = [["a b", "a b c d"], ["x y", "I am so sorry"], ["p q", "I am so sorry"], ["m n", "I am so sorry"]]
+    table = bon.best_of_n(states, samples, {"words": _words, "sorry": _sorry}, ["words"], [1, 2], ["ok"] * 4,
+                          tested=["sorry"]).assign(seed=0)  # fmt: skip
+    rl = pd.DataFrame([{"reward function": "words", "gain": 0.5, "p": 0.01, "KL (nats)": 2.0, "learned": True}])
+    text = bon.reading(table, rl)
+    assert "**words**, best-of-2 (KL ≤ 0.19 nats): +2.00 over a base draw (p 0.125)" in text
+    assert "+3.00 over the greedy base" in text and "sorry +0.75 (p 0.250)" in text  # 4 words against "ok"
+    assert "RL: +0.50 (p 0.010, KL 2.0 nats), learned." in text
+    assert "top response share 0.75, collapsed" in text
+    with pytest.raises(ValueError, match="one seed"):
+        bon.reading(pd.concat([table, table.assign(seed=1)]))

@@ -33,3 +33,23 @@ def test_rl_eval_curves_marks_the_kept_update_only_where_it_is_not_the_last():
     assert _vertical_lines(ls_top) == []  # kept its last update: nothing to mark
     assert "RLOO" in geli_top.get_title()
     assert _vertical_lines(figures.rl_eval_curves(_evals()).axes[0]) == []
+
+
+def _horizontal_lines(ax) -> list[float]:  # noqa: ANN001
+    return [float(line.get_ydata()[0]) for line in ax.lines if len(set(line.get_ydata())) == 1]
+
+
+def test_best_of_n_draws_a_panel_per_reward_function_with_rl_beside_it_and_the_oracle_last():
+    rows = [
+        {"selected by": name, "n": n, "gain vs greedy": g * n, "r̂: Oracle": 2.0 + 0.1 * n}
+        for name, g in (("GELI", 0.1), ("VA", 0.05))
+        for n in (1, 2, 4)
+    ] + [{"selected by": "greedy base", "n": 0, "gain vs greedy": 0.0, "r̂: Oracle": 2.3}]
+    rl = pd.DataFrame({"reward function": ["GELI"], "gain": [0.25]})
+    fig = figures.best_of_n(pd.DataFrame(rows), rl, "Oracle")
+    geli, va, oracle = fig.axes
+    assert [geli.get_title(), va.get_title()] == ["GELI", "VA"]
+    assert list(geli.lines[0].get_ydata()) == [0.1, 0.2, 0.4]
+    assert 0.25 in _horizontal_lines(geli) and 0.25 not in _horizontal_lines(va)  # RL's gain where it ran
+    assert 2.3 in _horizontal_lines(oracle) and len(oracle.lines) == 3  # two reward functions' picks + greedy
+    assert len(figures.best_of_n(pd.DataFrame(rows)).axes) == 2  # no truth judge: no oracle panel

@@ -64,6 +64,7 @@ def test_overrides_merge_into_sections_and_ignore_none():
         ({"corpus": "twitter", "data_path": "x"}, "corpus"),
         ({"notebooks": ["99_missing"]}, "notebooks"),
         ({"seeds": []}, "seeds"),
+        ({"eval": {"best_of_n": -1}}, "eval.best_of_n"),
     ],
 )
 def test_bad_values_name_file_and_field(override, field):

@@ -16,15 +16,17 @@ responses' distribution is at most log n − (n−1)/n nats from the base's (:fu
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from geli_lib.alignment.generation_eval import PAIRED_TEST, distinct_n, paired_p
+from geli_lib.alignment.generation_eval import PAIRED_TEST, PairScorer, distinct_n, paired_p
 from geli_lib.alignment.rl.curve import collapsed, top_share
 from geli_lib.alignment.rl.generations import generate
-from geli_lib.alignment.rl.prompt import encode_prompt
+from geli_lib.alignment.rl.prompt import encode_prompt, scoring_histories
+from geli_lib.core.params import DataParams, RLParams
 
 #: A scorer: r̂ of (histories, responses) pairs (:class:`~geli_lib.alignment.generation_eval.PairScorer`).
 Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
@@ -139,3 +141,82 @@ def _diversity(responses: list[str], reference: list[str]) -> dict[str, Any]:
         "top response share": top_share(responses),
         "collapsed": collapsed(responses, reference),
     }
+
+
+def control(
+    contexts: pd.DataFrame,
+    selectors: Mapping[str, str | Path],
+    judges: Mapping[str, str | Path],
+    rl: RLParams,
+    data: DataParams,
+    n: int,
+    seed: int = 0,
+    device: str = "cpu",
+    permutations: int = 20000,
+) -> pd.DataFrame:
+    """The best-of-n table of held-out ``contexts`` (rows of :func:`~geli_lib.alignment.rl.rl_contexts`).
+
+    ``n`` draws per context from the base policy at ``rl.temperature``, ``rl.gen_tokens`` tokens (as 07's
+    generations), and its greedy responses, under bf16 autocast where ``rl.bf16`` applies (as 07 generates);
+    best-of-1, 2, 4, … ≤ ``n`` under each reward function of ``selectors`` (name -> saved folder), scored by
+    them and by ``judges`` (more folders; the oracle's gain and p are reported for each judge that is not a
+    selector). :func:`best_of_n` gives the columns; ``seed`` and ``n contexts`` are added.
+    """
+    from geli_lib.core.models import autocast, bf16_in_effect, load_policy  # lazy: transformers after offline_env
+    from geli_lib.reward.reward_model import TrainedReward
+
+    folders = {**selectors, **judges}
+    scorers = {name: PairScorer(TrainedReward.load(folder), data, device) for name, folder in folders.items()}
+    model, tok = load_policy(device)
+    tok.padding_side = "left"
+    histories = contexts["history"].tolist()
+    with autocast(bf16_in_effect(rl.bf16, device), device):
+        samples = sample_groups(model, tok, histories, n, rl.gen_tokens, rl.temperature, rl.max_prompt_tokens, seed)
+        prompts = [encode_prompt(tok, h, rl.max_prompt_tokens)[0] for h in histories]
+        greedy = generate(model, tok, prompts, rl.gen_tokens)
+    ns = [k for k in (2**i for i in range(n.bit_length())) if k <= n]
+    truth = [name for name in judges if name not in selectors]
+    states = scoring_histories(contexts).tolist()
+    table = best_of_n(states, samples, scorers, list(selectors), ns, greedy, permutations, truth)
+    return table.assign(seed=seed, **{"n contexts": len(contexts)})
+
+
+def reading(table: pd.DataFrame, rl_summary: pd.DataFrame | None = None) -> str:
+    """What one seed's table says, in numbers (markdown): per reward function, its best-of-n at the largest n
+    against a base draw and the greedy base, the judges of ``tested`` (``gain: <judge>``) and the picks'
+    diversity, beside RL's gain from 07's ``rl_summary`` (base vs adapted, greedy) where given."""
+    if table["seed"].nunique() != 1:
+        raise ValueError(f"reading() describes one seed's table; got seeds {sorted(table['seed'].unique())}")
+    picks = table[table["n"] > 0]
+    top = picks[picks["n"] == picks["n"].max()]
+    greedy = table[table["selected by"] == "greedy base"]
+    rl = {} if rl_summary is None else rl_summary.set_index("reward function").to_dict("index")
+    truths = [c.removeprefix("gain: ") for c in table if c.startswith("gain: ")]
+    lines = []
+    for _, row in top.iterrows():
+        name = row["selected by"]
+        text = (
+            f"- **{name}**, best-of-{row['n']} (KL ≤ {row['KL bound (nats)']:.2f} nats): {row['gain']:+.2f} over a "
+            f"base draw (p {_p(row['p'])}), {row['gain vs greedy']:+.2f} over the greedy base "
+            f"(p {_p(row['p vs greedy'])})"
+        )
+        text += "".join(f"; {t} {row[f'gain: {t}']:+.2f} (p {_p(row[f'p: {t}'])})" for t in truths)
+        text += f"; distinct-2 {row['distinct-2']:.2f}, top response share {row['top response share']:.2f}"
+        text += ", collapsed" if row["collapsed"] else ", not collapsed"
+        if name in rl:
+            r = rl[name]
+            verdict = "learned" if r.get("learned") else "did not learn"
+            text += f". RL: {r['gain']:+.2f} (p {_p(r['p'])}, KL {r['KL (nats)']:.1f} nats), {verdict}"
+        lines.append(text + ".")
+    if len(greedy):
+        g = greedy.iloc[0]
+        lines.append(
+            f"- The greedy base: distinct-2 {g['distinct-2']:.2f} against the draws' "
+            f"{picks.loc[picks['n'] == 1, 'distinct-2'].iloc[0]:.2f}."
+        )
+    return "\n".join(lines)
+
+
+def _p(p: float) -> str:
+    """A p-value as the tables print it: 1e-4 and below as an order of magnitude."""
+    return "n/a" if pd.isna(p) else f"{p:.0e}".replace("e-0", "e-") if p < 1e-3 else f"{p:.3f}"

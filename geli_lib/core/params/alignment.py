@@ -204,6 +204,9 @@ class EvalParams:
     """What the ± of the human table spans: ``seed`` (per-seed percentages, as the papers) or ``annotator``."""
     permutations: int = 20000
     """Monte-Carlo sign flips of the paired permutation test when exact enumeration is too large."""
+    best_of_n: int = 8
+    """Draws per held-out context for 07's best-of-n control (best-of-1, 2, 4, … up to it, no training;
+    :mod:`geli_lib.alignment.best_of_n`); 0 skips the control."""
 
     def validate(self) -> None:
         _check_choices(self)
@@ -216,4 +219,5 @@ class EvalParams:
         _check(self.repetition_n >= 1, "repetition_n", "must be >= 1", self.repetition_n)
         _check(self.human_items >= 1, "human_items", "must be >= 1", self.human_items)
         _check(self.permutations >= 100, "permutations", "must be >= 100", self.permutations)
+        _check(self.best_of_n >= 0, "best_of_n", "must be >= 0 (0: no best-of-n control)", self.best_of_n)
         _check(bool(self.base_model), "base_model", "must name a model", self.base_model)
