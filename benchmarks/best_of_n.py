@@ -14,7 +14,7 @@ Writes ``results/<profile>/adhoc/best_of_n/tables/best_of_n.csv`` (a rerun repla
 other draw settings are dropped with a message) and prints the table per seed and its mean over seeds.
 
 Run: ``python benchmarks/best_of_n.py [--profile cpu] [--seeds 0 1 2] [--n 8]``
-(2 cores of a Xeon with AMX, cpu profile: ~2.5 min per seed at n 8, mostly sampling).
+(2 cores of a Xeon with AMX, cpu profile: ~1.6 min per seed at n 8, mostly sampling and scoring).
 """
 
 from __future__ import annotations
