@@ -96,10 +96,11 @@ def test_reading_states_the_largest_n_against_rl_in_numbers_and_refuses_several_
     table = bon.best_of_n(states, samples, {"words": _words, "sorry": _sorry}, ["words"], [1, 2], ["ok"] * 4,
                           tested=["sorry"]).assign(seed=0)  # fmt: skip
     rl = pd.DataFrame([{"reward function": "words", "gain": 0.5, "p": 0.01, "KL (nats)": 2.0, "learned": True}])
-    text = bon.reading(table, rl)
+    assert "RL: +0.50 (p 0.010, KL 2.0 nats), learned." in bon.reading(table, rl)
+    text = bon.reading(table, rl.assign(**{"kept update": 15}))
     assert "**words**, best-of-2 (KL ≤ 0.19 nats): +2.00 over a base draw (p 0.125)" in text
     assert "+3.00 over the greedy base" in text and "sorry +0.75 (p 0.250)" in text  # 4 words against "ok"
-    assert "RL: +0.50 (p 0.010, KL 2.0 nats), learned." in text
+    assert "RL, kept update 15: +0.50 (p 0.010, KL 2.0 nats), learned." in text
     assert "top response share 0.75, collapsed" in text
     with pytest.raises(ValueError, match="one seed"):
         bon.reading(pd.concat([table, table.assign(seed=1)]))

@@ -38,8 +38,8 @@ Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 
 
 def kl_bound(n: int) -> float:
-    """KL(best-of-n ‖ base) ≤ log n − (n−1)/n nats (Stiennon et al. 2020, App. G.3; Beirami et al. 2024 show
-    it is an upper bound, reached when no two samples tie)."""
+    """KL(best-of-n ‖ base) ≤ log n − (n−1)/n nats: the value used for best-of-n since Stiennon et al. 2020,
+    which Beirami et al. 2024 show bounds the actual KL from above."""
     if n < 1:
         raise ValueError(f"best-of-n needs n >= 1, got {n}")
     return math.log(n) - (n - 1) / n
@@ -219,7 +219,9 @@ def reading(table: pd.DataFrame, rl_summary: pd.DataFrame | None = None) -> str:
         if name in rl:
             r = rl[name]
             verdict = "learned" if r.get("learned") else "did not learn"
-            text += f". RL: {r['gain']:+.2f} (p {_p(r['p'])}, KL {r['KL (nats)']:.1f} nats), {verdict}"
+            kept = r.get("kept update")
+            where = "" if kept is None or pd.isna(kept) else f", kept update {int(kept)}"
+            text += f". RL{where}: {r['gain']:+.2f} (p {_p(r['p'])}, KL {r['KL (nats)']:.1f} nats), {verdict}"
         lines.append(text + ".")
     if len(greedy):
         g = greedy.iloc[0]
@@ -231,5 +233,5 @@ def reading(table: pd.DataFrame, rl_summary: pd.DataFrame | None = None) -> str:
 
 
 def _p(p: float) -> str:
-    """A p-value as the tables print it: 1e-4 and below as an order of magnitude."""
+    """A p-value as the tables print it: three decimals, below 1e-3 one significant digit (1e-4)."""
     return "n/a" if pd.isna(p) else f"{p:.0e}".replace("e-0", "e-") if p < 1e-3 else f"{p:.3f}"
