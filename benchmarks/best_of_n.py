@@ -41,8 +41,17 @@ def one_seed(params: StudyParams, seed: int, n: int) -> pd.DataFrame:
     _, held_out, _ = rl.rl_contexts(corpus, split, params.rl, seed)
     saved = experiments.saved_reward_functions(params.profile, params.corpus, seed)
     selectors = rl.select_reward_functions(saved, params.rl.reward_fns, params.rl)
-    truth = experiments.by_display_name({k: v for k, v in saved.items() if k == experiments.ORACLE.id})
-    return control(held_out, selectors, truth, params.rl, params.data, n, seed, params.device, params.eval.permutations)
+    return control(
+        held_out,
+        selectors,
+        experiments.oracle_of(saved),
+        params.rl,
+        params.data,
+        n,
+        seed,
+        params.device,
+        params.eval.permutations,
+    )
 
 
 def over_seeds(table: pd.DataFrame) -> pd.DataFrame:

@@ -428,10 +428,10 @@ def best_of_n(table: pd.DataFrame, rl_summary: pd.DataFrame | None = None, truth
         ax.set_title(f"the picks under {truth}", fontsize=9)
         ax.set_ylabel("mean r̂")
         ax.legend(fontsize=6)
-    ns = sorted(picks["n"].unique())
+    bound = picks.groupby("n")["KL bound (nats)"].first()
     for ax in axes[0]:
         ax.set_xscale("log", base=2)
-        ax.set_xticks(ns, [f"{n}\n≤{np.log(n) - (n - 1) / n:.2f}" for n in ns], fontsize=7)
+        ax.set_xticks(bound.index, [f"{n}\n≤{kl:.2f}" for n, kl in bound.items()], fontsize=7)
         ax.set_xlabel("best-of-n (KL bound, nats)", fontsize=8)
     fig.tight_layout()
     return fig

@@ -116,7 +116,8 @@ print(tok.decode(ids))
 # `rl.threads` torch threads (the cpu profile: 2 × 1 on 2 cores).
 
 # %%
-chosen = rl.select_reward_functions(experiments.saved_reward_functions(profile, corpus, seed), reward_fn, params.rl)
+saved = experiments.saved_reward_functions(profile, corpus, seed)
+chosen = rl.select_reward_functions(saved, reward_fn, params.rl)
 if rl.adaptations_compute(params.compute, params.rl).scheduler != "serial":
     with timed(results, f"07: {params.rl.algorithm} on the cluster"):
         rl.adapt_on_cluster(
@@ -243,8 +244,7 @@ display(text.round(3))
 
 # %%
 if params.eval.best_of_n:
-    saved = experiments.saved_reward_functions(profile, corpus, seed)
-    truth = experiments.by_display_name({k: v for k, v in saved.items() if k == experiments.ORACLE.id})
+    truth = experiments.oracle_of(saved)
     with timed(results, "07: best-of-n control"):
         bon = best_of_n.control(held_out, chosen, truth, params.rl, params.data, params.eval.best_of_n, seed,
                                 params.device, params.eval.permutations)  # fmt: skip

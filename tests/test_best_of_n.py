@@ -37,7 +37,7 @@ def _sorry(_: list[str], responses: list[str]) -> np.ndarray:
 
 
 def test_best_of_n_by_hand_a_varied_pick_and_a_collapsed_one():
-    # four contexts, two draws each: the second draw is longer in every context (+1 word) and the same apology
+    # four contexts, two draws each: the second is longer in every context, and in three of them the same apology
     states = [f"User: topic {i}" for i in range(4)]
     samples = [
         ["I like cats", "I like cats a lot"],

@@ -184,3 +184,16 @@ def test_loss_curves_by_name_leave_out_constants_and_unsaved(reward_data, tmp_pa
     curves = ex.loss_curves(params, [*specs, ex.VISUAL_AFFECT], [0, 1])  # VA: never trained here
     assert list(curves) == ["GE: RRD (K=4)"] and len(curves["GE: RRD (K=4)"]) == 2
     assert len(curves["GE: RRD (K=4)"][0]) == params.reward.epochs
+
+
+def test_oracle_of_keys_the_saved_oracle_by_its_table_name_and_is_empty_without_one(tmp_path):
+    import json
+
+    saved = {}
+    for method_id, name in (("oracle", "Oracle (planted truth)"), ("va", "LI: Visual Affect")):
+        folder = tmp_path / method_id
+        folder.mkdir()
+        (folder / "reward.json").write_text(json.dumps({"info": {"name": name}}))
+        saved[method_id] = folder
+    assert ex.oracle_of(saved) == {"Oracle (planted truth)": tmp_path / "oracle"}
+    assert ex.oracle_of({"va": saved["va"]}) == {}

@@ -41,7 +41,7 @@ def _horizontal_lines(ax) -> list[float]:  # noqa: ANN001
 
 def test_best_of_n_draws_a_panel_per_reward_function_with_rl_beside_it_and_the_oracle_last():
     rows = [
-        {"selected by": name, "n": n, "gain vs greedy": g * n, "r̂: Oracle": 2.0 + 0.1 * n}
+        {"selected by": name, "n": n, "KL bound (nats)": 0.1 * n, "gain vs greedy": g * n, "r̂: Oracle": 2.0 + 0.1 * n}
         for name, g in (("GELI", 0.1), ("VA", 0.05))
         for n in (1, 2, 4)
     ] + [{"selected by": "greedy base", "n": 0, "gain vs greedy": 0.0, "r̂: Oracle": 2.3}]
@@ -53,3 +53,4 @@ def test_best_of_n_draws_a_panel_per_reward_function_with_rl_beside_it_and_the_o
     assert 0.25 in _horizontal_lines(geli) and 0.25 not in _horizontal_lines(va)  # RL's gain where it ran
     assert 2.3 in _horizontal_lines(oracle) and len(oracle.lines) == 3  # two reward functions' picks + greedy
     assert len(figures.best_of_n(pd.DataFrame(rows)).axes) == 2  # no truth judge: no oracle panel
+    assert [t.get_text() for t in geli.get_xticklabels()] == ["1\n≤0.10", "2\n≤0.20", "4\n≤0.40"]  # the table's bound

@@ -187,7 +187,7 @@ def control(
         tok.padding_side = "left"
         prompts = [encode_prompt(tok, h, rl.max_prompt_tokens)[0] for h in histories]
         greedy = generate(model, tok, prompts, rl.gen_tokens)
-    ns = [k for k in (2**i for i in range(n.bit_length())) if k <= n]
+    ns = [2**i for i in range(n.bit_length())]  # 1, 2, 4, … ≤ n
     truth = [name for name in judges if name not in selectors]
     states = scoring_histories(contexts).tolist()
     table = best_of_n(states, samples, scorers, list(selectors), ns, greedy, permutations, truth)

@@ -220,6 +220,11 @@ def by_display_name(saved: dict[str, Path]) -> dict[str, Path]:
     return {json.loads((folder / "reward.json").read_text())["info"]["name"]: folder for folder in saved.values()}
 
 
+def oracle_of(saved: dict[str, Path]) -> dict[str, Path]:
+    """The oracle among ``saved`` by its table name (empty where the corpus has no planted truth)."""
+    return by_display_name({k: v for k, v in saved.items() if k == ORACLE.id})
+
+
 def run_methods(
     data: RewardData,
     specs: list[MethodSpec],
