@@ -6,8 +6,9 @@ slope CI touches 0). This script runs the same adaptation, generations and test 
 (the seed picks the reward function trained at that seed in 02-04, the RL and held-out contexts and
 the sampling), prints :func:`geli_lib.alignment.rl.rl_summary` per seed, and adds the rows to
 ``results/<profile>/adhoc/rl_seeds/tables/rl_seeds.csv`` (a rerun replaces its own reward functions and
-seeds only); the study's own tables are not touched. The reward
-functions must be saved for every seed (02-04 of the profile train ``seeds``).
+seeds only); the study's own tables are not touched. A reward function that 02-04 did not train at a seed
+(they train the profile's ``seeds``) is trained first with the profile's reward settings
+(:func:`geli_lib.reward.experiments.train_missing`: ~20 s for GELI, GE: RRD, VA and LS at one seed on cpu).
 
 It also answers 08's question over seeds: each seed's generations are kept
 (``<folder>/seed_<s>/tables/generations.csv``), and every model of the table's seeds is scored under 08's
@@ -59,7 +60,7 @@ def one_seed(params: StudyParams, reward_ids: list[str], seed: int, out_key: str
     corpus = data.load_corpus(params)
     split = data.split_conversations(corpus.conversations, params.splits)
     train, held_out, curve = rl.rl_contexts(corpus, split, params.rl, seed)
-    saved = experiments.saved_reward_functions(profile, params.corpus, seed)
+    saved = experiments.train_missing(params, reward_ids, seed)
     chosen = rl.select_reward_functions(saved, reward_ids, params.rl)
     rl.adapt_on_cluster(
         chosen, train, params.rl, profile, params.compute, params.corpus, seed, params.device,

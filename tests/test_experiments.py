@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -50,6 +51,24 @@ def test_sweeps_do_not_overwrite_saved_functions(reward_data, tmp_path, monkeypa
     monkeypatch.setenv("GELI_CACHE", str(tmp_path))
     ex.sweep(data, dataclasses.replace(params, seeds=[0]), "lam", [0.2])
     assert ex.saved_reward_functions(params.profile, params.corpus) == {}
+
+
+def test_train_missing_trains_only_what_a_seed_lacks_beside_the_studys_functions(reward_data, tmp_path, monkeypatch):
+    params, data = reward_data
+    monkeypatch.setenv("GELI_CACHE", str(tmp_path))
+    study = dataclasses.replace(params, adhoc="")
+    ex.run_methods(data, [ex.method_spec(study, "mean")], [0, 4], study)
+    mean4 = ex.reward_function_dir(params.profile, params.corpus, "mean", 4) / "reward.json"
+    before = mean4.read_bytes(), mean4.stat().st_mtime_ns
+    # an ad-hoc run (other rl settings) still saves where 07, 08 and rl_seeds.py look
+    got = ex.train_missing(dataclasses.replace(params, adhoc="rl.lr=0.001"), ["mean", "ls"], 4, data)
+    assert got == {i: ex.reward_function_dir(params.profile, params.corpus, i, 4) for i in ("ls", "mean")}
+    assert (mean4.read_bytes(), mean4.stat().st_mtime_ns) == before  # saved already: not trained again
+    assert json.loads((got["ls"] / "reward.json").read_text())["info"]["name"] == "LI: Language Sentiment"
+    assert ex.saved_reward_functions(params.profile, params.corpus)["ls"].name == "seed4"  # the only seed of ls
+    assert ex.saved_reward_functions(params.profile, params.corpus)["mean"].name == "seed0"  # lowest stays
+    with pytest.raises(ValueError, match="trained by notebook 05"):
+        ex.train_missing(params, ["ls", "llm_text"], 4, data)
 
 
 def _rows(values: dict[str, tuple[str, float, float, float, float, float]]) -> pd.DataFrame:

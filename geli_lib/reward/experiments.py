@@ -215,6 +215,28 @@ def saved_reward_functions(profile: str, corpus: str, seed: int | None = None) -
     return {i: folder for i, (_, _, folder) in sorted(found.items(), key=lambda kv: kv[1][0])}
 
 
+def train_missing(
+    params: StudyParams, method_ids: list[str], seed: int, data: RewardData | None = None
+) -> dict[str, Path]:
+    """:func:`saved_reward_functions` at ``seed`` for ``method_ids``, first training (:func:`run_methods`, the
+    profile's reward settings) those of Table 1 not saved at that seed, e.g. for an RL verdict at seeds that
+    02-04 did not train. They are saved where 02-04 save theirs, whatever ``params.adhoc`` (RL settings do not
+    change a reward function); the lowest seed, which 07 and 08 read, is never replaced. LLM-GELI's functions
+    need 05's labels, so one of those not saved is refused. ``data``: the reward data (default: prepared from
+    ``params``, only when something is missing)."""
+    have = saved_reward_functions(params.profile, params.corpus, seed)
+    missing = [i for i in method_ids if i not in have]
+    llm = [i for i in missing if i in ("llm_text", "llm_multimodal")]
+    if llm:
+        raise ValueError(f"{llm} not saved at seed {seed}: LLM-GELI's reward functions are trained by notebook 05")
+    if missing:
+        print(f"training {missing} at seed {seed} (not saved yet; {params.profile}'s reward settings)", flush=True)
+        study = dataclasses.replace(params, adhoc="")
+        specs = [method_spec(study, i) for i in missing]
+        run_methods(data or prepare_reward_data(study, progress=False), specs, [seed], study)
+    return {i: f for i, f in saved_reward_functions(params.profile, params.corpus, seed).items() if i in method_ids}
+
+
 def by_display_name(saved: dict[str, Path]) -> dict[str, Path]:
     """``saved`` (id -> folder, :func:`saved_reward_functions`) keyed by the table names they were saved with."""
     return {json.loads((folder / "reward.json").read_text())["info"]["name"]: folder for folder in saved.values()}
