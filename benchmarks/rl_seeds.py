@@ -8,7 +8,8 @@ the sampling), prints :func:`geli_lib.alignment.rl.rl_summary` per seed, and add
 ``results/<profile>/adhoc/rl_seeds/tables/rl_seeds.csv`` (a rerun replaces its own reward functions and
 seeds only); the study's own tables are not touched. A reward function that 02-04 did not train at a seed
 (they train the profile's ``seeds``) is trained first with the profile's reward settings
-(:func:`geli_lib.reward.experiments.train_missing`: ~20 s for GELI, GE: RRD, VA and LS at one seed on cpu).
+(:func:`geli_lib.reward.experiments.train_missing`; on cpu 37-80 s for GELI, GE: RRD, VA and LS at one seed
+with two RL runs sharing the 2 cores).
 
 It also answers 08's question over seeds: each seed's generations are kept
 (``<folder>/seed_<s>/tables/generations.csv``), and every model of the table's seeds is scored under 08's
