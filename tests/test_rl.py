@@ -483,6 +483,46 @@ def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, bf16, world
         np.testing.assert_allclose(rows["reward"].to_numpy(), want, rtol=1e-6, err_msg=f"step {step}")
 
 
+def test_warm_up_takes_no_step_at_the_first_update_then_rises_to_lr(world, tmp_path, monkeypatch):
+    """rl.warmup_steps: transformers' linear warm-up starts at 0, so a run of 1 update with a warm-up of 2 leaves the
+    LoRA where it began (lora_B is initialised to 0) while one without warm-up moves it; PPO, which resumes with a
+    fresh trainer, warms up only over the updates of the warm-up left."""
+    from safetensors.torch import load_file
+
+    from geli_lib.alignment.rl import ppo
+
+    monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("GELI_PROGRESS", "0")
+    rl = dataclasses.replace(
+        load_params("smoke").rl,
+        algorithm="rloo",
+        lr=1e-3,
+        steps=1,
+        batch_size=2,
+        group_size=2,
+        mini_batch_size=2,
+        response_length=4,
+        history_turns=2,
+        max_prompt_tokens=128,
+        eval_conversations=2,
+        train_contexts=4,
+    )
+    train, _, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
+    moved = {}
+    for warmup in (0, 2):
+        run = dataclasses.replace(rl, warmup_steps=warmup)
+        info = R.train_rl("GELI", world["folder"], train, run, "smoke", seed=0, out_dir=tmp_path / f"w{warmup}")
+        weights = load_file(info.adapter / "adapter_model.safetensors")
+        moved[warmup] = max(float(w.abs().max()) for k, w in weights.items() if "lora_B" in k)
+    assert moved[2] == 0.0 and moved[0] > 0
+    assert ppo._lr_schedule(rl) == {"lr_scheduler_type": "constant", "warmup_steps": 0}
+    five = dataclasses.replace(rl, warmup_steps=5)
+    assert ppo._lr_schedule(five) == {"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 5}
+    assert ppo._lr_schedule(five, done=3)["warmup_steps"] == 2 and ppo._lr_schedule(five, done=7)["warmup_steps"] == 0
+    with pytest.raises(ParamError, match=r"rl\.warmup_steps: must be >= 0, got -1"):
+        load_params("smoke", rl={"warmup_steps": -1})
+
+
 def _toy_reward(folder, target: str):
     """A reward function that scores a response by its MiniLM cosine similarity to ``target``: r̂ = tanh(cos)."""
     from geli_lib.core.params import RewardParams

@@ -255,7 +255,14 @@ def _monitor(
     return Monitor()
 
 
-def _ppo_config(rl: RLParams, out: Path, seed: int, updates: int, kl_coef: float, device: str) -> Any:
+def _lr_schedule(rl: RLParams, done: int = 0) -> dict[str, Any]:
+    """TRL's learning-rate schedule: constant after ``rl.warmup_steps`` updates of linear warm-up, ``done`` of
+    which have run (PPO resumes with a fresh trainer, so its warm-up restarts over the updates left of it)."""
+    warmup = max(rl.warmup_steps - done, 0)
+    return {"lr_scheduler_type": "constant_with_warmup" if warmup else "constant", "warmup_steps": warmup}
+
+
+def _ppo_config(rl: RLParams, out: Path, seed: int, updates: int, kl_coef: float, device: str, done: int = 0) -> Any:
     # lazy: transformers only when a model is used, after offline_env()
     from trl.experimental.ppo import PPOConfig
 
@@ -263,7 +270,7 @@ def _ppo_config(rl: RLParams, out: Path, seed: int, updates: int, kl_coef: float
         output_dir=str(out / "trl"),
         seed=seed,
         learning_rate=rl.lr,
-        lr_scheduler_type="constant",
+        **_lr_schedule(rl, done),
         per_device_train_batch_size=rl.batch_size,
         gradient_accumulation_steps=1,
         num_mini_batches=rl.batch_size // rl.mini_batch_size,
@@ -492,7 +499,7 @@ def train_rl(
     dataset = Dataset.from_dict({"input_ids": prompts})
     kl_coef = float(state["kl_coef"]) if state else rl.kl_coef
     # Re-seeded per start step: a resumed run draws fresh prompt batches instead of replaying the first ones.
-    config = _ppo_config(rl, run, seed + start, rl.steps - start, kl_coef, device)
+    config = _ppo_config(rl, run, seed + start, rl.steps - start, kl_coef, device, start)
     value = _value_model(smollm2_path(), tok.pad_token_id, device, rl.train_value_backbone)
     adapter_reward = RewardAdapter(reward, tok, reward_histories(tok, train, rl.max_prompt_tokens))
 
@@ -612,7 +619,7 @@ def _train_group(
         output_dir=str(run / "trl"),
         seed=seed,
         learning_rate=rl.lr,
-        lr_scheduler_type="constant",
+        **_lr_schedule(rl),
         per_device_train_batch_size=rl.batch_size,
         gradient_accumulation_steps=1,
         max_steps=rl.steps,

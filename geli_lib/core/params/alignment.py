@@ -41,6 +41,11 @@ class RLParams:
     """Passes over each rollout batch (TRL default 4; 1 is ~2.5x faster on CPU)."""
     lr: float = 1.4e-5
     """Adam learning rate of the LoRA adapter and the value model (paper: 1.4e-5), constant schedule."""
+    warmup_steps: int = 0
+    """Updates over which the learning rate rises linearly from 0 (the first update takes no step) to ``lr``, then
+    constant; 0: ``lr`` from the first update. Adam's first steps move every LoRA weight by about ``lr`` along one
+    batch's gradient, whatever its size; during warm-up Adam's moments average several batches before a full
+    step is taken (the variance of the adaptive step early on: Liu et al. 2020, RAdam)."""
     cliprange: float = 0.2
     """PPO ratio clip (paper: 0.2)."""
     cliprange_value: float = 0.2
@@ -158,7 +163,7 @@ class RLParams:
         )
         for name in ("lr", "temperature", "kl_target", "kl_horizon"):
             _check(getattr(self, name) > 0, name, "must be > 0", getattr(self, name))
-        for name in ("cliprange", "cliprange_value", "vf_coef", "kl_coef", "kl_coef_min"):
+        for name in ("cliprange", "cliprange_value", "vf_coef", "kl_coef", "kl_coef_min", "warmup_steps"):
             _check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
         for name in ("gamma", "gae_lambda"):
             _check(0 <= getattr(self, name) <= 1, name, "must be in [0, 1]", getattr(self, name))
