@@ -439,25 +439,19 @@ def test_ppo_lora_loop_changes_adapter_writes_curves_and_resumes(world, tmp_path
     assert len(saved) == 6 and set(saved["context_id"]) == set(test.head(2)["context_id"])
 
 
+def _one_group_update(**overrides) -> RLParams:
+    """The smoke profile's rl block cut to one RLOO / GRPO update: 2 samples of 4 tokens for 1 prompt."""
+    small = {"steps": 1, "batch_size": 2, "group_size": 2, "mini_batch_size": 2, "response_length": 4}
+    small |= {"history_turns": 2, "max_prompt_tokens": 128, "eval_conversations": 2, "train_contexts": 4}
+    return dataclasses.replace(load_params("smoke").rl, **(small | overrides))
+
+
 @pytest.mark.parametrize("algorithm,bf16", [("grpo", False), ("rloo", True)])
 def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, bf16, world, tok, tmp_path, monkeypatch):
     """Also the cpu profile's bf16 path (rloo): the curve's r̂ of the bf16 policy's responses is the float32 r̂."""
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
-    rl = dataclasses.replace(
-        load_params("smoke").rl,
-        algorithm=algorithm,
-        bf16=bf16,
-        steps=1,
-        batch_size=2,
-        group_size=2,
-        mini_batch_size=2,
-        response_length=4,
-        history_turns=2,
-        max_prompt_tokens=128,
-        eval_conversations=2,
-        train_contexts=4,
-    )
+    rl = _one_group_update(algorithm=algorithm, bf16=bf16)
     train, held_out, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     reward = R.TextReward(R.load_trained_reward(world["folder"]), normalise=False)
     got = reward.reward_func(
@@ -493,20 +487,7 @@ def test_warm_up_takes_no_step_at_the_first_update_then_rises_to_lr(world, tmp_p
 
     monkeypatch.setenv("GELI_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GELI_PROGRESS", "0")
-    rl = dataclasses.replace(
-        load_params("smoke").rl,
-        algorithm="rloo",
-        lr=1e-3,
-        steps=1,
-        batch_size=2,
-        group_size=2,
-        mini_batch_size=2,
-        response_length=4,
-        history_turns=2,
-        max_prompt_tokens=128,
-        eval_conversations=2,
-        train_contexts=4,
-    )
+    rl = _one_group_update(algorithm="rloo", lr=1e-3)
     train, _, _ = R.rl_contexts(world["corpus"], world["split"], rl, seed=0)
     moved = {}
     for warmup in (0, 2):
