@@ -10,6 +10,9 @@ with ``eval.best_of_n`` draws). Read it beside
 gains without collapse that the optimiser missed; the oracle column says whether the picks are better for the
 planted truth or only for the reward that picked them.
 
+A reward function (or the oracle) that 02-04 did not train at a seed is trained first, as ``rl_seeds.py`` does
+(:func:`geli_lib.reward.experiments.train_missing`).
+
 Writes ``results/<profile>/adhoc/best_of_n/tables/best_of_n.csv`` (a rerun replaces its own seeds; rows of
 other draw settings are dropped with a message) and prints the table per seed and its mean over seeds.
 
@@ -39,7 +42,7 @@ def one_seed(params: StudyParams, seed: int, n: int) -> pd.DataFrame:
     corpus = data.load_corpus(params)
     split = data.split_conversations(corpus.conversations, params.splits)
     _, held_out, _ = rl.rl_contexts(corpus, split, params.rl, seed)
-    saved = experiments.saved_reward_functions(params.profile, params.corpus, seed)
+    saved = experiments.train_missing(params, [*params.rl.reward_fns, experiments.ORACLE.id], seed)
     selectors = rl.select_reward_functions(saved, params.rl.reward_fns, params.rl)
     return control(
         held_out,
