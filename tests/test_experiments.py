@@ -69,6 +69,9 @@ def test_train_missing_trains_only_what_a_seed_lacks_beside_the_studys_functions
     assert ex.saved_reward_functions(params.profile, params.corpus)["mean"].name == "seed0"  # lowest stays
     with pytest.raises(ValueError, match="trained by notebook 05"):
         ex.train_missing(params, ["ls", "llm_text"], 4, data)
+    with pytest.raises(ValueError, match="below the profile's lowest seed 2 would replace"):
+        ex.train_missing(dataclasses.replace(params, seeds=[2, 3]), ["ls", "ircr"], 1, data)
+    assert ex.train_missing(dataclasses.replace(params, seeds=[5]), ["ls"], 4, data)["ls"].name == "seed4"  # saved
 
 
 def _rows(values: dict[str, tuple[str, float, float, float, float, float]]) -> pd.DataFrame:

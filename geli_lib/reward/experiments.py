@@ -221,14 +221,20 @@ def train_missing(
     """:func:`saved_reward_functions` at ``seed`` for ``method_ids``, first training (:func:`run_methods`, the
     profile's reward settings) those of Table 1 not saved at that seed, e.g. for an RL verdict at seeds that
     02-04 did not train. They are saved where 02-04 save theirs, whatever ``params.adhoc`` (RL settings do not
-    change a reward function); the lowest seed, which 07 and 08 read, is never replaced. LLM-GELI's functions
-    need 05's labels, so one of those not saved is refused. ``data``: the reward data (default: prepared from
-    ``params``, only when something is missing)."""
+    change a reward function). A seed below the profile's lowest is refused: its functions would become the ones
+    07 and 08 read (:func:`saved_reward_functions`). LLM-GELI's functions need 05's labels, so one of those not
+    saved is refused too. ``data``: the reward data (default: prepared from ``params``, only when something is
+    missing)."""
     have = saved_reward_functions(params.profile, params.corpus, seed)
     missing = [i for i in method_ids if i not in have]
     llm = [i for i in missing if i in ("llm_text", "llm_multimodal")]
     if llm:
         raise ValueError(f"{llm} not saved at seed {seed}: LLM-GELI's reward functions are trained by notebook 05")
+    if missing and seed < min(params.seeds):
+        raise ValueError(
+            f"{missing} not saved at seed {seed}; training them below the profile's lowest seed {min(params.seeds)} "
+            "would replace the reward functions 07 and 08 read: run 02-04 with that seed instead"
+        )
     if missing:
         print(f"training {missing} at seed {seed} (not saved yet; {params.profile}'s reward settings)", flush=True)
         study = dataclasses.replace(params, adhoc="")
