@@ -477,7 +477,7 @@ def test_rloo_and_grpo_take_the_same_reward_as_a_callable(algorithm, bf16, world
         np.testing.assert_allclose(rows["reward"].to_numpy(), want, rtol=1e-6, err_msg=f"step {step}")
 
 
-def test_warm_up_takes_no_step_at_the_first_update_then_rises_to_lr(world, tmp_path, monkeypatch):
+def test_warm_up_takes_no_step_at_the_first_update_and_ppo_resumes_over_what_is_left(world, tmp_path, monkeypatch):
     """rl.warmup_steps: transformers' linear warm-up starts at 0, so a run of 1 update with a warm-up of 2 leaves the
     LoRA where it began (lora_B is initialised to 0) while one without warm-up moves it; PPO, which resumes with a
     fresh trainer, warms up only over the updates of the warm-up left."""
