@@ -74,10 +74,13 @@ def compare_tables(tables: Path, reference: Path = REFERENCE_DIR) -> None:
 
 
 def update_references(tables: Path, reference: Path = REFERENCE_DIR) -> list[str]:
-    """Replace the references by ``tables`` (timing columns dropped); return the tables written."""
+    """Replace the references by ``tables`` (timing columns dropped); return the tables written. A folder with no
+    tables is refused before anything is removed (``--help`` once wiped the references)."""
+    names = _tables(tables) if tables.is_dir() else []
+    if not names:
+        raise ValueError(f"{tables}: no .csv tables there; expected a smoke run's tables folder (results/smoke/tables)")
     if reference.exists():
         shutil.rmtree(reference)
-    names = _tables(tables)
     for name in names:
         out = reference / name
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,5 +91,9 @@ def update_references(tables: Path, reference: Path = REFERENCE_DIR) -> list[str
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python tests/smoke_tables.py RESULTS_DIR/smoke/tables")
-    for name in update_references(Path(sys.argv[1])):
+    try:
+        written = update_references(Path(sys.argv[1]))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    for name in written:
         print(f"wrote tests/data/smoke_tables/{name}")

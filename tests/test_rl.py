@@ -22,6 +22,7 @@ import torch
 from geli_lib.alignment import rl as R
 from geli_lib.alignment.generation_eval import GENERATION_COLUMNS, reward_history
 from geli_lib.alignment.rl import prompt as rl_prompt
+from geli_lib.core.compute import torch_threads
 from geli_lib.core.models import bf16_in_effect
 from geli_lib.core.params import ParamError, RewardParams, RLParams, field_docs, load_params, to_dict
 from geli_lib.reward import reward_model as rm
@@ -570,10 +571,11 @@ def test_rl_reward_rises_on_a_toy_reward(world, tok, tmp_path, monkeypatch):
     assert info.kept_step == R.kept_step(info.evals)
     prompts = [R.encode_prompt(tok, h, rl.max_prompt_tokens)[0] for h in curve["history"]]
     reward = R.TextReward(R.load_trained_reward(folder), normalise=False)
-    again = R.PolicyEvaluator(
-        tok, prompts, R.scoring_histories(curve).tolist(), reward, rl.response_length,
-        bf16=bf16_in_effect(rl.bf16, "cpu"),
-    )(R.load_adapted(info.adapter, rl=rl))  # fmt: skip
+    with torch_threads(rl.threads):  # as the run evaluated: another thread count sums in another order (bf16 ties)
+        again = R.PolicyEvaluator(
+            tok, prompts, R.scoring_histories(curve).tolist(), reward, rl.response_length,
+            bf16=bf16_in_effect(rl.bf16, "cpu"),
+        )(R.load_adapted(info.adapter, rl=rl))  # fmt: skip
     kept = info.evals[info.evals["step"] == info.kept_step]
     assert again["response"].tolist() == kept["response"].tolist()
     assert not (tmp_path / "run" / "evaluated").exists()  # the other evaluated adapters are gone once chosen
@@ -713,6 +715,36 @@ def test_kept_step_is_the_last_evaluation_before_collapse_or_after_recovery():
     assert R.kept_step(evals) == 15
     assert R.kept_step(evals[evals["step"] <= 10]) == 5
     assert R.kept_step(evals[evals["step"].isin([0, 10])]) == 0  # collapsed at once: the base's own adapter
+
+
+def test_diversity_path_and_collapse_onsets_by_hand():
+    base = ["a b c", "d e f", "g h i", "j k l"]  # 8 distinct bigrams of 8
+    stages = {
+        "A": {
+            0: (base, 0.0),
+            3: (["a b x", "d e y", "g h z", "j k w"], 1.0),
+            6: (["sorry for that"] * 3 + ["j k l"], 2.0),
+        },
+        "B": {0: (base, 0.0), 3: (["a b c d", "d e f g", "g h i j", "j k l m"], 1.5)},
+    }  # fmt: skip
+    evals = pd.DataFrame(
+        [(fn, 0, "simulated", "rloo", step, f"c{i}", 1.0 + step, kl, 3, r)
+         for fn, by_step in stages.items() for step, (rs, kl) in by_step.items() for i, r in enumerate(rs)],
+        columns=list(R.EVAL_COLUMNS),
+    )  # fmt: skip
+    path = R.diversity_path(evals).set_index(["reward_fn", "step"])
+    assert path.loc[("A", 3), "distinct-2 / base"] == 1.0 and not path.loc[("A", 3), "collapsed"]
+    assert path.loc[("A", 6), "distinct-2 / base"] == 0.5  # 4 distinct bigrams of 8: half the base's
+    assert path.loc[("A", 6), "top response share"] == 0.75 and path.loc[("A", 6), "collapsed"]
+    assert path.loc[("A", 6), "KL (nats)"] == 2.0 and path.loc[("B", 3), "mean r̂"] == 4.0
+    onsets = R.collapse_onsets(path.reset_index()).set_index("reward_fn")
+    assert onsets.loc["A", "evaluations"] == 2 and onsets.loc["A", "collapsed evaluations"] == 1
+    assert onsets.loc["A", "first collapse (update)"] == 6 and onsets.loc["A", "KL at first collapse"] == 2.0
+    assert onsets.loc["A", "largest KL not collapsed"] == 1.0
+    assert np.isnan(onsets.loc["B", "first collapse (update)"]) and onsets.loc["B", "largest KL not collapsed"] == 1.5
+    text = R.collapse_reading(onsets.reset_index())
+    assert "**A**: collapsed in 1 of 1 run, first at update 6 (2.0 nats); 1 of 2 evaluations" in text
+    assert "**B**: no evaluation collapsed (1 run), up to 1.5 nats." in text
 
 
 def test_adaptive_kl_weight_by_hand_and_its_floor():

@@ -302,6 +302,25 @@ def test_reference_check_allows_cross_machine_drift_and_catches_a_changed_result
         compare_tables(tables)
 
 
+def test_updating_the_references_from_a_folder_without_tables_removes_nothing(tmp_path):
+    """``python tests/smoke_tables.py --help`` once took ``--help`` for the tables folder and wiped the references."""
+    from smoke_tables import update_references
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "kept.csv").write_text("a\n1\n")
+    for folder in (tmp_path / "--help", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir()
+        with pytest.raises(ValueError, match="no .csv tables there"):
+            update_references(folder, reference)
+    assert (reference / "kept.csv").read_text() == "a\n1\n"
+    fresh = tmp_path / "tables"
+    fresh.mkdir()
+    (fresh / "new.csv").write_text("b\n2\n")
+    assert update_references(fresh, reference) == ["new.csv"] and not (reference / "kept.csv").exists()
+
+
 @pytest.mark.slow
 def test_smoke_tables_are_the_references(smoke_study):
     """Every table of the smoke chain equals its reference in tests/data/smoke_tables/ (timings left out):
