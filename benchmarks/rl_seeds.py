@@ -6,8 +6,9 @@ slope CI touches 0). This script runs the same adaptation, generations and test 
 (the seed picks the reward function trained at that seed in 02-04, the RL and held-out contexts and
 the sampling), prints :func:`geli_lib.alignment.rl.rl_summary` per seed, and adds the rows to
 ``results/<profile>/adhoc/rl_seeds/tables/rl_seeds.csv`` (a rerun replaces its own reward functions and
-seeds only); the study's own tables are not touched. A reward function that 02-04 did not train at a seed
-(they train the profile's ``seeds``) is trained first with the profile's reward settings
+seeds only); the study's own tables are not touched. Each row also says how early the run's curve replies
+collapsed (:func:`geli_lib.alignment.rl.collapse_onsets`, as 07's diversity figure). A reward function that
+02-04 did not train at a seed (they train the profile's ``seeds``) is trained first with the profile's reward settings
 (:func:`geli_lib.reward.experiments.train_missing`; on cpu 37-80 s for GELI, GE: RRD, VA and LS at one seed
 with two RL runs sharing the 2 cores).
 
@@ -51,7 +52,9 @@ COLUMNS += [
     "collapsed",
     "learned",
 ]
-COLUMNS += ["s / update"]
+#: From :func:`geli_lib.alignment.rl.collapse_onsets`: how early each run's curve replies collapsed.
+ONSET_COLUMNS = ["evaluations", "collapsed evaluations", "first collapse (update)", "KL at first collapse"]
+COLUMNS += [*ONSET_COLUMNS, "s / update"]
 
 
 def one_seed(params: StudyParams, reward_ids: list[str], seed: int, out_key: str) -> pd.DataFrame:
@@ -78,7 +81,11 @@ def one_seed(params: StudyParams, reward_ids: list[str], seed: int, out_key: str
     rl.write_generations(key, gens)
     per = generation_eval.per_response(gens, params.eval, params.data, chosen, params.device)
     stats = generation_eval.cross_reward_stats(gens, per, params.eval.base_model, params.eval.permutations)
-    return rl.rl_summary(stats, runs, params.eval.base_model, gens).assign(seed=seed)
+    evals = pd.concat([r.evals for r in runs.values()], ignore_index=True)
+    onsets = rl.collapse_onsets(rl.diversity_path(evals)).rename(columns={"reward_fn": "reward function"})
+    summary = rl.rl_summary(stats, runs, params.eval.base_model, gens)
+    summary = summary.merge(onsets[["reward function", *ONSET_COLUMNS]], on="reward function", how="left")
+    return summary.assign(seed=seed)
 
 
 def cross_rewards(params: StudyParams, table: pd.DataFrame, folder: str) -> pd.DataFrame:
@@ -137,7 +144,8 @@ def main() -> None:
         print(
             f"{name}: learned at {int(part['learned'].sum())} of {len(part)} seeds; gain {part['gain'].mean():+.3f} "
             f"(sd {part['gain'].std():.3f}), p < 0.05 at {int((part['p'] < 0.05).sum())}, slope CI above 0 at "
-            f"{int((part['slope 95% CI low'] > 0).sum())}"
+            f"{int((part['slope 95% CI low'] > 0).sum())}; curve replies collapsed at "
+            f"{int(part['collapsed evaluations'].sum())} of {int(part['evaluations'].sum())} evaluations after the base"
         )
     stats = cross_rewards(params, table, folder)
     write_csv(results_dir(folder, "tables") / "cross_rewards.csv", stats)

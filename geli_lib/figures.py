@@ -435,3 +435,29 @@ def best_of_n(table: pd.DataFrame, rl_summary: pd.DataFrame | None = None, truth
         ax.set_xlabel("best-of-n (KL bound, nats)", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def diversity_vs_kl(path: pd.DataFrame, threshold: float) -> plt.Figure:
+    """07's diversity against distance (:func:`geli_lib.alignment.rl.curve.diversity_path`): the distinct-2 of each
+    run's greedy responses to the curve contexts, as a share of the base's, against its KL to the reference, one
+    colour per reward function (one line per seed). Evaluations whose responses collapsed are crosses; the dashed
+    line is the distinct-2 share under which a model counts as collapsed (``threshold``: ``rl.COLLAPSE_DISTINCT2``)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, (name, runs) in enumerate(path.groupby("reward_fn", sort=False)):
+        for j, (_, run) in enumerate(runs.groupby("seed")):
+            run = run.sort_values("step")
+            ax.plot(run["KL (nats)"], run["distinct-2 / base"], color=f"C{i}", lw=1, alpha=0.8,
+                    label=name if j == 0 else None)  # fmt: skip
+            bad = run[run["collapsed"]]
+            ax.scatter(bad["KL (nats)"], bad["distinct-2 / base"], color=f"C{i}", marker="x", s=30)
+            ax.scatter(run.loc[~run["collapsed"], "KL (nats)"], run.loc[~run["collapsed"], "distinct-2 / base"],
+                       color=f"C{i}", marker="o", s=10)  # fmt: skip
+    ax.axhline(threshold, color="0.3", ls="--", lw=1)
+    ax.annotate("collapsed below", (0.99, threshold), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                fontsize=7)  # fmt: skip
+    ax.set_xlabel("KL to reference (nats / response)")
+    ax.set_ylabel("distinct-2, share of the base's")
+    ax.set_title("Do the replies stay varied as the policy moves? (× collapsed)", fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig

@@ -180,6 +180,26 @@ fig = figures.rl_eval_curves(evals, curves, kept)
 figures.save_figure(fig, results, "07_ppo_curves")
 
 # %% [markdown]
+# ## Diversity against distance: which reward pays for collapse?
+#
+# Every run starts from the same base model, so the runs can be compared on one axis: how far the
+# policy has moved (its KL to the reference) against how varied its greedy replies to the curve's
+# contexts still are (distinct-2 as a share of the base's). A reward with gains in varied replies lets
+# the policy move a few nats with its replies still varied; a reward whose maximiser is one sentence
+# (08's modal probe) pulls distinct-2 down within the first nat or two, whatever the KL weight. The
+# crosses are evaluations that count as collapsed; the table gives, per run, the first update that
+# collapsed and the KL it had reached. Written to `tables/rl_diversity.csv`.
+
+# %%
+path = rl.diversity_path(evals)
+write_csv(results_dir(results, "tables") / "rl_diversity.csv", path)
+onsets = rl.collapse_onsets(path)
+display(onsets.round(2))
+display(Markdown(rl.collapse_reading(onsets)))
+fig = figures.diversity_vs_kl(path, rl.COLLAPSE_DISTINCT2)
+figures.save_figure(fig, results, "07_diversity_vs_kl")
+
+# %% [markdown]
 # ## Generations side by side (GELI App. H)
 #
 # For held-out contexts: the base model, every adapted model, and the real AI utterance. ESConv

@@ -6,7 +6,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.markers import MarkerStyle  # noqa: E402
 
 from geli_lib import figures  # noqa: E402
 
@@ -54,3 +56,21 @@ def test_best_of_n_draws_a_panel_per_reward_function_with_rl_beside_it_and_the_o
     assert 2.3 in _horizontal_lines(oracle) and len(oracle.lines) == 3  # two reward functions' picks + greedy
     assert len(figures.best_of_n(pd.DataFrame(rows)).axes) == 2  # no truth judge: no oracle panel
     assert [t.get_text() for t in geli.get_xticklabels()] == ["1\n≤0.10", "2\n≤0.20", "4\n≤0.40"]  # the table's bound
+
+
+def test_diversity_vs_kl_crosses_the_collapsed_evaluations_and_draws_the_threshold():
+    path = pd.DataFrame({
+        "reward_fn": ["GELI"] * 3 + ["VA"] * 3, "seed": 0, "step": [0, 3, 6] * 2,
+        "KL (nats)": [0.0, 1.0, 2.0, 0.0, 1.5, 3.0], "distinct-2 / base": [1.0, 1.1, 0.9, 1.0, 0.4, 0.2],
+        "collapsed": [False, False, False, False, True, True],
+    })  # fmt: skip
+    ax = figures.diversity_vs_kl(path, 0.5).axes[0]
+    assert 0.5 in _horizontal_lines(ax)
+    x = MarkerStyle("x")
+    cross = x.get_path().transformed(x.get_transform()).vertices
+    marked = {
+        "x" if np.array_equal(c.get_paths()[0].vertices, cross) else "o": c for c in ax.collections[2:]
+    }  # the VA run's two scatters (GELI's come first)
+    assert [tuple(xy) for xy in marked["x"].get_offsets()] == [(1.5, 0.4), (3.0, 0.2)]
+    assert [tuple(xy) for xy in marked["o"].get_offsets()] == [(0.0, 1.0)]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["GELI", "VA"]

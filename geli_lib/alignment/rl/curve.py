@@ -227,3 +227,81 @@ def kept_step(evals: pd.DataFrame) -> int:
     by_step = {int(s): g["response"].astype(str).tolist() for s, g in evals.groupby("step")}
     first = min(by_step)
     return max(s for s, responses in by_step.items() if s == first or not collapsed(responses, by_step[first]))
+
+
+# --------------------------------------------------------------------------- diversity against distance
+
+#: A run's identity in ``rl_eval_curves.csv``.
+RUN_KEYS = ["reward_fn", "seed", "corpus", "algorithm"]
+
+
+def diversity_path(evals: pd.DataFrame) -> pd.DataFrame:
+    """How each run's greedy responses to the curve contexts lose (or keep) their variety as the policy moves away
+    from the reference: one row per run (:data:`RUN_KEYS`) and evaluation step, with the mean KL to the reference
+    (nats per response), the mean r̂, distinct-2 as a share of the run's first evaluation (the base's), the top
+    response share and whether the responses have :func:`collapsed` against the first evaluation's.
+
+    Every reward function's run starts from the same base, so the rows put their rewards side by side: one
+    whose maximiser is a single sentence loses distinct-2 at a small KL, one with gains in varied replies does not.
+    """
+    rows = []
+    for key, run in evals.groupby(RUN_KEYS, sort=False):
+        by_step = {int(s): g for s, g in run.groupby("step")}
+        first = by_step[min(by_step)]["response"].fillna("").astype(str).tolist()
+        base_d2 = distinct_n(first, 2)
+        for step, g in sorted(by_step.items()):
+            responses = g["response"].fillna("").astype(str).tolist()
+            rows.append(
+                dict(zip(RUN_KEYS, key))
+                | {
+                    "step": step,
+                    "KL (nats)": float(g["kl"].mean()),
+                    "mean r̂": float(g["reward"].mean()),
+                    "distinct-2 / base": distinct_n(responses, 2) / base_d2 if base_d2 else math.nan,
+                    "top response share": top_share(responses),
+                    "collapsed": collapsed(responses, first),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def collapse_onsets(path: pd.DataFrame) -> pd.DataFrame:
+    """Per run of :func:`diversity_path`: how many of its evaluations after the first collapsed, the first update
+    whose responses collapsed with the KL it had reached (NaN: none did), and the largest KL among its evaluations
+    that did not collapse (how far the policy moved while its replies stayed varied)."""
+    rows = []
+    for key, run in path.groupby(RUN_KEYS, sort=False):
+        moved = run[run["step"] > run["step"].min()]
+        bad = moved[moved["collapsed"]]
+        fine = run[~run["collapsed"]]
+        rows.append(
+            dict(zip(RUN_KEYS, key))
+            | {
+                "evaluations": len(moved),
+                "collapsed evaluations": len(bad),
+                "first collapse (update)": int(bad["step"].iloc[0]) if len(bad) else math.nan,
+                "KL at first collapse": float(bad["KL (nats)"].iloc[0]) if len(bad) else math.nan,
+                "largest KL not collapsed": float(fine["KL (nats)"].max()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def collapse_reading(onsets: pd.DataFrame) -> str:
+    """The sentences 07 prints under its diversity figure, from :func:`collapse_onsets` of the runs it shows."""
+    lines = []
+    for name, part in onsets.groupby("reward_fn", sort=False):
+        hit = part.dropna(subset=["first collapse (update)"])
+        runs = f"{len(part)} run{'s' * (len(part) > 1)}"
+        if hit.empty:
+            lines.append(f"- **{name}**: no evaluation collapsed ({runs}), up to "
+                         f"{part['largest KL not collapsed'].max():.1f} nats.")  # fmt: skip
+            continue
+        updates = ", ".join(str(int(u)) for u in hit["first collapse (update)"])
+        kls = ", ".join(f"{k:.1f}" for k in hit["KL at first collapse"])
+        counts = f"{int(part['collapsed evaluations'].sum())} of {int(part['evaluations'].sum())}"
+        lines.append(
+            f"- **{name}**: collapsed in {len(hit)} of {runs}, first at update {updates} ({kls} nats); "
+            f"{counts} evaluations after the base collapsed."
+        )
+    return "\n".join(lines)
