@@ -65,7 +65,10 @@ GENERATION_DEFAULTS: dict[str, Any] = {
     "top_k": 50,
     "top_p": 1.0,
 }
-_HINT = "run `make models` (or `python -m geli_lib.core.models`) once to prepare the models"
+# The models live under the cache root, so a run with another GELI_CACHE needs them prepared (or linked) there too.
+_HINT = (
+    "run `make models` (or `python -m geli_lib.core.models`) once, with the same GELI_CACHE, to prepare the models"
+)
 
 
 class ModelsNotPrepared(RuntimeError):
