@@ -7,10 +7,11 @@ slope CI touches 0). This script runs the same adaptation, generations and test 
 the sampling), prints :func:`geli_lib.alignment.rl.rl_summary` per seed, and adds the rows to
 ``results/<profile>/adhoc/rl_seeds/tables/rl_seeds.csv`` (a rerun replaces its own reward functions and
 seeds only); the study's own tables are not touched. Each row also says how early the run's curve replies
-collapsed (:func:`geli_lib.alignment.rl.collapse_onsets`, as 07's diversity figure). A reward function that
-02-04 did not train at a seed (they train the profile's ``seeds``) is trained first with the profile's reward settings
-(:func:`geli_lib.reward.experiments.train_missing`; on cpu 37-80 s for GELI, GE: RRD, VA and LS at one seed
-with two RL runs sharing the 2 cores).
+collapsed (:func:`geli_lib.alignment.rl.collapse_onsets`, as 07's diversity figure) and names the CPU it ran on
+(:func:`geli_lib.core.runs.machine`: the sampled runs and their speed depend on its bf16 kernels). A reward
+function that 02-04 did not train at a seed (they train the profile's ``seeds``) is trained first with the
+profile's reward settings (:func:`geli_lib.reward.experiments.train_missing`; on cpu 37-80 s for GELI, GE: RRD,
+VA and LS at one seed with two RL runs sharing the 2 cores).
 
 It also answers 08's question over seeds: each seed's generations are kept
 (``<folder>/seed_<s>/tables/generations.csv``), and every model of the table's seeds is scored under 08's
@@ -38,6 +39,7 @@ from geli_lib.alignment import generation_eval, rl  # noqa: E402
 from geli_lib.core import load_params, results_dir, write_csv  # noqa: E402
 from geli_lib.core.io import content_key  # noqa: E402
 from geli_lib.core.params import ParamError, StudyParams, key_value, to_dict  # noqa: E402
+from geli_lib.core.runs import machine  # noqa: E402
 from geli_lib.corpus import data  # noqa: E402
 from geli_lib.reward import experiments  # noqa: E402
 
@@ -136,7 +138,11 @@ def main() -> None:
         rows.append(one_seed(params, args.reward_fn, seed, folder)[COLUMNS])
         print(rows[-1].round(4).to_string(index=False), flush=True)
     settings = content_key(to_dict(params.rl))  # the profile's rl block can change between runs of one folder
-    table = pd.concat(rows, ignore_index=True).assign(**{"rl settings": settings})
+    # sampled runs and their speed depend on the CPU's bf16 kernels (AMX, AVX512-bf16): each row names its CPU
+    where = machine()
+    table = pd.concat(rows, ignore_index=True).assign(
+        **{"rl settings": settings, "cpu": where["cpu"], "torch cpu kernels": where["torch_cpu_kernels"]}
+    )
     path = results_dir(folder, "tables") / "rl_seeds.csv"
     write_csv(path, merge_rows(pd.read_csv(path) if path.exists() else None, table, path))
     table = pd.read_csv(path)
