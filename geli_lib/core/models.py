@@ -66,9 +66,7 @@ GENERATION_DEFAULTS: dict[str, Any] = {
     "top_p": 1.0,
 }
 # The models live under the cache root, so a run with another GELI_CACHE needs them prepared (or linked) there too.
-_HINT = (
-    "run `make models` (or `python -m geli_lib.core.models`) once, with the same GELI_CACHE, to prepare the models"
-)
+_HINT = "run `make models` (or `python -m geli_lib.core.models`) once, with the same GELI_CACHE, to prepare the models"
 
 
 class ModelsNotPrepared(RuntimeError):
