@@ -352,6 +352,12 @@ def test_run_key_changes_with_how_the_group_trainer_computes(tmp_path, monkeypat
     assert runs.run_key(rl, tmp_path, train, 0) == key
     monkeypatch.setattr(runs, "SCORING_BATCH", 64)  # r̂'s texts encoded in batches, as before the fix
     assert runs.run_key(rl, tmp_path, train, 0) != key
+    monkeypatch.undo()
+    # rl.batch_size is per launched process: two processes train on twice the responses per update
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert runs.launched_processes() == 1 and runs.run_key(rl, tmp_path, train, 0) == key
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert runs.launched_processes() == 2 and runs.run_key(rl, tmp_path, train, 0) != key
 
 
 # --------------------------------------------------------------------------- a real PPO loop
@@ -659,6 +665,69 @@ def test_rl_workers_train_at_once_on_a_local_cluster_and_each_gives_its_serial_a
         assert sorted(got) == sorted(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
         cols = ["step", "reward_mean", "kl"]
         pd.testing.assert_frame_equal(info.curves[cols], want.curves[cols])
+
+
+def _launch(tmp_path, args: list[str], env: dict[str, str], processes: int = 2):
+    """``torchrun`` (what ``accelerate launch`` runs on several GPUs) of ``args`` on CPU processes (gloo)."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args]
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "GELI_PROGRESS": "0", **env}
+    return subprocess.run(cmd, cwd=tmp_path, env=full, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["ppo", "rloo"])
+def test_the_rl_entry_point_under_two_launched_processes(algorithm, world, tmp_path):
+    """`accelerate launch -m geli_lib.alignment.rl` on several processes: TRL 1.12's PPOTrainer reads
+    `model.policy` through DDP's wrapper (huggingface/trl#2375), `rl.steps` stays the number of updates with
+    rl.batch_size per process, both processes end with one adapter (checked by the run itself), and only the
+    main process reports and writes."""
+    from geli_lib.core.io import cache_dir
+
+    cache = tmp_path / "cache"
+    (cache / "reward_functions" / "smoke" / "simulated" / "geli").mkdir(parents=True)
+    (cache / "models").symlink_to(cache_dir("models"))
+    shutil.copytree(world["folder"], cache / "reward_functions" / "smoke" / "simulated" / "geli" / "seed0")
+    args = ["-m", "geli_lib.alignment.rl", "--profile", "smoke", "--reward-fn", "geli", "--algorithm", algorithm]
+    args += ["--rl", "group_size=2"] if algorithm == "rloo" else []
+    out = _launch(tmp_path, args, {"GELI_CACHE": str(cache), "GELI_RESULTS": str(tmp_path / "results")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("GELI: RRD + VA: 2 updates") == 1, out.stdout  # one report, of rl.steps updates
+    tables = tmp_path / "results" / "smoke" / "tables"
+    curves = pd.read_csv(tables / "ppo_curves.csv")
+    assert curves["step"].tolist() == [1, 2] and (curves["algorithm"] == algorithm).all()
+    assert np.isfinite(curves[["reward_mean", "kl"]].to_numpy()).all() and curves["kl"].iloc[-1] != 0
+    run = cache / "rl" / "smoke" / algorithm / "geli-rrd-va" / "seed0"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "done.json").is_file()
+    gens = pd.read_csv(tables / "generations.csv")
+    assert sorted(gens["model"].unique()) == ["GELI: RRD + VA", "base", "ground truth"]
+
+
+@pytest.mark.slow
+def test_launched_processes_with_different_adapters_are_refused(tmp_path):
+    """The run's own check: processes whose trainable weights differ (gradients not averaged) stop the run."""
+    script = tmp_path / "agree.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from accelerate import Accelerator\n"
+        "from geli_lib.alignment.rl.ppo import check_processes_agree\n"
+        "acc = Accelerator(cpu=True)\n"
+        "torch.manual_seed(0 if sys.argv[1] == 'same' else acc.process_index)\n"
+        "try:\n"
+        "    check_processes_agree(torch.nn.Linear(4, 2), acc)\n"
+        "    print('agree', flush=True)\n"
+        "except Exception as e:\n"
+        "    print(f'{type(e).__name__}: {e}', flush=True)\n"
+        "acc.wait_for_everyone()\n"
+        "torch.distributed.destroy_process_group()\n"
+    )
+    same, differ = (_launch(tmp_path, [str(script), how], {}) for how in ("same", "differ"))
+    # the two processes print at once: count, not lines
+    assert same.returncode == 0 and same.stdout.count("agree") == 2, same.stderr[-2000:]
+    assert differ.stdout.count("RLError: the 2 launched processes ended with different adapters") == 2, differ
 
 
 def test_rl_summary_flags_a_collapsed_policy_and_counts_only_real_learning():

@@ -17,9 +17,9 @@ from geli_lib.alignment.rl.curve import collapsed, curve_slope, top_share
 from geli_lib.alignment.rl.ppo import RunInfo, _quiet, train_rl
 from geli_lib.alignment.rl.prompt import RLError, encode_prompt, rl_contexts, scoring_histories, strip_role
 from geli_lib.alignment.rl.reward import check_adapter
-from geli_lib.alignment.rl.runs import merge_rows
+from geli_lib.alignment.rl.runs import launched_processes, merge_rows
 from geli_lib.core.models import autocast, bf16_in_effect, load_policy, offline_env, smollm2_path
-from geli_lib.core.params import REWARD_FUNCTION_IDS, RLParams, load_params
+from geli_lib.core.params import REWARD_FUNCTION_IDS, RLParams, key_value, load_params
 from geli_lib.core.runs import results_dir
 from geli_lib.corpus import data
 from geli_lib.reward import experiments
@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--steps", type=int)
     ap.add_argument("--algorithm", choices=["ppo", "rloo", "grpo"])
+    ap.add_argument(
+        "--rl", action="append", default=[], metavar="KEY=VALUE", help="another value of an rl parameter (repeatable)"
+    )
     ap.add_argument("--corpus")
     ap.add_argument("--data-path")
     ap.add_argument(
@@ -233,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         "slurm (compute.scheduler; not with accelerate launch)",
     )
     args = ap.parse_args(argv)
-    overrides = {k: v for k, v in {"steps": args.steps, "algorithm": args.algorithm}.items() if v is not None}
+    given = {"steps": args.steps, "algorithm": args.algorithm}
+    overrides = dict(key_value(kv, "--rl") for kv in args.rl) | {k: v for k, v in given.items() if v is not None}
     params = load_params(
         args.profile, corpus=args.corpus, data_path=args.data_path, rl=overrides, compute={"scheduler": args.scheduler}
     )
@@ -245,10 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = select_reward_functions(
         experiments.saved_reward_functions(args.profile, params.corpus, seed), wanted, params.rl
     )
-    if (
-        adaptations_compute(params.compute, params.rl).scheduler != "serial"
-        and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    ):
+    if adaptations_compute(params.compute, params.rl).scheduler != "serial" and launched_processes() > 1:
         raise RLError(
             "compute.scheduler (--scheduler) or rl.workers > 1 and accelerate launch exclude each other: "
             "every process would submit the same runs"
@@ -271,13 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         for n, f in chosen.items()
     }
+    if int(os.environ.get("RANK", "0")) > 0:  # under `accelerate launch`, the main process reports and writes
+        return 0
     for n, r in runs.items():
         print(
             f"{n}: {len(r.curves)} updates, {r.seconds_per_step:.1f} s/update, r̂ "
             f"{r.curves['reward_mean'].iloc[0]:.3f} -> {r.curves['reward_mean'].iloc[-1]:.3f}"
+            + (f" (the main process's {params.rl.batch_size} of each update)" if launched_processes() > 1 else "")
         )
-    if int(os.environ.get("RANK", "0")) == 0:
-        write_generations(
-            args.profile, generations(held_out, {n: r.adapter for n, r in runs.items()}, params.rl, seed, params.device)
-        )
+    write_generations(
+        args.profile, generations(held_out, {n: r.adapter for n, r in runs.items()}, params.rl, seed, params.device)
+    )
     return 0

@@ -32,7 +32,14 @@ from geli_lib.alignment.rl.reward import (
     check_reward_for_rl,
     load_trained_reward,
 )
-from geli_lib.alignment.rl.runs import finished_run, merge_rows, run_dir, run_key, tensorboard_dir
+from geli_lib.alignment.rl.runs import (
+    finished_run,
+    launched_processes,
+    merge_rows,
+    run_dir,
+    run_key,
+    tensorboard_dir,
+)
 from geli_lib.core.compute import torch_threads
 from geli_lib.core.io import progress_enabled, write_json
 from geli_lib.core.models import base_linears_to_bf16, bf16_in_effect, load_policy, offline_env, smollm2_path
@@ -159,6 +166,21 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
 
 
+def check_processes_agree(model: nn.Module, accelerator: Any) -> None:
+    """Under several launched processes, refuse a run whose processes ended with different adapters: DDP
+    averages the gradients, so every process must hold the same trainable weights (to float32 sums' rounding)."""
+    if accelerator.num_processes < 2:
+        return
+    weights = [p.detach().float() for p in model.parameters() if p.requires_grad]
+    total = torch.stack([torch.stack([w.sum(), w.abs().sum()]) for w in weights]).sum(0).to(accelerator.device)
+    sums = accelerator.gather(total[None]).cpu()
+    if not torch.allclose(sums, sums[:1].expand_as(sums), rtol=1e-5, atol=1e-6):
+        raise RLError(
+            f"the {accelerator.num_processes} launched processes ended with different adapters (sums of the "
+            f"trainable weights per process: {sums[:, 0].tolist()}): their gradients were not averaged"
+        )
+
+
 def _tensorboard(tb_dir: Path) -> Any:
     """transformers' TensorBoard callback writing to ``tb_dir`` (its own default is under output_dir)."""
     # lazy: transformers only when a model is used, after offline_env()
@@ -274,7 +296,7 @@ def _ppo_config(rl: RLParams, out: Path, seed: int, updates: int, kl_coef: float
         per_device_train_batch_size=rl.batch_size,
         gradient_accumulation_steps=1,
         num_mini_batches=rl.batch_size // rl.mini_batch_size,
-        total_episodes=updates * rl.batch_size,
+        total_episodes=updates * rl.batch_size * launched_processes(),  # TRL's episodes count every process's
         local_rollout_forward_batch_size=rl.batch_size,
         num_ppo_epochs=rl.ppo_epochs,
         response_length=rl.response_length,
@@ -453,6 +475,7 @@ def train_rl(
         seconds = t_train / max(rl.steps - first, 1)
         frame, ev = pd.DataFrame(curves), pd.DataFrame(evals, columns=list(EVAL_COLUMNS))
         kept = kept_step(ev) if rl.keep_uncollapsed and not ev.empty else rl.steps
+        check_processes_agree(model, trainer.accelerator)
         if trainer.accelerator.is_main_process:  # under `accelerate launch`, one writer
             shutil.rmtree(run / "adapter", ignore_errors=True)
             if kept < rl.steps:
@@ -543,6 +566,11 @@ def train_rl(
         eval_dataset=dataset.select(range(min(len(dataset), rl.batch_size))),
         peft_config=_lora_config(rl),
     )
+    wrapped = trainer.accelerator.unwrap_model(trainer.model)
+    if wrapped is not trainer.model:  # several processes: DDP wraps TRL's policy-and-value model
+        # TRL 1.12 reads `model.policy` through the wrapper for the reference pass (huggingface/trl#2375):
+        # a plain attribute, not a registered submodule, so DDP's parameters and state dict stay as they are
+        object.__setattr__(trainer.model, "policy", wrapped.policy)
     holder["trainer"] = trainer
     trainer.remove_callback(PrinterCallback)  # our curves replace its per-step dict dumps
     trainer.add_callback(_monitor(name, seed, corpus, rl, reward, start, curves, evals, save, evaluate, holder))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +36,12 @@ def tensorboard_dir(results_key: str, algorithm: str, name: str, seed: int) -> P
     return results_dir(results_key, f"tensorboard/{algorithm}-{slug(name)}-seed{seed}")
 
 
+def launched_processes() -> int:
+    """How many processes share each update: ``WORLD_SIZE`` as ``accelerate launch`` / ``torchrun`` set it, else 1.
+    ``rl.batch_size`` is per process, so a launch of N processes trains on N times the responses per update."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def run_key(
     rl: RLParams,
     reward_folder: Path,
@@ -47,7 +54,7 @@ def run_key(
     its prompts and the dialogue states r_θ scores them in, the evaluation contexts and their batching
     (:data:`CURVE_BATCH`: it picks the update kept), how RLOO / GRPO compute (:data:`GROUP_TRAINER`), how r̂
     encodes texts (:data:`~geli_lib.alignment.generation_eval.SCORING_BATCH`: the rewards' last bits) and
-    r_θ's history cut."""
+    r_θ's history cut, and how many launched processes share an update (when several: :func:`launched_processes`)."""
     files = [p for p in sorted(reward_folder.rglob("*")) if p.is_file()]
     fields = {k: v for k, v in to_dict(rl).items() if k not in _NOT_TRAINING}
     d = data or DataParams()
@@ -61,8 +68,9 @@ def run_key(
     curve_ids = [] if curve is None else curve["context_id"].tolist()
     cut = [d.history_turns, d.history_chars]
     ids = train["context_id"].tolist()
+    shared = [launched_processes()] if launched_processes() > 1 else []  # one process: the keys runs already have
     return content_key(
-        fields, file_key(files), ids, seed, curve_ids, CURVE_BATCH, GROUP_TRAINER, SCORING_BATCH, cut, texts
+        fields, file_key(files), ids, seed, curve_ids, CURVE_BATCH, GROUP_TRAINER, SCORING_BATCH, cut, texts, *shared
     )
 
 
