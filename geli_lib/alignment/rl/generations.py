@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         args.profile, corpus=args.corpus, data_path=args.data_path, rl=overrides, compute={"scheduler": args.scheduler}
     )
     seed = params.seed if args.seed is None else args.seed
+    if params.device == "cuda" and launched_processes() > 1:
+        # r̂, the policy and the curve are put on "cuda" before accelerate picks this process's GPU: make it that one
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dialogues = data.load_corpus(params)
     split = data.split_conversations(dialogues.conversations, params.splits)
     train, held_out, curve = rl_contexts(dialogues, split, params.rl, seed)
