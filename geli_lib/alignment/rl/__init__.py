@@ -67,7 +67,9 @@ top to bottom:
    base stored in bf16 (:func:`geli_lib.core.models.base_linears_to_bf16`).
 
 Multi-GPU: the same entry point runs under ``accelerate launch`` (TRL shards the
-rollouts over processes); see the README.
+rollouts over processes, ``rl.batch_size`` each, for ``rl.steps`` updates); the run
+checks that every process ends with the same adapter (:func:`check_processes_agree`)
+and only the main process writes; see the README.
 """
 
 from geli_lib.alignment.rl.cluster import adapt_on_cluster, adapt_task, adaptations_compute, folder_files, unpack
@@ -96,7 +98,7 @@ from geli_lib.alignment.rl.generations import (
     write_generations,
 )
 from geli_lib.alignment.rl.group import group_trainer, shared_prompt_logps
-from geli_lib.alignment.rl.ppo import CURVE_COLUMNS, LORA_TARGETS, RunInfo, train_rl
+from geli_lib.alignment.rl.ppo import CURVE_COLUMNS, LORA_TARGETS, RunInfo, check_processes_agree, train_rl
 from geli_lib.alignment.rl.prompt import (
     ASSISTANT_HEADER,
     SYSTEM_PROMPT,
@@ -119,7 +121,14 @@ from geli_lib.alignment.rl.reward import (
     check_reward_for_rl,
     load_trained_reward,
 )
-from geli_lib.alignment.rl.runs import finished_run, merge_rows, run_dir, run_key, tensorboard_dir
+from geli_lib.alignment.rl.runs import (
+    finished_run,
+    launched_processes,
+    merge_rows,
+    run_dir,
+    run_key,
+    tensorboard_dir,
+)
 
 __all__ = [
     "SYSTEM_PROMPT",
@@ -136,6 +145,8 @@ __all__ = [
     "split_prompt_response",
     "RunningMoments",
     "load_trained_reward",
+    "check_processes_agree",
+    "launched_processes",
     "check_reward_for_rl",
     "check_adapter",
     "TextReward",
