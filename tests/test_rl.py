@@ -708,26 +708,35 @@ def test_the_rl_entry_point_under_two_launched_processes(algorithm, world, tmp_p
 
 @pytest.mark.slow
 def test_launched_processes_with_different_adapters_are_refused(tmp_path):
-    """The run's own check: processes whose trainable weights differ (gradients not averaged) stop the run."""
+    """The run's own check: processes whose trainable weights differ (gradients not averaged) or whose running
+    moments of r̂ differ (each standardised alone) stop the run; scores gathered across processes agree."""
     script = tmp_path / "agree.py"
     script.write_text(
         "import sys, torch\n"
         "from accelerate import Accelerator\n"
         "from geli_lib.alignment.rl.ppo import check_processes_agree\n"
+        "from geli_lib.alignment.rl.reward import RunningMoments, across_processes\n"
         "acc = Accelerator(cpu=True)\n"
-        "torch.manual_seed(0 if sys.argv[1] == 'same' else acc.process_index)\n"
+        "torch.manual_seed(acc.process_index if sys.argv[1] == 'weights' else 0)\n"
+        "moments = RunningMoments()\n"
+        "mine = torch.tensor([1.0, 2.0]) + acc.process_index  # this process's scores\n"
+        "moments.update(mine if sys.argv[1] == 'moments' else across_processes(mine))\n"
+        "print('gathered', across_processes(mine).tolist(), flush=True)\n"
         "try:\n"
-        "    check_processes_agree(torch.nn.Linear(4, 2), acc)\n"
+        "    check_processes_agree(torch.nn.Linear(4, 2), acc, moments)\n"
         "    print('agree', flush=True)\n"
         "except Exception as e:\n"
         "    print(f'{type(e).__name__}: {e}', flush=True)\n"
         "acc.wait_for_everyone()\n"
         "torch.distributed.destroy_process_group()\n"
     )
-    same, differ = (_launch(tmp_path, [str(script), how], {}) for how in ("same", "differ"))
+    same, weights, moments = (_launch(tmp_path, [str(script), how], {}) for how in ("same", "weights", "moments"))
     # the two processes print at once: count, not lines
     assert same.returncode == 0 and same.stdout.count("agree") == 2, same.stderr[-2000:]
-    assert differ.stdout.count("RLError: the 2 launched processes ended with different adapters") == 2, differ
+    assert same.stdout.count("gathered [1.0, 2.0, 2.0, 3.0]") == 2, same.stdout  # rank 0's scores, then rank 1's
+    assert weights.stdout.count("RLError: the 2 launched processes ended with different adapters") == 2, weights
+    want = "RLError: the 2 launched processes ended with different running moments of r̂"
+    assert moments.stdout.count(want) == 2, moments
 
 
 def test_rl_summary_flags_a_collapsed_policy_and_counts_only_real_learning():

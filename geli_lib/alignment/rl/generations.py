@@ -281,7 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{n}: {len(r.curves)} updates, {r.seconds_per_step:.1f} s/update, r̂ "
             f"{r.curves['reward_mean'].iloc[0]:.3f} -> {r.curves['reward_mean'].iloc[-1]:.3f}"
-            + (f" (the main process's {params.rl.batch_size} of each update)" if launched_processes() > 1 else "")
+            + (
+                f" ({launched_processes()} processes x {params.rl.batch_size} responses)"
+                if launched_processes() > 1
+                else ""
+            )
         )
     write_generations(
         args.profile, generations(held_out, {n: r.adapter for n, r in runs.items()}, params.rl, seed, params.device)

@@ -166,19 +166,26 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
 
 
-def check_processes_agree(model: nn.Module, accelerator: Any) -> None:
-    """Under several launched processes, refuse a run whose processes ended with different adapters: DDP
-    averages the gradients, so every process must hold the same trainable weights (to float32 sums' rounding)."""
+def check_processes_agree(model: nn.Module, accelerator: Any, moments: RunningMoments | None = None) -> None:
+    """Under several launched processes, refuse a run whose processes ended with different adapters or score
+    moments: DDP averages the gradients and r̂ is standardised by the whole update's scores
+    (:func:`~geli_lib.alignment.rl.reward.across_processes`), so every process must hold the same trainable
+    weights (to float32 sums' rounding) and the same running mean and SD of r̂."""
     if accelerator.num_processes < 2:
         return
     weights = [p.detach().float() for p in model.parameters() if p.requires_grad]
-    total = torch.stack([torch.stack([w.sum(), w.abs().sum()]) for w in weights]).sum(0).to(accelerator.device)
-    sums = accelerator.gather(total[None]).cpu()
-    if not torch.allclose(sums, sums[:1].expand_as(sums), rtol=1e-5, atol=1e-6):
-        raise RLError(
-            f"the {accelerator.num_processes} launched processes ended with different adapters (sums of the "
-            f"trainable weights per process: {sums[:, 0].tolist()}): their gradients were not averaged"
-        )
+    total = torch.stack([torch.stack([w.sum(), w.abs().sum()]) for w in weights]).sum(0)
+    m = moments or RunningMoments()
+    row = torch.cat([total, torch.tensor([m.mean, m.std], dtype=torch.float32)]).to(accelerator.device)
+    rows = accelerator.gather(row[None]).cpu()
+    same = torch.isclose(rows, rows[:1].expand_as(rows), rtol=1e-5, atol=1e-6).all(0)
+    for what, cols in (("adapters", [0, 1]), ("running moments of r̂", [2, 3])):
+        if not same[cols].all():
+            raise RLError(
+                f"the {accelerator.num_processes} launched processes ended with different {what} (per process: "
+                f"{rows[:, cols].tolist()}): "
+                + ("their gradients were not averaged" if what == "adapters" else "each standardised alone")
+            )
 
 
 def _tensorboard(tb_dir: Path) -> Any:
@@ -475,7 +482,7 @@ def train_rl(
         seconds = t_train / max(rl.steps - first, 1)
         frame, ev = pd.DataFrame(curves), pd.DataFrame(evals, columns=list(EVAL_COLUMNS))
         kept = kept_step(ev) if rl.keep_uncollapsed and not ev.empty else rl.steps
-        check_processes_agree(model, trainer.accelerator)
+        check_processes_agree(model, trainer.accelerator, reward.moments)
         if trainer.accelerator.is_main_process:  # under `accelerate launch`, one writer
             shutil.rmtree(run / "adapter", ignore_errors=True)
             if kept < rl.steps:

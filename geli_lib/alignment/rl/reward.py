@@ -25,6 +25,21 @@ from geli_lib.reward.reward_model import (
 # --------------------------------------------------------------------------- the reward
 
 
+def across_processes(x: torch.Tensor) -> torch.Tensor:
+    """``x`` of every launched process, in rank order, concatenated along its last axis (``x`` itself in a
+    single process).
+
+    Under ``accelerate launch`` each process scores its share of an update; the running moments and the
+    logged r̂ are of the whole update, so every process standardises alike (objects, not tensors: NCCL
+    moves only GPU tensors, and these are a few floats)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, x.detach().cpu())
+    return torch.cat(parts, dim=-1)
+
+
 @dataclass
 class RunningMoments:
     """Running mean / SD of scores (TRL 0.x ``RunningMoments``, parallel-variance merge)."""
@@ -173,11 +188,13 @@ class TextReward(nn.Module):
 
     def forward(self, histories: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         r = self.raw(histories, responses)
-        self.log.append(r)
-        self.words += [len(x.split()) for x in responses]
+        words = torch.tensor([len(x.split()) for x in responses], dtype=torch.float32)
+        everyone = across_processes(torch.stack([r, words]))  # (2, B x processes): the whole update's
+        self.log.append(everyone[0])
+        self.words += everyone[1].int().tolist()
         if not self.normalise:
             return r
-        self.moments.update(r)
+        self.moments.update(everyone[0])
         return self.moments.normalise(r).float()
 
     def pop_log(self) -> tuple[float, float, float]:
