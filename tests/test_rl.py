@@ -717,26 +717,31 @@ def test_launched_processes_with_different_adapters_are_refused(tmp_path):
         "from geli_lib.alignment.rl.ppo import check_processes_agree\n"
         "from geli_lib.alignment.rl.reward import RunningMoments, across_processes\n"
         "acc = Accelerator(cpu=True)\n"
+        "out = open(f'{sys.argv[1]}-rank{acc.process_index}.txt', 'w')  # one file per process: no interleaving\n"
         "torch.manual_seed(acc.process_index if sys.argv[1] == 'weights' else 0)\n"
         "moments = RunningMoments()\n"
         "mine = torch.tensor([1.0, 2.0]) + acc.process_index  # this process's scores\n"
         "moments.update(mine if sys.argv[1] == 'moments' else across_processes(mine))\n"
-        "print('gathered', across_processes(mine).tolist(), flush=True)\n"
+        "out.write(f'gathered {across_processes(mine).tolist()}\\n')\n"
         "try:\n"
         "    check_processes_agree(torch.nn.Linear(4, 2), acc, moments)\n"
-        "    print('agree', flush=True)\n"
+        "    out.write('agree\\n')\n"
         "except Exception as e:\n"
-        "    print(f'{type(e).__name__}: {e}', flush=True)\n"
+        "    out.write(f'{type(e).__name__}: {e}\\n')\n"
+        "out.close()\n"
         "acc.wait_for_everyone()\n"
         "torch.distributed.destroy_process_group()\n"
     )
-    same, weights, moments = (_launch(tmp_path, [str(script), how], {}) for how in ("same", "weights", "moments"))
-    # the two processes print at once: count, not lines
-    assert same.returncode == 0 and same.stdout.count("agree") == 2, same.stderr[-2000:]
-    assert same.stdout.count("gathered [1.0, 2.0, 2.0, 3.0]") == 2, same.stdout  # rank 0's scores, then rank 1's
-    assert weights.stdout.count("RLError: the 2 launched processes ended with different adapters") == 2, weights
-    want = "RLError: the 2 launched processes ended with different running moments of r̂"
-    assert moments.stdout.count(want) == 2, moments
+    said = {}
+    for how in ("same", "weights", "moments"):
+        run = _launch(tmp_path, [str(script), how], {})
+        assert run.returncode == 0, run.stderr[-2000:]
+        said[how] = [(tmp_path / f"{how}-rank{r}.txt").read_text().splitlines() for r in (0, 1)]
+    # both processes see rank 0's scores, then rank 1's
+    assert said["same"] == [["gathered [1.0, 2.0, 2.0, 3.0]", "agree"]] * 2
+    for how, what in (("weights", "adapters"), ("moments", "running moments of r̂")):
+        for lines in said[how]:
+            assert lines[1].startswith(f"RLError: the 2 launched processes ended with different {what} "), lines
 
 
 def test_rl_summary_flags_a_collapsed_policy_and_counts_only_real_learning():
