@@ -67,9 +67,10 @@ top to bottom:
    base stored in bf16 (:func:`geli_lib.core.models.base_linears_to_bf16`).
 
 Multi-GPU: the same entry point runs under ``accelerate launch`` (TRL shards the
-rollouts over processes, ``rl.batch_size`` each, for ``rl.steps`` updates); the run
-checks that every process ends with the same adapter (:func:`check_processes_agree`)
-and only the main process writes; see the README.
+rollouts over processes, ``rl.batch_size`` each, for ``rl.steps`` updates); r̂ is
+standardised by the whole update's scores, the run checks that every process ends with
+the same adapter and moments (:func:`check_processes_agree`), and only the main process
+writes; see the README.
 """
 
 from geli_lib.alignment.rl.cluster import adapt_on_cluster, adapt_task, adaptations_compute, folder_files, unpack
