@@ -187,9 +187,9 @@ figures.save_figure(fig, results, "07_ppo_curves")
 # contexts still are (distinct-2 as a share of the base's). A reward with gains in varied replies lets
 # the policy move a few nats with its replies still varied; a reward whose maximiser is one sentence
 # (08's modal probe) pulls distinct-2 down as the policy moves towards that sentence. The reading under
-# the figure gives this run's numbers; the README gives them over seeds. The crosses are evaluations
-# that count as collapsed; the table gives, per run, the first update that collapsed and the KL it had
-# reached. Written to `tables/rl_diversity.csv`.
+# the figure gives this run's numbers; the repository's `docs/rl_record.md` gives them over seeds. The
+# crosses are evaluations that count as collapsed; the table gives, per run, the first update that
+# collapsed and the KL it had reached. Written to `tables/rl_diversity.csv`.
 
 # %%
 path = rl.diversity_path(evals)

@@ -383,3 +383,22 @@ def test_a_float_in_exponent_notation_without_a_dot_is_a_number():
     assert load_params("smoke", rl={"kl_coef": "2E+1"}).rl.kl_coef == 20.0
     with pytest.raises(ParamError, match="expected a number, got '1e-3x'"):
         load_params("smoke", rl={"lr": "1e-3x"})
+
+
+def test_the_profiles_cite_sections_of_the_rl_record_that_exist():
+    """`params/cpu.yaml` and the README justify RL settings by sections of `docs/rl_record.md`, cited by their
+    bold titles; a renamed or dropped section must not leave a citation pointing nowhere."""
+    import re
+
+    root = Path(__file__).parents[1]
+    record = (root / "docs" / "rl_record.md").read_text()
+    titles = [" ".join(m.group(1).split()) for m in re.finditer(r"(?:^|\n\n)\*\*(.+?)\*\*", record, re.S)]
+    cited = []
+    for path in [root / "README.md", *sorted((root / "params").glob("*.yaml"))]:
+        # a comment's citation may run over lines: drop the comment marks and join them
+        text = " ".join(line.strip().lstrip("#").strip() for line in path.read_text().splitlines())
+        for m in re.finditer(r"rl_record\.md`?,? ((?:\"[^\"]+\"(?:, )?)+)", text):
+            cited += [(path.name, title) for title in re.findall(r"\"([^\"]+)\"", m.group(1))]
+    assert len(cited) >= 10, cited
+    for name, title in cited:
+        assert any(t.startswith(title) for t in titles), f"{name} cites {title!r}, not a section of docs/rl_record.md"
