@@ -35,7 +35,9 @@
 # - **identical to base**: the share of responses equal to the base model's
 #   response to the same context (1 = adaptation changed nothing there).
 #
-# Each is computed per RL seed; tables show mean ± sd over seeds.
+# Each is computed per RL seed; tables show mean ± sd over seeds. A study run trains one RL seed, so its
+# cells are means alone: 07 run again with `-p seed 1`, `-p seed 2` adds its seeds to `generations.csv`
+# (`benchmarks/rl_seeds.py` does it in one command), and this notebook then gives the ± over them.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -97,7 +99,9 @@ with timed(results, "08: automatic evaluation"):
     per = ge.per_response(gens, params.eval, params.data, reward_fns, device=params.device)
     rows = ge.auto_eval(gens, params.eval, params.data, per=per)
 write_csv(results_dir(results, "tables") / "auto_eval.csv", rows)
-display(ge.auto_eval_table(rows))
+table = ge.auto_eval_table(rows)
+print(table.attrs["note"])
+display(table)
 
 # %% [markdown]
 # ## Cross-reward table: does optimising one reward raise the others?

@@ -103,6 +103,21 @@ def test_mean_sd_over_seeds():
         {"corpus": "x", "seed": [0, 1, 2], "model": "m", "metric": "length", "value": [1.0, 2.0, 6.0], "n": 1}
     )
     assert ge.auto_eval_table(rows).loc[("x", "m"), "length"] == f"3.00 ± {np.std([1, 2, 6], ddof=1):.2f}"
+    # one seed: the mean alone, since an sd of 0 would claim that seeds agree
+    one = ge.auto_eval_table(rows[rows["seed"] == 2])
+    assert one.loc[("x", "m"), "length"] == "6.00" and "one seed" in one.attrs["note"]
+
+
+def test_cross_reward_table_of_one_seed_gives_means_and_stars():
+    g = _gens()
+    g = g[g["seed"] == 0].reset_index(drop=True)
+    per = pd.DataFrame(index=g.index)
+    per["reward: A"] = np.where(g["model"] == "base", 0.0, 1.0)
+    stats = ge.cross_reward_stats(g, per)
+    table = ge.cross_reward_table(stats, order=["base"])
+    assert table.loc[("simulated", "base"), "A"] == "0.00"
+    # 2 contexts, both +1: a sign flip reaches |sum| = 2 in 2 of 4 patterns, p = 0.5, no star
+    assert table.loc[("simulated", "ground truth"), "A"] == "1.00"
 
 
 # --------------------------------------------------------------------------- significance, cross-reward table

@@ -118,6 +118,14 @@ def test_spread_over_annotators(tmp_path):
     sel, _ = he.unblind(_read(tmp_path, a1, a2), key)
     table, _ = he.human_table(sel, spread="annotator")
     assert table.loc["M", "Positivity"].startswith("50.00 ± 10.00")  # a1 60%, a2 40%
+    # one annotator: the mean alone, not "± 0.00", which would claim that annotators agree
+    table, _ = he.human_table(sel[sel["annotator"] == "a1"], spread="annotator")
+    assert table.loc["M", "Positivity"].startswith("60.00") and not table.stack().str.contains("±").any()
+
+
+def test_mean_sd_cell():
+    assert he.mean_sd_cell(70.0, 10.0, 3) == "70.00 ± 10.00" and he.mean_sd_cell(70.0, 0.0, 1) == "70.00"
+    assert he.mean_sd_cell(float("nan"), 0.0, 3) == "–" and he.mean_sd_cell(1.234, 0.5, 2, digits=1) == "1.2 ± 0.5"
 
 
 def test_sign_flip_test_by_hand():

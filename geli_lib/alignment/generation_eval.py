@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geli_lib.alignment.human_eval import sign_flip_test, stars
+from geli_lib.alignment.human_eval import mean_sd_cell, sign_flip_test, stars
 from geli_lib.core.params import DataParams, EvalParams
 from geli_lib.listener.features import vader_compound
 from geli_lib.reward.reward_model import RESPONSE_PREFIX, TrainedReward, pair_features
@@ -366,16 +366,20 @@ def auto_eval(
     return pd.DataFrame(rows, columns=list(AUTO_EVAL_COLUMNS))
 
 
+#: What a table's ``mean ± sd`` cells span, and what a cell without ``±`` means.
+SEEDS_NOTE = "mean ± sd over RL seeds; a mean without ± comes from one seed (07 with `-p seed N` adds seeds)"
+
+
 def auto_eval_table(rows: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
-    """Models × metrics, ``mean ± sd`` over seeds (sd with ddof 1; 0 for a single seed), per corpus."""
+    """Models × metrics, ``mean ± sd`` over seeds (sd with ddof 1; the mean alone from one seed), per corpus."""
     g = rows.groupby(["corpus", "model", "metric"], sort=False)["value"]
-    stats = g.agg(["mean", "std"]).fillna({"std": 0.0})
-    cells = stats.apply(
-        lambda s: "–" if math.isnan(s["mean"]) else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}", axis=1
-    )
+    stats = g.agg(["mean", "std", "count"])
+    cells = stats.apply(lambda s: mean_sd_cell(s["mean"], s["std"], s["count"], digits), axis=1)
     table = cells.unstack("metric")
     order = list(dict.fromkeys(rows["metric"]))
-    return table[[m for m in order if m in table.columns]]
+    table = table[[m for m in order if m in table.columns]]
+    table.attrs["note"] = SEEDS_NOTE
+    return table
 
 
 # --------------------------------------------------------------------------- significance, cross-reward table
@@ -503,12 +507,9 @@ def cross_reward_stats(
 
 
 def cross_reward_table(stats: pd.DataFrame, digits: int = 2, order: Sequence[str] | None = None) -> pd.DataFrame:
-    """Models (rows) × reward functions (columns): ``mean ± sd`` over seeds, ``*`` p < 0.05 and ``**``
-    p < 0.01 vs base (:data:`PAIRED_TEST`), per corpus. ``order``: models first in this order."""
-    cells = stats.apply(
-        lambda r: "–" if math.isnan(r["mean"]) else f"{r['mean']:.{digits}f} ± {r['sd']:.{digits}f}{stars(r['p'])}",
-        axis=1,
-    )
+    """Models (rows) × reward functions (columns): ``mean ± sd`` over seeds (the mean alone from one seed), ``*``
+    p < 0.05 and ``**`` p < 0.01 vs base (:data:`PAIRED_TEST`), per corpus. ``order``: models first in this order."""
+    cells = stats.apply(lambda r: mean_sd_cell(r["mean"], r["sd"], r["n_seeds"], digits) + stars(r["p"]), axis=1)
     table = stats.assign(cell=cells).pivot_table(
         index=["corpus", "model"], columns="reward_fn", values="cell", aggfunc="first"
     )
@@ -517,5 +518,5 @@ def cross_reward_table(stats: pd.DataFrame, digits: int = 2, order: Sequence[str
     idx = [(c, m) for c in dict.fromkeys(stats["corpus"]) for m in models if (c, m) in table.index]
     table = table.loc[idx]
     table.columns.name = "r̂ under"
-    table.attrs["note"] = f"mean ± sd over seeds; * p < 0.05, ** p < 0.01 vs base ({PAIRED_TEST})"
+    table.attrs["note"] = f"{SEEDS_NOTE}; * p < 0.05, ** p < 0.01 vs base ({PAIRED_TEST})"
     return table

@@ -589,6 +589,14 @@ def sign_flip_test(d: Sequence[float], permutations: int = 20000, seed: int = 0)
     return float(res.pvalue)
 
 
+def mean_sd_cell(mean: float, sd: float, groups: int, digits: int = 2) -> str:
+    """``mean ± sd`` over groups (seeds, annotators); the mean alone from one group, where an sd of 0 would claim
+    an agreement never measured; ``–`` for no value."""
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if groups < 2 else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
 def stars(p: float) -> str:
     """``**`` for p < 0.01, ``*`` for p < 0.05 (the papers' marks)."""
     return "" if not np.isfinite(p) else "**" if p < 0.01 else "*" if p < 0.05 else ""
@@ -632,7 +640,7 @@ def human_table(
     """The papers' table for ONE corpus: models × metrics, ``mean ± sd`` (+ ``*``/``**`` vs ``base``).
 
     The mean and sd run over the per-``spread`` percentages (sd ddof 0, a
-    population sd like the papers' "± over 3 seeds"; 0 with one group). Rows:
+    population sd like the papers' "± over 3 seeds"; the mean alone from one group). Rows:
     ``ground truth`` first, then ``base``, then the others in order of
     appearance. Returns ``(table, stats)``; ``stats`` is long (model, metric,
     mean, sd, groups, diff, p).
@@ -650,7 +658,7 @@ def human_table(
     stats = stats.merge(sig[["model", "metric", "diff", "p"]], on=["model", "metric"], how="left")
     order = [m for m in ("ground truth", base) if m in set(stats["model"])]
     order += [m for m in dict.fromkeys(selections["model"]) if m not in order]
-    cell = stats.apply(lambda r: f"{r['mean']:.{digits}f} ± {r['sd']:.{digits}f}{stars(r['p'])}", axis=1)
+    cell = stats.apply(lambda r: mean_sd_cell(r["mean"], r["sd"], r["groups"], digits) + stars(r["p"]), axis=1)
     table = stats.assign(cell=cell).pivot(index="model", columns="metric", values="cell")
     table = table.reindex(index=order, columns=[m for m in TABLE_ORDER if m in table.columns])
     table.columns.name, table.index.name = None, None
