@@ -47,7 +47,7 @@ generations_path = ""  # empty: results/<profile>[/<corpus>]/tables/generations.
 
 # %% tags=["hide-input"]
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from geli_lib import figures
 from geli_lib.alignment import generation_eval as ge
@@ -112,8 +112,10 @@ display(table)
 # difference with the base model, paired over (seed, context) by a two-sided sign-flip
 # permutation test. A model adapted to GELI's reward that also beats the base under RRD or
 # language sentiment answers the paper's question with a yes; a gain on its own column only,
-# with worse repetition or distinct-n above, is reward hacking. The adapting algorithm is in
-# `tables/rl_summary.csv` (notebook 07) and the curves' titles.
+# with worse repetition or distinct-n above, is reward hacking. On the simulated corpus the oracle, trained
+# on the planted truth, says apart whether a gain is one for the truth or only for the learned rewards. The
+# reading under the table counts, per model, the rewards it raises and lowers at p < 0.05. The adapting
+# algorithm is in `tables/rl_summary.csv` (notebook 07) and the curves' titles.
 
 # %%
 stats = ge.cross_reward_stats(gens, per, params.eval.base_model, params.eval.permutations)
@@ -121,6 +123,7 @@ write_csv(results_dir(results, "tables") / "cross_rewards.csv", stats)
 cross = ge.cross_reward_table(stats, order=[params.eval.base_model])
 print(cross.attrs["note"])
 display(cross)
+display(Markdown(ge.cross_reward_reading(stats, truth=ORACLE.name)))
 adapted = [m for m in stats["model"].unique() if m in set(stats["reward_fn"])]
 own = stats[stats["model"].isin(adapted) & (stats["model"] == stats["reward_fn"])]
 display(

@@ -302,3 +302,27 @@ def test_notebook_08_without_generations_names_07(tmp_path, monkeypatch):
         run_notebook(
             NOTEBOOK_DIR / "08_generations_eval.ipynb", tmp_path / "08.ipynb", {"profile": "smoke"}, progress=False
         )
+
+
+def test_cross_reward_reading_by_hand():
+    def row(model, fn, diff, p):
+        cells = {"corpus": "simulated", "model": model, "reward_fn": fn, "mean": 1.0 + diff, "sd": 0.0}
+        return cells | {"sd_contexts": 0.5, "n_seeds": 1, "n": 64, "diff": diff, "p": p, "test": ge.PAIRED_TEST}
+
+    fns = ["G", "R", "V", "S", "Oracle"]
+    stats = pd.DataFrame(
+        [row("base", f, np.nan, np.nan) for f in fns]
+        + [row("G", "G", 0.26, 7e-4), row("G", "R", 0.30, 1e-4), row("G", "V", -0.14, 0.003)]
+        + [row("G", "S", 0.05, 0.40), row("G", "Oracle", -0.11, 0.014)]
+        + [row("ground truth", f, d, p) for f, d, p in zip(fns, [0.1, 0.2, 0.3, 0.4, -0.1], [0.5, 0.01, 0.02, 0.03, 1])]
+    )
+    text = ge.cross_reward_reading(stats, truth="Oracle", top=2)
+    lines = text.split("\n")
+    assert lines[0] == (
+        "- **G** (1 seed, 64 paired contexts): +0.26 under its own reward (p 7e-4); of the 3 other reward functions it "
+        "raises 1 (R +0.30), lowers 1 (V -0.14) and leaves 1 within noise (p ≥ 0.05); under Oracle: -0.11 (p 0.014)."
+    )
+    # no reward of its own; 3 of 4 raised at p < 0.05, the two largest named
+    assert lines[1].startswith("- **ground truth** (1 seed, 64 paired contexts): of the 4 other reward functions it ")
+    assert "raises 3 (largest: S +0.40, V +0.30), lowers 0 and leaves 1 within noise" in lines[1]
+    assert len(lines) == 2  # the base is what the others are compared with: no line of its own

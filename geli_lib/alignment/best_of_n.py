@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geli_lib.alignment.generation_eval import PAIRED_TEST, PairScorer, distinct_n, paired_p
+from geli_lib.alignment.generation_eval import PAIRED_TEST, PairScorer, distinct_n, p_text, paired_p
 from geli_lib.alignment.rl.curve import collapsed, top_share
 from geli_lib.alignment.rl.generations import generate
 from geli_lib.alignment.rl.prompt import encode_prompt, scoring_histories
@@ -210,10 +210,10 @@ def reading(table: pd.DataFrame, rl_summary: pd.DataFrame | None = None) -> str:
         name = row["selected by"]
         text = (
             f"- **{name}**, best-of-{row['n']} (KL ≤ {row['KL bound (nats)']:.2f} nats): {row['gain']:+.2f} over a "
-            f"base draw (p {_p(row['p'])}), {row['gain vs greedy']:+.2f} over the greedy base "
-            f"(p {_p(row['p vs greedy'])})"
+            f"base draw (p {p_text(row['p'])}), {row['gain vs greedy']:+.2f} over the greedy base "
+            f"(p {p_text(row['p vs greedy'])})"
         )
-        text += "".join(f"; {t} {row[f'gain: {t}']:+.2f} (p {_p(row[f'p: {t}'])})" for t in truths)
+        text += "".join(f"; {t} {row[f'gain: {t}']:+.2f} (p {p_text(row[f'p: {t}'])})" for t in truths)
         text += f"; distinct-2 {row['distinct-2']:.2f}, top response share {row['top response share']:.2f}"
         text += ", collapsed" if row["collapsed"] else ", not collapsed"
         if name in rl:
@@ -221,7 +221,7 @@ def reading(table: pd.DataFrame, rl_summary: pd.DataFrame | None = None) -> str:
             verdict = "learned" if r.get("learned") else "did not learn"
             kept = r.get("kept update")
             where = "" if kept is None or pd.isna(kept) else f", kept update {int(kept)}"
-            text += f". RL{where}: {r['gain']:+.2f} (p {_p(r['p'])}, KL {r['KL (nats)']:.1f} nats), {verdict}"
+            text += f". RL{where}: {r['gain']:+.2f} (p {p_text(r['p'])}, KL {r['KL (nats)']:.1f} nats), {verdict}"
         lines.append(text + ".")
     if len(greedy):
         g = greedy.iloc[0]
@@ -230,8 +230,3 @@ def reading(table: pd.DataFrame, rl_summary: pd.DataFrame | None = None) -> str:
             f"{picks.loc[picks['n'] == 1, 'distinct-2'].iloc[0]:.2f}."
         )
     return "\n".join(lines)
-
-
-def _p(p: float) -> str:
-    """A p-value as the tables print it: three decimals, below 1e-3 one significant digit (1e-4)."""
-    return "n/a" if pd.isna(p) else f"{p:.0e}".replace("e-0", "e-") if p < 1e-3 else f"{p:.3f}"

@@ -388,6 +388,11 @@ def auto_eval_table(rows: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 PAIRED_TEST = "two-sided paired sign-flip permutation test over contexts"
 
 
+def p_text(p: float) -> str:
+    """A p-value as the tables print it: three decimals, below 1e-3 one significant digit (1e-4)."""
+    return "n/a" if pd.isna(p) else f"{p:.0e}".replace("e-0", "e-") if p < 1e-3 else f"{p:.3f}"
+
+
 def paired_p(a: Sequence[float], b: Sequence[float], permutations: int = 20000, seed: int = 0) -> float:
     """p of :data:`PAIRED_TEST` for mean(a − b) = 0, ``a`` and ``b`` paired by position (NaN pairs dropped).
 
@@ -520,3 +525,42 @@ def cross_reward_table(stats: pd.DataFrame, digits: int = 2, order: Sequence[str
     table.columns.name = "r̂ under"
     table.attrs["note"] = f"{SEEDS_NOTE}; * p < 0.05, ** p < 0.01 vs base ({PAIRED_TEST})"
     return table
+
+
+def cross_reward_reading(stats: pd.DataFrame, truth: str | None = None, alpha: float = 0.05, top: int = 3) -> str:
+    """What :func:`cross_reward_stats` says, in numbers (markdown): one line per model compared with the base
+    (each adapted model, named as its reward function, and the ground truth): its difference from the base under
+    its own reward, how many of the other reward functions it raises and lowers at p < ``alpha`` (the ``top``
+    largest named) and leaves within noise, and apart its difference under ``truth`` (the oracle of the planted
+    truth), the reward the others were meant to recover. Per corpus when there are several."""
+    corpora = list(dict.fromkeys(stats["corpus"]))
+    lines = []
+    for corpus in corpora:
+        here = stats[(stats["corpus"] == corpus) & stats["p"].notna()]
+        for model in dict.fromkeys(here["model"]):
+            rows = here[here["model"] == model].set_index("reward_fn")
+            parts = []
+            if model in rows.index:
+                parts.append(f"{rows.loc[model, 'diff']:+.2f} under its own reward (p {p_text(rows.loc[model, 'p'])})")
+            others = rows.drop(index=[f for f in (model, truth) if f in rows.index])
+            sig = others[others["p"] < alpha]
+            up = sig[sig["diff"] > 0].sort_values("diff", ascending=False)
+            down = sig[sig["diff"] < 0].sort_values("diff")
+            text = f"of the {len(others)} other reward functions it raises {len(up)}{_largest(up, top)}"
+            text += f", lowers {len(down)}{_largest(down, top)} and leaves {len(others) - len(sig)} within noise"
+            parts.append(text + f" (p ≥ {alpha})")
+            if truth in rows.index:
+                parts.append(f"under {truth}: {rows.loc[truth, 'diff']:+.2f} (p {p_text(rows.loc[truth, 'p'])})")
+            where = f", {corpus}" if len(corpora) > 1 else ""
+            seeds = int(rows["n_seeds"].iloc[0])
+            n = f"{seeds} seed{'s' * (seeds > 1)}, {int(rows['n'].iloc[0])} paired contexts{where}"
+            lines.append(f"- **{model}** ({n}): " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def _largest(rows: pd.DataFrame, top: int) -> str:
+    """`` (A +0.30, B +0.20)``: the first ``top`` of ``rows`` (indexed by reward function) with their ``diff``."""
+    if rows.empty:
+        return ""
+    named = ", ".join(f"{f} {d:+.2f}" for f, d in rows["diff"].head(top).items())
+    return f" ({'largest: ' if len(rows) > top else ''}{named})"
