@@ -397,7 +397,7 @@ def test_the_profiles_cite_sections_of_the_rl_record_that_exist():
     for path in [root / "README.md", *sorted((root / "params").glob("*.yaml"))]:
         # a comment's citation may run over lines: drop the comment marks and join them
         text = " ".join(line.strip().lstrip("#").strip() for line in path.read_text().splitlines())
-        for m in re.finditer(r"rl_record\.md`?,? ((?:\"[^\"]+\"(?:, )?)+)", text):
+        for m in re.finditer(r"rl_record\.md`?,? \(?((?:\"[^\"]+\"(?:, )?)+)", text):
             cited += [(path.name, title) for title in re.findall(r"\"([^\"]+)\"", m.group(1))]
     assert len(cited) >= 10, cited
     for name, title in cited:
