@@ -245,8 +245,7 @@ stats = generation_eval.cross_reward_stats(in_dist, per, params.eval.base_model,
 summary = rl.rl_summary(stats, runs, params.eval.base_model, in_dist)
 write_csv(results_dir(results, "tables") / "rl_summary.csv", summary)
 display(summary.round(4))
-for verdict in ("learned", "collapsed"):
-    print(f"{verdict}:", ", ".join(summary.loc[summary[verdict], "reward function"]) or "none")
+display(Markdown(rl.summary_reading(summary)))
 text = per.groupby(in_dist["model"])[["same_as_base", "empty", "repetition", "length"]].mean()
 display(text.round(3))
 

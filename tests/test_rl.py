@@ -780,6 +780,20 @@ def test_rl_summary_flags_a_collapsed_policy_and_counts_only_real_learning():
     row = R.rl_summary(stats, {"varied": early}, "base", gens).iloc[0]
     assert row["kept update"] == 5 and row["KL (nats)"] == pytest.approx(2.0) and row["learned"]
     assert out.loc["varied", "kept update"] == 10  # kept_step None: the last update
+    reading = R.summary_reading(out.reset_index()).split("\n")
+    assert reading[0] == (
+        "- **varied** (RLOO, kept update 10 of 10): 1.00 → 2.00 under its own reward, +1.00 (p 0.010, paired over 4 "
+        "contexts); slope 0.100 r̂ per update [0.100, 0.100]; KL 1.0 nats; distinct-2 1.00 (base 1.00), its most "
+        "frequent reply for 50% of the contexts: **learned**."
+    )
+    assert reading[1].endswith(": not learned (collapsed).") and reading[2].endswith(": not learned (collapsed).")
+    assert reading[-1] == (
+        "1 of 3 reward functions learned. p: sign-flip; the slope's CI is a 95% bootstrap over the curve's contexts."
+    )
+    flat = out.reset_index().assign(**{"p": 0.2, "slope 95% CI low": -0.01, "kept update": 0})
+    assert "no slope (it kept the base model)" in R.summary_reading(flat)
+    why = "gain not significant (p ≥ 0.05); slope CI not above 0; collapsed"
+    assert f": not learned ({why})." in R.summary_reading(flat)
 
 
 def test_kept_step_is_the_last_evaluation_before_collapse_or_after_recovery():

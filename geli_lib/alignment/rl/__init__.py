@@ -96,6 +96,7 @@ from geli_lib.alignment.rl.generations import (
     main,
     rl_summary,
     select_reward_functions,
+    summary_reading,
     write_generations,
 )
 from geli_lib.alignment.rl.group import group_trainer, shared_prompt_logps
@@ -186,6 +187,7 @@ __all__ = [
     "write_generations",
     "COLLAPSE_DISTINCT2",
     "rl_summary",
+    "summary_reading",
     "select_reward_functions",
     "main",
 ]

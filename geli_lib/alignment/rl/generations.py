@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from geli_lib.alignment.generation_eval import GENERATION_COLUMNS, distinct_n
+from geli_lib.alignment.generation_eval import GENERATION_COLUMNS, distinct_n, p_text
 from geli_lib.alignment.rl.cluster import adapt_on_cluster, adaptations_compute
 from geli_lib.alignment.rl.curve import collapsed, curve_slope, top_share
 from geli_lib.alignment.rl.ppo import RunInfo, _quiet, train_rl
@@ -184,6 +184,48 @@ def rl_summary(
             row["collapsed"] = collapsed(mine, theirs)
             row["learned"] = bool(row["p"] < 0.05 and lo > 0 and not row["collapsed"])
     return pd.DataFrame(rows)
+
+
+def summary_reading(summary: pd.DataFrame) -> str:
+    """What :func:`rl_summary` says, in numbers (markdown): one line per reward function, base → adapted under its
+    own reward with the gain's p, the slope with its CI, the KL, diversity against the base's, and the verdict
+    with its reasons (each of ``learned``'s three conditions that failed); then how many learned."""
+    lines = []
+    for r in summary.to_dict("records"):
+        kept = f"kept update {r['kept update']} of {r['updates']}"
+        slope = (
+            "no slope (it kept the base model)"
+            if r["kept update"] == 0
+            else f"slope {r['slope (r̂/update)']:.3f} r̂ per update "
+            f"[{r['slope 95% CI low']:.3f}, {r['slope 95% CI high']:.3f}]"
+        )
+        text = (
+            f"- **{r['reward function']}** ({str(r['algorithm']).upper()}, {kept}): {r['base r̂']:.2f} → "
+            f"{r['adapted r̂']:.2f} under its own reward, {r['gain']:+.2f} (p {p_text(r['p'])}, paired over "
+            f"{r['n contexts']} contexts); {slope}; KL {r['KL (nats)']:.1f} nats"
+        )
+        if "learned" not in r:
+            lines.append(text + ".")
+            continue
+        text += (
+            f"; distinct-2 {r['distinct-2 adapted']:.2f} (base {r['distinct-2 base']:.2f}), its most frequent reply "
+            f"for {r['top response share']:.0%} of the contexts"
+        )
+        why = [
+            reason
+            for reason, failed in (
+                ("gain not significant (p ≥ 0.05)", not r["p"] < 0.05),
+                ("slope CI not above 0", not r["slope 95% CI low"] > 0),
+                ("collapsed", r["collapsed"]),
+            )
+            if failed
+        ]
+        lines.append(text + (": **learned**." if r["learned"] else f": not learned ({'; '.join(why)})."))
+    tests = ", ".join(name for name in dict.fromkeys(summary["test"].fillna("").astype(str)) if name)
+    learned = int(summary["learned"].sum()) if "learned" in summary else None
+    tally = "" if learned is None else f"{learned} of {len(summary)} reward functions learned. "
+    lines.append(f"\n{tally}p: {tests or 'no test'}; the slope's CI is a 95% bootstrap over the curve's contexts.")
+    return "\n".join(lines)
 
 
 def select_reward_functions(available: dict[str, Path], wanted: str | Sequence[str], rl: RLParams) -> dict[str, Path]:
