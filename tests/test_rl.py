@@ -1047,3 +1047,30 @@ def test_shared_prompt_logps_equal_trls_full_forward_with_each_prompt_run_once(t
         assert float((shared[2][name] - grad).norm() / grad.norm()) < 1e-4, name
     assert full[3] == ids.numel()
     assert shared[3] == 3 * batch["input_ids"].shape[1] + len(order) * (completion.shape[1] - 1)
+
+
+def test_only_the_first_launched_process_prepares_the_run_folder(tmp_path, monkeypatch):
+    """Two processes each clearing a folder of another key raced (CI: the key's atomic write lost its folder)."""
+    import threading
+
+    run = tmp_path / "run"
+    (run / ".state.old").mkdir(parents=True)  # a stop between the state swap's two renames
+    (run / "key.json").write_text(json.dumps({"key": "old"}))
+    (run / "adapter-step3").mkdir()
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(R.RLError, match="did not prepare the run folder"):
+        R.prepare_run_dir(run, "new", wait_s=0.3)
+    assert (run / "adapter-step3").is_dir()  # the waiting process clears nothing
+    # it returns once the first process has written the key
+    later = threading.Timer(0.3, lambda: (run / "key.json").write_text(json.dumps({"key": "new"})))
+    later.start()
+    R.prepare_run_dir(run, "new", wait_s=10)
+    later.join()
+    monkeypatch.setenv("RANK", "0")
+    (run / "key.json").write_text(json.dumps({"key": "old"}))
+    R.prepare_run_dir(run, "new")  # another key's folder: cleared, keyed anew
+    assert json.loads((run / "key.json").read_text()) == {"key": "new"}
+    assert not (run / "adapter-step3").exists()
+    (run / ".state.old").mkdir()
+    R.prepare_run_dir(run, "new")  # the same key: kept, and the interrupted swap completed
+    assert (run / "state").is_dir() and not (run / ".state.old").exists()

@@ -126,7 +126,9 @@ from geli_lib.alignment.rl.reward import (
 from geli_lib.alignment.rl.runs import (
     finished_run,
     launched_processes,
+    launched_rank,
     merge_rows,
+    prepare_run_dir,
     run_dir,
     run_key,
     tensorboard_dir,
@@ -149,6 +151,8 @@ __all__ = [
     "load_trained_reward",
     "check_processes_agree",
     "launched_processes",
+    "launched_rank",
+    "prepare_run_dir",
     "check_reward_for_rl",
     "check_adapter",
     "TextReward",

@@ -36,6 +36,7 @@ from geli_lib.alignment.rl.runs import (
     finished_run,
     launched_processes,
     merge_rows,
+    prepare_run_dir,
     run_dir,
     run_key,
     tensorboard_dir,
@@ -449,14 +450,8 @@ def train_rl(
             name, seed, run / "adapter", curves, done["seconds_per_step"], 0, True,
             done.get("peak_rss_gb", float("nan")), evals, done.get("kept_step"),
         )  # fmt: skip
-    key_path = run / "key.json"
-    if run.exists() and (not key_path.exists() or json.loads(key_path.read_text()).get("key") != key):
-        shutil.rmtree(run)  # outputs of other inputs: start clean
-    run.mkdir(parents=True, exist_ok=True)
-    write_json(key_path, {"key": key})
+    prepare_run_dir(run, key)
     state_dir = run / "state"
-    if not state_dir.exists() and (run / ".state.old").exists():  # stopped while swapping states
-        os.replace(run / ".state.old", state_dir)
     start, state = 0, None
     if (state_dir / "state.json").exists():
         state = json.loads((state_dir / "state.json").read_text())

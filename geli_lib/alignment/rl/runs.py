@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,7 +14,8 @@ import pandas as pd
 from geli_lib.alignment.generation_eval import SCORING_BATCH
 from geli_lib.alignment.rl.curve import CURVE_BATCH
 from geli_lib.alignment.rl.group import GROUP_TRAINER
-from geli_lib.core.io import cache_dir, content_key, file_key, write_csv
+from geli_lib.alignment.rl.prompt import RLError
+from geli_lib.core.io import cache_dir, content_key, file_key, write_csv, write_json
 from geli_lib.core.params import DataParams, RLParams, to_dict
 from geli_lib.core.runs import results_dir
 from geli_lib.reward.experiments import slug
@@ -40,6 +43,40 @@ def launched_processes() -> int:
     """How many processes share each update: ``WORLD_SIZE`` as ``accelerate launch`` / ``torchrun`` set it, else 1.
     ``rl.batch_size`` is per process, so a launch of N processes trains on N times the responses per update."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_rank() -> int:
+    """This process's rank among the launched ones (``RANK`` as ``accelerate launch`` / ``torchrun`` set it), else 0."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def prepare_run_dir(run: Path, key: str, wait_s: float = 600.0) -> None:
+    """Make ``run`` the folder of the inputs ``key``: a folder left by other inputs is cleared, and a state
+    swap that a stop interrupted is completed. Under several launched processes only the first prepares it
+    and the others wait, up to ``wait_s``, for its key: each clearing a folder the other had just written
+    made a 2-process run fail (the key's atomic write lost its folder)."""
+    key_path = run / "key.json"
+
+    def holds_key() -> bool:
+        try:
+            return json.loads(key_path.read_text()).get("key") == key
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+
+    if launched_rank() != 0:
+        deadline = time.monotonic() + wait_s
+        while not holds_key():
+            if time.monotonic() > deadline:
+                raise RLError(f"{run}: the first launched process did not prepare the run folder in {wait_s:.0f} s")
+            time.sleep(0.1)
+        return
+    if run.exists() and not holds_key():
+        shutil.rmtree(run)  # outputs of other inputs: start clean
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(key_path, {"key": key})
+    state_dir, old = run / "state", run / ".state.old"
+    if not state_dir.exists() and old.exists():  # stopped while swapping states
+        os.replace(old, state_dir)
 
 
 def run_key(
