@@ -182,8 +182,19 @@ def rl_summary(
             row["distinct-2 base"], row["distinct-2 adapted"] = distinct_n(theirs, 2), distinct_n(mine, 2)
             row["top response share"] = top_share(mine)
             row["collapsed"] = collapsed(mine, theirs)
-            row["learned"] = bool(row["p"] < 0.05 and lo > 0 and not row["collapsed"])
+            row["learned"] = not unmet_for_learning(row["p"], lo, row["collapsed"])
     return pd.DataFrame(rows)
+
+
+def unmet_for_learning(p: float, slope_ci_low: float, collapsed: bool) -> list[str]:
+    """Which of the three conditions of "learned" a run fails: a significant gain under its own reward
+    (p < 0.05), a curve rising beyond noise (slope CI above 0), no collapse. None: it learned."""
+    checks = (
+        ("gain not significant (p ≥ 0.05)", not p < 0.05),
+        ("slope CI not above 0", not slope_ci_low > 0),
+        ("collapsed", bool(collapsed)),
+    )
+    return [reason for reason, failed in checks if failed]
 
 
 def summary_reading(summary: pd.DataFrame) -> str:
@@ -211,16 +222,8 @@ def summary_reading(summary: pd.DataFrame) -> str:
             f"; distinct-2 {r['distinct-2 adapted']:.2f} (base {r['distinct-2 base']:.2f}), its most frequent reply "
             f"for {r['top response share']:.0%} of the contexts"
         )
-        why = [
-            reason
-            for reason, failed in (
-                ("gain not significant (p ≥ 0.05)", not r["p"] < 0.05),
-                ("slope CI not above 0", not r["slope 95% CI low"] > 0),
-                ("collapsed", r["collapsed"]),
-            )
-            if failed
-        ]
-        lines.append(text + (": **learned**." if r["learned"] else f": not learned ({'; '.join(why)})."))
+        why = unmet_for_learning(r["p"], r["slope 95% CI low"], r["collapsed"])
+        lines.append(text + (f": not learned ({'; '.join(why)})." if why else ": **learned**."))
     tests = ", ".join(name for name in dict.fromkeys(summary["test"].fillna("").astype(str)) if name)
     learned = int(summary["learned"].sum()) if "learned" in summary else None
     tally = "" if learned is None else f"{learned} of {len(summary)} reward functions learned. "
