@@ -236,7 +236,8 @@ display(rows[rows["context_id"] == first][["model", "response"]].set_index("mode
 # update, with its 95% bootstrap CI over contexts. A gain bought by collapsing onto a few phrases is not learning:
 # `collapsed` marks a model whose distinct-2 falls below half the base model's or that gives one
 # sentence to more than half of the contexts (`top response share`), and `learned` asks
-# for all three (p < 0.05, a slope CI above 0, no collapse). Written to `tables/rl_summary.csv`.
+# for all three (p < 0.05, a slope CI above 0, no collapse). Written to `tables/rl_summary.csv`; the reading
+# under it gives each verdict with its numbers and, for a run that did not learn, the conditions it failed.
 
 # %%
 in_dist = rows[rows["corpus"] == held_out["corpus"].iloc[0]].reset_index(drop=True)
