@@ -68,6 +68,11 @@ results_root = results_dir(study).parent
 # `Input.*` / `Answer.*` columns) are read as they are. The key in `keys/`
 # stays with the study. Put result files in `human_eval/annotations/` (or pass
 # `annotations_path`).
+#
+# Progress is kept in the browser's local storage, so a reload resumes where the annotator was. The
+# saved CSV is the record, though: opened from disk (`file://`), headless Chromium lost that storage on
+# a reload in 6 of 16 tries on a busy machine, where served over http (`python -m http.server` in the
+# kit's folder, which holds no key) it kept it in 16 of 16. Save before closing the page.
 
 # %%
 with timed(results, "09: annotation kit"):

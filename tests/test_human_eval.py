@@ -351,9 +351,11 @@ def test_local_form_saves_a_csv_that_the_analysis_reads(tmp_path):
     downloads.mkdir()
     letter = key.set_index(["item_id", "model"])["letter"]
     answered = list(items["item_id"][:2])
-    with browser.headless_chromium() as driver:
+    # over loopback http, not file://: headless Chromium lost a file:// page's local storage on reload in 6 of 16
+    # tries on a loaded machine (16 of 16 kept over http), and failed this test on CI 3 times (notebook 09, "The kit")
+    with browser.serve_dir(paths["form"].parent) as (base, _), browser.headless_chromium() as driver:
         driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-        driver.get(paths["form"].as_uri())
+        driver.get(base + paths["form"].name)
         assert driver.find_element("id", "progress").text.startswith("item 1 of 4")
         driver.find_element("id", "annotator").send_keys("ann-1")
         driver.find_element("id", "save").click()
@@ -375,28 +377,15 @@ def test_local_form_saves_a_csv_that_the_analysis_reads(tmp_path):
             assert not driver.find_element("id", "q-reuse-A").is_selected()
             driver.find_element("id", "reason").send_keys("Chatbot A sounded natural.")
             driver.find_element("id", "next").click()
-        # answers survive a reload (local storage), checked before the download: on CI a reload after the CSV's
-        # download found the page's storage empty (2 runs in ~3; never here, also under CPU and disk load), while a
-        # reload before any download kept it
-        stored = "return localStorage.getItem('geli-human-eval-' + arguments[0]);"
-        before = driver.execute_script(stored, items["kit_id"].iloc[0])
-        assert '"annotator":"ann-1"' in (before or ""), f"not in local storage before the reload: {before!r}"
-        driver.refresh()
-        deadline = time.monotonic() + 10
-        while driver.find_element("id", "annotator").get_attribute("value") != "ann-1" and time.monotonic() < deadline:
-            time.sleep(0.2)
-        after = driver.execute_script(stored, items["kit_id"].iloc[0])
-        assert driver.find_element("id", "annotator").get_attribute("value") == "ann-1", f"storage after: {after!r}"
-        assert "2 complete" in driver.find_element("id", "progress").text
-        for _ in range(2):  # the reload shows item 1 again
-            driver.find_element("id", "next").click()
-        assert driver.find_element("id", "jump").get_attribute("value") == "2"
         driver.find_element("id", "q-fluency-A").click()  # item 3 stays incomplete
         driver.find_element("id", "save").click()
         status = driver.find_element("id", "status").text
         deadline = time.monotonic() + 10
         while not list(downloads.glob("*.csv")) and time.monotonic() < deadline:
             time.sleep(0.2)
+        driver.refresh()  # answers survive a reload (local storage)
+        assert driver.find_element("id", "annotator").get_attribute("value") == "ann-1"
+        assert "2 complete" in driver.find_element("id", "progress").text
     assert "Saved 2 of 4 items" in status and "2 incomplete" in status
     saved = list(downloads.glob("*.csv"))
     assert [p.name for p in saved] == [f"answers-{items['kit_id'].iloc[0]}-ann-1.csv"]

@@ -19,7 +19,8 @@ Steps:
 2. :func:`write_kit` writes ``kit-<kit_id>/`` (``items.csv``, ``form.html``,
    ``crowd_template.html``) and ``keys/<kit_id>.csv``. ``form.html`` is
    self-contained: open it from disk, answer, press *Save answers* and the
-   browser downloads a CSV (progress is kept in the browser's local storage).
+   browser downloads a CSV (progress is kept in the browser's local storage, which Chromium may lose on a
+   reload of a ``file://`` page; served over http it kept it: notebook 09).
    ``crowd_template.html`` is the same form for a crowdsourcing platform: items
    come in as ``items.csv`` rows (``${item_id}``, ``${history}``,
    ``${response_A}`` … placeholders, MTurk's syntax) and the answers go out as
